@@ -1,0 +1,1 @@
+"""apps: Gradio and HTTP front-ends built on the workbench API."""

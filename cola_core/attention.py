@@ -1,0 +1,197 @@
+"""Attention plumbing shared by the VAE and the DiT: RoPE, block-causal masks, a per-call KV cache.
+
+Both models work on padded batches ``(B, L, ...)`` internally. The official "NA" layout (rows of
+all samples concatenated, plus per-sample lengths) is converted at the model boundary with
+:func:`pad_rows` / :func:`unpad_rows`. Positions restart at 0 per sample.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+# ---------------------------------------------------------------------------------------------
+# NA layout <-> padded batch
+# ---------------------------------------------------------------------------------------------
+def pad_rows(rows: torch.Tensor, lengths: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum L_i, C) concatenated rows -> (B, L_max, C) zero-padded batch and (B, L_max) validity."""
+    batch, longest = len(lengths), max(lengths)
+    padded = rows.new_zeros(batch, longest, *rows.shape[1:])
+    valid = torch.zeros(batch, longest, dtype=torch.bool, device=rows.device)
+    start = 0
+    for b, n in enumerate(lengths):
+        padded[b, :n] = rows[start:start + n]
+        valid[b, :n] = True
+        start += n
+    return padded, valid
+
+
+def unpad_rows(padded: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+    """(B, L_max, C) -> (sum L_i, C): inverse of :func:`pad_rows`."""
+    return torch.cat([padded[b, :n] for b, n in enumerate(lengths)], dim=0)
+
+
+def lengths_from_shape(shape: torch.Tensor | list[int]) -> list[int]:
+    """Accept the official ``txt_shape`` ``(B, 1)`` tensor or a plain list of lengths."""
+    if isinstance(shape, torch.Tensor):
+        return [int(n) for n in shape.reshape(-1).tolist()]
+    return [int(n) for n in shape]
+
+
+# ---------------------------------------------------------------------------------------------
+# RoPE
+# ---------------------------------------------------------------------------------------------
+def rope_angles(positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
+    """positions (B, L) x inv_freq (R,) -> angles (B, L, R) in float32."""
+    return positions.to(torch.float32)[..., None] * inv_freq.to(torch.float32)
+
+
+def apply_rope_half(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+    """Split-half RoPE over all channels (VAE): x (B, H, L, hd), angles (B, L, hd/2); fp32 math."""
+    cos, sin = angles.cos()[:, None], angles.sin()[:, None]
+    xf = x.float()
+    a, b = xf.chunk(2, dim=-1)
+    return torch.cat([a * cos - b * sin, b * cos + a * sin], dim=-1).to(x.dtype)
+
+
+def apply_rope_interleaved(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+    """Interleaved-pair RoPE on the first 2R channels (DiT): x (B, H, L, hd), angles (B, L, R)."""
+    rot = angles.shape[-1] * 2
+    cos, sin = angles.cos()[:, None], angles.sin()[:, None]
+    xf = x[..., :rot].float()
+    even, odd = xf[..., 0::2], xf[..., 1::2]
+    rotated = torch.stack([even * cos - odd * sin, odd * cos + even * sin], dim=-1).flatten(-2)
+    return torch.cat([rotated.to(x.dtype), x[..., rot:]], dim=-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Masks and attention
+# ---------------------------------------------------------------------------------------------
+def block_causal_allowed(q_pos: torch.Tensor, k_pos: torch.Tensor, k_valid: torch.Tensor,
+                         block_size: int | None) -> torch.Tensor:
+    """(B, Lq, Lk) bool: key valid and, when block_size is set, key block <= query block."""
+    allowed = k_valid[:, None, :].expand(-1, q_pos.shape[1], -1)
+    if block_size is not None:
+        allowed = allowed & ((q_pos // block_size)[:, :, None] >= (k_pos // block_size)[:, None, :])
+    return allowed
+
+
+def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """bool (B, Lq, Lk) -> additive (B, 1, Lq, Lk) with finfo.min where attention is forbidden."""
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+    return mask[:, None]
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(hd) + mask) v; q (B, H, Lq, hd), k/v (B, Hk, Lk, hd) with Hk | H."""
+    if k.shape[1] != q.shape[1]:
+        k = k.expand(-1, q.shape[1], -1, -1)
+        v = v.expand(-1, q.shape[1], -1, -1)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype))
+
+
+# ---------------------------------------------------------------------------------------------
+# KV cache
+# ---------------------------------------------------------------------------------------------
+class KVCache:
+    """K/V of earlier positions for one model and one generation call (never stored on modules).
+
+    Per layer a preallocated buffer ``(rows, heads, capacity, head_dim)`` holds keys after
+    normalisation and RoPE (RoPE depends only on a key's own position, so this equals the
+    reference's re-rotation of pre-RoPE keys on every call) and values. Appending writes in place;
+    capacity doubles when full, so a step never copies the whole history.
+    """
+
+    def __init__(self, rows: int, num_layers: int, device: torch.device | str = "cpu",
+                 initial_capacity: int = 64):
+        self.rows = rows
+        self.num_layers = num_layers
+        self.lengths = torch.zeros(rows, dtype=torch.long, device=device)
+        self.capacity = initial_capacity
+        self._k: list[torch.Tensor | None] = [None] * num_layers
+        self._v: list[torch.Tensor | None] = [None] * num_layers
+
+    def view(self, rows: slice | None = None) -> "CacheView":
+        """A handle on a row range (e.g. conditional rows only) used by one forward call."""
+        return CacheView(self, rows if rows is not None else slice(0, self.rows))
+
+    def _ensure(self, layer: int, like: torch.Tensor, needed: int) -> None:
+        buf = self._k[layer]
+        if buf is not None and needed <= buf.shape[2] and buf.dtype == like.dtype:
+            return
+        capacity = max(self.capacity, needed)
+        while capacity < needed:
+            capacity *= 2
+        shape = (self.rows, like.shape[1], capacity, like.shape[3])
+        new_k, new_v = like.new_zeros(shape), like.new_zeros(shape)
+        if buf is not None:
+            old = buf.shape[2]
+            new_k[:, :, :old] = buf.to(like.dtype)
+            new_v[:, :, :old] = self._v[layer].to(like.dtype)
+        self._k[layer], self._v[layer] = new_k, new_v
+        self.capacity = capacity
+
+
+@dataclass
+class CacheView:
+    """The rows of a :class:`KVCache` that one forward call reads and (optionally) extends."""
+
+    cache: KVCache
+    rows: slice
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self.cache.lengths[self.rows]
+
+    def write(self, layer: int, k_new: torch.Tensor, v_new: torch.Tensor, key_len: int
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Place this call's K/V (B, H, Lq, hd) after each row's history; return (B, H, key_len, hd) views."""
+        lq = k_new.shape[2]
+        self.cache._ensure(layer, k_new, key_len)
+        k_buf, v_buf = self.cache._k[layer][self.rows], self.cache._v[layer][self.rows]
+        slots = (self.lengths[:, None] + torch.arange(lq, device=k_new.device))  # (B, Lq)
+        index = slots[:, None, :, None].expand(-1, k_new.shape[1], -1, k_new.shape[3])
+        k_buf.scatter_(2, index, k_new)
+        v_buf.scatter_(2, index, v_new)
+        return k_buf[:, :, :key_len], v_buf[:, :, :key_len]
+
+    def commit(self, q_lengths: torch.Tensor) -> None:
+        """Keep this call's rows: advance each row's length by its number of real query rows."""
+        self.cache.lengths[self.rows] += q_lengths
+
+
+@dataclass
+class AttentionContext:
+    """Everything a layer needs besides its input: query positions, mask, optional cache view."""
+
+    q_pos: torch.Tensor            # (B, Lq) long
+    mask: torch.Tensor             # (B, 1, Lq, Lk) additive
+    cache: CacheView | None = None
+    key_len: int = 0               # Lk when reading a cache
+
+
+def build_context(q_lengths: torch.Tensor, max_q: int, block_size: int | None, dtype: torch.dtype,
+                  cache: CacheView | None = None, positions: torch.Tensor | None = None,
+                  allowed: torch.Tensor | None = None) -> AttentionContext:
+    """Positions and mask for a padded call.
+
+    Without a cache, keys are this call's own rows. With one, row b's queries sit at positions
+    ``len_b .. len_b + q_b - 1`` after its history. ``positions``/``allowed`` override the
+    defaults (the training "2L" layout).
+    """
+    device = q_lengths.device
+    offsets = cache.lengths if cache is not None else torch.zeros_like(q_lengths)
+    q_pos = offsets[:, None] + torch.arange(max_q, device=device) if positions is None else positions
+    if cache is None:
+        key_len = max_q
+        k_pos = q_pos
+    else:
+        key_len = int((offsets + max_q).max())
+        k_pos = torch.arange(key_len, device=device)[None].expand(q_lengths.shape[0], -1)
+    if allowed is None:
+        k_valid = torch.arange(key_len, device=device)[None] < (offsets + q_lengths)[:, None]
+        allowed = block_causal_allowed(q_pos, k_pos, k_valid, block_size)
+    return AttentionContext(q_pos=q_pos, mask=additive_mask(allowed, dtype), cache=cache, key_len=key_len)

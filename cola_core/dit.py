@@ -1,0 +1,200 @@
+"""Block-causal DiT prior: predicts the flow-matching velocity v ~ z1 - z0 for noisy latents.
+
+Parameter names match the official ``ColaDiTModel`` state dict exactly (see the spec, 3.2).
+Bidirectional inside a block, causal across blocks; AdaLN conditioning on the timestep.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .attention import AttentionContext, CacheView, KVCache, apply_rope_interleaved, attend, build_context, rope_angles
+from .config import DiTConfig
+
+TIMESTEP_FEATURES = 256
+
+
+def sinusoidal_features(t: torch.Tensor) -> torch.Tensor:
+    """t (N,) on the [0, 1000] scale -> (N, 256) fp32 features [sin | cos] (denominator 128)."""
+    half = TIMESTEP_FEATURES // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    angles = t.float()[:, None] * freqs[None]
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+def _modulation(dim: int, out: int) -> nn.Sequential:
+    """AdaLN projection: Sequential(SiLU, Linear) — the ``.1.`` in the official names."""
+    return nn.Sequential(nn.SiLU(), nn.Linear(dim, out))
+
+
+class _Proj(nn.Module):
+    """A Linear living under ``<name>.proj`` as in the official checkpoint."""
+
+    def __init__(self, d_in: int, d_out: int, bias: bool = True):
+        super().__init__()
+        self.proj = nn.Linear(d_in, d_out, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)
+
+
+class TimestepEmbedding(nn.Module):
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        self.proj_in = nn.Linear(TIMESTEP_FEATURES, cfg.txt_dim)
+        self.proj_hid = nn.Linear(cfg.txt_dim, cfg.txt_dim)
+        self.proj_out = nn.Linear(cfg.txt_dim, cfg.emb_dim)
+
+    def forward(self, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """t (N,) -> emb (N, emb_dim)."""
+        e = sinusoidal_features(t).to(dtype)
+        return self.proj_out(F.silu(self.proj_hid(F.silu(self.proj_in(e)))))
+
+
+def rope_frequencies(rope_dim: int) -> torch.Tensor:
+    """(rope_dim/2,) fp32: 10000^(-2j/r); the DiT's RoPE base is fixed at 1e4 in the reference."""
+    j = torch.arange(0, rope_dim, 2, dtype=torch.float32)
+    return 1.0 / (10000.0 ** (j / rope_dim))
+
+
+class Rope(nn.Module):
+    """Holds the checkpoint's ``freqs`` buffer under ``rope.rope.freqs``."""
+
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        self.register_buffer("freqs", rope_frequencies(cfg.rope_dim), persistent=True)
+
+
+class _RopeHolder(nn.Module):
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        self.rope = Rope(cfg)
+
+
+class DiTAttention(nn.Module):
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        self.cfg = cfg
+        inner = cfg.inner_dim
+        self.proj_qkv = nn.Linear(cfg.txt_dim, 3 * inner, bias=cfg.qk_bias)
+        self.proj_out = nn.Linear(inner, cfg.txt_dim, bias=cfg.qk_bias)
+        self.norm_q = nn.LayerNorm(cfg.head_dim, eps=cfg.norm_eps)
+        self.norm_k = nn.LayerNorm(cfg.head_dim, eps=cfg.norm_eps)
+        self.rope = _RopeHolder(cfg)
+
+    def forward(self, x: torch.Tensor, ctx: AttentionContext, layer: int) -> torch.Tensor:
+        cfg = self.cfg
+        batch, lq, _ = x.shape
+        qkv = self.proj_qkv(x).view(batch, lq, 3, cfg.heads, cfg.head_dim)
+        q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))   # (B, H, Lq, hd)
+        q, k = self.norm_q(q), self.norm_k(k)
+        angles = rope_angles(ctx.q_pos, self.rope.rope.freqs)
+        q, k = apply_rope_interleaved(q, angles), apply_rope_interleaved(k, angles)
+        if ctx.cache is not None:
+            k, v = ctx.cache.write(layer, k, v, ctx.key_len)
+        out = attend(q, k, v, ctx.mask)
+        return self.proj_out(out.transpose(1, 2).reshape(batch, lq, cfg.inner_dim))
+
+
+class DiTMLP(nn.Module):
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        self.proj_in = nn.Linear(cfg.txt_dim, cfg.expand_ratio * cfg.txt_dim)
+        self.proj_out = nn.Linear(cfg.expand_ratio * cfg.txt_dim, cfg.txt_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj_out(F.gelu(self.proj_in(x), approximate="tanh"))
+
+
+class AdaLN(nn.Module):
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        d = cfg.txt_dim
+        self.msa_in = _modulation(d, 2 * d)
+        self.msa_out = _modulation(d, d)
+        self.mlp_in = _modulation(d, 2 * d)
+        self.mlp_out = _modulation(d, d)
+
+
+class DiTBlock(nn.Module):
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        self.eps = cfg.norm_eps
+        self.msa = DiTAttention(cfg)
+        self.mlp = DiTMLP(cfg)
+        self.ada = AdaLN(cfg)
+
+    def forward(self, x: torch.Tensor, emb: "RowEmbedding", ctx: AttentionContext, layer: int) -> torch.Tensor:
+        """x (B, Lq, D) -> (B, Lq, D), modulated by the per-row timestep embedding."""
+        shift, scale = emb.project(self.ada.msa_in).chunk(2, dim=-1)
+        h = F.layer_norm(x, x.shape[-1:], eps=self.eps) * (1 + scale) + shift
+        x = emb.project(self.ada.msa_out) * self.msa(h, ctx, layer) + x
+        shift, scale = emb.project(self.ada.mlp_in).chunk(2, dim=-1)
+        h = F.layer_norm(x, x.shape[-1:], eps=self.eps) * (1 + scale) + shift
+        return emb.project(self.ada.mlp_out) * self.mlp(h) + x
+
+
+class OutputAdaLN(nn.Module):
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        self.out_in = _modulation(cfg.txt_dim, 2 * cfg.txt_dim)
+
+
+class ColaDiT(nn.Module):
+    """The Cola DiT. ``forward`` works on padded batches; the caller owns any KV cache."""
+
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        self.config = cfg
+        self.txt_in = _Proj(cfg.txt_in_channels * cfg.patch_size, cfg.txt_dim)
+        self.emb_in = TimestepEmbedding(cfg)
+        self.blocks = nn.ModuleList(DiTBlock(cfg) for _ in range(cfg.num_layers))
+        self.txt_out_norm = nn.LayerNorm(cfg.txt_dim, eps=cfg.norm_eps)
+        self.txt_out_ada = OutputAdaLN(cfg)
+        self.txt_out = _Proj(cfg.txt_dim, cfg.txt_out_channels * cfg.patch_size)
+
+    def new_cache(self, rows: int, device: torch.device | str | None = None) -> KVCache:
+        """A fresh KV cache for one generation call."""
+        device = device if device is not None else next(self.parameters()).device
+        return KVCache(rows, self.config.num_layers, device=device)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, lengths: torch.Tensor, cache: CacheView | None = None,
+                update_cache: bool = False, positions: torch.Tensor | None = None,
+                allowed: torch.Tensor | None = None) -> torch.Tensor:
+        """Velocity for padded latents.
+
+        x (B, Lq, C); t (B, Lq) timesteps on [0, T]; lengths (B,) real query rows per sample.
+        With ``cache`` the rows follow each sample's cached history; ``update_cache`` keeps them.
+        ``positions`` (B, Lq) and ``allowed`` (B, Lq, Lq) override positions and mask (training).
+        Returns (B, Lq, C_out).
+        """
+        h = self.txt_in(x)
+        dtype = h.dtype
+        t_unique, inverse = torch.unique(t.reshape(-1), return_inverse=True)
+        emb = RowEmbedding(self.emb_in(t_unique, dtype), inverse, t.shape)
+        ctx = build_context(lengths, x.shape[1], self.config.block_size, dtype, cache=cache,
+                            positions=positions, allowed=allowed)
+        for layer, block in enumerate(self.blocks):
+            h = block(h, emb, ctx, layer)
+        shift, scale = emb.project(self.txt_out_ada.out_in).chunk(2, dim=-1)
+        out = self.txt_out(self.txt_out_norm(h) * (1 + scale) + shift)
+        if cache is not None and update_cache:
+            cache.commit(lengths)
+        return out
+
+
+class RowEmbedding:
+    """Per-row timestep embedding kept once per distinct timestep.
+
+    AdaLN projections run on the (U, D) distinct embeddings and are then gathered to (B, Lq, ·):
+    the same numbers as projecting every row, at a fraction of the cost.
+    """
+
+    def __init__(self, emb: torch.Tensor, inverse: torch.Tensor, shape: torch.Size):
+        self.emb, self.inverse, self.shape = emb, inverse, shape
+
+    def project(self, modulation: nn.Module) -> torch.Tensor:
+        return modulation(self.emb)[self.inverse].view(*self.shape, -1)

@@ -1,0 +1,17 @@
+"""Exception types with messages meant for users, not tracebacks."""
+
+
+class ColaError(Exception):
+    """Base class for every error cola_core raises on bad input."""
+
+
+class ConfigError(ColaError, ValueError):
+    """A config.json is missing a key or holds an invalid value."""
+
+
+class CheckpointError(ColaError, ValueError):
+    """A checkpoint folder or weight file is missing, corrupt or does not match the model."""
+
+
+class GenerationError(ColaError, ValueError):
+    """Bad generation arguments (prompt, knobs, device)."""

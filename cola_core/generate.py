@@ -1,0 +1,352 @@
+"""Block-wise generation: the official ``generate_task_repaint_inference`` as one event loop.
+
+:class:`BlockwiseSampler` is the single sampler loop of the project. Iterating ``events()`` yields
+``(event_name, state)`` at every hook point; a consumer may read or replace fields of the state
+(steer ``z``, change ``guidance``, replace ``v_guided`` or ``token_ids``) before resuming the loop.
+With nobody touching the state, the loop is exactly the official algorithm (spec section 7).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import torch
+
+from .attention import KVCache, pad_rows
+from .checkpoint import ColaModel
+from .config import MAX_POSITIONS
+from .errors import GenerationError
+from .sampler import (SCHEDULES, SOLVERS, guided_velocity, predicted_clean, sample_tokens, solver_updates,
+                      timestep_grid)
+
+EVENTS = ("block_start", "pre_model", "guidance", "post_update", "block_end", "decoded")
+
+
+@dataclass
+class GenerationConfig:
+    """Sampler knobs; defaults are the official CLI's (16 steps, guidance 7, 32 tokens, greedy)."""
+
+    steps: int = 16
+    guidance: float = 7.0
+    max_new_tokens: int = 32
+    temperature: float = 0.0
+    top_k: int = 50
+    top_p: float = 0.9
+    repetition_penalty: float = 1.1
+    seed: int | None = None
+    T: float = 1000.0
+    solver: str = "euler"
+    schedule: str = "linear"
+    schedule_shift: float = 3.0
+    stop_at_eos: bool = True
+
+    def validate(self) -> None:
+        """Raise GenerationError naming the first bad knob."""
+        checks = [
+            (isinstance(self.steps, int) and self.steps >= 1, f"steps must be an integer >= 1, got {self.steps!r}"),
+            (math.isfinite(self.guidance) and self.guidance >= 0,
+             f"guidance must be a finite number >= 0, got {self.guidance!r}"),
+            (isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1,
+             f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}"),
+            (math.isfinite(self.temperature) and self.temperature >= 0,
+             f"temperature must be finite and >= 0, got {self.temperature!r}"),
+            (isinstance(self.top_k, int) and self.top_k >= 0, f"top_k must be an integer >= 0, got {self.top_k!r}"),
+            (0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p!r}"),
+            (math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0,
+             f"repetition_penalty must be finite and > 0, got {self.repetition_penalty!r}"),
+            (math.isfinite(self.T) and self.T > 0, f"T must be finite and > 0, got {self.T!r}"),
+            (self.solver in SOLVERS, f"solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}"),
+            (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"),
+            (math.isfinite(self.schedule_shift) and self.schedule_shift > 0,
+             f"schedule_shift must be finite and > 0, got {self.schedule_shift!r}"),
+            (self.seed is None or isinstance(self.seed, int), f"seed must be an integer, got {self.seed!r}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise GenerationError(message)
+
+
+@dataclass
+class Generation:
+    """One finished sample: text and ids after trimming the re-decoded prompt tail."""
+
+    prompt: str
+    text: str
+    token_ids: list[int]
+    untrimmed_ids: list[int]
+    stopped_at_eos: bool
+
+
+@dataclass
+class PreparedPrompts:
+    """Prompts aligned to blocks (spec 7 steps 1-4): prefixes, pinned first-block rows, trims."""
+
+    texts: list[str]
+    ids: list[list[int]]
+    prefix: torch.Tensor          # (B, Lp, C) DiT-space prefix latents, zero-padded
+    prefix_lengths: torch.Tensor  # (B,) latents per prefix (multiples of block_size)
+    pinned: torch.Tensor          # (B, bs) bool: first-block rows holding real prompt latents
+    clean_window: torch.Tensor    # (B, bs, C) DiT-space latents of the first block's window
+    trim: list[int]               # prompt tokens re-decoded in block 0, dropped from the output
+    prompt_latents: int           # max n1 over samples (for the context-length check)
+
+
+@dataclass
+class SamplerState:
+    """What the loop holds at a hook point. Shapes: B samples, bs latents per block, C channels."""
+
+    block: int
+    step: int = 0
+    stage: int = 0                          # solver evaluation within a step (Heun/midpoint: 0, 1)
+    t: torch.Tensor | None = None           # (B, bs) time of z (pinned rows 0 in block 0)
+    t_next: torch.Tensor | None = None      # (B, bs) time after this step
+    dt: float = 0.0                         # (t - t_next) / T for unpinned rows
+    z: torch.Tensor | None = None           # (B, bs, C) fp32 current latent (z_t)
+    guidance: torch.Tensor | None = None    # (B,) guidance scale per sample for this block
+    v_cond: torch.Tensor | None = None      # (B, bs, C)
+    v_uncond: torch.Tensor | None = None
+    v_guided: torch.Tensor | None = None
+    logits: torch.Tensor | None = None      # (B, bs*P, V) decoder logits of the finished block
+    token_ids: torch.Tensor | None = None   # (B, bs*P) tokens chosen for the finished block
+    T: float = 1000.0
+    interrupt: bool = False
+
+    @property
+    def x0_pred(self) -> torch.Tensor | None:
+        """Predicted clean latent z_t - (t/T) v_guided, when a velocity is known."""
+        if self.z is None or self.v_guided is None or self.t is None:
+            return None
+        return predicted_clean(self.z, self.v_guided.float(), self.t, self.T)
+
+
+def _bf16_round(x: torch.Tensor) -> torch.Tensor:
+    """The reference casts latents and timesteps to bf16 before every DiT call."""
+    return x.to(torch.bfloat16)
+
+
+class BlockwiseSampler:
+    """One generation call: owns its KV caches, noise and outputs. Iterate :meth:`events`."""
+
+    def __init__(self, model: ColaModel, prompts: Sequence[str], config: GenerationConfig | None = None,
+                 sample_ids: Sequence[int] | None = None, eos_ids: Sequence[int] | None = None):
+        self.model = model
+        self.config = config or GenerationConfig()
+        self.config.validate()
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        if not prompts:
+            raise GenerationError("no prompts given")
+        for i, p in enumerate(prompts):
+            if not isinstance(p, str):
+                raise GenerationError(f"prompt {i} is not a string: {p!r}")
+        self.sample_ids = list(sample_ids) if sample_ids is not None else list(range(len(prompts)))
+        if len(self.sample_ids) != len(prompts):
+            raise GenerationError(f"{len(self.sample_ids)} sample ids for {len(prompts)} prompts")
+        if eos_ids is None:
+            eos_ids = sorted(model.tokenizer.stop_ids) if self.config.stop_at_eos else []
+        self.eos_ids = torch.tensor(list(eos_ids), dtype=torch.long)
+        self.prepared = prepare_prompts(model, list(prompts))
+        bs, patch = model.block_size, model.patch_size
+        self.num_blocks = math.ceil(self.config.max_new_tokens / (bs * patch))
+        n1 = [math.ceil(len(ids) / patch) for ids in self.prepared.ids]
+        if all(n % bs and self.config.max_new_tokens < bs - n % bs for n in n1):
+            self.num_blocks = 1   # force_complete_prefix_only: the prompt's own block is enough
+        needed = int(self.prepared.prefix_lengths.max()) + self.num_blocks * bs
+        if needed > MAX_POSITIONS:
+            raise GenerationError(f"prompt plus max_new_tokens needs {needed} latent positions; the model supports "
+                                  f"{MAX_POSITIONS}. Shorten the prompt or lower max_new_tokens.")
+        self.context: list[torch.Tensor] = []   # per block (B, bs*P) token ids
+        self.finished = torch.zeros(len(prompts), dtype=torch.bool)
+        self.blocks_done = 0
+        self._rng = torch.Generator().manual_seed(self.config.seed) if self.config.seed is not None else None
+
+    # -- model calls -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _dit(self, z: torch.Tensor, t: torch.Tensor, cache: KVCache, rows: slice, update: bool) -> torch.Tensor:
+        model = self.model
+        lengths = torch.full((z.shape[0],), z.shape[1], dtype=torch.long, device=model.device)
+        with model.autocast:
+            return model.dit(_bf16_round(z).to(model.dtype), _bf16_round(t).float(), lengths,
+                             cache=cache.view(rows), update_cache=update)
+
+    @torch.no_grad()
+    def _velocities(self, z: torch.Tensor, t: torch.Tensor, cache: KVCache) -> tuple[torch.Tensor, torch.Tensor]:
+        """Conditional (cached prefix) and unconditional (own block only) passes in one batch."""
+        batch = z.shape[0]
+        out = self._dit(torch.cat([z, z]), torch.cat([t, t]), cache, slice(0, 2 * batch), update=False)
+        return out[:batch], out[batch:]
+
+    @torch.no_grad()
+    def _decode(self, z: torch.Tensor, cache: KVCache, update: bool = True) -> torch.Tensor:
+        model = self.model
+        lengths = torch.full((z.shape[0],), z.shape[1], dtype=torch.long, device=model.device)
+        with model.autocast:
+            return model.vae.decode_latents(z.to(model.dtype), lengths, cache=cache.view(), update_cache=update).float()
+
+    def _noise(self, block: int) -> torch.Tensor:
+        """(B, bs, C) fp32 initial noise of a block: official per-sample seeding when a seed is set."""
+        bs, channels, device = self.model.block_size, self.model.dit_config.txt_in_channels, self.model.device
+        if self.config.seed is None:
+            return torch.randn(len(self.sample_ids) * bs, channels, device=device).view(-1, bs, channels)
+        draws = []
+        for sid in self.sample_ids:
+            gen = torch.Generator(device).manual_seed(self.config.seed + 1000 * sid + 10_000_000 * block)
+            draws.append(torch.randn(bs, channels, generator=gen, device=device))
+        return torch.stack(draws)
+
+    # -- the loop ----------------------------------------------------------------------------------
+    def events(self) -> Iterator[tuple[str, SamplerState]]:
+        """Run generation, yielding ``(event, state)`` at each hook point (see ``EVENTS``)."""
+        model, cfg, prep = self.model, self.config, self.prepared
+        batch, bs, device = len(self.sample_ids), model.block_size, model.device
+        dit_cache = model.dit.new_cache(2 * batch)       # rows [B, 2B) stay empty: unconditional passes
+        vae_cache = model.vae.new_cache(batch)
+        if int(prep.prefix_lengths.max()) > 0:
+            self._prefill(dit_cache, vae_cache)
+        grid = timestep_grid(cfg.steps, cfg.T, cfg.schedule, cfg.schedule_shift).to(device)
+        empty_prefix = (prep.prefix_lengths == 0).cpu()
+        pinned = prep.pinned.to(device)
+        clean = prep.clean_window.to(device)
+        for block in range(self.num_blocks):
+            first = block == 0
+            guidance = torch.full((batch,), float(cfg.guidance))
+            if first:   # CFG fallback for empty prefixes; the reference uses a bf16 per-row tensor here
+                guidance = guidance.masked_fill(empty_prefix, 1.0).to(torch.bfloat16).float()
+            state = SamplerState(block=block, z=self._noise(block), guidance=guidance.to(device), T=cfg.T)
+            if first:
+                state.z = torch.where(pinned[..., None], clean, state.z)
+            yield "block_start", state
+            if state.interrupt:
+                return
+            for step in range(cfg.steps):
+                t = grid[step].expand(batch, bs).clone()
+                t_next = grid[step + 1].expand(batch, bs).clone()
+                if first:
+                    t = t.masked_fill(pinned, 0.0)
+                    t_next = t_next.masked_fill(pinned, 0.0)
+                state.step, state.t, state.t_next = step, t, t_next
+                dt = (grid[step] - grid[step + 1]) / max(cfg.T, 1.0)      # 0-d fp32, as the reference
+                state.dt = float(dt)
+                updates = solver_updates(cfg.solver, state.z, t, t_next, dt)
+                request = next(updates)
+                while True:
+                    state.z, state.t, state.stage = request
+                    yield "pre_model", state
+                    if state.interrupt:
+                        return
+                    state.v_cond, state.v_uncond = self._velocities(state.z, state.t, dit_cache)
+                    scale = state.guidance.to(state.v_cond.dtype)[:, None, None]
+                    state.v_guided = guided_velocity(state.v_cond, state.v_uncond, scale)
+                    yield "guidance", state
+                    if state.interrupt:
+                        return
+                    try:
+                        request = updates.send((state.z, state.v_guided))
+                    except StopIteration as done:
+                        state.z = done.value
+                        break
+                state.t = t_next
+                if first:
+                    state.z = torch.where(pinned[..., None], clean, state.z)
+                yield "post_update", state
+                if state.interrupt:
+                    return
+            yield "block_end", state
+            if state.interrupt:
+                return
+            state.logits = self._decode(state.z.float(), vae_cache)
+            history = [torch.cat([c[b] for c in self.context]) if self.context else torch.empty(0, dtype=torch.long)
+                       for b in range(batch)]
+            state.token_ids = sample_tokens(state.logits, [h.to(state.logits.device) for h in history],
+                                            cfg.temperature, cfg.top_k, cfg.top_p, cfg.repetition_penalty,
+                                            generator=self._rng).cpu()
+            yield "decoded", state
+            self.context.append(state.token_ids.cpu())
+            self.blocks_done += 1
+            if self.eos_ids.numel():
+                self.finished |= torch.isin(state.token_ids, self.eos_ids).any(dim=1)
+            if state.interrupt or bool(self.finished.all()):
+                return
+            if block + 1 < self.num_blocks:   # commit the finished block into the DiT cache (t = 0)
+                self._dit(state.z.float(), torch.zeros(batch, bs, device=device), dit_cache, slice(0, batch),
+                          update=True)
+
+    def _prefill(self, dit_cache: KVCache, vae_cache: KVCache) -> None:
+        """Write the prompt prefixes into both caches (outputs discarded)."""
+        prep, device = self.prepared, self.model.device
+        prefix = prep.prefix.to(device)
+        lengths = prep.prefix_lengths.to(device)
+        with torch.no_grad(), self.model.autocast:
+            self.model.dit(_bf16_round(prefix).to(self.model.dtype), torch.zeros(prefix.shape[:2], device=device),
+                           lengths, cache=dit_cache.view(slice(0, len(lengths))), update_cache=True)
+            self.model.vae.decode_latents(prefix.to(self.model.dtype), lengths, cache=vae_cache.view(),
+                                          update_cache=True)
+
+    def result(self) -> list[Generation]:
+        """Trimmed ids and texts of everything generated so far."""
+        tok = self.model.tokenizer
+        out = []
+        for b, text in enumerate(self.prepared.texts):
+            untrimmed = torch.cat([c[b] for c in self.context]).tolist() if self.context else []
+            ids = untrimmed[self.prepared.trim[b]:]
+            out.append(Generation(prompt=text, text=tok.decode(ids), token_ids=ids, untrimmed_ids=untrimmed,
+                                  stopped_at_eos=bool(self.finished[b])))
+        return out
+
+
+def prepare_prompts(model: ColaModel, prompts: list[str]) -> PreparedPrompts:
+    """Tokenise, pad to whole blocks, encode, and split each prompt into prefix / pinned window."""
+    tok, bs, patch = model.tokenizer, model.block_size, model.patch_size
+    chunk = bs * patch
+    ids = tok.encode_batch(prompts)
+    padded = [row + [tok.pad_id] * (-len(row) % chunk) for row in ids]
+    channels = model.vae_config.latent_dim
+    batch = len(prompts)
+    lengths = [len(row) for row in padded]
+    if max(lengths) > 0:
+        id_rows, _ = pad_rows(torch.tensor([i for row in padded for i in row], dtype=torch.long)[:, None], lengths)
+        with torch.no_grad(), model.autocast:
+            post = model.vae.encode_ids(id_rows[..., 0].to(model.device), torch.tensor(lengths, device=model.device))
+        latents = model.vae.to_dit_space(post.mean.float()).cpu()        # (B, n_max, C)
+    else:
+        latents = torch.zeros(batch, 0, channels)
+    n1 = [math.ceil(len(row) / patch) for row in ids]
+    prefix_len = [bs * (n // bs) for n in n1]
+    longest_prefix = max(prefix_len)
+    prefix = torch.zeros(batch, longest_prefix, channels)
+    pinned = torch.zeros(batch, bs, dtype=torch.bool)
+    window = torch.zeros(batch, bs, channels)
+    trim = []
+    for b, n in enumerate(n1):
+        s = prefix_len[b]
+        prefix[b, :s] = latents[b, :s]
+        if n % bs:
+            pinned[b, : n - s] = True
+            window[b] = latents[b, s:s + bs]
+            trim.append(len(ids[b]) - s * patch)
+        else:
+            trim.append(0)
+    return PreparedPrompts(texts=prompts, ids=ids, prefix=prefix, prefix_lengths=torch.tensor(prefix_len),
+                           pinned=pinned, clean_window=window, trim=trim, prompt_latents=max(n1))
+
+
+def generate(model: ColaModel, prompts: Sequence[str] | str, config: GenerationConfig | None = None,
+             sample_ids: Sequence[int] | None = None, **knobs) -> list[Generation]:
+    """Generate continuations for prompts (official algorithm unless knobs say otherwise).
+
+    ``knobs`` override fields of ``config`` (e.g. ``steps=8, guidance=3.0, seed=0``).
+    """
+    config = _with_knobs(config, knobs)
+    sampler = BlockwiseSampler(model, [prompts] if isinstance(prompts, str) else list(prompts), config, sample_ids)
+    for _ in sampler.events():
+        pass
+    return sampler.result()
+
+
+def _with_knobs(config: GenerationConfig | None, knobs: dict) -> GenerationConfig:
+    base = config or GenerationConfig()
+    unknown = set(knobs) - set(base.__dataclass_fields__)
+    if unknown:
+        raise GenerationError(f"unknown generation option(s): {', '.join(sorted(unknown))}")
+    return GenerationConfig(**{**base.__dict__, **knobs})

@@ -1,0 +1,114 @@
+"""Flow-matching math: timestep grids, classifier-free guidance, ODE solvers, token sampling.
+
+Pure functions of tensors; nothing here knows about text or checkpoints. Time runs from t=T
+(noise) to t=0 (data); the model predicts the velocity v = z1 - z0, so dz/dt = v / T.
+"""
+from __future__ import annotations
+
+from typing import Callable, Generator
+
+import torch
+
+SOLVERS = ("euler", "heun", "midpoint")
+SCHEDULES = ("linear", "shifted")
+
+# velocity(z (B, bs, C) fp32, t (B, bs) fp32 on [0, T], stage) -> guided velocity (B, bs, C)
+VelocityFn = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
+
+
+def timestep_grid(steps: int, T: float = 1000.0, schedule: str = "linear", shift: float = 1.0) -> torch.Tensor:
+    """(steps+1,) fp32 times from T to 0. ``linear`` is the official ``linspace(T, 0, steps+1)``;
+    ``shifted`` warps s in [0, 1] to shift*s / (1 + (shift-1)*s), spending more steps near noise
+    when shift > 1 (as in SD3-style samplers)."""
+    grid = torch.linspace(T, 0, steps + 1, dtype=torch.float32)
+    if schedule == "linear":
+        return grid
+    if schedule == "shifted":
+        s = grid / T
+        return (shift * s / (1 + (shift - 1) * s)) * T
+    raise ValueError(f"unknown timestep schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
+
+
+def guided_velocity(v_cond: torch.Tensor, v_uncond: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
+    """Classifier-free guidance, written as the reference does: s * (cond - uncond) + uncond."""
+    return scale * (v_cond - v_uncond) + v_uncond
+
+
+def predicted_clean(z_t: torch.Tensor, v: torch.Tensor, t: torch.Tensor | float, T: float = 1000.0) -> torch.Tensor:
+    """x0 estimate from a velocity: z_t - (t/T) v (exact for straight flow-matching paths)."""
+    if isinstance(t, torch.Tensor) and t.dim() == z_t.dim() - 1:
+        t = t[..., None]
+    return z_t - (t / T) * v
+
+
+def solver_updates(solver: str, z: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor, dt: torch.Tensor
+                   ) -> Generator[tuple[torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """One ODE step from t to t_next as a coroutine, so callers can hook each model evaluation.
+
+    Yields ``(z_eval, t_eval, stage)`` requests; expects ``(z_used, v)`` back (a hook may have
+    steered z); returns z at t_next. ``dt = (t - t_next)/T`` is a 0-d fp32 tensor, so ``v*dt``
+    stays in the model's output dtype exactly as in the reference (``euler`` is the official update).
+    """
+    if solver == "euler":
+        z, v = yield z, t, 0
+        return z - v * dt
+    if solver == "heun":
+        z, v1 = yield z, t, 0
+        _, v2 = yield z - v1 * dt, t_next, 1
+        return z - 0.5 * (v1 + v2) * dt
+    if solver == "midpoint":
+        z, v1 = yield z, t, 0
+        _, v2 = yield z - v1 * (dt / 2), 0.5 * (t + t_next), 1
+        return z - v2 * dt
+    raise ValueError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
+
+
+def solver_step(solver: str, velocity: VelocityFn, z: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor,
+                dt: torch.Tensor) -> torch.Tensor:
+    """Run :func:`solver_updates` with a plain velocity function (no hooks)."""
+    steps = solver_updates(solver, z, t, t_next, dt)
+    request = next(steps)
+    while True:
+        z_eval, t_eval, stage = request
+        try:
+            request = steps.send((z_eval, velocity(z_eval, t_eval, stage)))
+        except StopIteration as done:
+            return done.value
+
+
+def apply_repetition_penalty(logits: torch.Tensor, history: list[torch.Tensor], penalty: float) -> torch.Tensor:
+    """logits (B, R, V): for every id in sample b's history, negative logits * p, others / p."""
+    if penalty == 1.0:
+        return logits
+    logits = logits.clone()
+    for b, ids in enumerate(history):
+        if ids.numel() == 0:
+            continue
+        cols = torch.unique(ids)
+        picked = logits[b][:, cols]
+        logits[b][:, cols] = torch.where(picked < 0, picked * penalty, picked / penalty)
+    return logits
+
+
+def sample_tokens(logits: torch.Tensor, history: list[torch.Tensor], temperature: float = 0.0, top_k: int = 50,
+                  top_p: float = 0.9, repetition_penalty: float = 1.1,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """logits (B, R, V) -> token ids (B, R): the reference's ``sample_with_strategies``."""
+    logits = torch.nan_to_num(logits.float(), nan=0.0, posinf=1e4, neginf=-1e4)
+    logits = apply_repetition_penalty(logits, history, repetition_penalty)
+    if temperature < 1e-5:
+        return logits.argmax(dim=-1)
+    logits = logits / temperature
+    if 0 < top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        drop_sorted = cumulative > top_p
+        drop_sorted[..., 1:] = drop_sorted[..., :-1].clone()
+        drop_sorted[..., 0] = False
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    probs = logits.softmax(dim=-1).reshape(-1, logits.shape[-1])
+    return torch.multinomial(probs, 1, generator=generator).view(logits.shape[:-1])

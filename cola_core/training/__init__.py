@@ -1,0 +1,1 @@
+"""Training utilities: corpus building, tokenizer training and text metrics for Cola models."""

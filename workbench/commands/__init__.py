@@ -1,0 +1,1 @@
+"""CLI sub-commands of ``cola-workbench`` (one module each, registered in ``workbench.cli``)."""

@@ -1,0 +1,19 @@
+"""Arguments and helpers shared by several sub-commands."""
+from __future__ import annotations
+
+import argparse
+
+from cola_core import ColaModel, load_pretrained
+from cola_core.pocket import default_checkpoint
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", default=None,
+                        help="checkpoint folder (release root or cola_dlm folder); default: the pocket checkpoint")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
+    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
+                        help="weight dtype (default float32; on CUDA the forward runs in bf16 autocast)")
+
+
+def load_model(args: argparse.Namespace) -> ColaModel:
+    return load_pretrained(args.checkpoint or default_checkpoint(), device=args.device, dtype=args.dtype)
