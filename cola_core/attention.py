@@ -43,23 +43,24 @@ def lengths_from_shape(shape: torch.Tensor | list[int]) -> list[int]:
 # ---------------------------------------------------------------------------------------------
 # RoPE
 # ---------------------------------------------------------------------------------------------
-def rope_angles(positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
-    """positions (B, L) x inv_freq (R,) -> angles (B, L, R) in float32."""
-    return positions.to(torch.float32)[..., None] * inv_freq.to(torch.float32)
+def rope_rotation(positions: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """positions (B, L) x inv_freq (R,) -> (cos, sin), each (B, 1, L, R) fp32; computed once per forward."""
+    angles = positions.to(torch.float32)[..., None] * inv_freq.to(torch.float32)
+    return angles.cos()[:, None], angles.sin()[:, None]
 
 
-def apply_rope_half(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
-    """Split-half RoPE over all channels (VAE): x (B, H, L, hd), angles (B, L, hd/2); fp32 math."""
-    cos, sin = angles.cos()[:, None], angles.sin()[:, None]
+def apply_rope_half(x: torch.Tensor, rotation: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Split-half RoPE over all channels (VAE): x (B, H, L, hd), rotation tables of width hd/2; fp32 math."""
+    cos, sin = rotation
     xf = x.float()
     a, b = xf.chunk(2, dim=-1)
     return torch.cat([a * cos - b * sin, b * cos + a * sin], dim=-1).to(x.dtype)
 
 
-def apply_rope_interleaved(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
-    """Interleaved-pair RoPE on the first 2R channels (DiT): x (B, H, L, hd), angles (B, L, R)."""
-    rot = angles.shape[-1] * 2
-    cos, sin = angles.cos()[:, None], angles.sin()[:, None]
+def apply_rope_interleaved(x: torch.Tensor, rotation: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Interleaved-pair RoPE on the first 2R channels (DiT): x (B, H, L, hd), tables of width R."""
+    cos, sin = rotation
+    rot = cos.shape[-1] * 2
     xf = x[..., :rot].float()
     even, odd = xf[..., 0::2], xf[..., 1::2]
     rotated = torch.stack([even * cos - odd * sin, odd * cos + even * sin], dim=-1).flatten(-2)
@@ -118,19 +119,20 @@ class KVCache:
         """A handle on a row range (e.g. conditional rows only) used by one forward call."""
         return CacheView(self, rows if rows is not None else slice(0, self.rows))
 
-    def _ensure(self, layer: int, like: torch.Tensor, needed: int) -> None:
+    def _ensure(self, layer: int, k_like: torch.Tensor, v_like: torch.Tensor, needed: int) -> None:
+        """Allocate (or double) a layer's buffers so ``needed`` positions fit; K and V keep their dtypes."""
         buf = self._k[layer]
-        if buf is not None and needed <= buf.shape[2] and buf.dtype == like.dtype:
+        if buf is not None and needed <= buf.shape[2] and buf.dtype == k_like.dtype:
             return
         capacity = max(self.capacity, needed)
         while capacity < needed:
             capacity *= 2
-        shape = (self.rows, like.shape[1], capacity, like.shape[3])
-        new_k, new_v = like.new_zeros(shape), like.new_zeros(shape)
+        new_k = k_like.new_zeros(self.rows, k_like.shape[1], capacity, k_like.shape[3])
+        new_v = v_like.new_zeros(self.rows, v_like.shape[1], capacity, v_like.shape[3])
         if buf is not None:
             old = buf.shape[2]
-            new_k[:, :, :old] = buf.to(like.dtype)
-            new_v[:, :, :old] = self._v[layer].to(like.dtype)
+            new_k[:, :, :old] = buf.to(k_like.dtype)
+            new_v[:, :, :old] = self._v[layer].to(v_like.dtype)
         self._k[layer], self._v[layer] = new_k, new_v
         self.capacity = capacity
 
@@ -150,7 +152,7 @@ class CacheView:
               ) -> tuple[torch.Tensor, torch.Tensor]:
         """Place this call's K/V (B, H, Lq, hd) after each row's history; return (B, H, key_len, hd) views."""
         lq = k_new.shape[2]
-        self.cache._ensure(layer, k_new, key_len)
+        self.cache._ensure(layer, k_new, v_new, key_len)
         k_buf, v_buf = self.cache._k[layer][self.rows], self.cache._v[layer][self.rows]
         slots = (self.lengths[:, None] + torch.arange(lq, device=k_new.device))  # (B, Lq)
         index = slots[:, None, :, None].expand(-1, k_new.shape[1], -1, k_new.shape[3])
@@ -165,16 +167,16 @@ class CacheView:
 
 @dataclass
 class AttentionContext:
-    """Everything a layer needs besides its input: query positions, mask, optional cache view."""
+    """Everything a layer needs besides its input: RoPE tables, mask, optional cache view."""
 
-    q_pos: torch.Tensor            # (B, Lq) long
-    mask: torch.Tensor             # (B, 1, Lq, Lk) additive
+    rotation: tuple[torch.Tensor, torch.Tensor]   # (cos, sin) (B, 1, Lq, R) at the query positions
+    mask: torch.Tensor                            # (B, 1, Lq, Lk) additive
     cache: CacheView | None = None
-    key_len: int = 0               # Lk when reading a cache
+    key_len: int = 0                              # Lk when reading a cache
 
 
 def build_context(q_lengths: torch.Tensor, max_q: int, block_size: int | None, dtype: torch.dtype,
-                  cache: CacheView | None = None, positions: torch.Tensor | None = None,
+                  inv_freq: torch.Tensor, cache: CacheView | None = None, positions: torch.Tensor | None = None,
                   allowed: torch.Tensor | None = None) -> AttentionContext:
     """Positions and mask for a padded call.
 
@@ -194,4 +196,5 @@ def build_context(q_lengths: torch.Tensor, max_q: int, block_size: int | None, d
     if allowed is None:
         k_valid = torch.arange(key_len, device=device)[None] < (offsets + q_lengths)[:, None]
         allowed = block_causal_allowed(q_pos, k_pos, k_valid, block_size)
-    return AttentionContext(q_pos=q_pos, mask=additive_mask(allowed, dtype), cache=cache, key_len=key_len)
+    return AttentionContext(rotation=rope_rotation(q_pos, inv_freq), mask=additive_mask(allowed, dtype), cache=cache,
+                            key_len=key_len)

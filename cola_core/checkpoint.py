@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .config import DiTConfig, VAEConfig, check_pair
@@ -104,19 +103,59 @@ def weight_files(folder: Path) -> list[Path]:
     raise CheckpointError(f"{folder}: no {SINGLE_FILE} or {INDEX_FILE}")
 
 
+SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                      "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                      "BOOL": torch.bool}
+
+
+def read_safetensors_header(path: Path) -> tuple[dict, int]:
+    """Parse and sanity-check a safetensors header; returns (entries, offset of the data section)."""
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        raw_len = handle.read(8)
+        if len(raw_len) < 8:
+            raise CheckpointError(f"{path}: truncated safetensors file (no header)")
+        header_len = struct.unpack("<Q", raw_len)[0]
+        if header_len > min(size - 8, 100 << 20):
+            raise CheckpointError(f"{path}: corrupt or truncated safetensors header")
+        try:
+            header = json.loads(handle.read(header_len))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise CheckpointError(f"{path}: corrupt safetensors header (not JSON)") from None
+    header.pop("__metadata__", None)
+    data_start = 8 + header_len
+    for name, entry in header.items():
+        begin, end = entry.get("data_offsets", (0, -1))
+        if entry.get("dtype") not in SAFETENSORS_DTYPES:
+            raise CheckpointError(f"{path}: tensor {name} has unsupported dtype {entry.get('dtype')!r}")
+        if data_start + end > size:
+            raise CheckpointError(f"{path}: truncated safetensors file (tensor {name} ends past the end of the file)")
+    return header, data_start
+
+
 def iter_tensors(files: list[Path], device: torch.device, dtype: torch.dtype | None
                  ) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield (name, tensor) one at a time, each cast to ``dtype`` (floats only) on ``device``."""
+    """Yield (name, tensor) one at a time, floats cast to ``dtype``, on ``device``.
+
+    Reads straight into each tensor's buffer (no mmap), so peak memory is the loaded weights plus
+    one tensor, whatever the file's size.
+    """
     for path in files:
-        try:
-            with safe_open(str(path), framework="pt", device="cpu") as handle:
-                for name in handle.keys():
-                    tensor = handle.get_tensor(name)
-                    if dtype is not None and tensor.is_floating_point():
-                        tensor = tensor.to(dtype)
-                    yield name, tensor.to(device)
-        except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
-            raise CheckpointError(f"{path}: unreadable or truncated safetensors file ({exc})") from None
+        header, data_start = read_safetensors_header(path)
+        with open(path, "rb") as handle:
+            for name, entry in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
+                begin, end = entry["data_offsets"]
+                stored = SAFETENSORS_DTYPES[entry["dtype"]]
+                tensor = torch.empty(entry["shape"], dtype=stored)
+                nbytes = tensor.numel() * tensor.element_size()
+                if nbytes != end - begin:
+                    raise CheckpointError(f"{path}: tensor {name} has {end - begin} bytes for shape {entry['shape']}")
+                handle.seek(data_start + begin)
+                if nbytes and handle.readinto(memoryview(tensor.view(-1).view(torch.uint8).numpy())) != nbytes:
+                    raise CheckpointError(f"{path}: truncated safetensors file while reading {name}")
+                if dtype is not None and tensor.is_floating_point() and tensor.dtype != dtype:
+                    tensor = tensor.to(dtype)
+                yield name, tensor.to(device)
 
 
 def load_module(module: torch.nn.Module, folder: Path, device: torch.device, dtype: torch.dtype | None,
@@ -148,10 +187,13 @@ def load_module(module: torch.nn.Module, folder: Path, device: torch.device, dty
 def _restore_rope_freqs(dit: ColaDiT, device: torch.device) -> None:
     """Keep RoPE frequencies in fp32 (the checkpoint's values upcast, or recomputed if absent)."""
     computed = rope_frequencies(dit.config.rope_dim).to(device)
-    for block in dit.blocks:
+    for layer, block in enumerate(dit.blocks):
         rope = block.msa.rope.rope
-        freqs = rope.freqs
-        rope.freqs = computed.clone() if freqs.is_meta else freqs.to(device=device, dtype=torch.float32)
+        freqs = computed.clone() if rope.freqs.is_meta else rope.freqs.to(device=device, dtype=torch.float32)
+        if not torch.allclose(freqs, computed, rtol=1e-2, atol=0):
+            raise CheckpointError(f"DiT layer {layer}: rope freqs buffer differs from 10000^(-2j/rope_dim); "
+                                  "the checkpoint does not match its config")
+        rope.freqs = freqs
 
 
 @dataclass

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import AttentionContext, CacheView, KVCache, apply_rope_interleaved, attend, build_context, rope_angles
+from .attention import AttentionContext, CacheView, KVCache, apply_rope_interleaved, attend, build_context
 from .config import DiTConfig
 
 TIMESTEP_FEATURES = 256
@@ -91,8 +91,7 @@ class DiTAttention(nn.Module):
         qkv = self.proj_qkv(x).view(batch, lq, 3, cfg.heads, cfg.head_dim)
         q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))   # (B, H, Lq, hd)
         q, k = self.norm_q(q), self.norm_k(k)
-        angles = rope_angles(ctx.q_pos, self.rope.rope.freqs)
-        q, k = apply_rope_interleaved(q, angles), apply_rope_interleaved(k, angles)
+        q, k = apply_rope_interleaved(q, ctx.rotation), apply_rope_interleaved(k, ctx.rotation)
         if ctx.cache is not None:
             k, v = ctx.cache.write(layer, k, v, ctx.key_len)
         out = attend(q, k, v, ctx.mask)
@@ -175,7 +174,8 @@ class ColaDiT(nn.Module):
         dtype = h.dtype
         t_unique, inverse = torch.unique(t.reshape(-1), return_inverse=True)
         emb = RowEmbedding(self.emb_in(t_unique, dtype), inverse, t.shape)
-        ctx = build_context(lengths, x.shape[1], self.config.block_size, dtype, cache=cache,
+        freqs = self.blocks[0].msa.rope.rope.freqs   # identical in every layer (checked at load)
+        ctx = build_context(lengths, x.shape[1], self.config.block_size, dtype, freqs, cache=cache,
                             positions=positions, allowed=allowed)
         for layer, block in enumerate(self.blocks):
             h = block(h, emb, ctx, layer)

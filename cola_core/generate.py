@@ -40,6 +40,7 @@ class GenerationConfig:
     schedule: str = "linear"
     schedule_shift: float = 3.0
     stop_at_eos: bool = True
+    noise_device: str | None = None   # seeded noise is drawn here (None: the run device, as the reference)
 
     def validate(self) -> None:
         """Raise GenerationError naming the first bad knob."""
@@ -61,6 +62,8 @@ class GenerationConfig:
             (math.isfinite(self.schedule_shift) and self.schedule_shift > 0,
              f"schedule_shift must be finite and > 0, got {self.schedule_shift!r}"),
             (self.seed is None or isinstance(self.seed, int), f"seed must be an integer, got {self.seed!r}"),
+            (self.noise_device in (None, "cpu") or str(self.noise_device).startswith("cuda"),
+             f"noise_device must be cpu, cuda or cuda:N, got {self.noise_device!r}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -185,15 +188,19 @@ class BlockwiseSampler:
             return model.vae.decode_latents(z.to(model.dtype), lengths, cache=cache.view(), update_cache=update).float()
 
     def _noise(self, block: int) -> torch.Tensor:
-        """(B, bs, C) fp32 initial noise of a block: official per-sample seeding when a seed is set."""
+        """(B, bs, C) fp32 initial noise of a block: official per-sample seeding when a seed is set.
+
+        CPU and CUDA generators differ for one seed; ``noise_device="cpu"`` makes a seed portable.
+        """
         bs, channels, device = self.model.block_size, self.model.dit_config.txt_in_channels, self.model.device
         if self.config.seed is None:
             return torch.randn(len(self.sample_ids) * bs, channels, device=device).view(-1, bs, channels)
+        noise_device = torch.device(self.config.noise_device) if self.config.noise_device else device
         draws = []
         for sid in self.sample_ids:
-            gen = torch.Generator(device).manual_seed(self.config.seed + 1000 * sid + 10_000_000 * block)
-            draws.append(torch.randn(bs, channels, generator=gen, device=device))
-        return torch.stack(draws)
+            gen = torch.Generator(noise_device).manual_seed(self.config.seed + 1000 * sid + 10_000_000 * block)
+            draws.append(torch.randn(bs, channels, generator=gen, device=noise_device))
+        return torch.stack(draws).to(device)
 
     # -- the loop ----------------------------------------------------------------------------------
     def events(self) -> Iterator[tuple[str, SamplerState]]:

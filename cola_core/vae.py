@@ -10,8 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import (AttentionContext, CacheView, KVCache, apply_rope_half, attend, build_context,
-                        pad_rows, rope_angles)
+from .attention import AttentionContext, CacheView, KVCache, apply_rope_half, attend, build_context, pad_rows
 from .config import VAEConfig
 
 
@@ -59,8 +58,7 @@ class VAEBlock(nn.Module):
         q = q.view(batch, lq, -1, hd).transpose(1, 2)       # (B, H, Lq, hd)
         k = k.view(batch, lq, -1, hd).transpose(1, 2)       # (B, Hk, Lq, hd)
         v = v.view(batch, lq, -1, hd).transpose(1, 2)
-        angles = rope_angles(ctx.q_pos, vae_rope_frequencies(hd, cfg.rope_theta, x.device))
-        q, k = apply_rope_half(q, angles), apply_rope_half(k, angles)
+        q, k = apply_rope_half(q, ctx.rotation), apply_rope_half(k, ctx.rotation)
         if ctx.cache is not None:
             k, v = ctx.cache.write(layer, k, v, ctx.key_len)
         out = attend(q, k, v, ctx.mask)                     # (B, H, Lq, hd)
@@ -141,6 +139,9 @@ class ColaTextVAE(nn.Module):
         # we keep attention bidirectional but inside each sample.
         return self.config.block_size if self.config.block_causal else None
 
+    def rope_frequencies(self, device: torch.device) -> torch.Tensor:
+        return vae_rope_frequencies(self.config.head_dim, self.config.rope_theta, device)
+
     def new_cache(self, rows: int, device: torch.device | str | None = None) -> KVCache:
         """A fresh decoder KV cache for one generation call."""
         device = device if device is not None else next(self.parameters()).device
@@ -161,7 +162,7 @@ class ColaTextVAE(nn.Module):
         x = enc.wte(ids)                                           # (B, L, D)
         x = enc.patch_embedder(x.transpose(1, 2)).transpose(1, 2)  # (B, n, D)
         n_lengths = torch.div(lengths, cfg.patch_size, rounding_mode="floor")
-        ctx = build_context(n_lengths, x.shape[1], self.mask_block_size, x.dtype)
+        ctx = build_context(n_lengths, x.shape[1], self.mask_block_size, x.dtype, self.rope_frequencies(x.device))
         for layer, block in enumerate(enc.blocks):
             x = block(x, ctx, layer)
         out = enc.final_layer(x)
@@ -190,7 +191,8 @@ class ColaTextVAE(nn.Module):
         cfg = self.config
         dec = self.decoder
         x = dec.in_layer(z)
-        ctx = build_context(lengths, x.shape[1], self.mask_block_size, x.dtype, cache=cache)
+        ctx = build_context(lengths, x.shape[1], self.mask_block_size, x.dtype, self.rope_frequencies(x.device),
+                            cache=cache)
         for layer, block in enumerate(dec.blocks):
             x = block(x, ctx, layer)
         batch, n, dim = x.shape

@@ -14,10 +14,6 @@ from cola_core.errors import ColaError
 COMMAND_MODULES = ["generate"]
 
 
-class UsageError(Exception):
-    """A user error detected by a command (exit code 2)."""
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cola-workbench",
                                      description="Cola DLM latent-space research workbench")
@@ -32,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ColaError, UsageError, ValueError, FileNotFoundError) as exc:
+    except (ColaError, ValueError, FileNotFoundError) as exc:   # UsageError is a ValueError
         print(f"cola-workbench {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -4,7 +4,12 @@ from __future__ import annotations
 import argparse
 
 from cola_core import ColaModel, load_pretrained
+from cola_core.checkpoint import parse_device, parse_dtype
 from cola_core.pocket import default_checkpoint
+
+
+class UsageError(ValueError):
+    """A user error detected by a command (the CLI exits with code 2)."""
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -16,4 +21,6 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 
 
 def load_model(args: argparse.Namespace) -> ColaModel:
-    return load_pretrained(args.checkpoint or default_checkpoint(), device=args.device, dtype=args.dtype)
+    """Load ``--checkpoint`` (or the pocket checkpoint), validating device and dtype first."""
+    device, dtype = parse_device(args.device), parse_dtype(args.dtype)
+    return load_pretrained(args.checkpoint or default_checkpoint(), device=device, dtype=dtype)

@@ -6,8 +6,7 @@ import json
 
 from cola_core.generate import GenerationConfig, generate
 
-from ..cli import UsageError
-from .common import add_model_args, load_model
+from .common import UsageError, add_model_args, load_model
 
 DEFAULTS = GenerationConfig()
 

@@ -1,0 +1,188 @@
+"""Training configs for the two stages, read from TOML: every field has a default, unknown fields are errors.
+
+A file holds top-level trainer/objective fields and an optional ``[model]`` table whose keys are
+fields of :class:`cola_core.config.VAEConfig` (stage 1) or :class:`cola_core.config.DiTConfig` (stage 2).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+from ..config import DiTConfig, VAEConfig
+from ..errors import ConfigError
+
+
+@dataclass
+class TrainConfig:
+    """Fields shared by both stages: data, optimisation, bookkeeping."""
+
+    corpus: str = "artifacts/wordnet"      # folder with train/val/test.jsonl (`cola-workbench corpus`)
+    run_dir: str = "runs/train"            # trainer checkpoints, metrics.jsonl, loss_curves.html
+    out_dir: str = "runs/train/model"      # the trained model (release layout)
+    max_tokens: int = 32                   # tokens per text incl. eos (longer texts are cut)
+    seed: int = 0
+    steps: int = 1000                      # optimizer steps
+    batch_size: int = 64                   # global batch (all ranks, all accumulation micro-batches)
+    grad_accum: int = 1
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1              # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0                 # 0 disables
+    ema_decay: float = 0.0                 # 0 disables; else the saved model holds the EMA weights
+    length_bucketing: bool = True          # batch texts of similar length together (less padding)
+    val_every: int = 200                   # 0 disables periodic validation
+    val_batches: int = 8
+    save_every: int = 500                  # trainer checkpoint interval in steps (0: only at the end)
+    log_every: int = 10
+    device: str = "auto"                   # auto, cpu, cuda, cuda:N
+    num_threads: int = 0                   # torch CPU threads; 0 leaves torch's default
+    max_minutes: float = 0.0               # wall-clock cap: stop, checkpoint and export early (0: none)
+    save_dtype: str = "float32"            # dtype of the exported weights: float32 or bfloat16
+    model: dict[str, Any] = field(default_factory=dict)
+
+    stage = ""
+
+    def validate(self, source: str) -> None:
+        positive = ("max_tokens", "steps", "batch_size", "grad_accum", "val_batches", "log_every")
+        for key in positive:
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{source}: field {key!r} must be >= 1, got {getattr(self, key)!r}")
+        for key in ("warmup_steps", "val_every", "save_every", "num_threads", "max_minutes", "grad_clip",
+                    "weight_decay"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{source}: field {key!r} must be >= 0, got {getattr(self, key)!r}")
+        if self.lr <= 0:
+            raise ConfigError(f"{source}: field 'lr' must be > 0, got {self.lr!r}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"{source}: field 'min_lr_ratio' must be in [0, 1], got {self.min_lr_ratio!r}")
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError(f"{source}: field 'ema_decay' must be in [0, 1), got {self.ema_decay!r}")
+        if self.batch_size % self.grad_accum:
+            raise ConfigError(f"{source}: field 'batch_size' ({self.batch_size}) must be a multiple of "
+                              f"grad_accum ({self.grad_accum})")
+        if self.save_dtype not in ("float32", "bfloat16"):
+            raise ConfigError(f"{source}: field 'save_dtype' must be float32 or bfloat16, got {self.save_dtype!r}")
+
+
+@dataclass
+class VAETrainConfig(TrainConfig):
+    """Stage 1: recon CE (posterior sample) + beta*KL + mask_weight * masked-token CE."""
+
+    tokenizer: str = ""                    # tokenizer.json; trained on the train split if missing
+    vocab_size: int = 4096                 # BPE size when the tokenizer is trained here
+    beta: float = 0.05                     # weight of KL(q||N(0,I)) per latent channel (mean over channels)
+    mask_weight: float = 1.0               # lambda of the BERT-style mask loss
+    mask_prob: float = 0.15                # share of tokens masked in a masked sequence
+    mask_seq_prob: float = 0.5             # share of sequences that get masked
+    prefix_prob: float = 0.15              # share of texts cut to a prefix without eos (prompt-like)
+    decoder_noise: float = 0.0             # extra N(0, s^2) on the decoder input, s ~ U(0, decoder_noise)
+    stats_batches: int = 50                # batches of posterior samples for scaling/shifting factors
+
+    stage = "vae"
+
+    def validate(self, source: str) -> None:
+        super().validate(source)
+        for key in ("beta", "mask_weight", "decoder_noise"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{source}: field {key!r} must be >= 0, got {getattr(self, key)!r}")
+        for key in ("mask_prob", "mask_seq_prob", "prefix_prob"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise ConfigError(f"{source}: field {key!r} must be in [0, 1], got {getattr(self, key)!r}")
+        if self.stats_batches < 1:
+            raise ConfigError(f"{source}: field 'stats_batches' must be >= 1")
+        _check_model_keys(self.model, VAEConfig, source)
+
+
+@dataclass
+class DiTTrainConfig(TrainConfig):
+    """Stage 2: the official 2L flow-matching recipe on latents of a (frozen) VAE."""
+
+    vae: str = "runs/vae/model"            # stage-1 output folder (cola_vae/ + tokenizer.json)
+    t_sampling: str = "logit_normal"       # logit_normal or uniform
+    t_loc: float = 0.0                     # logit-normal location (1.0 pretraining, 0.0 CPT/SFT)
+    t_scale: float = 1.0
+    prompt_block_prob: float = 0.05        # per block: first k latents clean (t=0, weight 0)
+    posterior_mean: bool = False           # z0 from the posterior mean instead of a sample
+    joint_vae: bool = False                # also train the VAE (recon + mask + KL to a frozen encoder)
+    vae_lr: float = 1e-4
+    lambda_vae: float = 1.0
+    lambda_ref: float = 1.0
+    mask_prob: float = 0.15
+    mask_seq_prob: float = 0.5
+
+    stage = "dit"
+
+    def validate(self, source: str) -> None:
+        super().validate(source)
+        if self.t_sampling not in ("logit_normal", "uniform"):
+            raise ConfigError(f"{source}: field 't_sampling' must be logit_normal or uniform, got {self.t_sampling!r}")
+        if self.t_scale <= 0:
+            raise ConfigError(f"{source}: field 't_scale' must be > 0")
+        for key in ("prompt_block_prob", "mask_prob", "mask_seq_prob"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise ConfigError(f"{source}: field {key!r} must be in [0, 1], got {getattr(self, key)!r}")
+        _check_model_keys(self.model, DiTConfig, source)
+
+
+def _check_model_keys(model: dict[str, Any], cls: type, source: str) -> None:
+    known = {f.name for f in dataclasses.fields(cls) if f.name != "extra"}
+    for key in model:
+        if key not in known:
+            raise ConfigError(f"{source}: unknown field {key!r} in [model]; known: {', '.join(sorted(known))}")
+
+
+STAGES: dict[str, type[TrainConfig]] = {"vae": VAETrainConfig, "dit": DiTTrainConfig}
+
+
+def config_from_dict(stage: str, raw: dict[str, Any], source: str = "<dict>") -> TrainConfig:
+    """Build and validate a stage config; unknown or mistyped fields raise ConfigError naming them."""
+    if stage not in STAGES:
+        raise ConfigError(f"unknown training stage {stage!r}; choose vae or dit")
+    cls = STAGES[stage]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in fields:
+            raise ConfigError(f"{source}: unknown field {key!r} for stage {stage!r}; "
+                              f"known: {', '.join(sorted(fields))}")
+        values[key] = _typed(value, fields[key], cls, source)
+    config = cls(**values)
+    config.validate(source)
+    return config
+
+
+def _typed(value: Any, f: dataclasses.Field, cls: type, source: str) -> Any:
+    default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+    kind = type(default)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if type(value) is not kind:
+        raise ConfigError(f"{source}: field {f.name!r} must be {kind.__name__}, got {value!r}")
+    return value
+
+
+def load_config(stage: str, path: str | Path) -> TrainConfig:
+    """Read a TOML training config for ``stage`` (vae or dit)."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: training config not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML ({exc})") from None
+    return config_from_dict(stage, raw, source=str(path))
+
+
+def config_to_dict(config: TrainConfig) -> dict[str, Any]:
+    """Plain dict of a config (for metrics and checkpoints)."""
+    return dataclasses.asdict(config)

@@ -1,0 +1,124 @@
+"""Tokenised corpus splits and a deterministic batch order, so a run can resume at any step exactly.
+
+Batch ``k`` of a run is a pure function of (seed, k): epoch ``k // batches_per_epoch`` uses a
+seeded permutation (optionally length-bucketed), so the data position needs no saved state.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..tokenizer import ColaTokenizer
+from .corpus import SPLITS, read_corpus
+
+BUCKET_SPAN = 50   # length bucketing sorts windows of BUCKET_SPAN batches by length
+
+
+def corpus_split_path(corpus: str | Path, split: str) -> Path:
+    """The JSONL file of one split in a corpus folder, with a clear error if it is missing."""
+    corpus = Path(corpus)
+    if not corpus.is_dir():
+        raise FileNotFoundError(f"corpus folder not found: {corpus}; build one with "
+                                "`cola-workbench corpus wordnet --out DIR` or `cola-workbench corpus file FILE --out DIR`")
+    path = corpus / f"{split}.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{corpus}: missing {split}.jsonl (expected {', '.join(s + '.jsonl' for s in SPLITS)})")
+    return path
+
+
+@dataclass
+class Batch:
+    """Padded token batch. ids (B, L) with L a multiple of the chunk; lengths (B,) padded token lengths;
+    real (B, L) bool marks text+eos tokens (not the block padding)."""
+
+    ids: torch.Tensor
+    lengths: torch.Tensor
+    real: torch.Tensor
+
+    def to(self, device: torch.device) -> "Batch":
+        return Batch(self.ids.to(device), self.lengths.to(device), self.real.to(device))
+
+    def rows(self, index: slice) -> "Batch":
+        return Batch(self.ids[index], self.lengths[index], self.real[index])
+
+
+class TokenDataset:
+    """One split as token id lists (text + eos, cut to max_tokens)."""
+
+    def __init__(self, texts: list[str], tokenizer: ColaTokenizer, max_tokens: int, chunk: int):
+        if not texts:
+            raise ValueError("dataset is empty")
+        if tokenizer.eos_id is None:
+            raise ValueError("tokenizer has no eos token (<|endoftext|>)")
+        self.tokenizer = tokenizer
+        self.chunk = chunk
+        self.max_tokens = max_tokens
+        self.rows = [(ids + [tokenizer.eos_id])[:max_tokens] for ids in tokenizer.encode_batch(texts)]
+        self.rows = [row for row in self.rows if row]
+
+    @classmethod
+    def from_corpus(cls, corpus: str | Path, split: str, tokenizer: ColaTokenizer, max_tokens: int, chunk: int
+                    ) -> "TokenDataset":
+        return cls(read_corpus(corpus_split_path(corpus, split)), tokenizer, max_tokens, chunk)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def collate(self, rows: list[list[int]]) -> Batch:
+        """Pad each row with pad ids to a whole chunk, then the batch to its longest row."""
+        pad = self.tokenizer.pad_id
+        lengths = [len(r) + (-len(r) % self.chunk) for r in rows]
+        longest = max(lengths)
+        ids = torch.full((len(rows), longest), pad, dtype=torch.long)
+        real = torch.zeros(len(rows), longest, dtype=torch.bool)
+        for b, row in enumerate(rows):
+            ids[b, :len(row)] = torch.tensor(row, dtype=torch.long)
+            real[b, :len(row)] = True
+        return Batch(ids, torch.tensor(lengths, dtype=torch.long), real)
+
+
+class BatchOrder:
+    """Deterministic batches of dataset indices: ``batch(k)`` depends only on (seed, k)."""
+
+    def __init__(self, dataset: TokenDataset, batch_size: int, seed: int, bucketing: bool = True):
+        if batch_size > len(dataset):
+            raise ValueError(f"batch_size {batch_size} exceeds the {len(dataset)} texts of the split")
+        self.dataset, self.batch_size, self.seed, self.bucketing = dataset, batch_size, seed, bucketing
+        self.per_epoch = len(dataset) // batch_size
+        self._epoch, self._batches = -1, []
+        self._lengths = torch.tensor([len(r) for r in dataset.rows])
+
+    def _epoch_batches(self, epoch: int) -> list[torch.Tensor]:
+        gen = torch.Generator().manual_seed(self.seed * 7919 + epoch)
+        perm = torch.randperm(len(self.dataset), generator=gen)[: self.per_epoch * self.batch_size]
+        if not self.bucketing:
+            return list(perm.view(self.per_epoch, self.batch_size))
+        span = BUCKET_SPAN * self.batch_size
+        batches = []
+        for start in range(0, len(perm), span):
+            window = perm[start:start + span]
+            window = window[torch.sort(self._lengths[window], stable=True).indices]
+            batches.extend(window.view(-1, self.batch_size))
+        order = torch.randperm(len(batches), generator=gen)
+        return [batches[i] for i in order]
+
+    def indices(self, k: int) -> torch.Tensor:
+        epoch, offset = divmod(k, self.per_epoch)
+        if epoch != self._epoch:
+            self._epoch, self._batches = epoch, self._epoch_batches(epoch)
+        return self._batches[offset]
+
+    def batch(self, k: int) -> Batch:
+        return self.dataset.collate([self.dataset.rows[i] for i in self.indices(k).tolist()])
+
+
+def fixed_batches(dataset: TokenDataset, batch_size: int, limit: int | None = None) -> list[Batch]:
+    """The split in file order as batches (validation / evaluation); ``limit`` caps their number."""
+    batches = []
+    for start in range(0, len(dataset), batch_size):
+        if limit is not None and len(batches) >= limit:
+            break
+        batches.append(dataset.collate(dataset.rows[start:start + batch_size]))
+    return batches

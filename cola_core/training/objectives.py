@@ -1,0 +1,229 @@
+"""Training objectives: stage-1 VAE loss and the official stage-2 "2L" flow-matching loss.
+
+Each objective returns ``Terms``: name -> (sum, count) over its elements, so the trainer can
+normalise by the *global* count across ranks and gradient-accumulation micro-batches (DDP then
+gives exactly the single-process loss). All randomness is drawn for the global batch from one
+generator and then sliced to this rank's rows, so it does not depend on the number of ranks.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..dit import ColaDiT
+from ..vae import ColaTextVAE, Posterior
+from .data import Batch
+
+Terms = dict[str, tuple[torch.Tensor, torch.Tensor]]
+T_SCALE = 1000.0   # DiT timestep scale (spec: t*T with T=1000, cast to bf16)
+
+
+def _ce(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Per-token cross-entropy (B, L) in fp32."""
+    return F.cross_entropy(logits.float().transpose(1, 2), ids, reduction="none")
+
+
+def token_valid(batch: Batch) -> torch.Tensor:
+    """(B, L) bool: positions inside each sample's padded length (text, eos and block padding)."""
+    return torch.arange(batch.ids.shape[1], device=batch.ids.device)[None] < batch.lengths[:, None]
+
+
+def cut_prefixes(batch: Batch, prob: float, gen: torch.Generator, pad_id: int, chunk: int) -> Batch:
+    """With probability ``prob`` per text, keep a random non-empty proper prefix without eos (prompt-like)."""
+    if prob <= 0:
+        return batch
+    real_len = batch.real.sum(1)
+    cut = torch.rand(real_len.shape, generator=gen, device=gen.device) < prob
+    keep = (torch.rand(real_len.shape, generator=gen, device=gen.device) * (real_len - 1).clamp(min=1)).long() + 1
+    cut = (cut & (real_len > 1)).to(batch.ids.device)
+    keep = torch.where(cut, keep.to(batch.ids.device), real_len)
+    pos = torch.arange(batch.ids.shape[1], device=batch.ids.device)[None]
+    real = pos < keep[:, None]
+    ids = batch.ids.masked_fill(~real, pad_id)
+    lengths = torch.where(cut, keep + (-keep) % chunk, batch.lengths)
+    return Batch(ids, lengths, real)
+
+
+def bert_mask(valid: torch.Tensor, prob: float, seq_prob: float, gen: torch.Generator) -> torch.Tensor:
+    """(B, L) bool: in a ``seq_prob`` share of sequences, each valid token masked with ``prob``."""
+    seq = torch.rand(valid.shape[0], generator=gen, device=gen.device) < seq_prob
+    tok = torch.rand(valid.shape, generator=gen, device=gen.device) < prob
+    return (seq[:, None] & tok).to(valid.device) & valid
+
+
+def _randn(shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
+    return torch.randn(shape, generator=gen, device=gen.device)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 1: Text VAE
+# ---------------------------------------------------------------------------------------------
+def vae_terms(vae: ColaTextVAE, batch: Batch, gen: torch.Generator, rows: slice, *, pad_id: int,
+              prefix_prob: float, mask_prob: float, mask_seq_prob: float, decoder_noise: float) -> Terms:
+    """recon CE from a posterior sample (all tokens), KL(q||N(0,I)) per channel, CE on masked tokens.
+
+    ``decoder_noise`` adds N(0, s^2) with s ~ U(0, decoder_noise) to the decoder input, so the decoder
+    learns to read imperfect latents (the prior's samples are never exact).
+    """
+    cfg = vae.config
+    chunk = cfg.patch_size * cfg.block_size
+    batch = cut_prefixes(batch, prefix_prob, gen, pad_id, chunk)
+    valid = token_valid(batch)
+    masked = bert_mask(valid, mask_prob, mask_seq_prob, gen)
+    n, channels = batch.ids.shape[1] // cfg.patch_size, cfg.latent_dim
+    eps = _randn((len(valid), n, channels), gen)
+    sigma = torch.rand(len(valid), generator=gen, device=gen.device) * decoder_noise
+    extra = _randn((len(valid), n, channels), gen) * sigma[:, None, None]
+    batch, valid, masked = batch.rows(rows), valid[rows], masked[rows]
+    eps, extra = eps[rows].to(batch.ids.device), extra[rows].to(batch.ids.device)
+
+    post = vae.encode_ids(batch.ids, batch.lengths, mask_token_ids=masked)
+    z = vae.to_dit_space(post.mean + post.std * eps) + extra
+    logits = vae.decode_latents(z, batch.lengths // cfg.patch_size)
+    ce = _ce(logits, batch.ids)
+    kl = post.kl_to_standard_normal().float().mean(-1)          # (B, n) per channel
+    correct = (logits.argmax(-1) == batch.ids) & batch.real
+    return {
+        "recon": ((ce * valid).sum(), valid.sum()),
+        "kl": ((kl * post.valid).sum(), post.valid.sum()),
+        "mask": ((ce * masked).sum(), masked.sum()),
+        "acc": (correct.sum().float(), batch.real.sum()),
+        "post_std": ((post.std.float().mean(-1) * post.valid).sum(), post.valid.sum()),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 2: DiT flow matching, "2L" layout
+# ---------------------------------------------------------------------------------------------
+def two_l_allowed(n_lengths: torch.Tensor, n: int, block_size: int) -> torch.Tensor:
+    """(B, 2n, 2n) bool mask of the official 2L layout [clean | noisy], per sample.
+
+    clean q -> clean k with blk_k <= blk_q; noisy q -> clean k with blk_k < blk_q and noisy k in
+    the same block; never padding.
+    """
+    blk = torch.arange(n, device=n_lengths.device) // block_size
+    clean_clean = blk[:, None] >= blk[None, :]
+    noisy_clean = blk[:, None] > blk[None, :]
+    noisy_noisy = blk[:, None] == blk[None, :]
+    layout = torch.cat([torch.cat([clean_clean, torch.zeros_like(clean_clean)], 1),
+                        torch.cat([noisy_clean, noisy_noisy], 1)], 0)
+    valid = torch.arange(n, device=n_lengths.device)[None] < n_lengths[:, None]
+    valid2 = torch.cat([valid, valid], 1)
+    return layout[None] & valid2[:, None, :] & valid2[:, :, None]
+
+
+def sample_t(batch: int, gen: torch.Generator, sampling: str, loc: float, scale: float) -> torch.Tensor:
+    """(B,) t in (0, 1): logit-normal sigmoid(loc + scale*N(0,1)) or uniform."""
+    if sampling == "uniform":
+        return torch.rand(batch, generator=gen, device=gen.device)
+    return torch.sigmoid(loc + scale * torch.randn(batch, generator=gen, device=gen.device))
+
+
+def prompt_block_clean(n: int, block_size: int, batch: int, prob: float, gen: torch.Generator) -> torch.Tensor:
+    """(B, n) bool: per block with prob ``prob`` its first k in [1, bs-1] latents are clean prompt latents."""
+    blocks = -(-n // block_size)
+    pick = torch.rand(batch, blocks, generator=gen, device=gen.device) < prob
+    if block_size < 2:
+        return torch.zeros(batch, n, dtype=torch.bool, device=gen.device)
+    k = torch.randint(1, block_size, (batch, blocks), generator=gen, device=gen.device)
+    within = torch.arange(block_size, device=gen.device)
+    clean = (within[None, None] < k[..., None]) & pick[..., None]
+    return clean.reshape(batch, blocks * block_size)[:, :n]
+
+
+def flow_matching_2l(dit: ColaDiT, z0: torch.Tensor, z1: torch.Tensor, t: torch.Tensor, n_lengths: torch.Tensor,
+                     clean: torch.Tensor | None = None) -> Terms:
+    """Loss on the noisy half of [z0 | z_t]: mean_c (v - (z1 - z0))^2 weighted by real, non-prompt latents.
+
+    z0, z1 (B, n, C) DiT-space; t (B,) in [0, 1]; n_lengths (B,); clean (B, n) prompt latents (t=0, weight 0).
+    Also returns ``zero_velocity``: the same loss for predicting v = 0 (the trivial baseline).
+    """
+    batch, n, _ = z0.shape
+    device = z0.device
+    clean = torch.zeros(batch, n, dtype=torch.bool, device=device) if clean is None else clean
+    t_tok = t[:, None].expand(batch, n).masked_fill(clean, 0.0)
+    zt = (1 - t_tok[..., None]) * z0 + t_tok[..., None] * z1
+    target = z1 - z0
+    x = torch.cat([z0, zt], 1)
+    timestep = torch.cat([torch.zeros_like(t_tok), t_tok * T_SCALE], 1).to(torch.bfloat16).float()
+    positions = torch.arange(n, device=device).repeat(2)[None].expand(batch, -1)
+    allowed = two_l_allowed(n_lengths, n, dit.config.block_size)
+    v = dit(x, timestep, 2 * n_lengths, positions=positions, allowed=allowed)[:, n:]
+    weight = (torch.arange(n, device=device)[None] < n_lengths[:, None]) & ~clean
+    mse = (v.float() - target.float()).pow(2).mean(-1)
+    return {"fm": ((mse * weight).sum(), weight.sum()),
+            "zero_velocity": ((target.float().pow(2).mean(-1) * weight).sum(), weight.sum())}
+
+
+def dit_terms(dit: ColaDiT, vae: ColaTextVAE, batch: Batch, gen: torch.Generator, rows: slice, *,
+              t_sampling: str, t_loc: float, t_scale: float, prompt_block_prob: float, posterior_mean: bool,
+              ref_vae: ColaTextVAE | None = None) -> Terms:
+    """Flow matching on the VAE's DiT-space latents; with ``ref_vae`` (joint training) the VAE also gets
+    recon CE and KL(q || q_ref) to the frozen reference encoder."""
+    cfg = vae.config
+    n, channels, batch_size = batch.ids.shape[1] // cfg.patch_size, cfg.latent_dim, len(batch.ids)
+    eps = _randn((batch_size, n, channels), gen)
+    z1 = _randn((batch_size, n, channels), gen)
+    t = sample_t(batch_size, gen, t_sampling, t_loc, t_scale)
+    clean = prompt_block_clean(n, dit.config.block_size, batch_size, prompt_block_prob, gen)
+    device = batch.ids.device
+    batch = batch.rows(rows)
+    eps, z1, t, clean = eps[rows].to(device), z1[rows].to(device), t[rows].to(device), clean[rows].to(device)
+
+    joint = ref_vae is not None
+    with torch.set_grad_enabled(joint and torch.is_grad_enabled()):
+        post = vae.encode_ids(batch.ids, batch.lengths)
+        z0 = vae.to_dit_space(post.mean if posterior_mean else post.mean + post.std * eps)
+    n_lengths = batch.lengths // cfg.patch_size
+    terms = flow_matching_2l(dit, z0 if joint else z0.detach(), z1, t, n_lengths, clean)
+    if joint:
+        valid = token_valid(batch)
+        ce = _ce(vae.decode_latents(z0, n_lengths), batch.ids)
+        with torch.no_grad():
+            ref = ref_vae.encode_ids(batch.ids, batch.lengths)
+        kl = gaussian_kl(post, ref).mean(-1)
+        terms["recon"] = ((ce * valid).sum(), valid.sum())
+        terms["kl_ref"] = ((kl * post.valid).sum(), post.valid.sum())
+    return terms
+
+
+def gaussian_kl(q: Posterior, p: Posterior) -> torch.Tensor:
+    """KL(q || p) of diagonal Gaussians per latent and channel, (B, n, C)."""
+    return 0.5 * (p.logvar - q.logvar + (q.logvar.exp() + (q.mean - p.mean).pow(2)) / p.logvar.exp() - 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Latent statistics -> scaling/shifting factors
+# ---------------------------------------------------------------------------------------------
+@torch.no_grad()
+def latent_statistics(vae: ColaTextVAE, batches: list[Batch], gen: torch.Generator) -> tuple[float, float]:
+    """(mean, std) of posterior samples in the encoder's raw space over the valid latents of ``batches``."""
+    total, total_sq, count = 0.0, 0.0, 0
+    for batch in batches:
+        post = vae.encode_ids(batch.ids, batch.lengths)
+        z = (post.mean + post.std * _randn(tuple(post.mean.shape), gen).to(post.mean.device)).double()
+        z = z[post.valid]
+        total, total_sq, count = total + z.sum().item(), total_sq + z.pow(2).sum().item(), count + z.numel()
+    mean = total / count
+    return mean, (total_sq / count - mean * mean) ** 0.5
+
+
+@torch.no_grad()
+def set_latent_scaling(vae: ColaTextVAE, shift: float, scale: float) -> None:
+    """Write scaling/shifting factors into the config and fold the change into ``decoder.in_layer``.
+
+    The decoder consumes DiT-space latents (spec pitfall 10): with the new factors its input becomes
+    z' = (z - shift)*scale, so in_layer is rewritten to give the same output on z' as before on
+    z_old = (z - shift_old)*scale_old. Reconstruction is unchanged.
+    """
+    cfg = vae.config
+    layer = vae.decoder.in_layer
+    if layer.bias is None:
+        shift = cfg.shifting_factor   # a shift change cannot be folded without a bias
+    # z_old = z' * (scale_old/scale) + (shift - shift_old) * scale_old
+    ratio = cfg.scaling_factor / scale
+    offset = (shift - cfg.shifting_factor) * cfg.scaling_factor
+    if layer.bias is not None:
+        layer.bias += layer.weight.sum(1) * offset
+    layer.weight *= ratio
+    cfg.scaling_factor, cfg.shifting_factor = float(scale), float(shift)

@@ -1,0 +1,214 @@
+"""The two training stages wired end to end: config -> data -> model -> Trainer -> release-layout export.
+
+Stage 1 (``train_vae``) writes ``<out_dir>/cola_vae/`` + ``tokenizer.json`` with scaling/shifting factors
+computed from posterior samples and folded into ``decoder.in_layer``. Stage 2 (``train_dit``) reads
+that folder and writes the full release layout (``cola_dlm/cola_vae``, ``cola_dlm/cola_dit``,
+``tokenizer.json``) with :func:`cola_core.checkpoint.save_pretrained`.
+"""
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from ..checkpoint import ColaModel, _save_module, load_module, save_pretrained
+from ..config import DiTConfig, VAEConfig, check_pair
+from ..dit import ColaDiT
+from ..errors import ConfigError
+from ..tokenizer import ColaTokenizer
+from ..vae import ColaTextVAE
+from .config import DiTTrainConfig, VAETrainConfig
+from .corpus import read_corpus
+from .data import BatchOrder, TokenDataset, corpus_split_path, fixed_batches
+from .objectives import dit_terms, latent_statistics, set_latent_scaling, vae_terms
+from .tokenizer_train import train_bpe_tokenizer
+from .trainer import Dist, Trainer, setup_distributed
+
+SAVE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def init_weights(module: nn.Module, std: float) -> None:
+    """Normal(0, std) for linear/conv/embedding weights, zero biases, unit LayerNorm gains."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Embedding)):
+            nn.init.normal_(m.weight, 0.0, std)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm) and m.elementwise_affine:
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def init_dit(dit: ColaDiT, std: float = 0.02) -> None:
+    """adaLN-zero: gates and the output projection start at zero, so every block starts as identity."""
+    init_weights(dit, std)
+    for block in dit.blocks:
+        for gate in (block.ada.msa_out[1], block.ada.mlp_out[1]):
+            nn.init.zeros_(gate.weight)
+            nn.init.zeros_(gate.bias)
+    nn.init.zeros_(dit.txt_out.proj.weight)
+    nn.init.zeros_(dit.txt_out.proj.bias)
+
+
+def _prepare(cfg) -> Dist:
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    torch.manual_seed(cfg.seed)
+    return setup_distributed(cfg.device)
+
+
+def _vae_folder(path: Path) -> Path:
+    return path / "cola_vae" if (path / "cola_vae").is_dir() else path
+
+
+def save_vae(vae: ColaTextVAE, tokenizer: ColaTokenizer, out_dir: str | Path, dtype: torch.dtype) -> Path:
+    """Stage-1 export: ``<out_dir>/cola_vae/{config.json, model.safetensors}`` + ``<out_dir>/tokenizer.json``."""
+    out_dir = Path(out_dir)
+    _save_module(copy.deepcopy(vae).to(dtype), vae.config, out_dir / "cola_vae", None)
+    tokenizer.save(out_dir / "tokenizer.json")
+    return out_dir
+
+
+def load_vae(path: str | Path, device: torch.device) -> tuple[ColaTextVAE, ColaTokenizer]:
+    """Load a stage-1 folder (or a full checkpoint root) as fp32 VAE + tokenizer."""
+    root = Path(path)
+    candidates = [root, root / "cola_dlm"]
+    for base in candidates:
+        if (base / "cola_vae" / "config.json").is_file():
+            break
+    else:
+        raise FileNotFoundError(f"{root}: no cola_vae/config.json (train stage 1 first: cola-workbench train vae)")
+    folder = base / "cola_vae"
+    tok_path = next((p for p in (base / "tokenizer.json", root / "tokenizer.json") if p.is_file()), None)
+    if tok_path is None:
+        raise FileNotFoundError(f"{root}: no tokenizer.json next to cola_vae/")
+    vcfg = VAEConfig.from_json(folder / "config.json")
+    with torch.device("meta"):
+        vae = ColaTextVAE(vcfg)
+    load_module(vae, folder, device, torch.float32)
+    return vae, ColaTokenizer.from_file(tok_path)
+
+
+def _tokenizer_for(cfg: VAETrainConfig, env: Dist) -> ColaTokenizer:
+    """Use cfg.tokenizer, training it on the train split first if the file does not exist."""
+    path = Path(cfg.tokenizer) if cfg.tokenizer else Path(cfg.run_dir) / "tokenizer.json"
+    if not path.is_file():
+        if env.main:
+            print(f"training a {cfg.vocab_size}-token BPE tokenizer -> {path}", file=sys.stderr)
+            train_bpe_tokenizer(read_corpus(corpus_split_path(cfg.corpus, "train")), cfg.vocab_size, path)
+        env.barrier()
+    return ColaTokenizer.from_file(path)
+
+
+def _datasets(cfg, tokenizer: ColaTokenizer, chunk: int, micro: int) -> tuple[BatchOrder, list]:
+    train = TokenDataset.from_corpus(cfg.corpus, "train", tokenizer, cfg.max_tokens, chunk)
+    val = TokenDataset.from_corpus(cfg.corpus, "val", tokenizer, cfg.max_tokens, chunk)
+    order = BatchOrder(train, micro, cfg.seed, cfg.length_bucketing)
+    return order, fixed_batches(val, micro, cfg.val_batches)
+
+
+def _param_count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 1
+# ---------------------------------------------------------------------------------------------
+def train_vae(cfg: VAETrainConfig, resume: bool = False) -> dict[str, float]:
+    """Train the Text VAE; export it with scaling/shifting factors to ``cfg.out_dir``."""
+    env = _prepare(cfg)
+    tokenizer = _tokenizer_for(cfg, env)
+    model_fields = {"vocab_size": tokenizer.vocab_size, **cfg.model}
+    vcfg = VAEConfig.from_dict(model_fields, source=f"[model] of the {cfg.stage} config")
+    if vcfg.vocab_size < tokenizer.vocab_size:
+        raise ConfigError(f"[model] vocab_size {vcfg.vocab_size} is smaller than the tokenizer's {tokenizer.vocab_size}")
+    if vcfg.scaling_factor != 1.0 or vcfg.shifting_factor != 0.0:
+        raise ConfigError("[model] scaling_factor/shifting_factor are computed after stage 1; leave them unset")
+    vae = ColaTextVAE(vcfg)
+    init_weights(vae, vcfg.init_std)
+    vae.to(env.device)
+    chunk = vcfg.patch_size * vcfg.block_size
+    micro = cfg.batch_size // cfg.grad_accum
+    order, val_batches = _datasets(cfg, tokenizer, chunk, micro)
+    terms = functools.partial(vae_terms, vae, pad_id=tokenizer.pad_id, prefix_prob=cfg.prefix_prob,
+                              mask_prob=cfg.mask_prob, mask_seq_prob=cfg.mask_seq_prob,
+                              decoder_noise=cfg.decoder_noise)
+
+    def export(step: int) -> None:
+        final = copy.deepcopy(vae).eval()
+        gen = torch.Generator(env.device).manual_seed(cfg.seed)
+        stats_batches = [order.batch(k).to(env.device) for k in range(cfg.stats_batches)]
+        mean, std = latent_statistics(final, stats_batches, gen)
+        set_latent_scaling(final, shift=mean, scale=1.0 / std)
+        final.config.extra.update(pad_token_id=tokenizer.pad_id, eos_token_id=tokenizer.eos_id)
+        save_vae(final, tokenizer, cfg.out_dir, SAVE_DTYPES[cfg.save_dtype])
+        _write_summary(cfg, step, {"vae_params": _param_count(vae), "latent_mean": mean, "latent_std": std})
+
+    if env.main:
+        print(f"VAE: {_param_count(vae) / 1e6:.2f}M params, {len(order.dataset)} train texts, "
+              f"{order.per_epoch} batches/epoch", file=sys.stderr)
+    trainer = Trainer(cfg, env, {"vae": vae}, [{"params": list(vae.parameters())}], terms,
+                      {"recon": 1.0, "kl": cfg.beta, "mask": cfg.mask_weight}, order, val_batches, export)
+    return trainer.fit(resume)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 2
+# ---------------------------------------------------------------------------------------------
+def train_dit(cfg: DiTTrainConfig, resume: bool = False) -> dict[str, float]:
+    """Train the DiT prior on a stage-1 VAE (frozen unless joint_vae); export the release layout."""
+    env = _prepare(cfg)
+    vae, tokenizer = load_vae(cfg.vae, env.device)
+    vcfg = vae.config
+    model_fields = {"txt_in_channels": vcfg.latent_dim, "txt_out_channels": vcfg.latent_dim,
+                    "block_size": vcfg.block_size, **cfg.model}
+    dcfg = DiTConfig.from_dict(model_fields, source=f"[model] of the {cfg.stage} config")
+    check_pair(vcfg, dcfg)
+    dit = ColaDiT(dcfg)
+    init_dit(dit)
+    dit.to(env.device)
+    modules: dict[str, nn.Module] = {"dit": dit}
+    groups = [{"params": list(dit.parameters())}]
+    ref_vae = None
+    if cfg.joint_vae:
+        ref_vae = copy.deepcopy(vae).eval().requires_grad_(False)
+        modules["vae"] = vae
+        groups.append({"params": list(vae.parameters()), "lr": cfg.vae_lr})
+    else:
+        vae.eval().requires_grad_(False)
+    micro = cfg.batch_size // cfg.grad_accum
+    order, val_batches = _datasets(cfg, tokenizer, vcfg.patch_size * vcfg.block_size, micro)
+    terms = functools.partial(dit_terms, dit, vae, t_sampling=cfg.t_sampling, t_loc=cfg.t_loc, t_scale=cfg.t_scale,
+                              prompt_block_prob=cfg.prompt_block_prob, posterior_mean=cfg.posterior_mean,
+                              ref_vae=ref_vae)
+    weights = {"fm": 1.0, "recon": cfg.lambda_vae, "kl_ref": cfg.lambda_ref}
+
+    def export(step: int) -> None:
+        dtype = SAVE_DTYPES[cfg.save_dtype]
+        out_vae, out_dit = copy.deepcopy(vae).to(dtype), copy.deepcopy(dit).to(dtype)
+        for block in out_dit.blocks:  # keep RoPE frequencies exact in the file
+            block.msa.rope.rope.freqs = block.msa.rope.rope.freqs.float()
+        dcfg.extra.update(pad_token_id=tokenizer.pad_id, eos_token_id=tokenizer.eos_id)
+        model = ColaModel(vae=out_vae, dit=out_dit, tokenizer=tokenizer, vae_config=vcfg, dit_config=dcfg,
+                          device=torch.device("cpu"), dtype=dtype)
+        save_pretrained(model, cfg.out_dir)
+        _write_summary(cfg, step, {"dit_params": _param_count(dit), "vae_params": _param_count(vae)})
+
+    if env.main:
+        print(f"DiT: {_param_count(dit) / 1e6:.2f}M params on a {_param_count(vae) / 1e6:.2f}M-param VAE "
+              f"({'joint' if cfg.joint_vae else 'frozen'}), {len(order.dataset)} train texts, "
+              f"{order.per_epoch} batches/epoch", file=sys.stderr)
+    trainer = Trainer(cfg, env, modules, groups, terms, weights, order, val_batches, export, ema_module="dit")
+    return trainer.fit(resume)
+
+
+def _write_summary(cfg, step: int, extra: dict) -> None:
+    """run_dir/summary.json: steps done, wall time is in metrics.jsonl; sizes for the model card."""
+    path = Path(cfg.run_dir) / "summary.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"stage": cfg.stage, "steps": step, "out_dir": cfg.out_dir, **extra}, indent=1) + "\n")
