@@ -103,14 +103,14 @@ class KVCache:
     Per layer a preallocated buffer ``(rows, heads, capacity, head_dim)`` holds keys after
     normalisation and RoPE (RoPE depends only on a key's own position, so this equals the
     reference's re-rotation of pre-RoPE keys on every call) and values. Appending writes in place;
-    capacity doubles when full, so a step never copies the whole history.
+    capacity doubles when full, so a step never copies the whole history. Row lengths live on the
+    host, so reading the cache never waits for the GPU.
     """
 
-    def __init__(self, rows: int, num_layers: int, device: torch.device | str = "cpu",
-                 initial_capacity: int = 64):
+    def __init__(self, rows: int, num_layers: int, initial_capacity: int = 64):
         self.rows = rows
         self.num_layers = num_layers
-        self.lengths = torch.zeros(rows, dtype=torch.long, device=device)
+        self.lengths = torch.zeros(rows, dtype=torch.long)   # host-side history length per row
         self.capacity = initial_capacity
         self._k: list[torch.Tensor | None] = [None] * num_layers
         self._v: list[torch.Tensor | None] = [None] * num_layers
@@ -146,15 +146,14 @@ class CacheView:
 
     @property
     def lengths(self) -> torch.Tensor:
+        """(B,) host-side history lengths of these rows."""
         return self.cache.lengths[self.rows]
 
-    def write(self, layer: int, k_new: torch.Tensor, v_new: torch.Tensor, key_len: int
+    def write(self, layer: int, k_new: torch.Tensor, v_new: torch.Tensor, slots: torch.Tensor, key_len: int
               ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Place this call's K/V (B, H, Lq, hd) after each row's history; return (B, H, key_len, hd) views."""
-        lq = k_new.shape[2]
+        """Place this call's K/V (B, H, Lq, hd) at ``slots`` (B, Lq); return (B, H, key_len, hd) views."""
         self.cache._ensure(layer, k_new, v_new, key_len)
         k_buf, v_buf = self.cache._k[layer][self.rows], self.cache._v[layer][self.rows]
-        slots = (self.lengths[:, None] + torch.arange(lq, device=k_new.device))  # (B, Lq)
         index = slots[:, None, :, None].expand(-1, k_new.shape[1], -1, k_new.shape[3])
         k_buf.scatter_(2, index, k_new)
         v_buf.scatter_(2, index, v_new)
@@ -162,7 +161,7 @@ class CacheView:
 
     def commit(self, q_lengths: torch.Tensor) -> None:
         """Keep this call's rows: advance each row's length by its number of real query rows."""
-        self.cache.lengths[self.rows] += q_lengths
+        self.cache.lengths[self.rows] += q_lengths.cpu()
 
 
 @dataclass
@@ -172,7 +171,14 @@ class AttentionContext:
     rotation: tuple[torch.Tensor, torch.Tensor]   # (cos, sin) (B, 1, Lq, R) at the query positions
     mask: torch.Tensor                            # (B, 1, Lq, Lk) additive
     cache: CacheView | None = None
+    slots: torch.Tensor | None = None             # (B, Lq) cache slots of this call's rows
     key_len: int = 0                              # Lk when reading a cache
+
+    def keys_and_values(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """This call's K/V (B, H, Lq, hd), preceded by the cached history when there is a cache."""
+        if self.cache is None:
+            return k, v
+        return self.cache.write(layer, k, v, self.slots, self.key_len)
 
 
 def build_context(q_lengths: torch.Tensor, max_q: int, block_size: int | None, dtype: torch.dtype,
@@ -185,16 +191,16 @@ def build_context(q_lengths: torch.Tensor, max_q: int, block_size: int | None, d
     defaults (the training "2L" layout).
     """
     device = q_lengths.device
-    offsets = cache.lengths if cache is not None else torch.zeros_like(q_lengths)
-    q_pos = offsets[:, None] + torch.arange(max_q, device=device) if positions is None else positions
     if cache is None:
-        key_len = max_q
-        k_pos = q_pos
+        offsets, key_len = torch.zeros_like(q_lengths), max_q
     else:
-        key_len = int((offsets + max_q).max())
-        k_pos = torch.arange(key_len, device=device)[None].expand(q_lengths.shape[0], -1)
+        key_len = int(cache.lengths.max()) + max_q             # host-side: no device sync
+        offsets = cache.lengths.to(device, non_blocking=True)
+    slots = offsets[:, None] + torch.arange(max_q, device=device)   # (B, Lq) positions after each history
+    q_pos = slots if positions is None else positions
+    k_pos = q_pos if cache is None else torch.arange(key_len, device=device)[None].expand(q_lengths.shape[0], -1)
     if allowed is None:
         k_valid = torch.arange(key_len, device=device)[None] < (offsets + q_lengths)[:, None]
         allowed = block_causal_allowed(q_pos, k_pos, k_valid, block_size)
     return AttentionContext(rotation=rope_rotation(q_pos, inv_freq), mask=additive_mask(allowed, dtype), cache=cache,
-                            key_len=key_len)
+                            slots=slots, key_len=key_len)

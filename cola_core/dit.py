@@ -92,8 +92,7 @@ class DiTAttention(nn.Module):
         q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))   # (B, H, Lq, hd)
         q, k = self.norm_q(q), self.norm_k(k)
         q, k = apply_rope_interleaved(q, ctx.rotation), apply_rope_interleaved(k, ctx.rotation)
-        if ctx.cache is not None:
-            k, v = ctx.cache.write(layer, k, v, ctx.key_len)
+        k, v = ctx.keys_and_values(layer, k, v)
         out = attend(q, k, v, ctx.mask)
         return self.proj_out(out.transpose(1, 2).reshape(batch, lq, cfg.inner_dim))
 
@@ -155,10 +154,9 @@ class ColaDiT(nn.Module):
         self.txt_out_ada = OutputAdaLN(cfg)
         self.txt_out = _Proj(cfg.txt_dim, cfg.txt_out_channels * cfg.patch_size)
 
-    def new_cache(self, rows: int, device: torch.device | str | None = None) -> KVCache:
+    def new_cache(self, rows: int) -> KVCache:
         """A fresh KV cache for one generation call."""
-        device = device if device is not None else next(self.parameters()).device
-        return KVCache(rows, self.config.num_layers, device=device)
+        return KVCache(rows, self.config.num_layers)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, lengths: torch.Tensor, cache: CacheView | None = None,
                 update_cache: bool = False, positions: torch.Tensor | None = None,
@@ -172,8 +170,7 @@ class ColaDiT(nn.Module):
         """
         h = self.txt_in(x)
         dtype = h.dtype
-        t_unique, inverse = torch.unique(t.reshape(-1), return_inverse=True)
-        emb = RowEmbedding(self.emb_in(t_unique, dtype), inverse, t.shape)
+        emb = RowEmbedding.of(self.emb_in, t, dtype)
         freqs = self.blocks[0].msa.rope.rope.freqs   # identical in every layer (checked at load)
         ctx = build_context(lengths, x.shape[1], self.config.block_size, dtype, freqs, cache=cache,
                             positions=positions, allowed=allowed)
@@ -195,6 +192,17 @@ class RowEmbedding:
 
     def __init__(self, emb: torch.Tensor, inverse: torch.Tensor, shape: torch.Size):
         self.emb, self.inverse, self.shape = emb, inverse, shape
+
+    @classmethod
+    def of(cls, embed: TimestepEmbedding, t: torch.Tensor, dtype: torch.dtype) -> "RowEmbedding":
+        """Embed t (B, Lq). On CPU rows share distinct timesteps (saves FLOPs); on a GPU every row is
+        embedded, since finding the distinct values would stall on a device sync."""
+        flat = t.reshape(-1)
+        if flat.device.type == "cpu":
+            distinct, inverse = torch.unique(flat, return_inverse=True)
+        else:
+            distinct, inverse = flat, torch.arange(flat.numel(), device=flat.device)
+        return cls(embed(distinct, dtype), inverse, t.shape)
 
     def project(self, modulation: nn.Module) -> torch.Tensor:
         return modulation(self.emb)[self.inverse].view(*self.shape, -1)

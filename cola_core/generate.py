@@ -211,10 +211,9 @@ class BlockwiseSampler:
         vae_cache = model.vae.new_cache(batch)
         if int(prep.prefix_lengths.max()) > 0:
             self._prefill(dit_cache, vae_cache)
-        grid = timestep_grid(cfg.steps, cfg.T, cfg.schedule, cfg.schedule_shift).to(device)
+        grid = timestep_grid(cfg.steps, cfg.T, cfg.schedule, cfg.schedule_shift)   # host-side: no device syncs
         empty_prefix = (prep.prefix_lengths == 0).cpu()
-        pinned = prep.pinned.to(device)
-        clean = prep.clean_window.to(device)
+        pinned, clean = prep.pinned.to(device), prep.clean_window.to(device)
         for block in range(self.num_blocks):
             first = block == 0
             guidance = torch.full((batch,), float(cfg.guidance))
@@ -230,8 +229,9 @@ class BlockwiseSampler:
                 t = grid[step].expand(batch, bs).clone()
                 t_next = grid[step + 1].expand(batch, bs).clone()
                 if first:
-                    t = t.masked_fill(pinned, 0.0)
-                    t_next = t_next.masked_fill(pinned, 0.0)
+                    t = t.masked_fill(prep.pinned, 0.0)
+                    t_next = t_next.masked_fill(prep.pinned, 0.0)
+                t, t_next = t.to(device), t_next.to(device)
                 state.step, state.t, state.t_next = step, t, t_next
                 dt = (grid[step] - grid[step + 1]) / max(cfg.T, 1.0)      # 0-d fp32, as the reference
                 state.dt = float(dt)

@@ -59,8 +59,7 @@ class VAEBlock(nn.Module):
         k = k.view(batch, lq, -1, hd).transpose(1, 2)       # (B, Hk, Lq, hd)
         v = v.view(batch, lq, -1, hd).transpose(1, 2)
         q, k = apply_rope_half(q, ctx.rotation), apply_rope_half(k, ctx.rotation)
-        if ctx.cache is not None:
-            k, v = ctx.cache.write(layer, k, v, ctx.key_len)
+        k, v = ctx.keys_and_values(layer, k, v)
         out = attend(q, k, v, ctx.mask)                     # (B, H, Lq, hd)
         return self.attn_out_proj(out.transpose(1, 2).reshape(batch, lq, cfg.dim))
 
@@ -142,10 +141,9 @@ class ColaTextVAE(nn.Module):
     def rope_frequencies(self, device: torch.device) -> torch.Tensor:
         return vae_rope_frequencies(self.config.head_dim, self.config.rope_theta, device)
 
-    def new_cache(self, rows: int, device: torch.device | str | None = None) -> KVCache:
+    def new_cache(self, rows: int) -> KVCache:
         """A fresh decoder KV cache for one generation call."""
-        device = device if device is not None else next(self.parameters()).device
-        return KVCache(rows, self.config.decoder_num_blocks, device=device)
+        return KVCache(rows, self.config.decoder_num_blocks)
 
     # -- encoder ---------------------------------------------------------------------------------
     def encode_ids(self, ids: torch.Tensor, lengths: torch.Tensor, mask_token_ids: torch.Tensor | None = None
