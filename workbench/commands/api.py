@@ -1,0 +1,47 @@
+"""``cola-workbench api``: serve a checkpoint behind OpenAI-compatible Chat Completions / Completions."""
+from __future__ import annotations
+
+import argparse
+import os
+
+from .common import UsageError
+from .common import add_model_args, load_model
+
+
+def _int_at_least(low: int):
+    def integer(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
+        return value
+    return integer
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("api", help="serve an OpenAI-compatible HTTP API (FastAPI + uvicorn)",
+                              description="OpenAI-compatible /v1/chat/completions and /v1/completions with "
+                                          "streaming. An API key is required unless the host is loopback.")
+    add_model_args(p)
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=_int_at_least(0), default=8000, help="port (default 8000)")
+    p.add_argument("--api-key", default=os.environ.get("COLA_API_KEY"),
+                   help="bearer key clients must send (default: $COLA_API_KEY; required off loopback)")
+    p.add_argument("--model-name", default="cola-dlm", help="model id clients ask for (default cola-dlm)")
+    p.add_argument("--concurrency", type=_int_at_least(1), default=1, help="generations running at once (default 1)")
+    p.add_argument("--queue-size", type=_int_at_least(0), default=16, help="requests waiting beyond those; more get 429 (16)")
+    p.add_argument("--max-tokens-cap", type=_int_at_least(1), default=1024, help="largest max_tokens accepted (1024)")
+    p.add_argument("--max-body-bytes", type=_int_at_least(1), default=1 << 20, help="largest request body (1 MiB)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        from apps.api import check_bind, serve
+    except ImportError as exc:
+        raise UsageError(f"the API server needs FastAPI and uvicorn ({exc}); pip install fastapi uvicorn") from None
+    check_bind(args.host, args.api_key)          # before loading any weights
+    serve(load_model(args), host=args.host, port=args.port, api_key=args.api_key, log_level=args.log_level,
+          model_id=args.model_name, concurrency=args.concurrency, queue_size=args.queue_size,
+          max_tokens_cap=args.max_tokens_cap, max_body_bytes=args.max_body_bytes)
+    return 0
