@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from cola_core.config import DiTConfig, VAEConfig
-from cola_core.dit import ColaDiT
+from cola_core.dit import ColaDiT, rope_frequencies
 from cola_core.vae import ColaTextVAE
 
 PRESETS: dict[str, tuple[dict, dict]] = {
@@ -65,7 +65,10 @@ def write_random_checkpoint(preset: str, root: Path, dtype: torch.dtype, shard_b
         shards, current, size = [], {}, 0
         gen = torch.Generator().manual_seed(0)
         for key, shape in shapes.items():
-            tensor = (torch.randn(shape, generator=gen) * 0.02).to(dtype)
+            if key.endswith("rope.rope.freqs"):   # a fixed table, not a weight
+                tensor = rope_frequencies(dit_cfg.rope_dim).to(dtype)
+            else:
+                tensor = (torch.randn(shape, generator=gen) * 0.02).to(dtype)
             if current and size + tensor.numel() * tensor.element_size() > shard_bytes:
                 shards.append(current)
                 current, size = {}, 0

@@ -17,6 +17,7 @@ from .attention import KVCache, pad_rows
 from .checkpoint import ColaModel
 from .config import MAX_POSITIONS
 from .errors import GenerationError
+from .prior_context import PriorContext
 from .sampler import (SCHEDULES, SOLVERS, guided_velocity, predicted_clean, sample_tokens, solver_updates,
                       timestep_grid)
 
@@ -123,11 +124,6 @@ class SamplerState:
         return predicted_clean(self.z, self.v_guided.float(), self.t, self.T)
 
 
-def _bf16_round(x: torch.Tensor) -> torch.Tensor:
-    """The reference casts latents and timesteps to bf16 before every DiT call."""
-    return x.to(torch.bfloat16)
-
-
 class BlockwiseSampler:
     """One generation call: owns its KV caches, noise and outputs. Iterate :meth:`events`."""
 
@@ -166,21 +162,6 @@ class BlockwiseSampler:
 
     # -- model calls -------------------------------------------------------------------------------
     @torch.no_grad()
-    def _dit(self, z: torch.Tensor, t: torch.Tensor, cache: KVCache, rows: slice, update: bool) -> torch.Tensor:
-        model = self.model
-        lengths = torch.full((z.shape[0],), z.shape[1], dtype=torch.long, device=model.device)
-        with model.autocast:
-            return model.dit(_bf16_round(z).to(model.dtype), _bf16_round(t).float(), lengths,
-                             cache=cache.view(rows), update_cache=update)
-
-    @torch.no_grad()
-    def _velocities(self, z: torch.Tensor, t: torch.Tensor, cache: KVCache) -> tuple[torch.Tensor, torch.Tensor]:
-        """Conditional (cached prefix) and unconditional (own block only) passes in one batch."""
-        batch = z.shape[0]
-        out = self._dit(torch.cat([z, z]), torch.cat([t, t]), cache, slice(0, 2 * batch), update=False)
-        return out[:batch], out[batch:]
-
-    @torch.no_grad()
     def _decode(self, z: torch.Tensor, cache: KVCache, update: bool = True) -> torch.Tensor:
         model = self.model
         lengths = torch.full((z.shape[0],), z.shape[1], dtype=torch.long, device=model.device)
@@ -207,10 +188,10 @@ class BlockwiseSampler:
         """Run generation, yielding ``(event, state)`` at each hook point (see ``EVENTS``)."""
         model, cfg, prep = self.model, self.config, self.prepared
         batch, bs, device = len(self.sample_ids), model.block_size, model.device
-        dit_cache = model.dit.new_cache(2 * batch)       # rows [B, 2B) stay empty: unconditional passes
+        prior = PriorContext(model, batch)
         vae_cache = model.vae.new_cache(batch)
         if int(prep.prefix_lengths.max()) > 0:
-            self._prefill(dit_cache, vae_cache)
+            self._prefill(prior, vae_cache)
         grid = timestep_grid(cfg.steps, cfg.T, cfg.schedule, cfg.schedule_shift)   # host-side: no device syncs
         empty_prefix = (prep.prefix_lengths == 0).cpu()
         pinned, clean = prep.pinned.to(device), prep.clean_window.to(device)
@@ -242,7 +223,7 @@ class BlockwiseSampler:
                     yield "pre_model", state
                     if state.interrupt:
                         return
-                    state.v_cond, state.v_uncond = self._velocities(state.z, state.t, dit_cache)
+                    state.v_cond, state.v_uncond = prior.velocities(state.z, state.t)
                     scale = state.guidance.to(state.v_cond.dtype)[:, None, None]
                     state.v_guided = guided_velocity(state.v_cond, state.v_uncond, scale)
                     yield "guidance", state
@@ -276,17 +257,14 @@ class BlockwiseSampler:
             if state.interrupt or bool(self.finished.all()):
                 return
             if block + 1 < self.num_blocks:   # commit the finished block into the DiT cache (t = 0)
-                self._dit(state.z.float(), torch.zeros(batch, bs, device=device), dit_cache, slice(0, batch),
-                          update=True)
+                prior.commit(state.z)
 
-    def _prefill(self, dit_cache: KVCache, vae_cache: KVCache) -> None:
+    def _prefill(self, prior: PriorContext, vae_cache: KVCache) -> None:
         """Write the prompt prefixes into both caches (outputs discarded)."""
         prep, device = self.prepared, self.model.device
-        prefix = prep.prefix.to(device)
-        lengths = prep.prefix_lengths.to(device)
+        prefix, lengths = prep.prefix.to(device), prep.prefix_lengths.to(device)
+        prior.prefill(prefix, lengths)
         with torch.no_grad(), self.model.autocast:
-            self.model.dit(_bf16_round(prefix).to(self.model.dtype), torch.zeros(prefix.shape[:2], device=device),
-                           lengths, cache=dit_cache.view(slice(0, len(lengths))), update_cache=True)
             self.model.vae.decode_latents(prefix.to(self.model.dtype), lengths, cache=vae_cache.view(),
                                           update_cache=True)
 

@@ -1,0 +1,49 @@
+"""The DiT side of one generation call: a KV cache of committed blocks and guided velocity passes.
+
+Shared by the block-wise sampler and by anything else that transports latents block by block
+(re-generation, inversion, likelihoods), so all of them make bit-identical model calls.
+"""
+from __future__ import annotations
+
+import torch
+
+from .checkpoint import ColaModel
+
+
+def bf16_round(x: torch.Tensor) -> torch.Tensor:
+    """The reference casts latents and timesteps to bf16 before every DiT call."""
+    return x.to(torch.bfloat16)
+
+
+class PriorContext:
+    """Per-call DiT state for B samples: cache rows [0, B) hold each sample's committed context;
+    rows [B, 2B) stay empty so the unconditional pass (block alone) runs in the same forward."""
+
+    def __init__(self, model: ColaModel, batch: int):
+        self.model = model
+        self.batch = batch
+        self.cache = model.dit.new_cache(2 * batch)
+
+    @torch.no_grad()
+    def _dit(self, z: torch.Tensor, t: torch.Tensor, rows: slice, update: bool,
+             lengths: torch.Tensor | None = None) -> torch.Tensor:
+        model = self.model
+        if lengths is None:
+            lengths = torch.full((z.shape[0],), z.shape[1], dtype=torch.long, device=model.device)
+        with model.autocast:
+            return model.dit(bf16_round(z).to(model.dtype), bf16_round(t).float(), lengths,
+                             cache=self.cache.view(rows), update_cache=update)
+
+    def velocities(self, z: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """z (B, bs, C) fp32, t (B, bs) -> (v_cond over the cached context, v_uncond over the block alone)."""
+        out = self._dit(torch.cat([z, z]), torch.cat([t, t]), slice(0, 2 * self.batch), update=False)
+        return out[:self.batch], out[self.batch:]
+
+    def prefill(self, prefix: torch.Tensor, lengths: torch.Tensor) -> None:
+        """Write clean prompt prefixes (B, Lp, C) with per-sample lengths (B,) into the context at t=0."""
+        self._dit(prefix, torch.zeros(prefix.shape[:2], device=prefix.device), slice(0, self.batch), update=True,
+                  lengths=lengths)
+
+    def commit(self, z: torch.Tensor) -> None:
+        """Append a finished block (B, bs, C) to every sample's context at t=0 (the reference's commit pass)."""
+        self._dit(z.float(), torch.zeros(z.shape[:2], device=z.device), slice(0, self.batch), update=True)

@@ -1,0 +1,196 @@
+"""Hook points on the sampler loop, scoped registration, and ready-made callbacks.
+
+A hook is ``fn(state, session)``: ``state`` is the live :class:`cola_core.generate.SamplerState`
+(replace ``z``, ``guidance``, ``v_guided``, ``token_ids``; set ``interrupt = True`` to stop) and
+``session`` the running :class:`~workbench.sampler_session.SamplerSession` (config, block count,
+``free_rows``). Hooks replace tensors rather than editing them in place: step snapshots keep
+references to the tensors they saw.
+
+Hook points (the events of cola_core's one sampler loop):
+
+===============  ====================================================================
+block_start      new block: ``z`` is its initial noise (pinned prompt rows already set)
+pre_model        before each model evaluation (per solver stage): steer ``z``, set ``guidance``
+guidance         after the cond/uncond passes: ``v_cond``, ``v_uncond``, ``v_guided`` are set
+post_update      after each solver step: ``z`` is the latent at ``t_next``
+block_end        the block's final latent, before decoding
+decoded          ``logits`` and chosen ``token_ids`` of the block (edit them here)
+===============  ====================================================================
+"""
+from __future__ import annotations
+
+import contextlib
+import itertools
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+
+import torch
+
+from cola_core.generate import EVENTS, SamplerState
+
+from .errors import WorkbenchError
+
+if TYPE_CHECKING:
+    from .sampler_session import SamplerSession
+
+HOOK_POINTS = EVENTS
+HookFn = Callable[[SamplerState, "SamplerSession"], None]
+
+
+@dataclass(frozen=True)
+class Callback:
+    """A hook function bound to its hook point (what the ready-made callbacks return)."""
+
+    event: str
+    fn: HookFn
+    name: str = "callback"
+
+    def __call__(self, state: SamplerState, session: "SamplerSession") -> None:
+        self.fn(state, session)
+
+
+def check_hook_point(event: str) -> None:
+    if event not in HOOK_POINTS:
+        raise WorkbenchError(f"unknown hook point {event!r}; valid hook points: {', '.join(HOOK_POINTS)}")
+
+
+@dataclass(frozen=True)
+class HookHandle:
+    """Returned by :meth:`HookRegistry.add`; ``remove()`` takes exactly that registration away."""
+
+    registry: "HookRegistry"
+    key: int
+    event: str
+
+    def remove(self) -> None:
+        self.registry.remove(self)
+
+
+class HookRegistry:
+    """Hooks in registration order per hook point; each registration is removable on its own."""
+
+    def __init__(self) -> None:
+        self._entries: dict[int, tuple[str, HookFn]] = {}
+        self._keys = itertools.count()
+
+    def add(self, event: str, fn: HookFn) -> HookHandle:
+        check_hook_point(event)
+        if not callable(fn):
+            raise WorkbenchError(f"hook for {event!r} is not callable: {fn!r}")
+        key = next(self._keys)
+        self._entries[key] = (event, fn)
+        return HookHandle(self, key, event)
+
+    def remove(self, handle: HookHandle) -> None:
+        self._entries.pop(handle.key, None)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def snapshot(self) -> dict[str, list[HookFn]]:
+        """Hook point -> functions, frozen now (a running session is unaffected by later changes)."""
+        out: dict[str, list[HookFn]] = {}
+        for event, fn in self._entries.values():
+            out.setdefault(event, []).append(fn)
+        return out
+
+    @contextlib.contextmanager
+    def scoped(self, *callbacks: Callback, **by_point: HookFn | Sequence[HookFn]) -> Iterator[list[HookHandle]]:
+        """Register for the ``with`` body; on exit (even on error) remove exactly these registrations."""
+        pending: list[tuple[str, HookFn]] = []
+        for cb in callbacks:
+            if not isinstance(cb, Callback):
+                raise WorkbenchError(f"positional hooks must be Callback objects (from workbench.hooks), got {cb!r}; "
+                                     "pass plain functions by hook point, e.g. hooks(guidance=fn)")
+            pending.append((cb.event, cb))
+        for event, fns in by_point.items():
+            for fn in (fns if isinstance(fns, (list, tuple)) else [fns]):
+                pending.append((event, fn))
+        for event, fn in pending:   # validate everything before registering anything
+            check_hook_point(event)
+            if not callable(fn):
+                raise WorkbenchError(f"hook for {event!r} is not callable: {fn!r}")
+        handles: list[HookHandle] = []
+        try:
+            for event, fn in pending:
+                handles.append(self.add(event, fn))
+            yield handles
+        finally:
+            for handle in handles:
+                handle.remove()
+
+
+# -- ready-made callbacks -----------------------------------------------------------------------
+def _set_guidance(state: SamplerState, value: float) -> None:
+    state.guidance = torch.full_like(state.guidance, float(value))
+
+
+def guidance_schedule(schedule: float | Sequence[float] | Callable[[int, int], float]) -> Callback:
+    """Guidance per solver step: a constant, a per-step list (one value per step), or ``f(step, steps)``."""
+    if callable(schedule):
+        value_at = schedule
+    elif isinstance(schedule, (int, float)):
+        value_at = lambda step, steps: float(schedule)   # noqa: E731
+    else:
+        values = [float(v) for v in schedule]
+
+        def value_at(step: int, steps: int) -> float:
+            if len(values) != steps:
+                raise WorkbenchError(f"guidance schedule has {len(values)} values but the sampler runs {steps} steps")
+            return values[step]
+
+    def hook(state: SamplerState, session: "SamplerSession") -> None:
+        _set_guidance(state, value_at(state.step, session.config.steps))
+
+    return Callback("pre_model", hook, "guidance_schedule")
+
+
+def guidance_ramp(start: float, end: float) -> Callback:
+    """Guidance moving linearly from ``start`` (first step) to ``end`` (last step) in every block."""
+    return guidance_schedule(lambda step, steps: start + (end - start) * (step / max(steps - 1, 1)))
+
+
+def guidance_cutoff(ratio: float, after: float = 1.0) -> Callback:
+    """Keep the configured guidance for the first ``ratio`` of the steps, then use ``after``
+    (1.0 = the plain conditional velocity)."""
+    if not 0.0 <= ratio <= 1.0:
+        raise WorkbenchError(f"guidance cut-off ratio must be in [0, 1], got {ratio!r}")
+
+    def hook(state: SamplerState, session: "SamplerSession") -> None:
+        if state.step >= ratio * session.config.steps:
+            _set_guidance(state, after)
+
+    return Callback("pre_model", hook, "guidance_cutoff")
+
+
+def clamp_latents(limit: float) -> Callback:
+    """After every step clamp generated rows of ``z`` to [-limit, limit] (prompt rows untouched)."""
+    if not limit > 0:
+        raise WorkbenchError(f"clamp limit must be > 0, got {limit!r}")
+
+    def hook(state: SamplerState, session: "SamplerSession") -> None:
+        free = session.free_rows(state)[..., None]
+        state.z = torch.where(free, state.z.clamp(-limit, limit), state.z)
+
+    return Callback("post_update", hook, "clamp_latents")
+
+
+def steer(direction: torch.Tensor, strength: float) -> Callback:
+    """Push generated rows along ``direction`` ((C,), (bs, C) or (B, bs, C)): ``strength * dt`` per
+    step, so a whole block moves by ``strength * direction`` in total."""
+    direction = torch.as_tensor(direction, dtype=torch.float32)
+
+    def hook(state: SamplerState, session: "SamplerSession") -> None:
+        if state.stage != 0:
+            return
+        if direction.shape[-1] != state.z.shape[-1]:
+            raise WorkbenchError(f"steer direction has {direction.shape[-1]} channels, "
+                                 f"latents have {state.z.shape[-1]}")
+        free = session.free_rows(state)[..., None]
+        push = strength * state.dt * direction.to(state.z.device)
+        state.z = torch.where(free, state.z + push, state.z)
+
+    return Callback("pre_model", hook, "steer")

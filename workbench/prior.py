@@ -1,0 +1,109 @@
+"""The DiT prior evaluated on known clean latents: the training "2L" layout, velocities, flow-matching loss.
+
+The 2L layout (spec section 8) feeds ``[z0 | z_t]`` in one call: every noisy block attends to the
+clean blocks before it and to itself, so its output equals an inference query of that block with
+the clean prefix cached, for all blocks at once. Time here is ``s = t/T`` on [0, 1]:
+``z_s = (1-s) z0 + s z1`` and the model's velocity approximates ``dz/ds = z1 - z0``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from cola_core import ColaModel
+
+
+def two_l_layout(n_lengths: torch.Tensor, n_max: int, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """positions (B, 2n) and allowed (B, 2n, 2n) for ``[clean (n) | noisy (n)]`` rows.
+
+    clean q -> clean k with block_k <= block_q; noisy q -> clean k with block_k < block_q and
+    noisy k with block_k == block_q; only keys inside the sample's length.
+    """
+    device = n_lengths.device
+    idx = torch.arange(n_max, device=device)
+    blk = idx // block_size
+    le = blk[None, :] <= blk[:, None]                       # (q, k) key block <= query block
+    lt = blk[None, :] < blk[:, None]
+    eq = blk[None, :] == blk[:, None]
+    none = torch.zeros_like(le)
+    pattern = torch.cat([torch.cat([le, none], 1), torch.cat([lt, eq], 1)], 0)   # (2n, 2n)
+    valid = idx[None] < n_lengths[:, None]                  # (B, n)
+    valid2 = torch.cat([valid, valid], 1)                   # (B, 2n)
+    allowed = pattern[None] & valid2[:, None, :] & valid2[:, :, None]
+    positions = torch.cat([idx, idx])[None].expand(len(n_lengths), -1)
+    return positions, allowed
+
+
+class ConditionalVelocity:
+    """v(z_s | clean prefix) for every block of known clean latents, evaluated in one 2L call.
+
+    ``z0`` (B, n, C) DiT-space clean latents, ``n_lengths`` (B,) valid latents (whole blocks).
+    Calling with ``z`` (R*B, n, C) (R stacked copies, e.g. Hutchinson probes) and ``s`` (R*B,)
+    returns the guided velocity (R*B, n, C); ``guidance`` != 1 adds the unconditional pass
+    (each noisy block alone at positions 0..bs-1), as the sampler does.
+    """
+
+    def __init__(self, model: ColaModel, z0: torch.Tensor, n_lengths: torch.Tensor, guidance: float = 1.0,
+                 T: float = 1000.0):
+        self.model, self.z0, self.n_lengths = model, z0, n_lengths
+        self.guidance, self.T = float(guidance), T
+        self.positions, self.allowed = two_l_layout(n_lengths, z0.shape[1], model.block_size)
+
+    def __call__(self, z: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        model, (batch, n, channels) = self.model, self.z0.shape
+        reps = z.shape[0] // batch
+        x = torch.cat([self.z0.repeat(reps, 1, 1), z], dim=1)             # (R*B, 2n, C)
+        t = torch.cat([torch.zeros(z.shape[0], n, device=z.device), (s * self.T)[:, None].expand(-1, n)], dim=1)
+        with model.autocast:
+            cond = model.dit(x.to(model.dtype), t, 2 * self.n_lengths.repeat(reps),
+                             positions=self.positions.repeat(reps, 1),
+                             allowed=self.allowed.repeat(reps, 1, 1))[:, n:].float()
+            if self.guidance == 1.0:
+                return cond
+            bs = model.block_size
+            blocks = z.reshape(-1, bs, channels)                           # (R*B*nb, bs, C)
+            t_blocks = (s * self.T)[:, None].expand(-1, n).reshape(-1, bs)
+            uncond = model.dit(blocks.to(model.dtype), t_blocks,
+                               torch.full((blocks.shape[0],), bs, device=z.device)).float().view_as(z)
+        return self.guidance * (cond - uncond) + uncond
+
+
+@dataclass
+class FlowMatchingLoss:
+    """Per-latent flow-matching losses on a t grid: ``loss``/``zero`` (K, B, n), NaN at padding.
+
+    ``zero`` is the loss of a model that always predicts 0 (``mean_c (z1 - z0)^2``), a scale reference.
+    """
+
+    t: torch.Tensor       # (K,) on [0, 1]
+    loss: torch.Tensor    # (K, B, n) mean over channels of (v_pred - (z1 - z0))^2
+    zero: torch.Tensor    # (K, B, n)
+
+
+@torch.no_grad()
+def flow_matching_loss(model: ColaModel, z0: torch.Tensor, n_lengths: torch.Tensor, t_grid: torch.Tensor,
+                       draws: int = 1, generator: torch.Generator | None = None) -> FlowMatchingLoss:
+    """Flow-matching loss of the DiT on clean latents ``z0`` (B, n, C) at each ``t`` in ``t_grid`` (K,).
+
+    Noise ``z1 ~ N(0, I)`` is drawn ``draws`` times per t (losses averaged). Like training, the DiT
+    timestep ``t*T`` is rounded to bf16.
+    """
+    batch, n, _ = z0.shape
+    velocity = ConditionalVelocity(model, z0, n_lengths)
+    valid = torch.arange(n, device=z0.device)[None] < n_lengths[:, None]
+    losses, zeros = [], []
+    for t in t_grid.tolist():
+        acc_loss = torch.zeros(batch, n, device=z0.device)
+        acc_zero = torch.zeros(batch, n, device=z0.device)
+        for _ in range(draws):
+            z1 = torch.randn(z0.shape, generator=generator, device=z0.device)
+            zt = (1 - t) * z0 + t * z1
+            s = torch.tensor(t * velocity.T, device=z0.device).to(torch.bfloat16).float() / velocity.T
+            pred = velocity(zt, s.expand(batch))
+            target = z1 - z0
+            acc_loss += (pred - target).pow(2).mean(-1)
+            acc_zero += target.pow(2).mean(-1)
+        losses.append((acc_loss / draws).masked_fill(~valid, float("nan")))
+        zeros.append((acc_zero / draws).masked_fill(~valid, float("nan")))
+    return FlowMatchingLoss(t=t_grid.float().cpu(), loss=torch.stack(losses).cpu(), zero=torch.stack(zeros).cpu())

@@ -1,0 +1,353 @@
+"""``Workbench``: one loaded checkpoint and the research verbs over it.
+
+Load once (``Workbench.load()``), then encode texts to :class:`Latents`, decode them back, generate,
+step through the sampler with hooks, and capture trajectories. Inputs are validated before any
+model runs: every problem raises :class:`WorkbenchError` (a ``ValueError``) naming it.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from fnmatch import fnmatchcase
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import torch
+
+from cola_core import ColaModel, load_pretrained
+from cola_core.attention import pad_rows
+from cola_core.config import MAX_POSITIONS
+from cola_core.generate import Generation, GenerationConfig
+from cola_core.pocket import default_checkpoint
+
+from .errors import WorkbenchError
+from .hooks import Callback, HookFn, HookHandle, HookRegistry
+from .latents import Latents
+from .sampler_session import SamplerSession
+from .trajectory import Trajectory
+
+LN2 = math.log(2.0)
+
+
+@dataclass
+class DecodedText:
+    """Greedy decode of one text's latents: every token slot (n_blocks * bs * P of them)."""
+
+    text: str                    # decoded tokens, pad tokens dropped
+    token_ids: list[int]         # argmax token per slot
+    probs: torch.Tensor          # (L,) probability of the chosen token
+    entropy_bits: torch.Tensor   # (L,) entropy of the decoder distribution, in bits
+
+    @property
+    def mean_prob(self) -> float:
+        return float(self.probs.mean())
+
+
+@dataclass
+class Decoded:
+    """Decoded texts of a :class:`Latents` batch."""
+
+    items: list[DecodedText]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> DecodedText:
+        return self.items[i]
+
+    @property
+    def texts(self) -> list[str]:
+        return [d.text for d in self.items]
+
+
+@dataclass
+class Roundtrip:
+    """encode -> decode of texts, with the fraction of real tokens reproduced exactly."""
+
+    latents: Latents
+    decoded: Decoded
+    token_accuracy: list[float]
+
+    @property
+    def texts(self) -> list[str]:
+        return self.decoded.texts
+
+
+def token_accuracy(latents: Latents, decoded: Decoded) -> list[float]:
+    """Per text: fraction of source tokens that the decoded slots reproduce."""
+    out = []
+    for ids, d in zip(latents.token_ids, decoded.items):
+        n = min(len(ids), len(d.token_ids))
+        out.append(sum(a == b for a, b in zip(ids[:n], d.token_ids[:n])) / max(len(ids), 1))
+    return out
+
+
+class Workbench:
+    """A loaded Cola checkpoint with encode / decode / generate / sampler / hooks."""
+
+    def __init__(self, model: ColaModel):
+        self.model = model
+        self.registry = HookRegistry()
+
+    @classmethod
+    def load(cls, checkpoint: str | Path | None = None, device: str | torch.device | None = None,
+             dtype: str | torch.dtype | None = None) -> "Workbench":
+        """Load a checkpoint folder (None: the pocket checkpoint) on ``device`` (None: cpu)."""
+        path = default_checkpoint() if checkpoint is None else checkpoint
+        return cls(load_pretrained(path, device=device or "cpu", dtype=dtype))
+
+    # -- facts about the checkpoint ---------------------------------------------------------------
+    @property
+    def fingerprint(self) -> str:
+        return self.model.fingerprint
+
+    @property
+    def block_size(self) -> int:
+        return self.model.block_size
+
+    @property
+    def patch_size(self) -> int:
+        return self.model.patch_size
+
+    @property
+    def channels(self) -> int:
+        return self.model.vae_config.latent_dim
+
+    @property
+    def tokenizer(self):
+        return self.model.tokenizer
+
+    # -- validation --------------------------------------------------------------------------------
+    def _texts(self, texts: str | Sequence[str], what: str = "text") -> list[str]:
+        if isinstance(texts, str):
+            texts = [texts]
+        texts = list(texts)
+        if not texts:
+            raise WorkbenchError(f"no {what}s given")
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise WorkbenchError(f"{what} {i} is not a string: {text!r}")
+            if not text.strip():
+                raise WorkbenchError(f"{what} {i} is empty")
+        return texts
+
+    def check_latents(self, latents: Latents) -> None:
+        """Raise if latents come from another checkpoint, have the wrong shape or hold NaN/inf."""
+        if not isinstance(latents, Latents):
+            raise WorkbenchError(f"expected Latents, got {type(latents).__name__}")
+        if len(latents) == 0:
+            raise WorkbenchError("empty Latents batch")
+        if latents.fingerprint != self.fingerprint:
+            raise WorkbenchError(f"latents were made by another checkpoint (fingerprint {latents.fingerprint[:12]} "
+                                 f"!= {self.fingerprint[:12]}); encode the texts with this workbench")
+        want = (self.block_size, self.channels)
+        for i, z in enumerate(latents.z):
+            if tuple(z.shape[1:]) != want or z.shape[0] < 1:
+                raise WorkbenchError(f"latents of text {i} are shaped {tuple(z.shape)}; this checkpoint needs "
+                                     f"(n_blocks >= 1, {want[0]}, {want[1]})")
+            if z.shape[0] * want[0] > MAX_POSITIONS:
+                raise WorkbenchError(f"latents of text {i} have {z.shape[0] * want[0]} positions; the model supports "
+                                     f"{MAX_POSITIONS}")
+            if not torch.isfinite(z).all():
+                raise WorkbenchError(f"latents of text {i} contain NaN or infinite values")
+
+    # -- encode / decode ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, texts: str | Sequence[str], pad_to: int | str | None = None, sample: bool = False,
+               seed: int | None = None, batch_size: int = 32) -> Latents:
+        """Texts -> Latents (DiT-space posterior means, or samples with ``sample=True``).
+
+        Each text is right-padded with pad tokens to whole blocks; ``pad_to`` (a block count or
+        ``"longest"``) pads further with more pad tokens (the encoder is block-causal, so the real
+        blocks do not change).
+        """
+        texts = self._texts(texts)
+        tok, bs, patch = self.tokenizer, self.block_size, self.patch_size
+        chunk = bs * patch
+        ids = tok.encode_batch(texts)
+        n_blocks = [math.ceil(len(row) / chunk) for row in ids]
+        for i, n in enumerate(n_blocks):
+            if n == 0:
+                raise WorkbenchError(f"text {i} encodes to no tokens")
+        if pad_to == "longest":
+            n_blocks = [max(n_blocks)] * len(ids)
+        elif pad_to is not None:
+            if not isinstance(pad_to, int) or pad_to < max(n_blocks):
+                raise WorkbenchError(f"pad_to must be 'longest' or a block count >= {max(n_blocks)}, got {pad_to!r}")
+            n_blocks = [pad_to] * len(ids)
+        for i, n in enumerate(n_blocks):
+            if n * bs > MAX_POSITIONS:
+                raise WorkbenchError(f"text {i} is too long: {len(ids[i])} tokens need {n * bs} latents; the model "
+                                     f"supports {MAX_POSITIONS} ({MAX_POSITIONS * patch} tokens)")
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        zs, means, stds = [], [], []
+        for start in range(0, len(ids), batch_size):
+            rows = [r + [tok.pad_id] * (n * chunk - len(r)) for r, n in
+                    zip(ids[start:start + batch_size], n_blocks[start:start + batch_size])]
+            for z, mean, std in self._encode_rows(rows, sample, gen):
+                zs.append(z)
+                means.append(mean)
+                stds.append(std)
+        alignment = []
+        for row, n in zip(ids, n_blocks):
+            slots = torch.arange(n * bs * patch).view(n * bs, patch)
+            alignment.append(slots.masked_fill(slots >= len(row), -1))
+        return Latents(z=zs, alignment=alignment, token_ids=ids, texts=texts, fingerprint=self.fingerprint,
+                       mean=means, std=stds)
+
+    def _encode_rows(self, rows: list[list[int]], sample: bool, gen: torch.Generator | None
+                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        model, bs = self.model, self.block_size
+        lengths = [len(r) for r in rows]
+        padded, _ = pad_rows(torch.tensor([i for r in rows for i in r], dtype=torch.long)[:, None], lengths)
+        with model.autocast:
+            post = model.vae.encode_ids(padded[..., 0].to(model.device), torch.tensor(lengths, device=model.device))
+        mean, std = post.mean.float().cpu(), post.std.float().cpu()
+        value = mean + std * torch.randn(mean.shape, generator=gen) if sample else mean
+        z = model.vae.to_dit_space(value)
+        for b, length in enumerate(lengths):
+            n = length // self.patch_size
+            yield (z[b, :n].reshape(-1, bs, self.channels), mean[b, :n].reshape(-1, bs, self.channels),
+                   std[b, :n].reshape(-1, bs, self.channels))
+
+    @torch.no_grad()
+    def decoder_logits(self, latents: Latents) -> list[torch.Tensor]:
+        """Per text (n_blocks*bs*P, V) fp32 decoder logits (whole sequence, block-causal)."""
+        self.check_latents(latents)
+        model = self.model
+        lengths = [z.shape[0] * z.shape[1] for z in latents.z]
+        flat, _ = pad_rows(torch.cat([z.reshape(-1, self.channels) for z in latents.z]), lengths)
+        with model.autocast:
+            logits = model.vae.decode_latents(flat.to(model.device, model.dtype),
+                                              torch.tensor(lengths, device=model.device)).float().cpu()
+        return [logits[b, :n * self.patch_size] for b, n in enumerate(lengths)]
+
+    def decode(self, latents: Latents, batch_size: int = 32) -> Decoded:
+        """Greedy decode: text, chosen-token probabilities and entropies per token slot."""
+        self.check_latents(latents)
+        items = []
+        for start in range(0, len(latents), batch_size):
+            for logits in self.decoder_logits(latents[start:start + batch_size]):
+                logp = logits.log_softmax(dim=-1)
+                chosen = logp.argmax(dim=-1)
+                entropy = -(logp.exp() * logp).sum(dim=-1) / LN2
+                ids = chosen.tolist()
+                items.append(DecodedText(text=self._text(ids), token_ids=ids,
+                                         probs=logp.gather(-1, chosen[:, None])[:, 0].exp(), entropy_bits=entropy))
+        return Decoded(items)
+
+    def roundtrip(self, texts: str | Sequence[str]) -> Roundtrip:
+        """encode -> decode, with per-text token accuracy."""
+        latents = self.encode(texts)
+        decoded = self.decode(latents)
+        return Roundtrip(latents, decoded, token_accuracy(latents, decoded))
+
+    def _text(self, ids: list[int]) -> str:
+        pad = self.tokenizer.pad_id
+        return self.tokenizer.decode([i for i in ids if i != pad])
+
+    @torch.no_grad()
+    def greedy_texts(self, z: torch.Tensor) -> list[str]:
+        """Greedy text of (B, n, C) DiT-space latents decoded on their own (no prefix context)."""
+        model = self.model
+        lengths = torch.full((z.shape[0],), z.shape[1], device=model.device)
+        with model.autocast:
+            logits = model.vae.decode_latents(z.to(model.device, model.dtype), lengths)
+        return [self._text(row) for row in logits.argmax(dim=-1).tolist()]
+
+    # -- generation --------------------------------------------------------------------------------
+    def config(self, **knobs) -> GenerationConfig:
+        """A validated GenerationConfig from keyword knobs (steps, guidance, seed, solver, ...)."""
+        fields = GenerationConfig.__dataclass_fields__
+        unknown = sorted(set(knobs) - set(fields))
+        if unknown:
+            raise WorkbenchError(f"unknown generation option(s): {', '.join(unknown)}; "
+                                 f"valid: {', '.join(fields)}")
+        config = GenerationConfig(**knobs)
+        config.validate()
+        return config
+
+    def _check_prompts(self, prompts: str | Sequence[str], config: GenerationConfig) -> list[str]:
+        """Strings only ("" means unconditional); context length checked before any model call."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if not prompts:
+            raise WorkbenchError("no prompts given")
+        chunk = self.block_size * self.patch_size
+        new_blocks = math.ceil(config.max_new_tokens / chunk)
+        for i, p in enumerate(prompts):
+            if not isinstance(p, str):
+                raise WorkbenchError(f"prompt {i} is not a string: {p!r}")
+            n = len(self.tokenizer.encode(p))
+            if (n // chunk + new_blocks) * self.block_size > MAX_POSITIONS:
+                raise WorkbenchError(f"prompt {i} is too long: {n} tokens plus max_new_tokens="
+                                     f"{config.max_new_tokens} exceed the model's {MAX_POSITIONS} latent positions")
+        return prompts
+
+    def sampler(self, prompts: str | Sequence[str], sample_ids: Sequence[int] | None = None,
+                preview: bool = False, record: bool = False, **knobs) -> SamplerSession:
+        """A steppable generation run with the currently registered hooks.
+
+        ``preview=True`` adds a greedy text of ``x0_pred`` to every step (decoded without the prefix
+        context, by a separate decoder call that never touches the sampler's caches);
+        ``record=True`` keeps every step in ``session.trajectory``.
+        """
+        config = self.config(**knobs)
+        prompts = self._check_prompts(prompts, config)
+        return SamplerSession(self, prompts, config, sample_ids, self.registry.snapshot(), preview=preview,
+                              record=record)
+
+    def generate(self, prompts: str | Sequence[str], sample_ids: Sequence[int] | None = None,
+                 **knobs) -> list[Generation]:
+        """Texts and token ids, as ``cola_core.generate.generate`` (plus any registered hooks)."""
+        return self.sampler(prompts, sample_ids, **knobs).result()
+
+    def trajectory(self, prompts: str | Sequence[str], sample_ids: Sequence[int] | None = None,
+                   preview: bool = False, **knobs) -> Trajectory:
+        """Generate and keep every step state of every block."""
+        session = self.sampler(prompts, sample_ids, preview=preview, record=True, **knobs)
+        session.result()
+        return session.trajectory
+
+    def run_with_cache(self, prompts: str | Sequence[str], names_filter: NamesFilter = None,
+                       sample_ids: Sequence[int] | None = None, **knobs
+                       ) -> tuple[list[Generation], dict[str, torch.Tensor]]:
+        """Generate and return ``(generations, cache)``: tensors by stable dotted name
+        (``block.3.step.7.v_uncond``; see :mod:`workbench.trajectory`), filtered by ``names_filter``
+        (None = all, a name or glob pattern, a list of names/patterns, or ``fn(name) -> bool``)."""
+        keep = names_predicate(names_filter)
+        config = self.config(**knobs)
+        prompts = self._check_prompts(prompts, config)
+        session = SamplerSession(self, prompts, config, sample_ids, self.registry.snapshot(), record=True,
+                                 keep=None if names_filter is None else keep)
+        generations = session.result()
+        cache = {k: v for k, v in session.trajectory.named_tensors().items() if keep(k)}
+        cache.update(session.extra)
+        return generations, cache
+
+    # -- hooks ---------------------------------------------------------------------------------------
+    def hooks(self, *callbacks: Callback, **by_point: HookFn | Sequence[HookFn]
+              ) -> contextlib.AbstractContextManager[list[HookHandle]]:
+        """Scoped hooks: ``with wb.hooks(guidance_ramp(1, 7), post_update=fn): ...``; on exit exactly
+        these registrations are removed, even after an exception."""
+        return self.registry.scoped(*callbacks, **by_point)
+
+    def add_hook(self, event: str, fn: HookFn) -> HookHandle:
+        """Register a hook until ``handle.remove()`` (or :meth:`reset_hooks`)."""
+        return self.registry.add(event, fn)
+
+    def reset_hooks(self) -> None:
+        self.registry.clear()
+
+
+NamesFilter = str | Sequence[str] | Callable[[str], bool] | None
+
+
+def names_predicate(names_filter: NamesFilter) -> Callable[[str], bool]:
+    """None -> everything; str or list -> exact names or fnmatch patterns; callable -> itself."""
+    if names_filter is None:
+        return lambda name: True
+    if callable(names_filter):
+        return names_filter
+    patterns = [names_filter] if isinstance(names_filter, str) else list(names_filter)
+    return lambda name: any(fnmatchcase(name, p) for p in patterns)
