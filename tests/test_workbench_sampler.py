@@ -209,3 +209,17 @@ def test_bad_generation_input(wb):
         wb.generate(["a b " * 40000])
     with pytest.raises(WorkbenchError, match="not a string"):
         wb.generate([None])
+
+
+def test_session_delegates_to_diagnostics_likelihood_and_projection(tiny_model, tmp_path):
+    from workbench import Workbench
+    from workbench.diagnostics import diagnose
+    wb = Workbench(tiny_model)
+    texts = ["The river flows slowly", "She opened the door"]
+    direct = diagnose(tiny_model, texts, prior=False)
+    via = wb.diagnose(texts, prior=False)
+    assert [r.token_accuracy for r in via.per_text] == [r.token_accuracy for r in direct.per_text]
+    records = wb.log_likelihood(texts, steps=2, probes=1)
+    assert len(records) == 2 and all("bits_per_dim" in r for r in records)
+    proj = wb.projection(texts, "pca", 2, cache_dir=tmp_path)
+    assert proj.transform(wb.encode(texts).z[0].reshape(-1, tiny_model.vae_config.latent_dim)).shape[-1] == 2

@@ -21,9 +21,12 @@ from cola_core.config import MAX_POSITIONS
 from cola_core.generate import Generation, GenerationConfig
 from cola_core.pocket import default_checkpoint
 
+from .diagnostics import Diagnosis, diagnose
 from .errors import WorkbenchError
 from .hooks import Callback, HookFn, HookHandle, HookRegistry
 from .latents import Latents
+from .likelihood import text_log_likelihood
+from .projection import Projection, fit_projection
 from .sampler_session import SamplerSession
 from .trajectory import Trajectory
 
@@ -324,6 +327,19 @@ class Workbench:
         cache = {k: v for k, v in session.trajectory.named_tensors().items() if keep(k)}
         cache.update(session.extra)
         return generations, cache
+
+    # -- diagnostics and projections (thin delegations; see their modules) ---------------------------
+    def diagnose(self, texts: str | Sequence[str], **options) -> Diagnosis:
+        """Reconstruction vs compression vs prior fit (``workbench.diagnostics.diagnose``)."""
+        return diagnose(self.model, self._texts(texts), **options)
+
+    def log_likelihood(self, texts: str | Sequence[str], **options) -> list[dict]:
+        """Prior log-likelihood of the texts' latents via the probability-flow ODE, per text."""
+        return text_log_likelihood(self.model, self._texts(texts), **options)
+
+    def projection(self, texts: Sequence[str], method: str = "pca", n_components: int = 2, **options) -> Projection:
+        """PCA/UMAP fitted on the texts' latents (cached on disk by checkpoint and corpus)."""
+        return fit_projection(self.model, self._texts(texts), method, n_components, **options)
 
     # -- hooks ---------------------------------------------------------------------------------------
     def hooks(self, *callbacks: Callback, **by_point: HookFn | Sequence[HookFn]
