@@ -73,13 +73,18 @@ class GenerationConfig:
 
 @dataclass
 class Generation:
-    """One finished sample: text and ids after trimming the re-decoded prompt tail."""
+    """One finished sample: text and ids after trimming the re-decoded prompt tail.
+
+    ``text``/``token_ids`` are what the official code returns (no truncation at EOS);
+    ``completion`` is the text up to the first EOS / im_end, without special tokens.
+    """
 
     prompt: str
     text: str
     token_ids: list[int]
     untrimmed_ids: list[int]
     stopped_at_eos: bool
+    completion: str = ""
 
 
 @dataclass
@@ -271,12 +276,15 @@ class BlockwiseSampler:
     def result(self) -> list[Generation]:
         """Trimmed ids and texts of everything generated so far."""
         tok = self.model.tokenizer
+        stops = set(tok.stop_ids)
         out = []
         for b, text in enumerate(self.prepared.texts):
             untrimmed = torch.cat([c[b] for c in self.context]).tolist() if self.context else []
             ids = untrimmed[self.prepared.trim[b]:]
+            cut = next((i for i, token in enumerate(ids) if token in stops), len(ids))
             out.append(Generation(prompt=text, text=tok.decode(ids), token_ids=ids, untrimmed_ids=untrimmed,
-                                  stopped_at_eos=bool(self.finished[b])))
+                                  stopped_at_eos=bool(self.finished[b]),
+                                  completion=tok.decode(ids[:cut], skip_special_tokens=True)))
         return out
 
 

@@ -123,6 +123,22 @@ def test_cli_generate_json_matches_api(tiny_model, fixture_dir):
     assert [line["prompt"] for line in lines] == ["Water", "The river flows slowly"]
     assert [line["token_ids"] for line in lines] == [r.token_ids for r in expected]
     assert [line["text"] for line in lines] == [r.text for r in expected]
+    assert [line["completion"] for line in lines] == [r.completion for r in expected]
+
+
+def test_completion_cuts_at_first_stop_token(tiny_model):
+    config = GenerationConfig(steps=2, guidance=1.0, max_new_tokens=12, seed=0, stop_at_eos=False)
+    full = generate(tiny_model, ["Water"], config)[0]
+    eos = tiny_model.tokenizer.eos_id
+    sampler = BlockwiseSampler(tiny_model, ["Water"], config)
+    for event, state in sampler.events():
+        if event == "decoded" and state.block == 1:
+            state.token_ids = state.token_ids.clone()
+            state.token_ids[0, 1] = eos                      # a hook edits the decoded block
+    result = sampler.result()[0]
+    cut = result.token_ids.index(eos)
+    assert result.completion == tiny_model.tokenizer.decode(result.token_ids[:cut])
+    assert len(result.token_ids) == len(full.token_ids)      # the official ids are not truncated
 
 
 @pytest.mark.parametrize("args, message", [

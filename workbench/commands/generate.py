@@ -39,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
     for result in generate(model, args.prompts, config):
         if args.json:
             print(json.dumps({"prompt": result.prompt, "text": result.text, "token_ids": result.token_ids,
-                              "stopped_at_eos": result.stopped_at_eos}, ensure_ascii=False))
+                              "completion": result.completion, "stopped_at_eos": result.stopped_at_eos},
+                             ensure_ascii=False))
         else:
-            print(f"{result.prompt}{result.text}")
+            print(f"{result.prompt}{result.completion}")
     return 0
