@@ -1,0 +1,219 @@
+"""Diagnostics tab: reconstruction vs compression vs prior fit for a text, a list or an uploaded file.
+
+Numbers come from ``workbench.diagnostics.diagnose``; the per-token heatmap from the workbench's
+encoder latents and decoder logits (``Workbench.encode`` / ``Workbench.decoder_logits``).
+"""
+from __future__ import annotations
+
+import math
+
+import gradio as gr
+import plotly.graph_objects as go
+import torch
+
+from workbench import Workbench
+from workbench.diagnostics import Diagnosis
+
+from . import exports, inputs
+from .context import AppContext
+from .plots import HEIGHT, color, empty_figure
+
+LN2 = math.log(2.0)
+HEATMAP_ROWS = 40       # texts shown in the per-token heatmap
+HEATMAP_TOKENS = 64     # token positions shown per text
+EXAMPLE = "a small domesticated animal kept as a pet\nthe season of the year between spring and autumn\n" \
+          "to give money in exchange for goods"
+
+
+def token_records(wb: Workbench, texts: list[str], batch_size: int = 32) -> list[dict]:
+    """Per text: its tokens, the decoder's NLL (bits) of each from the posterior mean, and the greedy token."""
+    out = []
+    for start in range(0, len(texts), batch_size):
+        latents = wb.encode(texts[start:start + batch_size])
+        for ids, logits in zip(latents.token_ids, wb.decoder_logits(latents)):
+            logp = logits[:len(ids)].log_softmax(dim=-1)
+            target = torch.tensor(ids)
+            nll = (-logp.gather(-1, target[:, None])[:, 0] / LN2).tolist()
+            greedy = logp.argmax(dim=-1).tolist()
+            tok = wb.tokenizer
+            out.append({"tokens": [tok.decode([i]) for i in ids], "nll_bits": nll,
+                        "predicted": [tok.decode([i]) for i in greedy],
+                        "correct": [int(a == b) for a, b in zip(ids, greedy)]})
+    return out
+
+
+def _short(text: str, n: int = 70) -> str:
+    return text if len(text) <= n else text[:n - 1] + "…"
+
+
+# -- figures --------------------------------------------------------------------------------------------
+def scatter_figure(diag: Diagnosis) -> go.Figure:
+    """Compression (KL bits/token) vs reconstruction (bits/token), colour = prior fit (FM loss)."""
+    rows = diag.per_text
+    fig = go.Figure(go.Scatter(
+        x=[r.kl_bits_per_token for r in rows], y=[r.recon_bits_per_token for r in rows], mode="markers",
+        marker=dict(size=11, color=[r.fm_loss for r in rows], colorscale="Viridis", showscale=True,
+                    colorbar=dict(title="FM loss")),
+        text=[_short(r.text) for r in rows],
+        customdata=[[r.index + 1, r.token_accuracy, r.fm_loss, r.elbo_bits_per_token] for r in rows],
+        hovertemplate="#%{customdata[0]} %{text}<br>KL %{x:.3f} bits/token · recon %{y:.3f} bits/token"
+                      "<br>token accuracy %{customdata[1]:.2f} · FM loss %{customdata[2]:.3f}"
+                      " · ELBO %{customdata[3]:.3f}<extra></extra>"))
+    fig.update_layout(height=HEIGHT, title="Per text: reconstruction vs compression, colour = prior fit",
+                      xaxis_title="compression: KL to N(0, I) (bits/token)",
+                      yaxis_title="reconstruction: decoder NLL (bits/token)", margin=dict(l=60, r=20, t=50, b=50))
+    return fig
+
+
+def heatmap_figure(records: list[dict], texts: list[str]) -> go.Figure:
+    """Rows = texts, columns = token positions, colour = decoder NLL of the true token (bits)."""
+    shown = records[:HEATMAP_ROWS]
+    width = min(HEATMAP_TOKENS, max(len(r["tokens"]) for r in shown))
+    z, hover, labels = [], [], []
+    for i, rec in enumerate(shown):
+        n = min(width, len(rec["tokens"]))
+        z.append(rec["nll_bits"][:n] + [None] * (width - n))
+        labels_k = [f"{rec['tokens'][k]!r} → predicted {rec['predicted'][k]!r}" for k in range(n)]
+        hover.append(labels_k + [""] * (width - n))
+        labels.append(f"#{i + 1} {_short(texts[i], 28)}")
+    fig = go.Figure(go.Heatmap(z=z, y=labels, x=list(range(width)), text=hover, colorscale="YlOrRd",
+                               colorbar=dict(title="bits"), hoverongaps=False,
+                               hovertemplate="%{y}<br>token %{x}: %{text}<br>-log2 p = %{z:.2f} bits<extra></extra>"))
+    title = "Per-token reconstruction: -log2 p(token | posterior mean)"
+    if len(records) > len(shown):
+        title += f" (first {len(shown)} of {len(records)} texts)"
+    fig.update_layout(height=max(280, 26 * len(shown) + 140), title=title, xaxis_title="token position",
+                      yaxis=dict(autorange="reversed"), margin=dict(l=220, r=20, t=50, b=50))
+    return fig
+
+
+def fm_figure(diag: Diagnosis) -> go.Figure:
+    """Flow-matching loss vs t: dataset mean, the predict-zero reference and each text (thin lines)."""
+    pts = diag.flow_matching
+    ts = sorted({p.t for p in pts})
+
+    def weighted(t: float, key: str) -> float:
+        sel = [p for p in pts if p.t == t]
+        return sum(getattr(p, key) * p.count for p in sel) / sum(p.count for p in sel)
+
+    fig = go.Figure()
+    for i, r in enumerate(diag.per_text[:20]):
+        fig.add_trace(go.Scatter(x=ts, y=r.fm_loss_by_t, mode="lines", name=f"#{r.index + 1}",
+                                 line=dict(width=1, color=color(i)), opacity=0.45, text=_short(r.text),
+                                 hovertemplate="%{text}<br>t=%{x:.2f} loss %{y:.3f}<extra></extra>"))
+    fig.add_trace(go.Scatter(x=ts, y=[weighted(t, "loss") for t in ts], mode="lines+markers", name="mean",
+                             line=dict(width=3, color="#000")))
+    fig.add_trace(go.Scatter(x=ts, y=[weighted(t, "zero_velocity_loss") for t in ts], mode="lines",
+                             name="predict 0 (reference)", line=dict(dash="dot", color="#888")))
+    fig.update_layout(height=HEIGHT, title="Prior fit: flow-matching loss vs t on encoder latents",
+                      xaxis_title="t / T", yaxis_title="loss", margin=dict(l=60, r=20, t=50, b=50))
+    return fig
+
+
+def bits_figure(diag: Diagnosis) -> go.Figure:
+    """Per text: ELBO bits/token split into reconstruction (sampled z) and KL; DiT-prior ELBO if measured."""
+    rows = diag.per_text
+    x = [f"#{r.index + 1}" for r in rows]
+    hover = [_short(r.text) for r in rows]
+    fig = go.Figure()
+    fig.add_trace(go.Bar(x=x, y=[r.recon_bits_per_token_sampled for r in rows], name="reconstruction (sampled z)",
+                         text=hover, hovertemplate="%{text}<br>%{y:.3f} bits/token<extra>reconstruction</extra>"))
+    fig.add_trace(go.Bar(x=x, y=[r.kl_bits_per_token for r in rows], name="KL to N(0, I)", text=hover,
+                         hovertemplate="%{text}<br>%{y:.3f} bits/token<extra>KL</extra>", textposition="none"))
+    if rows and rows[0].elbo_prior_bits_per_token is not None:
+        fig.add_trace(go.Scatter(x=x, y=[r.elbo_prior_bits_per_token for r in rows], mode="markers",
+                                 name="ELBO with the DiT prior", marker=dict(size=10, symbol="diamond", color="#000")))
+    d = diag.dataset
+    fig.update_layout(barmode="stack", height=HEIGHT, yaxis_title="bits per token",
+                      title=f"Bits/token breakdown (dataset ELBO {d.elbo_bits_per_token:.3f} bits/token)",
+                      margin=dict(l=60, r=20, t=50, b=50))
+    for trace in fig.data[:2]:
+        trace.textposition = "none"
+    return fig
+
+
+def summary_markdown(diag: Diagnosis) -> str:
+    d = diag.dataset
+    lines = [f"**{d.texts} texts, {d.tokens} tokens, {d.latents} latents.**",
+             "| measure | value |", "|---|---|",
+             f"| token accuracy (posterior mean) | {d.token_accuracy:.3f} |",
+             f"| reconstruction, mean z | {d.recon_bits_per_token:.3f} bits/token |",
+             f"| reconstruction, sampled z | {d.recon_bits_per_token_sampled:.3f} bits/token |",
+             f"| KL to N(0, I) | {d.kl_bits_per_token:.3f} bits/token |",
+             f"| ELBO | {d.elbo_bits_per_token:.3f} bits/token |",
+             f"| active units | {d.active_units} / {d.latent_dim} |",
+             f"| flow-matching loss | {d.fm_loss:.4f} |" if d.fm_loss is not None else "",
+             f"| prior log-likelihood | {d.prior_bits_per_dim:.3f} bits/dim |"
+             if d.prior_bits_per_dim is not None else "",
+             f"| ELBO with the DiT prior | {d.elbo_prior_bits_per_token:.3f} bits/token |"
+             if d.elbo_prior_bits_per_token is not None else ""]
+    return "\n".join(line for line in lines if line)
+
+
+TABLE_COLUMNS = ["#", "text", "tokens", "token_accuracy", "recon_bits_per_token", "kl_bits_per_token",
+                 "elbo_bits_per_token", "fm_loss", "prior_bits_per_dim"]
+
+
+def table_rows(diag: Diagnosis) -> list[list]:
+    def fmt(v):
+        return None if v is None else round(v, 4) if isinstance(v, float) else v
+    return [[r.index + 1, r.text, r.tokens] + [fmt(getattr(r, c)) for c in TABLE_COLUMNS[3:]] for r in diag.per_text]
+
+
+def build(ctx: AppContext) -> dict:
+    lim = ctx.limits
+    with gr.Row():
+        with gr.Column(scale=1, min_width=320):
+            box = gr.Textbox(label="Texts (one per line)", lines=6, value=EXAMPLE)
+            upload = gr.File(label=f"…or upload .txt / .jsonl (at most {lim.max_upload_bytes // 1024} KiB, "
+                                   f"{lim.max_texts} texts)", file_types=[".txt", ".jsonl"], type="filepath")
+            with gr.Row():
+                samples = gr.Slider(1, 8, value=1, step=1, label="Posterior samples")
+                draws = gr.Slider(1, 4, value=1, step=1, label="FM noise draws per t")
+            with gr.Row():
+                t_points = gr.Slider(2, 21, value=11, step=1, label="Points on the t grid")
+                seed = gr.Number(0, precision=0, label="Seed", minimum=0)
+            with gr.Row():
+                likelihood = gr.Checkbox(False, label="ODE log-likelihood (slow)")
+                ll_steps = gr.Slider(1, 32, value=8, step=1, label="ODE steps")
+            run_btn = gr.Button("Diagnose", variant="primary")
+            summary = gr.Markdown("Numbers appear here.")
+        with gr.Column(scale=2, min_width=480):
+            scatter = gr.Plot(empty_figure("reconstruction vs compression vs prior fit"), label="Per text")
+            heatmap = gr.Plot(empty_figure("per-token reconstruction heatmap"), label="Per token")
+    with gr.Row():
+        fm = gr.Plot(empty_figure("flow-matching loss vs t"), label="Prior fit")
+        bits = gr.Plot(empty_figure("bits/token breakdown"), label="Bits per token")
+    table = gr.Dataframe(headers=TABLE_COLUMNS, label="Per-text numbers", interactive=False, wrap=True)
+    files = gr.File(label="Downloads: JSON / CSV / HTML", file_count="multiple", interactive=False)
+    # the run id ties the stored result and its download files to this session (freed when it expires)
+    run_state = gr.State(None, time_to_live=ctx.store.ttl_s, delete_callback=ctx.store.delete)
+
+    @inputs.user_errors
+    def run(box_v, upload_v, samples_v, draws_v, t_points_v, seed_v, likelihood_v, ll_steps_v,
+            progress=gr.Progress()):
+        texts = inputs.corpus(box_v, upload_v, lim)
+        n_t = inputs.integer("points on the t grid", t_points_v, 2, 21)
+        options = dict(samples=inputs.integer("posterior samples", samples_v, 1, 8),
+                       fm_draws=inputs.integer("FM noise draws", draws_v, 1, 4),
+                       t_grid=[i / (n_t - 1) for i in range(n_t)], seed=inputs.integer("seed", seed_v, 0, 2**31 - 1),
+                       likelihood=bool(likelihood_v),
+                       likelihood_options={"steps": inputs.integer("ODE steps", ll_steps_v, 1, 32), "solver": "rk4"})
+        progress(0.1, desc=f"diagnosing {len(texts)} texts")
+        diag = ctx.workbench.diagnose(texts, **options)
+        progress(0.7, desc="per-token reconstruction")
+        tokens = token_records(ctx.workbench, texts)
+        figures = [scatter_figure(diag), heatmap_figure(tokens, texts), fm_figure(diag), bits_figure(diag)]
+        run_id = ctx.store.put("diagnostics", {"diagnosis": diag, "tokens": tokens})
+        records = diag.records()
+        data = {"run_id": run_id, **records, "tokens": [{"text": t, **r} for t, r in zip(texts, tokens)],
+                "settings": diag.settings}
+        files_v = exports.bundle(ctx.store.folder(run_id), "diagnostics", data, records["per_text"],
+                                 f"Cola diagnostics ({len(texts)} texts)", figures,
+                                 {k: v for k, v in records["dataset"][0].items()})
+        return (summary_markdown(diag), *figures, table_rows(diag), files_v, run_id)
+
+    run_btn.click(run, [box, upload, samples, draws, t_points, seed, likelihood, ll_steps],
+                  [summary, scatter, heatmap, fm, bits, table, files, run_state], api_name="diagnose",
+                  concurrency_id="heavy", concurrency_limit=ctx.concurrency)
+    return {}

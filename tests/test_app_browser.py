@@ -1,0 +1,140 @@
+"""The app in a real browser: headless Debian Chromium driven by Playwright opens and runs every tab.
+
+Checks that text outputs and plotly plots render, that bad input shows an error, and that the page
+makes no request off this machine (no CDN, fonts or analytics). Screenshots go to
+artifacts/screenshots/ (git-ignored). Skips when Playwright or /usr/bin/chromium is missing
+(``apt-get install chromium``; ``pip install playwright``; never ``playwright install``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+
+pytest.importorskip("gradio")
+sync_api = pytest.importorskip("playwright.sync_api")
+
+from app_server import running_app  # noqa: E402
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+SHOTS = Path(__file__).resolve().parents[1] / "artifacts" / "screenshots"
+TIMEOUT_MS = 30_000
+
+pytestmark = pytest.mark.skipif(not CHROMIUM.is_file(), reason="Debian chromium is not installed (/usr/bin/chromium)")
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory):
+    """One browser page on the running app; records every request that leaves 127.0.0.1."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with running_app(tmp_path_factory.mktemp("projections")) as (_, url), sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+        pg.set_default_timeout(TIMEOUT_MS)
+        pg.external = []
+
+        def guard(route):
+            host = urlparse(route.request.url).hostname
+            if route.request.url.startswith(("data:", "blob:")) or host in ("127.0.0.1", "localhost"):
+                route.continue_()
+            else:
+                pg.external.append(route.request.url)
+                route.abort()
+
+        pg.route("**/*", guard)
+        pg.goto(url)
+        pg.get_by_text("fingerprint").first.wait_for()
+        yield pg
+        browser.close()
+
+
+def visible_plots(pg) -> int:
+    return pg.locator(".js-plotly-plot:visible").count()
+
+
+def wait_plots(pg, count: int) -> None:
+    pg.wait_for_function(f"document.querySelectorAll('.js-plotly-plot .main-svg').length >= {count}",
+                         timeout=TIMEOUT_MS)
+    assert visible_plots(pg) >= count
+
+
+def open_tab(pg, name: str) -> None:
+    pg.get_by_role("tab", name=name).click()
+
+
+def test_status_bar_and_tabs(page):
+    assert page.get_by_text("cpu", exact=True).count() >= 1
+    assert [t.inner_text() for t in page.get_by_role("tab").all()] == ["Trajectories", "Diagnostics", "Guidance lab",
+                                                                     "Latent lab"]
+
+
+def test_trajectories_tab_streams_and_plots(page):
+    open_tab(page, "Trajectories")
+    page.get_by_role("button", name="Generate").click()
+    page.get_by_text("Finished").wait_for()
+    text = page.get_by_label("Prompt + generated text").input_value()
+    assert text.startswith("a small animal that") and len(text) > len("a small animal that")
+    assert page.get_by_text('"v_diff_norm"').count() == 1
+    wait_plots(page, 2)
+    assert page.locator(".js-plotly-plot .scatterlayer .trace").count() > 8   # backdrop + block paths
+    page.screenshot(path=str(SHOTS / "trajectories.png"), full_page=True)
+
+
+def test_stop_button_cancels_a_long_run(page):
+    open_tab(page, "Trajectories")
+    steps = page.get_by_label("number input for Steps per block")
+    steps.fill("200")
+    steps.press("Enter")
+    page.get_by_role("button", name="Generate").click()
+    page.get_by_text("Sampling — block").wait_for()
+    page.get_by_role("button", name="Stop").click()
+    page.get_by_text("Stopped").wait_for()
+    assert page.get_by_label("number input for Scrub: step").input_value() != ""
+    steps.fill("16")
+    steps.press("Enter")
+
+
+def test_diagnostics_tab_and_error_message(page):
+    open_tab(page, "Diagnostics")
+    page.get_by_role("button", name="Diagnose").click()
+    page.get_by_text("3 texts,").wait_for()
+    wait_plots(page, 4)
+    assert page.get_by_text("active units").count() == 1
+    assert page.locator(".js-plotly-plot .heatmaplayer, .js-plotly-plot .hm").count() >= 1
+    page.screenshot(path=str(SHOTS / "diagnostics.png"), full_page=True)
+    box = page.get_by_label("Texts (one per line)")
+    original = box.input_value()
+    box.fill("   ")
+    page.get_by_role("button", name="Diagnose").click()
+    page.get_by_text("no texts: type one text per line").first.wait_for()
+    box.fill(original)
+
+
+def test_guidance_lab_grid(page):
+    open_tab(page, "Guidance lab")
+    page.get_by_label("X: guidance values").fill("1, 7")
+    page.get_by_label("Y values").fill("4")
+    page.get_by_role("button", name="Run grid").click()
+    page.get_by_text("Done").wait_for()
+    assert page.locator(".cola-grid td .gen").count() == 4      # 2 guidance x 1 steps x 2 prompts
+    assert page.locator(".cola-grid th", has_text="guidance 7").count() == 1
+    wait_plots(page, 2)
+    page.screenshot(path=str(SHOTS / "guidance_lab.png"), full_page=True)
+
+
+def test_latent_lab_encode_and_interpolate(page):
+    open_tab(page, "Latent lab")
+    page.get_by_role("button", name="Encode A and B").click()
+    page.get_by_text('"token_accuracy"').first.wait_for()
+    wait_plots(page, 1)
+    page.locator("input[type=range]:visible").first.fill("0.9")
+    page.get_by_text('"alpha": 0.9').wait_for()
+    assert page.get_by_label("Decoded", exact=True).input_value() != ""
+    page.screenshot(path=str(SHOTS / "latent_lab.png"), full_page=True)
+
+
+def test_nothing_was_fetched_from_outside(page):
+    assert page.external == []

@@ -1,0 +1,313 @@
+"""The Gradio app driven through gradio_client: every endpoint, bad input, Stop, and 8 concurrent clients.
+
+The app runs on 127.0.0.1 with the tiny random checkpoint; outputs are gibberish but deterministic
+given seeds, so each endpoint's values are checked against the workbench API called directly.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+pytest.importorskip("gradio")
+gradio_client = pytest.importorskip("gradio_client")
+
+from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
+
+from app_server import running_app  # noqa: E402
+from workbench import Workbench, interpolate, invert, regenerate_from  # noqa: E402
+from workbench.diagnostics import diagnose  # noqa: E402
+
+KNOBS = dict(steps=4, guidance=7.0, max_new_tokens=8, seed=3, solver="euler", schedule="linear")
+ENDPOINTS = {"/trajectory_generate", "/trajectory_stop", "/trajectory_scrub", "/diagnose", "/guidance_grid",
+             "/guidance_stop", "/latent_encode", "/latent_interpolate", "/latent_path", "/latent_direction",
+             "/latent_regenerate", "/latent_invert", "/status", "/status_tick"}
+UPLOAD_CAP = 4096
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    with running_app(tmp_path_factory.mktemp("projections"), max_upload_bytes=UPLOAD_CAP) as (ctx, url):
+        yield ctx, url
+
+
+@pytest.fixture(scope="module")
+def wb(app) -> Workbench:
+    return app[0].workbench
+
+
+def client(app) -> Client:
+    return Client(app[1], verbose=False)
+
+
+def generate(c: Client, prompt: str, preview: bool = True, **knobs):
+    k = {**KNOBS, **knobs}
+    return c.predict(prompt, k["steps"], k["guidance"], k["max_new_tokens"], k["seed"], k["solver"], k["schedule"],
+                     preview, "auto", "2-D", api_name="/trajectory_generate")
+
+
+def figure(plot_output: dict) -> dict:
+    assert plot_output["type"] == "plotly"
+    fig = json.loads(plot_output["plot"])
+    assert isinstance(fig["layout"]["height"], int)   # every figure sets its height
+    return fig
+
+
+def fails(match: str, fn, *args, **kwargs) -> str:
+    with pytest.raises(AppError) as err:
+        fn(*args, **kwargs)
+    assert match in str(err.value), str(err.value)
+    return str(err.value)
+
+
+# -- endpoints ----------------------------------------------------------------------------------------------
+def test_every_event_has_an_api_name(app):
+    assert set(client(app).view_api(return_format="dict", print_info=False)["named_endpoints"]) == ENDPOINTS
+
+
+def test_status_reports_checkpoint_device_and_pca_only(app, wb):
+    markdown, facts, _, _ = client(app).predict(api_name="/status")
+    assert wb.fingerprint[:12] in markdown and "cpu" in markdown
+    assert facts["fingerprint"] == wb.fingerprint and facts["device"] == "cpu" and facts["umap"] == "off"
+    assert facts["latent_dim"] == wb.channels and facts["block_size"] == wb.block_size
+
+
+def test_trajectory_matches_workbench_generation_and_scrubs(app, wb):
+    c = client(app)
+    status, text, info, preview, norms, proj, block, step, files, summary = generate(c, "a small animal that")
+    direct = wb.trajectory(["a small animal that"], preview=True, **KNOBS)
+    expected = direct.generations[0]
+    assert summary["status"] == "finished" and summary["text"] == expected.text
+    assert summary["token_ids"] == expected.token_ids and text == "a small animal that" + expected.text
+    assert summary["steps_recorded"] == len(direct.steps) == direct.num_blocks * KNOBS["steps"]
+    assert (block["value"], block["maximum"]) == (direct.num_blocks - 1, direct.num_blocks - 1)
+    assert (step["value"], step["maximum"]) == (KNOBS["steps"] - 1, KNOBS["steps"] - 1)
+    assert "Finished" in status
+    # the last step's numbers and preview are the workbench's
+    last = direct.steps[-1]
+    free = last.t[0] > 0
+    diff = (last.v_cond[0][free] - last.v_uncond[0][free]).norm(dim=-1).mean()
+    assert info["block"] == last.block and info["step"] == last.step
+    assert math.isclose(info["v_diff_norm"], float(diff), rel_tol=1e-5)
+    assert preview == last.preview[0]
+    norms_fig, proj_fig = figure(norms), figure(proj)
+    assert [t["name"] for t in norms_fig["data"]] == ["|v_cond|", "|v_uncond|", "|v_cond - v_uncond|"]
+    assert len(norms_fig["data"][0]["y"]) == len(direct.steps)
+    backdrop = proj_fig["data"][0]
+    assert backdrop["name"] == "corpus latents" and len(backdrop["x"]) == len(app[0].projections.pca.coords)
+    assert {f"block {b}" for b in range(direct.num_blocks)} <= {t["name"] for t in proj_fig["data"]}
+    # downloads: JSON rows, CSV, HTML, tensors
+    assert sorted(p.rsplit("/", 1)[-1] for p in files) == ["trajectory.csv", "trajectory.html", "trajectory.json",
+                                                           "trajectory_tensors.safetensors"]
+    saved = json.loads(open(next(p for p in files if p.endswith(".json"))).read())
+    assert len(saved["rows"]) == len(direct.steps) and saved["text"] == expected.text
+    # scrub to block 0, step 1: the numbers, preview and marked points of that step
+    info0, preview0, norms0, proj0 = c.predict(0, 1, "PCA", "3-D", api_name="/trajectory_scrub")
+    s = direct.block(0)[1]
+    assert (info0["block"], info0["step"]) == (0, 1) and math.isclose(info0["t"], float(s.t[0].max()))
+    assert preview0 == s.preview[0]
+    marked = [t for t in figure(proj0)["data"] if t["name"].startswith("z_t block 0 step 1")]
+    assert len(marked) == 1 and marked[0]["type"] == "scatter3d"
+    # the sliders' new ranges hold for this session: positions past the run are refused
+    fails("greater than maximum value 1", c.predict, 2, 0, "auto", "2-D", api_name="/trajectory_scrub")
+
+
+def test_trajectory_streams_while_sampling(app, wb):
+    job = client(app).submit("", 40, 3.0, 48, 1, "euler", "linear", True, "auto", "2-D",
+                             api_name="/trajectory_generate")
+    final = job.result(timeout=120)
+    running = [u for u in job.outputs() if u[0].startswith("**Sampling** — block")]
+    positions = [re.search(r"block (\d+)/12, step (\d+)/40", u[0]).groups() for u in running]
+    progress = [(int(b) - 1) * 40 + int(s) for b, s in positions]
+    assert len(progress) >= 2 and progress == sorted(progress) and progress[-1] < 12 * 40   # seen mid-run
+    assert [u[3] for u in running] == [u[2]["preview"] for u in running]   # live preview of the live step
+    assert final[9]["status"] == "finished"
+    assert final[9]["text"] == wb.generate([""], steps=40, guidance=3.0, max_new_tokens=48, seed=1)[0].text
+
+
+def test_stop_interrupts_the_sampler(app):
+    c = client(app)
+    job = c.submit("stop me", 200, 7.0, 64, 0, "euler", "linear", True, "auto", "2-D",
+                   api_name="/trajectory_generate")
+    deadline = time.monotonic() + 60
+    while not any(u[0].startswith("**Sampling** — block") for u in job.outputs()):
+        assert time.monotonic() < deadline and not job.done(), "no streamed update arrived"
+        time.sleep(0.02)
+    stopped = c.predict("auto", "2-D", api_name="/trajectory_stop")
+    summary = stopped[9]
+    assert stopped[0].startswith("**Stopped**") and summary["status"] == "stopped"
+    assert 0 < summary["steps_recorded"] < 16 * 200
+    final = job.result(timeout=30)
+    assert final[9]["status"] == "stopped"
+    assert "Nothing is running" in client(app).predict("auto", "2-D", api_name="/trajectory_stop")[0]
+
+
+def test_diagnose_matches_workbench_numbers(app, wb, tmp_path):
+    texts = ["a small domesticated animal kept as a pet", "the act of moving quickly on foot"]
+    out = client(app).predict("\n".join(texts), None, 1, 1, 5, 0, False, 8, api_name="/diagnose")
+    summary, scatter, heatmap, fm, bits, table, files = out
+    diag = diagnose(wb.model, texts, samples=1, fm_draws=1, t_grid=[0, 0.25, 0.5, 0.75, 1.0], seed=0)
+    rows = table["data"]
+    assert [r[1] for r in rows] == texts
+    for row, rec in zip(rows, diag.per_text):
+        assert math.isclose(row[3], rec.token_accuracy, abs_tol=1e-4)
+        assert math.isclose(row[4], rec.recon_bits_per_token, abs_tol=1e-4)
+        assert math.isclose(row[5], rec.kl_bits_per_token, abs_tol=1e-4)
+        assert math.isclose(row[7], rec.fm_loss, abs_tol=1e-4)
+    assert f"{diag.dataset.elbo_bits_per_token:.3f} bits/token" in summary
+    points = figure(scatter)["data"][0]
+    assert points["y"] == pytest.approx([r.recon_bits_per_token for r in diag.per_text], rel=1e-6)
+    assert texts[0] in points["text"][0]                       # hover shows the text
+    grid = figure(heatmap)["data"][0]
+    lat = wb.encode(texts[:1])
+    logp = wb.decoder_logits(lat)[0][:len(lat.token_ids[0])].log_softmax(-1)
+    nll = [-float(logp[k, i]) / math.log(2) for k, i in enumerate(lat.token_ids[0])]
+    assert grid["z"][0][:len(nll)] == pytest.approx(nll, rel=1e-5)
+    assert len(figure(fm)["data"][-2]["x"]) == 5               # mean FM loss at each t of the grid
+    assert {t["name"] for t in figure(bits)["data"]} >= {"reconstruction (sampled z)", "KL to N(0, I)"}
+    assert sorted(p.rsplit(".", 1)[-1] for p in files) == ["csv", "html", "json"]
+    saved = json.loads(open(next(p for p in files if p.endswith(".json"))).read())
+    assert [r["text"] for r in saved["per_text"]] == texts and len(saved["tokens"]) == 2
+
+
+def test_diagnose_uploads_and_bad_files(app, tmp_path):
+    c = client(app)
+    good = tmp_path / "texts.jsonl"
+    good.write_text('{"text": "a tool for driving nails"}\n\n"to cut wood into small pieces"\n')
+    table = c.predict("", handle_file(str(good)), 1, 1, 3, 0, False, 8, api_name="/diagnose")[5]
+    assert [r[1] for r in table["data"]] == ["a tool for driving nails", "to cut wood into small pieces"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{not json\n')
+    fails("line 2 is not JSON", c.predict, "", handle_file(str(bad)), 1, 1, 3, 0, False, 8, api_name="/diagnose")
+    field = tmp_path / "field.jsonl"
+    field.write_text('{"body": "no text field"}\n')
+    fails('line 1 needs a "text"', c.predict, "", handle_file(str(field)), 1, 1, 3, 0, False, 8, api_name="/diagnose")
+    huge = tmp_path / "huge.txt"
+    huge.write_text("a line of text\n" * (UPLOAD_CAP // 10))
+    fails("the limit is", c.predict, "", handle_file(str(huge)), 1, 1, 3, 0, False, 8, api_name="/diagnose")
+    binary = tmp_path / "binary.txt"
+    binary.write_bytes(b"\xff\xfe\x00bad")
+    fails("not UTF-8", c.predict, "", handle_file(str(binary)), 1, 1, 3, 0, False, 8, api_name="/diagnose")
+    fails("no texts", c.predict, "  \n ", None, 1, 1, 3, 0, False, 8, api_name="/diagnose")
+    fails("less than minimum value 1", c.predict, "x", None, 0, 1, 3, 0, False, 8, api_name="/diagnose")
+
+
+def test_guidance_grid_runs_the_experiment_runner(app, wb):
+    c = client(app)
+    status, grid, metrics, gaps, table, files = c.predict("a small animal that", "1, 5", "steps", "2-3", 4, 0, 8,
+                                                          "euler", "off", api_name="/guidance_grid")
+    assert status.startswith("**Done**") and "4 cells" in status
+    rows = table["data"]
+    assert len(rows) == 4
+    for prompt, g, steps, seed, text, *_ in rows:
+        expected = wb.generate(["a small animal that"], guidance=g, steps=steps, seed=seed, max_new_tokens=8)[0].text
+        assert text == expected and seed == 0
+        assert expected.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;") in grid
+    assert {(r[1], r[2]) for r in rows} == {(1.0, 2), (1.0, 3), (5.0, 2), (5.0, 3)}
+    assert "guidance 1" in grid and "steps 3" in grid
+    fig = figure(metrics)
+    assert {t["name"] for t in fig["data"]} == {"steps=2", "steps=3"}
+    assert len(figure(gaps)["data"]) == 4
+    assert sorted(p.rsplit("/", 1)[-1] for p in files) == ["guidance_grid.csv", "guidance_grid.json", "report.html"]
+    by_seed = c.predict("a small animal that", "3", "seed", "0, 7", 4, 0, 8, "euler", "off",
+                        api_name="/guidance_grid")[4]["data"]
+    assert [(r[2], r[3]) for r in by_seed] == [(4, 0), (4, 7)]
+
+
+def test_guidance_stop_ends_the_grid_after_the_cell_in_progress(app):
+    c = client(app)
+    assert c.predict(api_name="/guidance_stop") == "Nothing is running."
+    job = c.submit("a small animal that", "1-8", "steps", "40, 80", 4, 0, 32, "euler", "off",
+                   api_name="/guidance_grid")
+    deadline = time.monotonic() + 60
+    while job.status().code.name not in ("PROCESSING", "PROGRESS"):
+        assert time.monotonic() < deadline and not job.done(), "the grid never started"
+        time.sleep(0.02)
+    time.sleep(0.3)
+    assert c.predict(api_name="/guidance_stop").startswith("Stopping")
+    status, grid, *_, table, files = job.result(timeout=60)
+    done = int(status.split("after ")[1].split(" of ")[0])
+    assert status.startswith("**Stopped**") and "of 16 cells" in status and done < 16
+    assert len(table["data"]) == done and grid.count("class='gen'") == done
+
+
+def test_latent_lab_endpoints_match_the_workbench(app, wb):
+    c = client(app)
+    a, b = "a small domesticated animal kept as a pet", "the act of moving quickly on foot"
+    report, text, tokens, point, path, *choices, files = c.predict(a, b, 0.25, "lerp", api_name="/latent_encode")
+    lat = wb.encode([a, b], pad_to="longest")
+    decoded = wb.decode(lat)
+    assert report["A"]["decoded"] == decoded.texts[0] and report["B"]["decoded"] == decoded.texts[1]
+    assert report["blocks"] == lat.n_blocks[0]
+    for update in choices:                    # block pickers offer this pair's blocks
+        assert [choice[0] for choice in update["choices"]] == [str(i) for i in range(lat.n_blocks[0])]
+    assert text == wb.decode(interpolate(lat[0], lat[1], 0.25, "lerp"))[0].text
+    assert point["alpha"] == 0.25 and figure(path)["data"][1]["name"] == "A → B path"
+    assert sorted(f.rsplit("/", 1)[-1] for f in files) == [
+        "interpolation.csv", "interpolation.html", "interpolation.json", "latents_ab.json", "latents_ab.safetensors"]
+    sweep = json.loads(open(next(f for f in files if f.endswith("interpolation.json"))).read())
+    assert [r["alpha"] for r in sweep["rows"]] == [i / 10 for i in range(11)]
+    assert sweep["rows"][0]["text"] == decoded.texts[0] and sweep["rows"][-1]["text"] == decoded.texts[1]
+    for alpha, expected in ((0.0, decoded.texts[0]), (1.0, decoded.texts[1])):
+        assert c.predict(alpha, "slerp", [], api_name="/latent_interpolate")[0] == expected
+    text_b0, _, info = c.predict(0.6, "slerp", ["0"], api_name="/latent_interpolate")
+    assert text_b0 == wb.decode(interpolate(lat[0], lat[1], 0.6, "slerp", blocks=[0]))[0].text
+    assert info["blocks"] == [0]
+    assert figure(c.predict(0.6, "slerp", [], api_name="/latent_path"))["data"][-1]["name"] == "alpha = 0.6"
+    edited, dinfo = c.predict("very large\nhuge", "very small\ntiny", "A", 0.0, [], api_name="/latent_direction")
+    assert edited == decoded.texts[0] and dinfo["direction_norm"] > 0
+    regen_text, rinfo = c.predict("B", 0.5, ["0"], 4, 7.0, 11, api_name="/latent_regenerate")
+    direct = regenerate_from(wb, lat[1], strength=0.5, keep_blocks=[0], steps=4, guidance=7.0, seed=11)
+    assert regen_text == wb.decode(direct.latents)[0].text and rinfo["t_start"] == direct.t_start
+    assert c.predict("A", 0.0, [], 4, 7.0, 0, api_name="/latent_regenerate")[1]["changed_token_fraction"] == 0
+    inv_text, iinfo = c.predict("A", 4, "heun", api_name="/latent_invert")
+    inv = invert(wb, lat[0], steps=4, solver="heun")
+    assert iinfo["max_abs_error"] == pytest.approx(inv.max_abs_error[0], rel=1e-6)
+    assert iinfo["token_agreement"] == pytest.approx(inv.token_agreement[0])
+    assert inv_text == wb.decode(inv.reconstruction)[0].text
+
+
+def test_bad_input_is_reported_and_the_server_keeps_serving(app):
+    c = client(app)
+    fails("no trajectory result", c.predict, 0, 0, "auto", "2-D", api_name="/trajectory_scrub")
+    fails("no latents result", c.predict, 0.5, "lerp", [], api_name="/latent_interpolate")
+    fails("less than minimum value 1", generate, c, "x", steps=0)
+    fails("greater than maximum value 200", generate, c, "x", steps=10_000)
+    fails("steps must be a whole number", generate, c, "x", steps=2.5)
+    fails("Expected a `float`", generate, c, "x", guidance="seven")
+    fails("less than minimum value 0", generate, c, "x", seed=-1)
+    fails("text A is empty", c.predict, "   ", "b", 0.5, "lerp", api_name="/latent_encode")
+    fails("prompts are empty", c.predict, "\n", "1", "steps", "4", 4, 0, 8, "euler", "off", api_name="/guidance_grid")
+    fails("cannot read", c.predict, "p", "1-x", "steps", "4", 4, 0, 8, "euler", "off", api_name="/guidance_grid")
+    fails("at most 64", c.predict, "p", "1-9", "seed", "0-9", 4, 0, 8, "euler", "off", api_name="/guidance_grid")
+    fails("outside 1 to 200", c.predict, "p", "1", "steps", "0, 4", 4, 0, 8, "euler", "off", api_name="/guidance_grid")
+    c.predict("a", "b", 0.5, "lerp", api_name="/latent_encode")
+    fails("greater than maximum value 1", c.predict, 1.5, "lerp", [], api_name="/latent_interpolate")
+    fails("greater than maximum value 1", c.predict, "A", 2.0, [], 4, 7.0, 0, api_name="/latent_regenerate")
+    fails("at least one positive", c.predict, "", "x", "A", 1.0, [], api_name="/latent_direction")
+    assert c.predict(api_name="/status")[1]["device"] == "cpu"     # still serving
+
+
+# -- concurrency ---------------------------------------------------------------------------------------------
+def _session(url: str, i: int) -> tuple:
+    """One user's work: a seeded generation, then encode + interpolate two texts of their own."""
+    c = Client(url, verbose=False, download_files=False)
+    summary = c.predict(f"prompt {i}", 3 + i % 3, 2.0 + i, 12, 100 + i, "euler", "linear", False, "PCA", "2-D",
+                        api_name="/trajectory_generate")[9]
+    c.predict(f"first text {i}", f"second text number {i}", 0.5, "lerp", api_name="/latent_encode")
+    text, _, point = c.predict(0.3 + i / 20, "slerp", [], api_name="/latent_interpolate")
+    return summary["text"], summary["token_ids"], summary["final_v_diff_norm"], text, point["distance_to_A"]
+
+
+def test_eight_concurrent_clients_get_their_sequential_results(app):
+    url = app[1]
+    sequential = [_session(url, i) for i in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        concurrent = list(pool.map(lambda i: _session(url, i), range(8), timeout=120))
+    assert concurrent == sequential
+    assert len({s[0] for s in sequential}) == 8    # the sessions really differ
