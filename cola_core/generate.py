@@ -150,16 +150,17 @@ class BlockwiseSampler:
         if eos_ids is None:
             eos_ids = sorted(model.tokenizer.stop_ids) if self.config.stop_at_eos else []
         self.eos_ids = torch.tensor(list(eos_ids), dtype=torch.long)
-        self.prepared = prepare_prompts(model, list(prompts))
         bs, patch = model.block_size, model.patch_size
+        prompt_ids = model.tokenizer.encode_batch(list(prompts))
+        n1 = [math.ceil(len(ids) / patch) for ids in prompt_ids]
         self.num_blocks = math.ceil(self.config.max_new_tokens / (bs * patch))
-        n1 = [math.ceil(len(ids) / patch) for ids in self.prepared.ids]
         if all(n % bs and self.config.max_new_tokens < bs - n % bs for n in n1):
             self.num_blocks = 1   # force_complete_prefix_only: the prompt's own block is enough
-        needed = int(self.prepared.prefix_lengths.max()) + self.num_blocks * bs
+        needed = bs * (max(n1) // bs) + self.num_blocks * bs   # checked before any model work
         if needed > MAX_POSITIONS:
             raise GenerationError(f"prompt plus max_new_tokens needs {needed} latent positions; the model supports "
                                   f"{MAX_POSITIONS}. Shorten the prompt or lower max_new_tokens.")
+        self.prepared = prepare_prompts(model, list(prompts), prompt_ids)
         self.context: list[torch.Tensor] = []   # per block (B, bs*P) token ids
         self.finished = torch.zeros(len(prompts), dtype=torch.bool)
         self.blocks_done = 0
@@ -288,11 +289,12 @@ class BlockwiseSampler:
         return out
 
 
-def prepare_prompts(model: ColaModel, prompts: list[str]) -> PreparedPrompts:
-    """Tokenise, pad to whole blocks, encode, and split each prompt into prefix / pinned window."""
+def prepare_prompts(model: ColaModel, prompts: list[str], ids: list[list[int]] | None = None) -> PreparedPrompts:
+    """Tokenise (unless ``ids`` are given), pad to whole blocks, encode, and split each prompt into
+    prefix / pinned window."""
     tok, bs, patch = model.tokenizer, model.block_size, model.patch_size
     chunk = bs * patch
-    ids = tok.encode_batch(prompts)
+    ids = tok.encode_batch(prompts) if ids is None else ids
     padded = [row + [tok.pad_id] * (-len(row) % chunk) for row in ids]
     channels = model.vae_config.latent_dim
     batch = len(prompts)
