@@ -8,7 +8,7 @@ With nobody touching the state, the loop is exactly the official algorithm (spec
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import torch

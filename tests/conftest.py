@@ -32,6 +32,13 @@ def tiny_model():
     return load_pretrained(FIXTURE)
 
 
+@pytest.fixture(scope="module")
+def wb(tiny_model):
+    """A Workbench over the tiny model (one per module, so hook registries never leak across files)."""
+    from workbench import Workbench
+    return Workbench(tiny_model)
+
+
 # -- slow tests: marked @pytest.mark.slow, skipped unless --runslow ------------------------------------
 def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", default=False, help="also run tests marked slow")

@@ -4,16 +4,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from workbench import Workbench, WorkbenchError, invert, regenerate_from
+from workbench import WorkbenchError, invert, regenerate_from
 
 TEXTS = ["the cat sat on the mat and looked around", "a dog ran off into the green woods"]
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-@pytest.fixture(scope="module")
-def wb(tiny_model):
-    return Workbench(tiny_model)
 
 
 @pytest.fixture(scope="module")

@@ -8,17 +8,12 @@ import pytest
 import torch
 
 from cola_core.config import MAX_POSITIONS
-from workbench import (Latents, Workbench, WorkbenchError, analogy, apply_direction, attribute_direction,
+from workbench import (Latents, WorkbenchError, analogy, apply_direction, attribute_direction,
                        block_noise, combine, interpolate, mean_latent, noise_to, replace_blocks, slerp, splice)
 
 TEXTS = ["the cat sat on the mat and looked around", "a dog"]
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-@pytest.fixture(scope="module")
-def wb(tiny_model):
-    return Workbench(tiny_model)
 
 
 @pytest.fixture(scope="module")

@@ -7,18 +7,13 @@ import torch
 from cola_core.errors import GenerationError
 from cola_core.generate import generate
 from cola_core.sampler import predicted_clean
-from workbench import (HOOK_POINTS, Trajectory, Workbench, WorkbenchError, clamp_latents, guidance_cutoff,
+from workbench import (HOOK_POINTS, Trajectory, WorkbenchError, clamp_latents, guidance_cutoff,
                        guidance_ramp, guidance_schedule, steer)
 
 PROMPTS = ["the cat sat on", "once upon a time there was a"]
 KNOBS = dict(seed=0, steps=6, max_new_tokens=12, stop_at_eos=False)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-@pytest.fixture(scope="module")
-def wb(tiny_model):
-    return Workbench(tiny_model)
 
 
 @pytest.fixture(scope="module")
@@ -211,10 +206,8 @@ def test_bad_generation_input(wb):
         wb.generate([None])
 
 
-def test_session_delegates_to_diagnostics_likelihood_and_projection(tiny_model, tmp_path):
-    from workbench import Workbench
+def test_session_delegates_to_diagnostics_likelihood_and_projection(wb, tiny_model, tmp_path):
     from workbench.diagnostics import diagnose
-    wb = Workbench(tiny_model)
     texts = ["The river flows slowly", "She opened the door"]
     direct = diagnose(tiny_model, texts, prior=False)
     via = wb.diagnose(texts, prior=False)

@@ -4,17 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from .common import UsageError
-from .common import add_model_args, load_model
-
-
-def _int_at_least(low: int):
-    def integer(text: str) -> int:
-        value = int(text)
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
-        return value
-    return integer
+from .common import PORT, UsageError, add_model_args, int_in_range, load_model
 
 
 def register(subparsers) -> None:
@@ -23,14 +13,14 @@ def register(subparsers) -> None:
                                           "streaming. An API key is required unless the host is loopback.")
     add_model_args(p)
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    p.add_argument("--port", type=_int_at_least(0), default=8000, help="port (default 8000)")
+    p.add_argument("--port", type=PORT, default=8000, help="port (default 8000)")
     p.add_argument("--api-key", default=os.environ.get("COLA_API_KEY"),
                    help="bearer key clients must send (default: $COLA_API_KEY; required off loopback)")
     p.add_argument("--model-name", default="cola-dlm", help="model id clients ask for (default cola-dlm)")
-    p.add_argument("--concurrency", type=_int_at_least(1), default=1, help="generations running at once (default 1)")
-    p.add_argument("--queue-size", type=_int_at_least(0), default=16, help="requests waiting beyond those; more get 429 (16)")
-    p.add_argument("--max-tokens-cap", type=_int_at_least(1), default=1024, help="largest max_tokens accepted (1024)")
-    p.add_argument("--max-body-bytes", type=_int_at_least(1), default=1 << 20, help="largest request body (1 MiB)")
+    p.add_argument("--concurrency", type=int_in_range(1), default=1, help="generations running at once (default 1)")
+    p.add_argument("--queue-size", type=int_in_range(0), default=16, help="requests waiting beyond those; more get 429 (16)")
+    p.add_argument("--max-tokens-cap", type=int_in_range(1), default=1024, help="largest max_tokens accepted (1024)")
+    p.add_argument("--max-body-bytes", type=int_in_range(1), default=1 << 20, help="largest request body (1 MiB)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=run)
 

@@ -12,6 +12,23 @@ class UsageError(ValueError):
     """A user error detected by a command (the CLI exits with code 2)."""
 
 
+def int_in_range(low: int, high: int | None = None):
+    """argparse type: an integer in [low, high] with a message naming the bound."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            bound = f"from {low} to {high}" if high is not None else f">= {low}"
+            raise argparse.ArgumentTypeError(f"must be an integer {bound}, got {value}")
+        return value
+    return parse
+
+
+PORT = int_in_range(0, 65535)
+
+
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", default=None,
                         help="checkpoint folder (release root or cola_dlm folder); default: the pocket checkpoint")

@@ -7,7 +7,7 @@ import os
 from cola_core.checkpoint import parse_device, parse_dtype
 from cola_core.pocket import default_checkpoint
 
-from .common import UsageError, add_model_args
+from .common import PORT, UsageError, add_model_args, int_in_range
 
 
 def _auth(text: str) -> tuple[str, str]:
@@ -17,34 +17,20 @@ def _auth(text: str) -> tuple[str, str]:
     return user, password
 
 
-def _port(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be a port number from 0 to 65535, got {value}")
-    return value
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
-    return value
-
-
 def register(subparsers) -> None:
     p = subparsers.add_parser("serve", help="serve the Gradio workbench app in the browser",
                               description="Gradio app: trajectories (streamed), diagnostics, guidance lab and "
                                           "latent lab over one checkpoint. Runs fully offline.")
     add_model_args(p)
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    p.add_argument("--port", type=_port, default=7860, help="port (default 7860)")
+    p.add_argument("--port", type=PORT, default=7860, help="port (default 7860)")
     p.add_argument("--share", action="store_true",
                    help="ask Gradio for a temporary public link (needs internet; says so clearly when it fails)")
     p.add_argument("--auth", type=_auth, default=None, metavar="USER:PASS", help="require this login")
     p.add_argument("--corpus", default=None, help="backdrop corpus for projections (.txt or .jsonl; "
                                                   "default: a bundled sample)")
-    p.add_argument("--concurrency", type=_positive, default=2, help="heavy jobs running at once (default 2)")
-    p.add_argument("--max-upload-kib", type=_positive, default=1024, help="largest uploaded file (KiB, default 1024)")
+    p.add_argument("--concurrency", type=int_in_range(1), default=2, help="heavy jobs running at once (default 2)")
+    p.add_argument("--max-upload-kib", type=int_in_range(1), default=1024, help="largest uploaded file (KiB, default 1024)")
     p.add_argument("--no-umap", action="store_true", help="do not fit UMAP in the background (PCA only)")
     p.set_defaults(func=run)
 
