@@ -277,7 +277,8 @@ def load_pretrained(path: str | Path, device: str | torch.device | None = "cpu",
                      fingerprint=checkpoint_fingerprint(paths))
 
 
-def _save_module(module: torch.nn.Module, config, folder: Path, max_shard_bytes: int | None) -> None:
+def save_model_folder(module: torch.nn.Module, config, folder: Path, max_shard_bytes: int | None = None) -> None:
+    """Write one model folder (config.json + single or sharded safetensors), replacing old weights."""
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
     config.save(folder / "config.json")
@@ -309,13 +310,14 @@ def _save_module(module: torch.nn.Module, config, folder: Path, max_shard_bytes:
 def _atomic_save(state: dict[str, torch.Tensor], path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     save_file(state, str(tmp), metadata={"format": "pt"})
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
 
 def save_pretrained(model: ColaModel, root: str | Path, max_shard_bytes: int | None = None) -> Path:
     """Write the release layout under ``root``; shard weights above ``max_shard_bytes``."""
     root = Path(root)
-    _save_module(model.dit, model.dit_config, root / "cola_dlm" / "cola_dit", max_shard_bytes)
-    _save_module(model.vae, model.vae_config, root / "cola_dlm" / "cola_vae", max_shard_bytes)
+    save_model_folder(model.dit, model.dit_config, root / "cola_dlm" / "cola_dit", max_shard_bytes)
+    save_model_folder(model.vae, model.vae_config, root / "cola_dlm" / "cola_vae", max_shard_bytes)
     model.tokenizer.save(root / "tokenizer.json")
     return root

@@ -112,6 +112,7 @@ class DiTTrainConfig(TrainConfig):
     t_loc: float = 0.0                     # logit-normal location (1.0 pretraining, 0.0 CPT/SFT)
     t_scale: float = 1.0
     prompt_block_prob: float = 0.05        # per block: first k latents clean (t=0, weight 0)
+    prompt_as_generated: bool = False      # clean prompt latents encoded with pad after them, as generation does
     posterior_mean: bool = False           # z0 from the posterior mean instead of a sample
     joint_vae: bool = False                # also train the VAE (recon + mask + KL to a frozen encoder)
     vae_lr: float = 1e-4

@@ -14,7 +14,7 @@ from ..checkpoint import ColaModel
 from ..generate import GenerationConfig, generate
 from .corpus import read_corpus
 from .data import TokenDataset, corpus_split_path, fixed_batches
-from .objectives import flow_matching_2l, sample_t, token_valid
+from .objectives import flow_matching_2l, sample_t
 from .text_metrics import BigramLM, distinct_n, in_vocab_rate, words
 
 

@@ -132,10 +132,11 @@ def prompt_block_clean(n: int, block_size: int, batch: int, prob: float, gen: to
 
 
 def flow_matching_2l(dit: ColaDiT, z0: torch.Tensor, z1: torch.Tensor, t: torch.Tensor, n_lengths: torch.Tensor,
-                     clean: torch.Tensor | None = None) -> Terms:
+                     clean: torch.Tensor | None = None, prompt: torch.Tensor | None = None) -> Terms:
     """Loss on the noisy half of [z0 | z_t]: mean_c (v - (z1 - z0))^2 weighted by real, non-prompt latents.
 
-    z0, z1 (B, n, C) DiT-space; t (B,) in [0, 1]; n_lengths (B,); clean (B, n) prompt latents (t=0, weight 0).
+    z0, z1 (B, n, C) DiT-space; t (B,) in [0, 1]; n_lengths (B,); clean (B, n) prompt latents (t=0, weight 0)
+    whose values are ``prompt`` (B, n, C) when given, else z0.
     Also returns ``zero_velocity``: the same loss for predicting v = 0 (the trivial baseline).
     """
     batch, n, _ = z0.shape
@@ -143,6 +144,8 @@ def flow_matching_2l(dit: ColaDiT, z0: torch.Tensor, z1: torch.Tensor, t: torch.
     clean = torch.zeros(batch, n, dtype=torch.bool, device=device) if clean is None else clean
     t_tok = t[:, None].expand(batch, n).masked_fill(clean, 0.0)
     zt = (1 - t_tok[..., None]) * z0 + t_tok[..., None] * z1
+    if prompt is not None:
+        zt = torch.where(clean[..., None], prompt.to(zt.dtype), zt)
     target = z1 - z0
     x = torch.cat([z0, zt], 1)
     timestep = torch.cat([torch.zeros_like(t_tok), t_tok * T_SCALE], 1).to(torch.bfloat16).float()
@@ -155,11 +158,28 @@ def flow_matching_2l(dit: ColaDiT, z0: torch.Tensor, z1: torch.Tensor, t: torch.
             "zero_velocity": ((target.float().pow(2).mean(-1) * weight).sum(), weight.sum())}
 
 
+def prompt_encoding_ids(batch: Batch, clean: torch.Tensor, block_size: int, patch: int, pad_id: int) -> torch.Tensor:
+    """Token ids as generation encodes a prompt ending inside a block: the rest of each block holding
+    prompt (clean) latents is replaced by pad ids. ids (B, L), clean (B, n) -> (B, L)."""
+    batch_size, n = clean.shape
+    blocks = clean.view(batch_size, -1, block_size) if n % block_size == 0 else None
+    if blocks is None:
+        raise ValueError(f"latent length {n} is not a multiple of block_size {block_size}")
+    tail = (blocks.any(-1, keepdim=True) & ~blocks).reshape(batch_size, n)
+    tail_tokens = tail.repeat_interleave(patch, dim=1)
+    return batch.ids.masked_fill(tail_tokens & token_valid(batch), pad_id)
+
+
 def dit_terms(dit: ColaDiT, vae: ColaTextVAE, batch: Batch, gen: torch.Generator, rows: slice, *,
               t_sampling: str, t_loc: float, t_scale: float, prompt_block_prob: float, posterior_mean: bool,
-              ref_vae: ColaTextVAE | None = None) -> Terms:
+              ref_vae: ColaTextVAE | None = None, prompt_pad_id: int | None = None) -> Terms:
     """Flow matching on the VAE's DiT-space latents; with ``ref_vae`` (joint training) the VAE also gets
-    recon CE and KL(q || q_ref) to the frozen reference encoder."""
+    recon CE and KL(q || q_ref) to the frozen reference encoder.
+
+    With ``prompt_pad_id``, simulated prompt latents are the posterior means of the prompt encoded
+    with pad ids after it, exactly what generation pins (the official recipe uses the full text's
+    latents, which generation never sees: the encoder is bidirectional inside a block).
+    """
     cfg = vae.config
     n, channels, batch_size = batch.ids.shape[1] // cfg.patch_size, cfg.latent_dim, len(batch.ids)
     eps = _randn((batch_size, n, channels), gen)
@@ -175,7 +195,12 @@ def dit_terms(dit: ColaDiT, vae: ColaTextVAE, batch: Batch, gen: torch.Generator
         post = vae.encode_ids(batch.ids, batch.lengths)
         z0 = vae.to_dit_space(post.mean if posterior_mean else post.mean + post.std * eps)
     n_lengths = batch.lengths // cfg.patch_size
-    terms = flow_matching_2l(dit, z0 if joint else z0.detach(), z1, t, n_lengths, clean)
+    prompt = None
+    if prompt_pad_id is not None and bool(clean.any()):
+        with torch.no_grad():
+            ids = prompt_encoding_ids(batch, clean, dit.config.block_size, cfg.patch_size, prompt_pad_id)
+            prompt = vae.to_dit_space(vae.encode_ids(ids, batch.lengths).mean)
+    terms = flow_matching_2l(dit, z0 if joint else z0.detach(), z1, t, n_lengths, clean, prompt)
     if joint:
         valid = token_valid(batch)
         ce = _ce(vae.decode_latents(z0, n_lengths), batch.ids)

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ..checkpoint import ColaModel, _save_module, load_module, save_pretrained
+from ..checkpoint import ColaModel, save_model_folder, load_module, save_pretrained
 from ..config import DiTConfig, VAEConfig, check_pair
 from ..dit import ColaDiT
 from ..errors import ConfigError
@@ -69,7 +69,7 @@ def _vae_folder(path: Path) -> Path:
 def save_vae(vae: ColaTextVAE, tokenizer: ColaTokenizer, out_dir: str | Path, dtype: torch.dtype) -> Path:
     """Stage-1 export: ``<out_dir>/cola_vae/{config.json, model.safetensors}`` + ``<out_dir>/tokenizer.json``."""
     out_dir = Path(out_dir)
-    _save_module(copy.deepcopy(vae).to(dtype), vae.config, out_dir / "cola_vae", None)
+    save_model_folder(copy.deepcopy(vae).to(dtype), vae.config, out_dir / "cola_vae", None)
     tokenizer.save(out_dir / "tokenizer.json")
     return out_dir
 
@@ -185,7 +185,7 @@ def train_dit(cfg: DiTTrainConfig, resume: bool = False) -> dict[str, float]:
     order, val_batches = _datasets(cfg, tokenizer, vcfg.patch_size * vcfg.block_size, micro)
     terms = functools.partial(dit_terms, dit, vae, t_sampling=cfg.t_sampling, t_loc=cfg.t_loc, t_scale=cfg.t_scale,
                               prompt_block_prob=cfg.prompt_block_prob, posterior_mean=cfg.posterior_mean,
-                              ref_vae=ref_vae)
+                              ref_vae=ref_vae, prompt_pad_id=tokenizer.pad_id if cfg.prompt_as_generated else None)
     weights = {"fm": 1.0, "recon": cfg.lambda_vae, "kl_ref": cfg.lambda_ref}
 
     def export(step: int) -> None:

@@ -71,6 +71,8 @@ def setup_distributed(device: str) -> Dist:
             raise ConfigError(f"device {device!r} requested but CUDA is not available")
         if world > 1:
             dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        elif dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", rank=rank, world_size=world)
@@ -188,13 +190,12 @@ class Trainer:
             for name, value in logged.items():
                 totals[name] = totals.get(name, 0.0) + value / cfg.grad_accum
         self._sync_grads()
-        grads = [p.grad for p in self.params if p.grad is not None]
         norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
         self.optimizer.step()
         if self.ema is not None:
             self.ema.update()
         self.step += 1
-        totals.update(lr=cfg.lr * factor, grad_norm=float(norm) if grads else 0.0)
+        totals.update(lr=cfg.lr * factor, grad_norm=float(norm))
         return totals
 
     def _sync_grads(self) -> None:
@@ -231,7 +232,21 @@ class Trainer:
 
     # -- the run ------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> dict[str, float]:
-        """Train to ``config.steps`` (or ``max_minutes``), checkpointing and exporting; returns last val."""
+        """Train to ``config.steps`` (or ``max_minutes``), checkpointing and exporting; returns last val.
+
+        Runs with deterministic algorithms (e.g. the DiT's per-row embedding gather has a
+        nondeterministic backward otherwise), so a resumed run reproduces the uninterrupted one.
+        """
+        previous = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+        if self.env.device.type == "cuda":
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        try:
+            return self._fit(resume)
+        finally:
+            torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+
+    def _fit(self, resume: bool) -> dict[str, float]:
         cfg, env = self.cfg, self.env
         if resume:
             self.load_checkpoint()
@@ -342,7 +357,7 @@ class Trainer:
         for key, value in tensors.items():
             if key.startswith("optim."):
                 _, idx, field = key.split(".", 2)
-                state.setdefault(int(idx), {})[field] = value
+                state.setdefault(int(idx), {})[field] = value.clone()   # own, aligned memory
         for st in state.values():
             if "step" in st:
                 st["step"] = st["step"].cpu()
@@ -396,5 +411,5 @@ def write_loss_plot(metrics_path: Path, html_path: Path) -> None:
                               row=i // cols + 1, col=i % cols + 1)
     fig.update_layout(height=280 * rows, title=f"loss curves ({metrics_path})")
     tmp = html_path.with_suffix(".tmp")
-    fig.write_html(str(tmp), include_plotlyjs="cdn")
+    fig.write_html(str(tmp), include_plotlyjs=True)
     os.replace(tmp, html_path)

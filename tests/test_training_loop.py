@@ -1,0 +1,139 @@
+"""End-to-end training on a tiny corpus: losses fall, resume is exact, exports reload and generate."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cola_core import load_pretrained
+from cola_core.errors import ConfigError
+from cola_core.generate import GenerationConfig, generate
+from cola_core.training.config import load_config
+from cola_core.training.evaluate import EvalConfig, evaluate
+from cola_core.training.stages import train_dit, train_vae
+from training_utils import dit_config, make_corpus, vae_config
+
+
+def _train_losses(run_dir, key):
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r[key] for r in lines if r["split"] == "train"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny VAE + DiT run shared by the tests below."""
+    tmp = tmp_path_factory.mktemp("pipeline")
+    corpus = make_corpus(tmp / "corpus")
+    train_vae(vae_config(tmp, corpus, steps=30))
+    train_dit(dit_config(tmp, corpus, tmp / "vae" / "model", steps=30, ema_decay=0.9))
+    return tmp, corpus
+
+
+def test_vae_and_dit_losses_decrease(trained):
+    tmp, _ = trained
+    recon = _train_losses(tmp / "vae", "recon")
+    fm = _train_losses(tmp / "dit", "fm")
+    assert sum(recon[-5:]) / 5 < 0.8 * sum(recon[:5]) / 5
+    assert sum(fm[-5:]) / 5 < sum(fm[:5]) / 5
+    record = json.loads((tmp / "vae" / "metrics.jsonl").read_text().splitlines()[0])
+    assert {"recon", "kl", "mask", "loss", "lr", "grad_norm"} <= set(record)
+    assert (tmp / "dit" / "loss_curves.html").stat().st_size > 1000
+
+
+def test_export_is_release_layout_and_generates(trained):
+    tmp, _ = trained
+    final = tmp / "final"
+    assert (final / "tokenizer.json").is_file()
+    for part in ("cola_vae", "cola_dit"):
+        assert (final / "cola_dlm" / part / "config.json").is_file()
+        assert (final / "cola_dlm" / part / "model.safetensors").is_file()
+    vae_cfg = json.loads((final / "cola_dlm" / "cola_vae" / "config.json").read_text())
+    assert vae_cfg["model_type"] == "cola_text_vae" and vae_cfg["scaling_factor"] != 1.0
+    model = load_pretrained(final)
+    out = generate(model, ["the cat", ""], GenerationConfig(max_new_tokens=8, seed=0))
+    assert len(out) == 2 and all(len(g.untrimmed_ids) == 8 or g.stopped_at_eos for g in out)
+    assert generate(model, ["the cat"], GenerationConfig(max_new_tokens=8, seed=0))[0].text == out[0].text
+
+
+def test_scaling_factors_give_unit_variance_latents(trained):
+    tmp, _ = trained
+    model = load_pretrained(tmp / "final")
+    ids = torch.tensor([model.tokenizer.encode("the cat sees the ball") + [1]])
+    ids = torch.nn.functional.pad(ids, (0, -ids.shape[1] % 4), value=model.tokenizer.pad_id)
+    with torch.no_grad():
+        post = model.vae.encode_ids(ids, torch.tensor([ids.shape[1]]))
+    z = model.vae.to_dit_space(post.mean + post.std * torch.randn(post.mean.shape, generator=torch.Generator().manual_seed(0)))
+    assert 0.5 < float(z.std()) < 2.0
+
+
+def test_evaluate_reports_all_metrics(trained):
+    tmp, corpus = trained
+    results = evaluate(load_pretrained(tmp / "final"), corpus,
+                       EvalConfig(samples=4, batch_size=4, generation=GenerationConfig(max_new_tokens=8, steps=4)))
+    latent = results["latent"]
+    assert 0.0 <= latent["recon_accuracy"] <= 1.0 and latent["zero_velocity_loss"] > 0
+    assert latent["fm_ratio"] == pytest.approx(latent["fm_loss"] / latent["zero_velocity_loss"])
+    samples = results["samples"]
+    assert samples["real_test"]["in_vocab"] == 1.0          # the tiny grammar's test words all occur in train
+    assert len(results["examples"]) == 4 and results["examples"][0]["prompt"].count(" ") in (1, 2)
+    assert results["examples"][-1]["prompt"] == ""
+
+
+def test_resume_reproduces_the_uninterrupted_run(tmp_path):
+    corpus = make_corpus(tmp_path / "corpus")
+    straight = vae_config(tmp_path / "a", corpus, steps=8, grad_accum=2, decoder_noise=0.3)
+    train_vae(straight)
+    first = vae_config(tmp_path / "b", corpus, steps=8, grad_accum=2, decoder_noise=0.3, tokenizer=str(tmp_path / "a" / "vae" / "tokenizer.json"))
+    first.max_minutes = 1e-9            # stop (and checkpoint) after the first step
+    train_vae(first)
+    state = json.loads((tmp_path / "b" / "vae" / "checkpoint" / "state.json").read_text())
+    assert state["step"] == 1
+    first.max_minutes = 0.0
+    train_vae(first, resume=True)
+    a = load_file(str(tmp_path / "a" / "vae" / "checkpoint" / "state.safetensors"))
+    b = load_file(str(tmp_path / "b" / "vae" / "checkpoint" / "state.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert _train_losses(tmp_path / "a" / "vae", "loss") == _train_losses(tmp_path / "b" / "vae", "loss")
+
+
+def test_dit_resume_with_ema_is_exact(tmp_path, trained):
+    tmp, corpus = trained
+    vae_dir = tmp / "vae" / "model"
+    train_dit(dit_config(tmp_path / "a", corpus, vae_dir, steps=6, ema_decay=0.5, save_every=3))
+    cut = dit_config(tmp_path / "b", corpus, vae_dir, steps=6, ema_decay=0.5, save_every=3)
+    cut.max_minutes = 1e-9
+    train_dit(cut)                      # interrupted after step 1
+    cut.max_minutes = 0.0
+    train_dit(cut, resume=True)
+    a = load_file(str(tmp_path / "a" / "dit" / "checkpoint" / "state.safetensors"))
+    b = load_file(str(tmp_path / "b" / "dit" / "checkpoint" / "state.safetensors"))
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_bad_configs_and_corpora_fail_clearly(tmp_path):
+    corpus = make_corpus(tmp_path / "corpus")
+    with pytest.raises(ConfigError, match="unknown field 'stepz'"):
+        vae_config(tmp_path, corpus, stepz=3)
+    with pytest.raises(ConfigError, match="field 'steps' must be int"):
+        vae_config(tmp_path, corpus, steps="10")
+    with pytest.raises(ConfigError, match=r"unknown field 'width' in \[model\]"):
+        vae_config(tmp_path, corpus, model={"width": 3})
+    with pytest.raises(ConfigError, match="grad_accum"):
+        vae_config(tmp_path, corpus, batch_size=10, grad_accum=3)
+    (tmp_path / "bad.toml").write_text("steps = [1\n")
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        load_config("vae", tmp_path / "bad.toml")
+    with pytest.raises(FileNotFoundError, match="corpus folder not found"):
+        train_vae(vae_config(tmp_path, tmp_path / "missing"))
+    (tmp_path / "empty").mkdir()
+    for split in ("train", "val", "test"):
+        (tmp_path / "empty" / f"{split}.jsonl").write_text("")
+    with pytest.raises(ValueError, match="corpus is empty"):
+        train_vae(vae_config(tmp_path, tmp_path / "empty", tokenizer=""))
+    with pytest.raises(FileNotFoundError, match="no cola_vae/config.json"):
+        train_dit(dit_config(tmp_path, corpus, tmp_path / "nowhere"))

@@ -1,0 +1,91 @@
+"""Training objectives: the 2L flow-matching loss against the golden fixture, masks, latent scaling."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cola_core.attention import pad_rows
+from cola_core.training.data import Batch
+from cola_core.training.objectives import (cut_prefixes, flow_matching_2l, prompt_block_clean,
+                                           set_latent_scaling, two_l_allowed)
+from cola_core.training.trainer import lr_factor
+
+GOLDEN_LENGTHS = [8, 12]   # latents per sample in the fixture's 2L training call
+
+
+def _two_l_rows(n: int, n_max: int) -> list[int]:
+    """Rows of one sample's [clean | noisy] in our padded layout (clean half padded to n_max)."""
+    return list(range(n)) + list(range(n_max, n_max + n))
+
+
+def test_two_l_mask_matches_golden(golden):
+    allowed = two_l_allowed(torch.tensor(GOLDEN_LENGTHS), max(GOLDEN_LENGTHS), block_size=4)
+    mask = golden["dit.train2l.mask_fp32"].bool()
+    start = 0
+    for b, n in enumerate(GOLDEN_LENGTHS):
+        rows = _two_l_rows(n, max(GOLDEN_LENGTHS))
+        assert torch.equal(allowed[b][rows][:, rows], mask[start:start + 2 * n, start:start + 2 * n])
+        start += 2 * n
+    assert not allowed[0, 8:12].any() and not allowed[0, :, 8:12].any()   # padding is invisible
+
+
+def test_flow_matching_loss_matches_golden(tiny_model, golden, golden_meta):
+    z0, _ = pad_rows(golden["dit.train2l.z0"], GOLDEN_LENGTHS)
+    z1, _ = pad_rows(golden["dit.train2l.z1"], GOLDEN_LENGTHS)
+    with torch.no_grad():
+        terms = flow_matching_2l(tiny_model.dit, z0, z1, golden["dit.train2l.t"], torch.tensor(GOLDEN_LENGTHS))
+    loss = terms["fm"][0] / terms["fm"][1]
+    assert float(loss) == pytest.approx(golden_meta["train2l_fm_loss_fp32"], rel=1e-4)
+    assert int(terms["fm"][1]) == sum(GOLDEN_LENGTHS)
+
+
+def test_prompt_block_latents_get_no_loss(tiny_model, golden):
+    z0, _ = pad_rows(golden["dit.train2l.z0"], GOLDEN_LENGTHS)
+    z1, _ = pad_rows(golden["dit.train2l.z1"], GOLDEN_LENGTHS)
+    clean = torch.zeros(2, 12, dtype=torch.bool)
+    clean[0, :3] = True
+    terms = flow_matching_2l(tiny_model.dit, z0, z1, golden["dit.train2l.t"], torch.tensor(GOLDEN_LENGTHS), clean)
+    assert int(terms["fm"][1]) == sum(GOLDEN_LENGTHS) - 3
+
+
+def test_prompt_block_clean_keeps_a_noisy_tail():
+    gen = torch.Generator().manual_seed(0)
+    clean = prompt_block_clean(n=16, block_size=4, batch=64, prob=1.0, gen=gen).view(64, 4, 4)
+    assert clean[..., 0].all() and not clean[..., 3].any()          # k in [1, bs-1]
+    assert (clean.int().diff(dim=-1) <= 0).all()                      # clean rows are a block prefix
+
+
+def test_set_latent_scaling_keeps_reconstruction(tiny_model):
+    vae = tiny_model.vae
+    state = {k: v.clone() for k, v in vae.state_dict().items()}
+    old = (vae.config.scaling_factor, vae.config.shifting_factor)
+    ids = torch.randint(5, 100, (2, 8))
+    lengths = torch.tensor([8, 8])
+    try:
+        with torch.no_grad():
+            post = vae.encode_ids(ids, lengths)
+            before = vae.decode_latents(vae.to_dit_space(post.mean), lengths)
+            set_latent_scaling(vae, shift=0.3, scale=0.7)
+            after = vae.decode_latents(vae.to_dit_space(post.mean), lengths)
+        assert vae.config.scaling_factor == 0.7 and vae.config.shifting_factor == 0.3
+        assert torch.allclose(before, after, atol=1e-4)
+    finally:
+        vae.load_state_dict(state)
+        vae.config.scaling_factor, vae.config.shifting_factor = old
+
+
+def test_cut_prefixes_pads_like_a_prompt():
+    ids = torch.tensor([[10, 11, 12, 13, 14, 1, 0, 0]])
+    batch = Batch(ids, torch.tensor([8]), ids != 0)
+    cut = cut_prefixes(batch, 1.0, torch.Generator().manual_seed(3), pad_id=0, chunk=4)
+    keep = int(cut.real.sum())
+    assert 1 <= keep <= 5
+    assert cut.ids[0, :keep].tolist() == ids[0, :keep].tolist() and (cut.ids[0, keep:] == 0).all()
+    assert int(cut.lengths[0]) == keep + (-keep) % 4
+
+
+def test_lr_schedule_warms_up_then_decays_to_floor():
+    values = [lr_factor(s, warmup=10, total=100, min_ratio=0.1) for s in range(101)]
+    assert values[0] == pytest.approx(0.1) and values[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(values[10:], values[11:]))
+    assert values[100] == pytest.approx(0.1)

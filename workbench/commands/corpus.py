@@ -1,0 +1,44 @@
+"""``cola-workbench corpus``: build train/val/test JSONL corpora (WordNet 3.0 or a user file)."""
+from __future__ import annotations
+
+import argparse
+
+from cola_core.training.corpus import build_wordnet_corpus, read_corpus, split_corpus, write_jsonl
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("corpus", help="build a train/val/test corpus folder",
+                              description="Write train.jsonl / val.jsonl / test.jsonl ({\"text\": ...} lines) into --out. "
+                                          "The split is a stable hash of each text, so the test split never leaks.")
+    sources = p.add_subparsers(dest="source", required=True, metavar="SOURCE")
+    wn = sources.add_parser("wordnet", help="WordNet 3.0 glosses and examples (Debian package wordnet-base)")
+    wn.add_argument("--out", required=True, help="output folder")
+    wn.add_argument("--wordnet-dir", default="/usr/share/wordnet", help="WordNet data folder")
+    wn.set_defaults(func=run_wordnet)
+    user = sources.add_parser("file", help="a .txt (one document per line) or .jsonl (text field) corpus")
+    user.add_argument("path", help="corpus file (.txt or .jsonl)")
+    user.add_argument("--out", required=True, help="output folder")
+    user.add_argument("--val-every", type=int, default=97, help="about 1 in N texts go to val (97)")
+    user.add_argument("--test-every", type=int, default=89, help="about 1 in N texts go to test (89)")
+    user.set_defaults(func=run_file)
+
+
+def _report(out: str, sizes: dict[str, int]) -> None:
+    print(f"wrote {out}: " + ", ".join(f"{name} {n}" for name, n in sizes.items()))
+
+
+def run_wordnet(args: argparse.Namespace) -> int:
+    _report(args.out, build_wordnet_corpus(args.out, wordnet_dir=args.wordnet_dir))
+    return 0
+
+
+def run_file(args: argparse.Namespace) -> int:
+    texts = list(dict.fromkeys(" ".join(t.split()) for t in read_corpus(args.path)))
+    splits = split_corpus(texts, val_every=args.val_every, test_every=args.test_every)
+    for name, part in splits.items():
+        if not part:
+            raise ValueError(f"{args.path}: too few texts ({len(texts)}) for a non-empty {name} split; "
+                             "add texts or lower --val-every/--test-every")
+        write_jsonl(f"{args.out}/{name}.jsonl", part)
+    _report(args.out, {name: len(part) for name, part in splits.items()})
+    return 0
