@@ -27,6 +27,7 @@ from .hooks import Callback, HookFn, HookHandle, HookRegistry
 from .latents import Latents
 from .likelihood import text_log_likelihood
 from .projection import Projection, fit_projection
+from .textbatch import check_texts
 from .sampler_session import SamplerSession
 from .trajectory import Trajectory
 
@@ -122,19 +123,6 @@ class Workbench:
         return self.model.tokenizer
 
     # -- validation --------------------------------------------------------------------------------
-    def _texts(self, texts: str | Sequence[str], what: str = "text") -> list[str]:
-        if isinstance(texts, str):
-            texts = [texts]
-        texts = list(texts)
-        if not texts:
-            raise WorkbenchError(f"no {what}s given")
-        for i, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise WorkbenchError(f"{what} {i} is not a string: {text!r}")
-            if not text.strip():
-                raise WorkbenchError(f"{what} {i} is empty")
-        return texts
-
     def check_latents(self, latents: Latents) -> None:
         """Raise if latents come from another checkpoint, have the wrong shape or hold NaN/inf."""
         if not isinstance(latents, Latents):
@@ -165,7 +153,7 @@ class Workbench:
         ``"longest"``) pads further with more pad tokens (the encoder is block-causal, so the real
         blocks do not change).
         """
-        texts = self._texts(texts)
+        texts = check_texts(texts)
         tok, bs, patch = self.tokenizer, self.block_size, self.patch_size
         chunk = bs * patch
         ids = tok.encode_batch(texts)
@@ -331,15 +319,15 @@ class Workbench:
     # -- diagnostics and projections (thin delegations; see their modules) ---------------------------
     def diagnose(self, texts: str | Sequence[str], **options) -> Diagnosis:
         """Reconstruction vs compression vs prior fit (``workbench.diagnostics.diagnose``)."""
-        return diagnose(self.model, self._texts(texts), **options)
+        return diagnose(self.model, texts, **options)
 
     def log_likelihood(self, texts: str | Sequence[str], **options) -> list[dict]:
         """Prior log-likelihood of the texts' latents via the probability-flow ODE, per text."""
-        return text_log_likelihood(self.model, self._texts(texts), **options)
+        return text_log_likelihood(self.model, texts, **options)
 
     def projection(self, texts: Sequence[str], method: str = "pca", n_components: int = 2, **options) -> Projection:
         """PCA/UMAP fitted on the texts' latents (cached on disk by checkpoint and corpus)."""
-        return fit_projection(self.model, self._texts(texts), method, n_components, **options)
+        return fit_projection(self.model, texts, method, n_components, **options)
 
     # -- hooks ---------------------------------------------------------------------------------------
     def hooks(self, *callbacks: Callback, **by_point: HookFn | Sequence[HookFn]
