@@ -235,9 +235,8 @@ def checkpoint_fingerprint(paths: CheckpointPaths) -> str:
     for folder in (paths.dit, paths.vae):
         digest.update((folder / "config.json").read_bytes())
         for f in weight_files(folder):
-            with open(f, "rb") as handle:
-                header_len = struct.unpack("<Q", handle.read(8))[0] if f.stat().st_size >= 8 else 0
-                digest.update(f.name.encode() + str(f.stat().st_size).encode() + handle.read(min(header_len, 1 << 24)))
+            header, _ = read_safetensors_header(f)
+            digest.update(f.name.encode() + str(f.stat().st_size).encode() + json.dumps(header, sort_keys=True).encode())
     digest.update(paths.tokenizer.read_bytes())
     return digest.hexdigest()[:16]
 
