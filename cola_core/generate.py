@@ -98,7 +98,6 @@ class PreparedPrompts:
     pinned: torch.Tensor          # (B, bs) bool: first-block rows holding real prompt latents
     clean_window: torch.Tensor    # (B, bs, C) DiT-space latents of the first block's window
     trim: list[int]               # prompt tokens re-decoded in block 0, dropped from the output
-    prompt_latents: int           # max n1 over samples (for the context-length check)
 
 
 @dataclass
@@ -163,8 +162,12 @@ class BlockwiseSampler:
         self.prepared = prepare_prompts(model, list(prompts), prompt_ids)
         self.context: list[torch.Tensor] = []   # per block (B, bs*P) token ids
         self.finished = torch.zeros(len(prompts), dtype=torch.bool)
-        self.blocks_done = 0
         self._rng = torch.Generator().manual_seed(self.config.seed) if self.config.seed is not None else None
+
+    @property
+    def blocks_done(self) -> int:
+        """Blocks decoded so far."""
+        return len(self.context)
 
     # -- model calls -------------------------------------------------------------------------------
     @torch.no_grad()
@@ -257,7 +260,6 @@ class BlockwiseSampler:
                                             generator=self._rng).cpu()
             yield "decoded", state
             self.context.append(state.token_ids.cpu())
-            self.blocks_done += 1
             if self.eos_ids.numel():
                 self.finished |= torch.isin(state.token_ids, self.eos_ids).any(dim=1)
             if state.interrupt or bool(self.finished.all()):
@@ -323,7 +325,7 @@ def prepare_prompts(model: ColaModel, prompts: list[str], ids: list[list[int]] |
         else:
             trim.append(0)
     return PreparedPrompts(texts=prompts, ids=ids, prefix=prefix, prefix_lengths=torch.tensor(prefix_len),
-                           pinned=pinned, clean_window=window, trim=trim, prompt_latents=max(n1))
+                           pinned=pinned, clean_window=window, trim=trim)
 
 
 def generate(model: ColaModel, prompts: Sequence[str] | str, config: GenerationConfig | None = None,
