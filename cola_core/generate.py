@@ -202,7 +202,7 @@ class BlockwiseSampler:
         if int(prep.prefix_lengths.max()) > 0:
             self._prefill(prior, vae_cache)
         grid = timestep_grid(cfg.steps, cfg.T, cfg.schedule, cfg.schedule_shift)   # host-side: no device syncs
-        empty_prefix = (prep.prefix_lengths == 0).cpu()
+        empty_prefix = prep.prefix_lengths == 0
         pinned, clean = prep.pinned.to(device), prep.clean_window.to(device)
         for block in range(self.num_blocks):
             first = block == 0
@@ -259,7 +259,7 @@ class BlockwiseSampler:
                                             cfg.temperature, cfg.top_k, cfg.top_p, cfg.repetition_penalty,
                                             generator=self._rng).cpu()
             yield "decoded", state
-            self.context.append(state.token_ids.cpu())
+            self.context.append(state.token_ids.cpu())   # a hook may have replaced them
             if self.eos_ids.numel():
                 self.finished |= torch.isin(state.token_ids, self.eos_ids).any(dim=1)
             if state.interrupt or bool(self.finished.all()):
