@@ -81,6 +81,22 @@ def test_evaluate_reports_all_metrics(trained):
     assert results["examples"][-1]["prompt"] == ""
 
 
+def test_joint_training_updates_the_vae_against_its_frozen_copy(tmp_path, trained):
+    tmp, corpus = trained
+    stage1 = load_pretrained(tmp / "final").vae.state_dict()
+    train_dit(dit_config(tmp_path, corpus, tmp / "vae" / "model", steps=6, joint_vae=True, vae_lr=1e-2))
+    records = [json.loads(line) for line in (tmp_path / "dit" / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["split"] == "train"]
+    assert {"fm", "recon", "kl_ref"} <= set(train[0])
+    assert train[0]["kl_ref"] == pytest.approx(0.0, abs=1e-6)   # step 1: the VAE still equals its reference
+    assert train[-1]["kl_ref"] > 1e-4                            # later steps moved the encoder
+    joint = load_pretrained(tmp_path / "final")
+    moved = [k for k, v in joint.vae.state_dict().items() if not torch.equal(v, stage1[k])]
+    assert any(k.startswith("encoder.") for k in moved) and any(k.startswith("decoder.") for k in moved)
+    out = generate(joint, ["the cat"], GenerationConfig(max_new_tokens=8, seed=0))
+    assert len(out[0].untrimmed_ids) == 8 or out[0].stopped_at_eos
+
+
 def test_resume_reproduces_the_uninterrupted_run(tmp_path):
     corpus = make_corpus(tmp_path / "corpus")
     straight = vae_config(tmp_path / "a", corpus, steps=8, grad_accum=2, decoder_noise=0.3)

@@ -114,12 +114,10 @@ class DiTTrainConfig(TrainConfig):
     prompt_block_prob: float = 0.05        # per block: first k latents clean (t=0, weight 0)
     prompt_as_generated: bool = False      # clean prompt latents encoded with pad after them, as generation does
     posterior_mean: bool = False           # z0 from the posterior mean instead of a sample
-    joint_vae: bool = False                # also train the VAE (recon + mask + KL to a frozen encoder)
-    vae_lr: float = 1e-4
-    lambda_vae: float = 1.0
-    lambda_ref: float = 1.0
-    mask_prob: float = 0.15
-    mask_seq_prob: float = 0.5
+    joint_vae: bool = False                # also train the VAE: recon CE + KL to a frozen copy of its encoder
+    vae_lr: float = 1e-4                   # VAE learning rate in joint training
+    lambda_vae: float = 1.0                # weight of the VAE's recon CE in joint training
+    lambda_ref: float = 1.0                # weight of KL(q || q_frozen) in joint training
 
     stage = "dit"
 
@@ -129,9 +127,11 @@ class DiTTrainConfig(TrainConfig):
             raise ConfigError(f"{source}: field 't_sampling' must be logit_normal or uniform, got {self.t_sampling!r}")
         if self.t_scale <= 0:
             raise ConfigError(f"{source}: field 't_scale' must be > 0")
-        for key in ("prompt_block_prob", "mask_prob", "mask_seq_prob"):
-            if not 0 <= getattr(self, key) <= 1:
-                raise ConfigError(f"{source}: field {key!r} must be in [0, 1], got {getattr(self, key)!r}")
+        if not 0 <= self.prompt_block_prob <= 1:
+            raise ConfigError(f"{source}: field 'prompt_block_prob' must be in [0, 1], got {self.prompt_block_prob!r}")
+        for key in ("vae_lr", "lambda_vae", "lambda_ref"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{source}: field {key!r} must be >= 0, got {getattr(self, key)!r}")
         _check_model_keys(self.model, DiTConfig, source)
 
 
