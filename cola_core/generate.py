@@ -131,8 +131,9 @@ class SamplerState:
 class BlockwiseSampler:
     """One generation call: owns its KV caches, noise and outputs. Iterate :meth:`events`."""
 
-    def __init__(self, model: ColaModel, prompts: Sequence[str], config: GenerationConfig | None = None,
+    def __init__(self, model: ColaModel, prompts: Sequence[str | Sequence[int]], config: GenerationConfig | None = None,
                  sample_ids: Sequence[int] | None = None, eos_ids: Sequence[int] | None = None):
+        """``prompts``: texts, or token-id lists used as given (e.g. a chat template built from ids)."""
         self.model = model
         self.config = config or GenerationConfig()
         self.config.validate()
@@ -140,9 +141,12 @@ class BlockwiseSampler:
             prompts = [prompts]
         if not prompts:
             raise GenerationError("no prompts given")
+        vocab = model.tokenizer.vocab_size
         for i, p in enumerate(prompts):
-            if not isinstance(p, str):
-                raise GenerationError(f"prompt {i} is not a string: {p!r}")
+            if isinstance(p, str):
+                continue
+            if not isinstance(p, Sequence) or not all(isinstance(t, int) and 0 <= t < vocab for t in p):
+                raise GenerationError(f"prompt {i} is neither a string nor a list of token ids in [0, {vocab}): {p!r}")
         self.sample_ids = list(sample_ids) if sample_ids is not None else list(range(len(prompts)))
         if len(self.sample_ids) != len(prompts):
             raise GenerationError(f"{len(self.sample_ids)} sample ids for {len(prompts)} prompts")
@@ -150,7 +154,10 @@ class BlockwiseSampler:
             eos_ids = sorted(model.tokenizer.stop_ids) if self.config.stop_at_eos else []
         self.eos_ids = torch.tensor(list(eos_ids), dtype=torch.long)
         bs, patch = model.block_size, model.patch_size
-        prompt_ids = model.tokenizer.encode_batch(list(prompts))
+        texts = [p for p in prompts if isinstance(p, str)]
+        encoded = iter(model.tokenizer.encode_batch(texts) if texts else [])
+        prompt_ids = [next(encoded) if isinstance(p, str) else list(p) for p in prompts]
+        prompts = [p if isinstance(p, str) else model.tokenizer.decode(list(p)) for p in prompts]
         n1 = [math.ceil(len(ids) / patch) for ids in prompt_ids]
         self.num_blocks = math.ceil(self.config.max_new_tokens / (bs * patch))
         if all(n % bs and self.config.max_new_tokens < bs - n % bs for n in n1):
@@ -328,9 +335,9 @@ def prepare_prompts(model: ColaModel, prompts: list[str], ids: list[list[int]] |
                            pinned=pinned, clean_window=window, trim=trim)
 
 
-def generate(model: ColaModel, prompts: Sequence[str] | str, config: GenerationConfig | None = None,
+def generate(model: ColaModel, prompts: Sequence[str | Sequence[int]] | str, config: GenerationConfig | None = None,
              sample_ids: Sequence[int] | None = None, **knobs) -> list[Generation]:
-    """Generate continuations for prompts (official algorithm unless knobs say otherwise).
+    """Generate continuations for prompts, texts or token-id lists (official algorithm unless knobs say otherwise).
 
     ``knobs`` override fields of ``config`` (e.g. ``steps=8, guidance=3.0, seed=0``).
     """

@@ -22,6 +22,7 @@ class ColaTokenizer:
     def __init__(self, tokenizer: Tokenizer, pad_id: int | None = None, eos_id: int | None = None,
                  im_start_id: int | None = None, im_end_id: int | None = None):
         self.backend = tokenizer
+        self._literal: Tokenizer | None = None     # a copy that encodes special-token strings as text
         self.pad_id = pad_id if pad_id is not None else self._lookup(PAD_NAMES, RELEASE_PAD_ID)
         self.eos_id = eos_id if eos_id is not None else self._lookup(EOS_NAMES, RELEASE_EOS_ID)
         self.im_start_id = im_start_id if im_start_id is not None else self._lookup(IM_START_NAMES, RELEASE_IM_START_ID)
@@ -62,6 +63,14 @@ class ColaTokenizer:
     def encode(self, text: str) -> list[int]:
         """Token ids exactly as the official code gets them (``tokenizer.encode(text).ids``)."""
         return self.backend.encode(text).ids
+
+    def encode_literal(self, text: str) -> list[int]:
+        """Ids of ``text`` with special-token strings such as ``<|im_start|>`` kept as plain text, so
+        user content cannot inject control tokens into a chat template."""
+        if self._literal is None:
+            self._literal = Tokenizer.from_str(self.backend.to_str())
+            self._literal.encode_special_tokens = True
+        return self._literal.encode(text).ids
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [enc.ids for enc in self.backend.encode_batch(texts)]

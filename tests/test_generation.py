@@ -104,6 +104,15 @@ def test_bad_knobs_raise_clear_errors(tiny_model, knobs, message):
         generate(tiny_model, ["Water"], **knobs)
 
 
+def test_token_id_prompts_equal_their_text(tiny_model):
+    text = "The river flows slowly"
+    ids = tiny_model.tokenizer.encode(text)
+    (from_text,), (from_ids,) = (generate(tiny_model, [prompt], steps=2, max_new_tokens=8, seed=0) for prompt in (text, ids))
+    assert from_ids.untrimmed_ids == from_text.untrimmed_ids and from_ids.prompt == text
+    with pytest.raises(GenerationError, match="prompt 0 is neither a string nor a list of token ids"):
+        generate(tiny_model, [[0, tiny_model.tokenizer.vocab_size]], max_new_tokens=4)
+
+
 def test_overlong_prompt_is_refused(tiny_model):
     with pytest.raises(GenerationError, match="latent positions"):
         generate(tiny_model, ["word " * 9000], max_new_tokens=4)

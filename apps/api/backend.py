@@ -24,7 +24,7 @@ PLAIN_ROLES = {"system": "System", "user": "User", "assistant": "Assistant"}
 class Job:
     """One generation request: one prompt per choice row (a prompt repeated n times)."""
 
-    prompts: list[str]
+    prompts: list[str | list[int]]    # texts, or token ids used as given (chat templates)
     config: GenerationConfig
     max_tokens: int
     stops: tuple[str, ...] = ()
@@ -141,14 +141,18 @@ class GenerationBackend:
     def fingerprint(self) -> str:
         return self.model.fingerprint
 
-    def chat_prompt(self, messages: Sequence[tuple[str, str]]) -> tuple[str, tuple[str, ...]]:
-        """(prompt, default stop strings): ChatML when the tokenizer has im_start/im_end, else a transcript."""
+    def chat_prompt(self, messages: Sequence[tuple[str, str]]) -> tuple[str | list[int], tuple[str, ...]]:
+        """(prompt, default stop strings): ChatML token ids when the tokenizer has im_start/im_end, else a
+        plain transcript. The ids are built turn by turn, so special-token strings typed into a message stay
+        text and cannot open or close a turn."""
         tok = self.tokenizer
         messages = [("system" if role == "developer" else role, content) for role, content in messages]
         if tok.has_chat_tokens:
-            start, end = tok.id_to_token(tok.im_start_id), tok.id_to_token(tok.im_end_id)
-            turns = "".join(f"{start}{role}\n{content}{end}\n" for role, content in messages)
-            return f"{turns}{start}assistant\n", ()
+            ids: list[int] = []
+            for role, content in messages:
+                ids += [tok.im_start_id, *tok.encode_literal(f"{role}\n{content}"), tok.im_end_id,
+                        *tok.encode_literal("\n")]
+            return ids + [tok.im_start_id, *tok.encode_literal("assistant\n")], ()
         lines = "".join(f"{PLAIN_ROLES[role]}: {content}\n" for role, content in messages)
         return f"{lines}Assistant:", ("\nUser:",)
 

@@ -223,7 +223,7 @@ def _bearer_auth(api_key: str | None) -> Callable:
     return check
 
 
-def _job(backend: GenerationBackend, body: SamplingFields, prompts: list[str], stops: tuple[str, ...],
+def _job(backend: GenerationBackend, body: SamplingFields, prompts: list[str | list[int]], stops: tuple[str, ...],
          max_tokens_cap: int) -> Job:
     """Validate a request's knobs into a Job: one row per (prompt, choice), rows of a prompt adjacent."""
     if body.logprobs:
