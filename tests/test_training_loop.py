@@ -97,6 +97,23 @@ def test_joint_training_updates_the_vae_against_its_frozen_copy(tmp_path, traine
     assert len(out[0].untrimmed_ids) == 8 or out[0].stopped_at_eos
 
 
+def test_decoder_tuning_keeps_the_latent_space_bit_exact(tmp_path, trained):
+    tmp, corpus = trained
+    stage1 = tmp / "vae" / "model"
+    train_vae(vae_config(tmp_path, corpus, init_from=str(stage1), train_encoder=False, model={}, steps=4,
+                         mask_seq_prob=0.0))
+    before = load_file(str(stage1 / "cola_vae" / "model.safetensors"))
+    after = load_file(str(tmp_path / "vae" / "model" / "cola_vae" / "model.safetensors"))
+    for key in before:
+        assert torch.equal(before[key], after[key]) == key.startswith("encoder."), key
+    configs = [json.loads((folder / "cola_vae" / "config.json").read_text()) for folder in (stage1, tmp_path / "vae" / "model")]
+    assert configs[0] == configs[1]                       # same scaling/shifting factors: the DiT still fits
+    with pytest.raises(ConfigError, match="train_encoder = false' needs 'init_from'"):
+        vae_config(tmp_path, corpus, train_encoder=False)
+    with pytest.raises(ConfigError, match="remove \\[model\\]"):
+        vae_config(tmp_path, corpus, init_from=str(stage1))
+
+
 def test_resume_reproduces_the_uninterrupted_run(tmp_path):
     corpus = make_corpus(tmp_path / "corpus")
     straight = vae_config(tmp_path / "a", corpus, steps=8, grad_accum=2, decoder_noise=0.3)

@@ -79,6 +79,8 @@ class VAETrainConfig(TrainConfig):
     """Stage 1: recon CE (posterior sample) + beta*KL + mask_weight * masked-token CE."""
 
     tokenizer: str = ""                    # tokenizer.json; trained on the train split if missing
+    init_from: str = ""                    # start from this stage-1 folder (its weights, config and tokenizer)
+    train_encoder: bool = True             # false (with init_from): tune the decoder on a frozen latent space
     vocab_size: int = 4096                 # BPE size when the tokenizer is trained here
     beta: float = 0.05                     # weight of KL(q||N(0,I)) per latent channel (mean over channels)
     mask_weight: float = 1.0               # lambda of the BERT-style mask loss
@@ -100,6 +102,11 @@ class VAETrainConfig(TrainConfig):
                 raise ConfigError(f"{source}: field {key!r} must be in [0, 1], got {getattr(self, key)!r}")
         if self.stats_batches < 1:
             raise ConfigError(f"{source}: field 'stats_batches' must be >= 1")
+        if self.init_from and (self.model or self.tokenizer):
+            raise ConfigError(f"{source}: with 'init_from' the model shape and tokenizer come from {self.init_from!r}; "
+                              "remove [model] and 'tokenizer'")
+        if not self.train_encoder and not self.init_from:
+            raise ConfigError(f"{source}: 'train_encoder = false' needs 'init_from' (a trained VAE to keep the encoder of)")
         _check_model_keys(self.model, VAEConfig, source)
 
 

@@ -119,10 +119,8 @@ def _param_count(module: nn.Module) -> int:
 # ---------------------------------------------------------------------------------------------
 # Stage 1
 # ---------------------------------------------------------------------------------------------
-def train_vae(cfg: VAETrainConfig, resume: bool = False) -> dict[str, float]:
-    """Train the Text VAE; export it with scaling/shifting factors to ``cfg.out_dir``."""
-    env = _prepare(cfg)
-    tokenizer = _tokenizer_for(cfg, env)
+def _new_vae(cfg: VAETrainConfig, tokenizer: ColaTokenizer) -> ColaTextVAE:
+    """A freshly initialised VAE of the config's [model] shape, sized to the tokenizer."""
     model_fields = {"vocab_size": tokenizer.vocab_size, **cfg.model}
     vcfg = VAEConfig.from_dict(model_fields, source=f"[model] of the {cfg.stage} config")
     if vcfg.vocab_size < tokenizer.vocab_size:
@@ -131,7 +129,19 @@ def train_vae(cfg: VAETrainConfig, resume: bool = False) -> dict[str, float]:
         raise ConfigError("[model] scaling_factor/shifting_factor are computed after stage 1; leave them unset")
     vae = ColaTextVAE(vcfg)
     init_weights(vae, vcfg.init_std)
-    vae.to(env.device)
+    return vae
+
+
+def train_vae(cfg: VAETrainConfig, resume: bool = False) -> dict[str, float]:
+    """Train the Text VAE; export it with scaling/shifting factors to ``cfg.out_dir``."""
+    env = _prepare(cfg)
+    if cfg.init_from:
+        vae, tokenizer = load_vae(cfg.init_from, env.device)
+    else:
+        tokenizer = _tokenizer_for(cfg, env)
+        vae = _new_vae(cfg, tokenizer).to(env.device)
+    vcfg = vae.config
+    vae.encoder.requires_grad_(cfg.train_encoder)
     chunk = vcfg.patch_size * vcfg.block_size
     micro = cfg.batch_size // cfg.grad_accum
     order, val_batches = _datasets(cfg, tokenizer, chunk, micro)
@@ -141,18 +151,20 @@ def train_vae(cfg: VAETrainConfig, resume: bool = False) -> dict[str, float]:
 
     def export(step: int) -> None:
         final = copy.deepcopy(vae).eval()
-        gen = torch.Generator(env.device).manual_seed(cfg.seed)
-        stats_batches = [order.batch(k).to(env.device) for k in range(cfg.stats_batches)]
-        mean, std = latent_statistics(final, stats_batches, gen)
-        set_latent_scaling(final, shift=mean, scale=1.0 / std)
+        if cfg.train_encoder:   # a frozen encoder keeps its latent statistics, so its factors stay exact
+            gen = torch.Generator(env.device).manual_seed(cfg.seed)
+            stats_batches = [order.batch(k).to(env.device) for k in range(cfg.stats_batches)]
+            mean, std = latent_statistics(final, stats_batches, gen)
+            set_latent_scaling(final, shift=mean, scale=1.0 / std)
         final.config.extra.update(pad_token_id=tokenizer.pad_id, eos_token_id=tokenizer.eos_id)
         save_vae(final, tokenizer, cfg.out_dir, SAVE_DTYPES[cfg.save_dtype])
-        _write_summary(cfg, step, {"vae_params": _param_count(vae), "latent_mean": mean, "latent_std": std})
+        _write_summary(cfg, step, {"vae_params": _param_count(vae), "scaling_factor": final.config.scaling_factor,
+                                   "shifting_factor": final.config.shifting_factor})
 
     if env.main:
         print(f"VAE: {_param_count(vae) / 1e6:.2f}M params, {len(order.dataset)} train texts, "
               f"{order.per_epoch} batches/epoch", file=sys.stderr)
-    trainer = Trainer(cfg, env, {"vae": vae}, [{"params": list(vae.parameters())}], terms,
+    trainer = Trainer(cfg, env, {"vae": vae}, [{"params": [p for p in vae.parameters() if p.requires_grad]}], terms,
                       {"recon": 1.0, "kl": cfg.beta, "mask": cfg.mask_weight}, order, val_batches, export)
     return trainer.fit(resume)
 
