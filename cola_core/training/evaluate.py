@@ -119,6 +119,7 @@ def evaluate(model: ColaModel, corpus: str | Path, config: EvalConfig | None = N
     results["generation"] = asdict(gen_cfg)
     results["examples"] = [{"prompt": p, "continuation": c} for p, c in zip(all_prompts, continuations)]
     results["checkpoint"] = model.source
+    results["fingerprint"] = model.fingerprint      # ties the numbers to exact weights (see the pocket tests)
     return results
 
 
