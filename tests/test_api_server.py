@@ -330,6 +330,46 @@ def test_full_queue_answers_429_and_frees_up(tiny_model):
         _wait_in_flight(url, 0)
 
 
+class SlowRun:
+    """A run that takes 0.2 s per block and records each block it produced."""
+
+    def __init__(self, run, produced: list):
+        self.run, self.choices, self.prompt_tokens, self.produced = run, run.choices, run.prompt_tokens, produced
+
+    def updates(self, cancel=None):
+        for updates in self.run.updates(cancel):
+            self.produced.append(updates)
+            time.sleep(0.2)
+            yield updates
+
+
+@dataclass
+class SlowBackend(GenerationBackend):
+    produced: list = field(default_factory=list)
+
+    def open(self, job):
+        return SlowRun(super().open(job), self.produced)
+
+
+def test_a_client_that_hangs_up_stops_its_non_streaming_request(tiny_model):
+    backend = SlowBackend(tiny_model)
+    request = {"model": MODEL, "prompt": "The cat sat", "max_tokens": 48, "seed": 1, "steps": STEPS}
+    with serving(create_app(backend)) as url:
+        status, _, _ = raw(url, "POST", "/v1/completions", json.dumps(request).encode(),
+                           {"Content-Type": "application/json"})
+        full, backend.produced[:] = len(backend.produced), []
+        assert status == 200 and full >= 8
+        host, port = url.removeprefix("http://").split(":")
+        body = json.dumps(request).encode()
+        with socket.create_connection((host, int(port))) as sock:
+            sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            _wait_in_flight(url, 1)
+            time.sleep(0.3)
+        _wait_in_flight(url, 0)
+    assert 1 <= len(backend.produced) < full // 2
+
+
 class BrokenRun:
     """A run whose model breaks after the first block."""
 

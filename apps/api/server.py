@@ -142,21 +142,21 @@ def create_app(model_or_loader: Source, api_key: str | None = None, *, max_body_
         return _model_card(_backend_for(app, model))
 
     @app.post("/v1/chat/completions", dependencies=auth)
-    async def chat_completions(body: ChatCompletionRequest):
+    async def chat_completions(body: ChatCompletionRequest, request: Request):
         backend = _backend_for(app, body.model)
         prompt, stops = backend.chat_prompt([(m.role, m.text) for m in body.messages])
-        return await respond(backend, body, _job(backend, body, [prompt], stops, max_tokens_cap), chat=True)
+        return await respond(request, backend, body, _job(backend, body, [prompt], stops, max_tokens_cap), chat=True)
 
     @app.post("/v1/completions", dependencies=auth)
-    async def completions(body: CompletionRequest):
+    async def completions(body: CompletionRequest, request: Request):
         backend = _backend_for(app, body.model)
         for name in ("echo", "suffix"):
             if getattr(body, name):
                 raise APIError(400, f"{name} is not supported by this server", param=name,
                                code="unsupported_parameter")
-        return await respond(backend, body, _job(backend, body, body.prompts, (), max_tokens_cap), chat=False)
+        return await respond(request, backend, body, _job(backend, body, body.prompts, (), max_tokens_cap), chat=False)
 
-    async def respond(backend: GenerationBackend, body: SamplingFields, job: Job, chat: bool):
+    async def respond(request: Request, backend: GenerationBackend, body: SamplingFields, job: Job, chat: bool):
         if not admission.try_acquire():
             raise APIError(429, f"the server is busy ({admission.capacity} requests running or queued); retry later",
                            code="queue_full", headers={"Retry-After": "1"})
@@ -172,6 +172,7 @@ def create_app(model_or_loader: Source, api_key: str | None = None, *, max_body_
         if body.stream:
             return StreamingResponse(shape.sse(first, queue, cancel, body.include_usage), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        watcher = asyncio.create_task(_cancel_on_disconnect(request, cancel))
         try:
             texts, reasons = [""] * len(first.choices), [None] * len(first.choices)
             async for updates in _drain(queue):
@@ -180,6 +181,7 @@ def create_app(model_or_loader: Source, api_key: str | None = None, *, max_body_
                     reasons[update.index] = update.finish_reason or reasons[update.index]
         finally:
             cancel.set()
+            watcher.cancel()
         return JSONResponse(shape.completion(first, texts, reasons))
 
     return app
@@ -264,6 +266,15 @@ def _work(backend: GenerationBackend, job: Job, cancel: threading.Event, admissi
     finally:
         admission.release()   # before the last message, so a client's next request finds the slot free
         put(outcome)
+
+
+async def _cancel_on_disconnect(request: Request, cancel: threading.Event, poll_s: float = 0.1) -> None:
+    """Set ``cancel`` once the client hangs up, so a non-streaming request stops at its next block."""
+    while not cancel.is_set():
+        if await request.is_disconnected():
+            cancel.set()
+            return
+        await asyncio.sleep(poll_s)
 
 
 async def _drain(queue: asyncio.Queue) -> AsyncIterator[list[ChoiceUpdate]]:
