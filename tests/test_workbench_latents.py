@@ -13,7 +13,6 @@ from workbench import (Latents, WorkbenchError, analogy, apply_direction, attrib
 
 TEXTS = ["the cat sat on the mat and looked around", "a dog"]
 
-pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ from workbench import (HOOK_POINTS, Trajectory, WorkbenchError, clamp_latents, g
 PROMPTS = ["the cat sat on", "once upon a time there was a"]
 KNOBS = dict(seed=0, steps=6, max_new_tokens=12, stop_at_eos=False)
 
-pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
