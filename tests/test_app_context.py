@@ -14,7 +14,7 @@ from apps.gradio_app import context as app_context  # noqa: E402
 from apps.gradio_app.app import share_report  # noqa: E402
 from apps.gradio_app.store import RunStore, StopFlags  # noqa: E402
 from workbench import Workbench  # noqa: E402
-from workbench.cli import build_parser  # noqa: E402
+from apps.cli import build_parser  # noqa: E402
 
 TEXTS = ["a small animal kept as a pet", "the season between spring and autumn", "to give money for goods",
          "a boat that carries goods across the sea"]

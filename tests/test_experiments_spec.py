@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import workbench.experiments.runner as runner
-from workbench.cli import main as cli_main
+from apps.cli import main as cli_main
 from workbench.experiments import SpecError, load_spec, parse_range, parse_spec, parse_values, run
 from workbench.experiments.spec import semantic_available
 

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+import re
 
 import pytest
 import torch
 
+from apps.cli import main as cli_main
 from cola_core import GenerationError, load_pretrained
 from cola_core.generate import BlockwiseSampler, GenerationConfig, generate
 
@@ -118,21 +118,60 @@ def test_overlong_prompt_is_refused(tiny_model):
         generate(tiny_model, ["word " * 9000], max_new_tokens=4)
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "workbench.cli", *args], capture_output=True, text=True, timeout=120)
+def _cli(capsys, *args: str) -> tuple[int, str, str]:
+    """Run the CLI in-process: (exit code, stdout, stderr)."""
+    code = cli_main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
 
 
-def test_cli_generate_json_matches_api(tiny_model, fixture_dir):
-    proc = _cli("generate", "--checkpoint", str(fixture_dir), "--steps", "4", "--guidance", "3", "--max-new-tokens",
-                "12", "--seed", "1234", "--json", "Water", "The river flows slowly")
-    assert proc.returncode == 0, proc.stderr
-    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+def test_cli_generate_json_matches_api(tiny_model, fixture_dir, capsys):
+    code, out, err = _cli(capsys, "generate", "--checkpoint", str(fixture_dir), "--steps", "4", "--guidance", "3",
+                          "--max-new-tokens", "12", "--seed", "1234", "--json", "Water", "The river flows slowly")
+    assert code == 0, err
+    lines = [json.loads(line) for line in out.splitlines()]
     expected = generate(tiny_model, ["Water", "The river flows slowly"], steps=4, guidance=3.0, max_new_tokens=12,
                         seed=1234)
     assert [line["prompt"] for line in lines] == ["Water", "The river flows slowly"]
     assert [line["token_ids"] for line in lines] == [r.token_ids for r in expected]
     assert [line["text"] for line in lines] == [r.text for r in expected]
     assert [line["completion"] for line in lines] == [r.completion for r in expected]
+    assert [line["seed"] for line in lines] == [1234, 1234] and "seed: 1234" in err
+
+
+def test_cli_without_seed_prints_the_seed_it_drew_and_that_seed_reproduces_the_run(fixture_dir, capsys):
+    args = ["generate", "--checkpoint", str(fixture_dir), "--steps", "2", "--max-new-tokens", "8", "--json", "", "Water"]
+    code, out, err = _cli(capsys, *args)
+    assert code == 0, err
+    first = [json.loads(line) for line in out.splitlines()]
+    seed = first[0]["seed"]
+    assert f"seed: {seed}" in err and first[0]["prompt"] == ""     # "" is an unconditional prompt
+    code, out, _ = _cli(capsys, *args, "--seed", str(seed))
+    assert [json.loads(line)["token_ids"] for line in out.splitlines()] == [r["token_ids"] for r in first]
+
+
+def test_cli_version_and_help_show_defaults(capsys):
+    with pytest.raises(SystemExit) as done:
+        cli_main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.startswith("cola-workbench ")
+    with pytest.raises(SystemExit):
+        cli_main(["generate", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    defaults = GenerationConfig()
+    for option, value in [("--steps", defaults.steps), ("--guidance", defaults.guidance),
+                          ("--top-k", defaults.top_k), ("--top-p", defaults.top_p),
+                          ("--repetition-penalty", defaults.repetition_penalty), ("--temperature", defaults.temperature)]:
+        assert re.search(rf"{option} \S+ .*?\(default: {value}\)", help_text), option
+
+
+def test_cli_threads_sets_torch_threads(fixture_dir, capsys):
+    before = torch.get_num_threads()
+    try:
+        code, _, err = _cli(capsys, "generate", "--checkpoint", str(fixture_dir), "--threads", "2", "--steps", "1",
+                            "--max-new-tokens", "4", "--seed", "0", "x")
+        assert code == 0, err and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_completion_cuts_at_first_stop_token(tiny_model):
@@ -151,20 +190,24 @@ def test_completion_cuts_at_first_stop_token(tiny_model):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["generate", "  "], "empty prompt"), (["generate", "--steps", "0", "x"], "steps must be"),
+    (["generate", "--seed", "-1", "x"], "seed"), (["generate", "--steps", "0", "x"], "steps must be"),
     (["generate", "--guidance", "inf", "x"], "guidance must be"), (["generate", "--top-p", "0", "x"], "top_p"),
     (["generate", "--max-new-tokens", "0", "x"], "max_new_tokens"),
     (["generate", "--device", "tpu", "x"], "unknown device|unsupported device"),
     (["generate", "--checkpoint", "/nonexistent", "x"], "does not exist"),
 ])
-def test_cli_bad_input_exits_2_without_traceback(args, message):
-    proc = _cli(*args)
-    assert proc.returncode == 2
-    assert "Traceback" not in proc.stderr
-    import re
-    assert re.search(message, proc.stderr), proc.stderr
+def test_cli_bad_input_exits_2_without_traceback(args, message, capsys):
+    try:
+        code = cli_main(args)
+    except SystemExit as done:   # argparse rejects malformed options itself
+        code = done.code
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "Traceback" not in err
+    assert re.search(message, err), err
 
 
-def test_cli_unknown_dtype_exits_2():
-    proc = _cli("generate", "--dtype", "int8", "x")
-    assert proc.returncode == 2 and "invalid choice" in proc.stderr
+def test_cli_unknown_dtype_exits_2(capsys):
+    with pytest.raises(SystemExit) as done:
+        cli_main(["generate", "--dtype", "int8", "x"])
+    assert done.value.code == 2 and "invalid choice" in capsys.readouterr().err

@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from apps.cli import main as cli_main
 from cola_core import load_pretrained
 from cola_core.pocket import default_checkpoint
 from cola_core.training.config import load_config
@@ -65,10 +64,8 @@ def test_pocket_reconstructs_held_out_wordnet_text(pocket, card_eval):
     assert accuracy == pytest.approx(card_eval["latent"]["recon_accuracy"], abs=0.01)
 
 
-def test_cli_uses_the_pocket_checkpoint_by_default(pocket):
-    proc = subprocess.run([sys.executable, "-m", "workbench.cli", "generate", "--max-new-tokens", "6", "--seed", "0",
-                           "--json", "a river is"], capture_output=True, text=True, timeout=120, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    record = json.loads(proc.stdout.splitlines()[0])
+def test_cli_uses_the_pocket_checkpoint_by_default(pocket, capsys):
+    assert cli_main(["generate", "--max-new-tokens", "6", "--seed", "0", "--json", "a river is"]) == 0
+    record = json.loads(capsys.readouterr().out.splitlines()[0])
     assert record["prompt"] == "a river is"
     assert 1 <= len(record["token_ids"]) <= 6 and all(0 <= t < pocket.tokenizer.vocab_size for t in record["token_ids"])

@@ -1,4 +1,4 @@
-"""Bundles on disk: ``NAME.safetensors`` (tensors) + ``NAME.json`` (metadata), written atomically."""
+"""Files written atomically: text files, and bundles ``NAME.safetensors`` (tensors) + ``NAME.json`` (metadata)."""
 from __future__ import annotations
 
 import json
@@ -10,6 +10,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .errors import WorkbenchError
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write via a per-process temporary file + rename, so readers never see a half-written file."""
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def bundle_paths(path: str | Path) -> tuple[Path, Path]:

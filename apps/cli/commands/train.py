@@ -3,21 +3,23 @@ from __future__ import annotations
 
 import argparse
 
-from cola_core.training.config import load_config
-from cola_core.training.stages import train_dit, train_vae
+from .common import add_command
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("train", help="train the Text VAE (stage 1) or the DiT prior (stage 2)",
-                              description="Every config field has a default; unknown fields are errors. "
-                                          "Multi-GPU: torchrun --nproc_per_node N -m workbench.cli train ...")
-    p.add_argument("stage", choices=["vae", "dit"])
+    p = add_command(subparsers, "train", help="train the Text VAE (stage 1) or the DiT prior (stage 2)",
+                    description="Every config field has a default; unknown fields are errors. "
+                                "Multi-GPU: torchrun --nproc_per_node N -m apps.cli train ...")
+    p.add_argument("stage", choices=["vae", "dit"], help="which stage to train")
     p.add_argument("--config", required=True, help="TOML training config (see cola_core/training/configs/)")
     p.add_argument("--resume", action="store_true", help="continue from run_dir/checkpoint exactly")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from cola_core.training.config import load_config
+    from cola_core.training.stages import train_dit, train_vae
+
     config = load_config(args.stage, args.config)
     final = (train_vae if args.stage == "vae" else train_dit)(config, resume=args.resume)
     print("final validation: " + ", ".join(f"{k} {v:.4g}" for k, v in final.items()))

@@ -6,36 +6,36 @@ import json
 from pathlib import Path
 
 from cola_core.generate import GenerationConfig
-from cola_core.training.evaluate import EvalConfig, evaluate, format_table
 
-from .common import add_model_args, load_model
+from .common import SEED, add_command, add_model_args, int_in_range, load_model
 
 DEFAULTS = GenerationConfig()
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("evaluate", help="measure a checkpoint on a corpus's test split",
+    p = add_command(subparsers, "evaluate", help="measure a checkpoint on a corpus's test split",
                               description="VAE token recon accuracy (posterior mean), DiT flow-matching loss vs "
                                           "zero velocity, and for generated samples (half prompted by the first "
                                           "2-3 words of test sentences, half unprompted): in-vocab word rate, "
                                           "distinct-1/2, word-bigram perplexity next to real test text.")
     add_model_args(p)
     p.add_argument("--corpus", required=True, help="corpus folder with train.jsonl and test.jsonl")
-    p.add_argument("--samples", type=int, default=200, help="generated samples (200)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=DEFAULTS.steps)
-    p.add_argument("--guidance", type=float, default=DEFAULTS.guidance)
-    p.add_argument("--max-new-tokens", type=int, default=DEFAULTS.max_new_tokens)
-    p.add_argument("--temperature", type=float, default=DEFAULTS.temperature)
-    p.add_argument("--repetition-penalty", type=float, default=DEFAULTS.repetition_penalty)
+    p.add_argument("--samples", type=int_in_range(2), default=200, help="generated samples")
+    p.add_argument("--batch-size", type=int_in_range(1), default=64, help="texts per encoder/sampler batch")
+    p.add_argument("--seed", type=SEED, default=0, help="noise seed of the samples and of the posterior draws")
+    p.add_argument("--steps", type=int, default=DEFAULTS.steps, help="flow-matching steps per block")
+    p.add_argument("--guidance", type=float, default=DEFAULTS.guidance, help="classifier-free guidance scale")
+    p.add_argument("--max-new-tokens", type=int, default=DEFAULTS.max_new_tokens, help="tokens per sample")
+    p.add_argument("--temperature", type=float, default=DEFAULTS.temperature, help="token sampling; 0 = greedy")
+    p.add_argument("--repetition-penalty", type=float, default=DEFAULTS.repetition_penalty,
+                   help="divide logits of tokens already generated (1 = off)")
     p.add_argument("--out", default=None, help="write the full results (with samples) as JSON here")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.samples < 2:
-        raise ValueError(f"--samples must be >= 2, got {args.samples}")
+    from cola_core.training.evaluate import EvalConfig, evaluate, format_table
+
     generation = GenerationConfig(steps=args.steps, guidance=args.guidance, max_new_tokens=args.max_new_tokens,
                                   temperature=args.temperature, repetition_penalty=args.repetition_penalty,
                                   seed=args.seed)

@@ -4,24 +4,25 @@ from __future__ import annotations
 import argparse
 import os
 
-from .common import PORT, UsageError, add_model_args, int_in_range, load_model
+from .common import PORT, UsageError, add_command, add_model_args, int_in_range, load_model
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("api", help="serve an OpenAI-compatible HTTP API (FastAPI + uvicorn)",
+    p = add_command(subparsers, "api", help="serve an OpenAI-compatible HTTP API (FastAPI + uvicorn)",
                               description="OpenAI-compatible /v1/chat/completions and /v1/completions with "
                                           "streaming. An API key is required unless the host is loopback.")
     add_model_args(p)
-    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    p.add_argument("--port", type=PORT, default=8000, help="port (default 8000)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address")
+    p.add_argument("--port", type=PORT, default=8000, help="port")
     p.add_argument("--api-key", default=os.environ.get("COLA_API_KEY"),
-                   help="bearer key clients must send (default: $COLA_API_KEY; required off loopback)")
-    p.add_argument("--model-name", default="cola-dlm", help="model id clients ask for (default cola-dlm)")
-    p.add_argument("--concurrency", type=int_in_range(1), default=1, help="generations running at once (default 1)")
-    p.add_argument("--queue-size", type=int_in_range(0), default=16, help="requests waiting beyond those; more get 429 (16)")
-    p.add_argument("--max-tokens-cap", type=int_in_range(1), default=1024, help="largest max_tokens accepted (1024)")
-    p.add_argument("--max-body-bytes", type=int_in_range(1), default=1 << 20, help="largest request body (1 MiB)")
-    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+                   help="bearer key clients must send (from $COLA_API_KEY when set; required off loopback)")
+    p.add_argument("--model-name", default="cola-dlm", help="model id clients ask for")
+    p.add_argument("--concurrency", type=int_in_range(1), default=1, help="generations running at once")
+    p.add_argument("--queue-size", type=int_in_range(0), default=16, help="requests waiting beyond those; more get 429")
+    p.add_argument("--max-tokens-cap", type=int_in_range(1), default=1024, help="largest max_tokens accepted")
+    p.add_argument("--max-body-bytes", type=int_in_range(1), default=1 << 20, help="largest request body in bytes")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                   help="uvicorn log level")
     p.set_defaults(func=run)
 
 

@@ -4,15 +4,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..experiments import load_spec, run as run_experiment
+from .common import add_command
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("run", help="run an experiment spec (TOML) into a run folder",
+    p = add_command(subparsers, "run", help="run an experiment spec (TOML) into a run folder",
                               description="Run an experiment spec. Rerunning into the same --out folder resumes; "
                                           "under torchrun the items are sharded across processes.")
-    p.add_argument("spec", metavar="SPEC.toml")
-    p.add_argument("--out", default=None, help="run folder (default: runs/<name>-<spec digest>)")
+    p.add_argument("spec", metavar="SPEC.toml", help="experiment spec (see examples/specs/)")
+    p.add_argument("--out", default=None, help="run folder (none: runs/<name>-<spec digest>)")
     p.add_argument("--checkpoint", default=None, help="checkpoint folder (overrides the spec's)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (overrides the spec's)")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"], help="weight dtype (overrides the spec's)")
@@ -21,6 +21,8 @@ def register(subparsers) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from workbench.experiments import load_spec, run as run_experiment
+
     spec = load_spec(args.spec)   # every spec problem is reported here, before any model loads
     log = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     result = run_experiment(spec, args.out, checkpoint=args.checkpoint, device=args.device, dtype=args.dtype, log=log)

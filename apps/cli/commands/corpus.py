@@ -3,23 +3,23 @@ from __future__ import annotations
 
 import argparse
 
-from cola_core.training.corpus import build_wordnet_corpus, read_corpus, split_corpus, write_jsonl
+from .common import HelpFormatter, add_command
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("corpus", help="build a train/val/test corpus folder",
+    p = add_command(subparsers, "corpus", help="build a train/val/test corpus folder",
                               description="Write train.jsonl / val.jsonl / test.jsonl ({\"text\": ...} lines) into --out. "
                                           "The split is a stable hash of each text, so the test split never leaks.")
     sources = p.add_subparsers(dest="source", required=True, metavar="SOURCE")
-    wn = sources.add_parser("wordnet", help="WordNet 3.0 glosses and examples (Debian package wordnet-base)")
+    wn = sources.add_parser("wordnet", formatter_class=HelpFormatter, help="WordNet 3.0 glosses and examples (Debian package wordnet-base)")
     wn.add_argument("--out", required=True, help="output folder")
     wn.add_argument("--wordnet-dir", default="/usr/share/wordnet", help="WordNet data folder")
     wn.set_defaults(func=run_wordnet)
-    user = sources.add_parser("file", help="a .txt (one document per line) or .jsonl (text field) corpus")
+    user = sources.add_parser("file", formatter_class=HelpFormatter, help="a .txt (one document per line) or .jsonl (text field) corpus")
     user.add_argument("path", help="corpus file (.txt or .jsonl)")
     user.add_argument("--out", required=True, help="output folder")
-    user.add_argument("--val-every", type=int, default=97, help="about 1 in N texts go to val (97)")
-    user.add_argument("--test-every", type=int, default=89, help="about 1 in N texts go to test (89)")
+    user.add_argument("--val-every", type=int, default=97, help="about 1 in N texts go to val")
+    user.add_argument("--test-every", type=int, default=89, help="about 1 in N texts go to test")
     user.set_defaults(func=run_file)
 
 
@@ -28,11 +28,15 @@ def _report(out: str, sizes: dict[str, int]) -> None:
 
 
 def run_wordnet(args: argparse.Namespace) -> int:
+    from cola_core.training.corpus import build_wordnet_corpus
+
     _report(args.out, build_wordnet_corpus(args.out, wordnet_dir=args.wordnet_dir))
     return 0
 
 
 def run_file(args: argparse.Namespace) -> int:
+    from cola_core.training.corpus import read_corpus, split_corpus, write_jsonl
+
     texts = list(dict.fromkeys(" ".join(t.split()) for t in read_corpus(args.path)))
     splits = split_corpus(texts, val_every=args.val_every, test_every=args.test_every)
     for name, part in splits.items():
