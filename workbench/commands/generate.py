@@ -31,10 +31,9 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     if any(not prompt.strip() for prompt in args.prompts):
         raise UsageError("empty prompt; give at least one non-blank PROMPT")
-    config = GenerationConfig(steps=args.steps, guidance=args.guidance, max_new_tokens=args.max_new_tokens,
-                              temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                              repetition_penalty=args.repetition_penalty, seed=args.seed)
-    config.validate()   # fail on bad knobs before loading any weights
+    config = GenerationConfig().with_knobs(   # fail on bad knobs before loading any weights
+        steps=args.steps, guidance=args.guidance, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+        top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed)
     model = load_model(args)
     for result in generate(model, args.prompts, config):
         if args.json:
