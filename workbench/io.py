@@ -1,4 +1,4 @@
-"""Bundles on disk: ``NAME.safetensors`` (tensors) + ``NAME.json`` (metadata), written atomically."""
+"""Files on disk written atomically: bundles (``NAME.safetensors`` tensors + ``NAME.json`` metadata) and text."""
 from __future__ import annotations
 
 import json
@@ -31,6 +31,13 @@ def save_bundle(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[s
     os.replace(tmp_t, tensor_path)
     os.replace(tmp_m, meta_path)
     return tensor_path
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write UTF-8 text via a per-process temp file + rename (readers never see half a file)."""
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def load_bundle(path: str | Path, kind: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -15,8 +15,8 @@ from safetensors.torch import load_file
 
 from cola_core.training.text_metrics import distinct_n
 
+from ..io import write_text_atomic
 from ..projection import fit_points
-from .runner import write_text_atomic
 from .spec import Spec
 
 HEIGHT = 420

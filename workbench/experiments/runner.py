@@ -34,6 +34,7 @@ from safetensors.torch import load_file, save_file
 from cola_core import ColaModel, load_pretrained
 from cola_core.pocket import default_checkpoint
 
+from ..io import write_text_atomic
 from .kinds import RUNNERS, Context, Item
 from .spec import SEMANTIC_INSTALL, Spec, load_spec, parse_spec, semantic_available
 from .values import SpecError
@@ -54,12 +55,6 @@ class RunResult:
 
 
 # -- atomic files ---------------------------------------------------------------------------------------
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def save_tensors_atomic(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
