@@ -6,6 +6,7 @@ there is still two modules that cannot be understood (or split) one without the 
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import pytest
@@ -50,7 +51,9 @@ def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
     return found
 
 
+@functools.cache
 def graph() -> dict[str, set[str]]:
+    """Module -> the project modules it imports (read once per run)."""
     mods = modules()
     return {name: imports_of(name, path, set(mods)) for name, path in mods.items()}
 
