@@ -21,17 +21,18 @@ import torch
 
 from cola_core import load_pretrained
 from cola_core.pocket import POCKET_DIR
+from cola_core.text_codec import encode_tokens
 from trajectory_bench import random_model, texts_for
 from workbench import Workbench
 from workbench.likelihood import EVALS_PER_STEP, prior_log_likelihood
-from workbench.textbatch import encode, tokenize
+from workbench.textbatch import tokenize
 
 EXACT_LIMIT = 64   # block_size * C up to which the reference uses the exact divergence
 
 
 def latents(model, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     batch = tokenize(model, texts)
-    return model.vae.to_dit_space(encode(model, batch).mean), batch.latent_lengths
+    return model.vae.to_dit_space(encode_tokens(model, batch).mean), batch.latent_lengths
 
 
 def time_config(model, z0, lengths, repeats: int, sync, **options) -> tuple[float, torch.Tensor]:

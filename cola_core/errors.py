@@ -14,4 +14,4 @@ class CheckpointError(ColaError, ValueError):
 
 
 class GenerationError(ColaError, ValueError):
-    """Bad generation arguments (prompt, knobs, device)."""
+    """Bad input to the text path: prompts or texts the model cannot take, generation knobs, device."""

@@ -7,21 +7,25 @@ With nobody touching the state, the loop is exactly the official algorithm (spec
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
-from .attention import KVCache, pad_rows
+from .attention import KVCache
 from .checkpoint import ColaModel
-from .config import MAX_POSITIONS
+from .constants import TIME_SCALE
 from .errors import GenerationError
 from .prior_context import PriorContext
-from .sampler import (SCHEDULES, SOLVERS, guided_velocity, predicted_clean, sample_tokens, solver_updates,
-                      timestep_grid)
+from .sampler import (SCHEDULES, SOLVERS, guided_velocity, predicted_clean, sample_tokens, seeded_noise,
+                      solver_updates, timestep_grid)
+from .text_codec import (block_count, check_positions, context_latents, decode_logits, encode_tokens, greedy_texts,
+                         latent_count, pad_to_blocks)
 
-EVENTS = ("block_start", "pre_model", "guidance", "post_update", "block_end", "decoded")
+EVENTS = ("block_start", "pre_model", "guidance", "guided", "post_update", "block_end", "decoded")
 
 
 @dataclass
@@ -36,7 +40,7 @@ class GenerationConfig:
     top_p: float = 0.9
     repetition_penalty: float = 1.1
     seed: int | None = None
-    T: float = 1000.0
+    T: float = TIME_SCALE
     solver: str = "euler"
     schedule: str = "linear"
     schedule_shift: float = 3.0
@@ -70,6 +74,16 @@ class GenerationConfig:
             if not ok:
                 raise GenerationError(message)
 
+    def with_knobs(self, **knobs) -> "GenerationConfig":
+        """A validated copy with ``knobs`` changed; an unknown name or a bad value raises GenerationError naming it."""
+        fields = list(self.__dataclass_fields__)
+        unknown = sorted(set(knobs) - set(fields))
+        if unknown:
+            raise GenerationError(f"unknown generation option(s): {', '.join(unknown)}; valid: {', '.join(fields)}")
+        config = dataclasses.replace(self, **knobs)
+        config.validate()
+        return config
+
 
 @dataclass
 class Generation:
@@ -102,22 +116,26 @@ class PreparedPrompts:
 
 @dataclass
 class SamplerState:
-    """What the loop holds at a hook point. Shapes: B samples, bs latents per block, C channels."""
+    """What the loop holds at a hook point, and what a hook needs. Shapes: B samples, bs latents per block,
+    C channels. Hooks replace fields (tensors are replaced, never edited in place)."""
 
     block: int
+    steps: int                              # solver steps per block
     step: int = 0
     stage: int = 0                          # solver evaluation within a step (Heun/midpoint: 0, 1)
     t: torch.Tensor | None = None           # (B, bs) time of z (pinned rows 0 in block 0)
     t_next: torch.Tensor | None = None      # (B, bs) time after this step
     dt: float = 0.0                         # (t - t_next) / T for unpinned rows
     z: torch.Tensor | None = None           # (B, bs, C) fp32 current latent (z_t)
+    free: torch.Tensor | None = None        # (B, bs) bool: rows being generated (False: prompt rows pinned in block 0)
     guidance: torch.Tensor | None = None    # (B,) guidance scale per sample for this block
     v_cond: torch.Tensor | None = None      # (B, bs, C)
     v_uncond: torch.Tensor | None = None
-    v_guided: torch.Tensor | None = None
+    v_guided: torch.Tensor | None = None    # set after the "guidance" event, from the three fields above
     logits: torch.Tensor | None = None      # (B, bs*P, V) decoder logits of the finished block
     token_ids: torch.Tensor | None = None   # (B, bs*P) tokens chosen for the finished block
-    T: float = 1000.0
+    decode_preview: Callable[[torch.Tensor], list[str]] | None = None   # (B, n, C) -> greedy texts, no context
+    T: float = TIME_SCALE
     interrupt: bool = False
 
     @property
@@ -153,19 +171,18 @@ class BlockwiseSampler:
         if eos_ids is None:
             eos_ids = sorted(model.tokenizer.stop_ids) if self.config.stop_at_eos else []
         self.eos_ids = torch.tensor(list(eos_ids), dtype=torch.long)
-        bs, patch = model.block_size, model.patch_size
+        bs, patch, max_new = model.block_size, model.patch_size, self.config.max_new_tokens
         texts = [p for p in prompts if isinstance(p, str)]
         encoded = iter(model.tokenizer.encode_batch(texts) if texts else [])
         prompt_ids = [next(encoded) if isinstance(p, str) else list(p) for p in prompts]
         prompts = [p if isinstance(p, str) else model.tokenizer.decode(list(p)) for p in prompts]
-        n1 = [math.ceil(len(ids) / patch) for ids in prompt_ids]
-        self.num_blocks = math.ceil(self.config.max_new_tokens / (bs * patch))
-        if all(n % bs and self.config.max_new_tokens < bs - n % bs for n in n1):
+        self.num_blocks = block_count(max_new, bs, patch)
+        n1 = [latent_count(len(ids), patch) for ids in prompt_ids]
+        if all(n % bs and max_new < bs - n % bs for n in n1):
             self.num_blocks = 1   # force_complete_prefix_only: the prompt's own block is enough
-        needed = bs * (max(n1) // bs) + self.num_blocks * bs   # checked before any model work
-        if needed > MAX_POSITIONS:
-            raise GenerationError(f"prompt plus max_new_tokens needs {needed} latent positions; the model supports "
-                                  f"{MAX_POSITIONS}. Shorten the prompt or lower max_new_tokens.")
+        for i, ids in enumerate(prompt_ids):   # checked before any model work
+            check_positions(context_latents(len(ids), bs, patch) + self.num_blocks * bs, f"prompt {i}",
+                            f"{len(ids)} tokens plus max_new_tokens={max_new}")
         self.prepared = prepare_prompts(model, list(prompts), prompt_ids)
         self.context: list[torch.Tensor] = []   # per block (B, bs*P) token ids
         self.finished = torch.zeros(len(prompts), dtype=torch.bool)
@@ -176,14 +193,6 @@ class BlockwiseSampler:
         """Blocks decoded so far."""
         return len(self.context)
 
-    # -- model calls -------------------------------------------------------------------------------
-    @torch.no_grad()
-    def _decode(self, z: torch.Tensor, cache: KVCache, update: bool = True) -> torch.Tensor:
-        model = self.model
-        lengths = torch.full((z.shape[0],), z.shape[1], dtype=torch.long, device=model.device)
-        with model.autocast:
-            return model.vae.decode_latents(z.to(model.dtype), lengths, cache=cache.view(), update_cache=update).float()
-
     def _noise(self, block: int) -> torch.Tensor:
         """(B, bs, C) fp32 initial noise of a block: official per-sample seeding when a seed is set.
 
@@ -193,15 +202,17 @@ class BlockwiseSampler:
         if self.config.seed is None:
             return torch.randn(len(self.sample_ids) * bs, channels, device=device).view(-1, bs, channels)
         noise_device = torch.device(self.config.noise_device) if self.config.noise_device else device
-        draws = []
-        for sid in self.sample_ids:
-            gen = torch.Generator(noise_device).manual_seed(self.config.seed + 1000 * sid + 10_000_000 * block)
-            draws.append(torch.randn(bs, channels, generator=gen, device=noise_device))
-        return torch.stack(draws).to(device)
+        return torch.stack([seeded_noise(self.config.seed, sid, block, (bs, channels), noise_device)
+                            for sid in self.sample_ids]).to(device)
 
     # -- the loop ----------------------------------------------------------------------------------
     def events(self) -> Iterator[tuple[str, SamplerState]]:
-        """Run generation, yielding ``(event, state)`` at each hook point (see ``EVENTS``)."""
+        """Run generation, yielding ``(event, state)`` at each hook point (see ``EVENTS``).
+
+        ``guidance`` comes after the cond/uncond passes and before the loop combines them, so edits of
+        ``v_cond``, ``v_uncond`` or ``guidance`` there shape ``v_guided``; ``guided`` comes after the
+        combine, for edits of ``v_guided`` itself.
+        """
         model, cfg, prep = self.model, self.config, self.prepared
         batch, bs, device = len(self.sample_ids), model.block_size, model.device
         prior = PriorContext(model, batch)
@@ -211,12 +222,14 @@ class BlockwiseSampler:
         grid = timestep_grid(cfg.steps, cfg.T, cfg.schedule, cfg.schedule_shift)   # host-side: no device syncs
         empty_prefix = prep.prefix_lengths == 0
         pinned, clean = prep.pinned.to(device), prep.clean_window.to(device)
+        preview = functools.partial(greedy_texts, model)
         for block in range(self.num_blocks):
             first = block == 0
             guidance = torch.full((batch,), float(cfg.guidance))
             if first:   # CFG fallback for empty prefixes; the reference uses a bf16 per-row tensor here
                 guidance = guidance.masked_fill(empty_prefix, 1.0).to(torch.bfloat16).float()
-            state = SamplerState(block=block, z=self._noise(block), guidance=guidance.to(device), T=cfg.T)
+            state = SamplerState(block=block, steps=cfg.steps, z=self._noise(block), guidance=guidance.to(device),
+                                 free=~pinned if first else torch.ones_like(pinned), decode_preview=preview, T=cfg.T)
             if first:
                 state.z = torch.where(pinned[..., None], clean, state.z)
             yield "block_start", state
@@ -240,9 +253,13 @@ class BlockwiseSampler:
                     if state.interrupt:
                         return
                     state.v_cond, state.v_uncond = prior.velocities(state.z, state.t)
+                    state.v_guided = None
+                    yield "guidance", state
+                    if state.interrupt:
+                        return
                     scale = state.guidance.to(state.v_cond.dtype)[:, None, None]
                     state.v_guided = guided_velocity(state.v_cond, state.v_uncond, scale)
-                    yield "guidance", state
+                    yield "guided", state
                     if state.interrupt:
                         return
                     try:
@@ -259,7 +276,8 @@ class BlockwiseSampler:
             yield "block_end", state
             if state.interrupt:
                 return
-            state.logits = self._decode(state.z.float(), vae_cache)
+            lengths = torch.full((batch,), bs, dtype=torch.long)
+            state.logits = decode_logits(model, state.z.float(), lengths, cache=vae_cache.view(), update_cache=True)
             history = [torch.cat([c[b] for c in self.context]) if self.context else torch.empty(0, dtype=torch.long)
                        for b in range(batch)]
             state.token_ids = sample_tokens(state.logits, [h.to(state.logits.device) for h in history],
@@ -279,9 +297,7 @@ class BlockwiseSampler:
         prep, device = self.prepared, self.model.device
         prefix, lengths = prep.prefix.to(device), prep.prefix_lengths.to(device)
         prior.prefill(prefix, lengths)
-        with torch.no_grad(), self.model.autocast:
-            self.model.vae.decode_latents(prefix.to(self.model.dtype), lengths, cache=vae_cache.view(),
-                                          update_cache=True)
+        decode_logits(self.model, prefix, lengths, cache=vae_cache.view(), update_cache=True)
 
     def result(self) -> list[Generation]:
         """Trimmed ids and texts of everything generated so far."""
@@ -300,35 +316,27 @@ class BlockwiseSampler:
 
 def prepare_prompts(model: ColaModel, prompts: list[str], ids: list[list[int]] | None = None) -> PreparedPrompts:
     """Tokenise (unless ``ids`` are given), pad to whole blocks, encode, and split each prompt into
-    prefix / pinned window."""
+    prefix / pinned window (spec section 7 steps 1-4)."""
     tok, bs, patch = model.tokenizer, model.block_size, model.patch_size
-    chunk = bs * patch
     ids = tok.encode_batch(prompts) if ids is None else ids
-    padded = [row + [tok.pad_id] * (-len(row) % chunk) for row in ids]
-    channels = model.vae_config.latent_dim
-    batch = len(prompts)
-    lengths = [len(row) for row in padded]
-    if max(lengths) > 0:
-        id_rows, _ = pad_rows(torch.tensor([i for row in padded for i in row], dtype=torch.long)[:, None], lengths)
-        with torch.no_grad(), model.autocast:
-            post = model.vae.encode_ids(id_rows[..., 0].to(model.device), torch.tensor(lengths, device=model.device))
-        latents = model.vae.to_dit_space(post.mean.float()).cpu()        # (B, n_max, C)
+    tokens = pad_to_blocks(ids, tok.pad_id, bs, patch)
+    batch, channels = len(prompts), model.vae_config.latent_dim
+    if tokens.ids.shape[1] > 0:
+        latents = model.vae.to_dit_space(encode_tokens(model, tokens).mean).cpu()      # (B, n_max, C)
     else:
         latents = torch.zeros(batch, 0, channels)
-    n1 = [math.ceil(len(row) / patch) for row in ids]
-    prefix_len = [bs * (n // bs) for n in n1]
-    longest_prefix = max(prefix_len)
-    prefix = torch.zeros(batch, longest_prefix, channels)
+    prefix_len = [context_latents(len(row), bs, patch) for row in ids]
+    prefix = torch.zeros(batch, max(prefix_len), channels)
     pinned = torch.zeros(batch, bs, dtype=torch.bool)
     window = torch.zeros(batch, bs, channels)
     trim = []
-    for b, n in enumerate(n1):
-        s = prefix_len[b]
+    for b, row in enumerate(ids):
+        s, n = prefix_len[b], latent_count(len(row), patch)
         prefix[b, :s] = latents[b, :s]
-        if n % bs:
+        if n > s:   # the prompt ends inside a block: its real latents are pinned in the first generated block
             pinned[b, : n - s] = True
             window[b] = latents[b, s:s + bs]
-            trim.append(len(ids[b]) - s * patch)
+            trim.append(len(row) - s * patch)
         else:
             trim.append(0)
     return PreparedPrompts(texts=prompts, ids=ids, prefix=prefix, prefix_lengths=torch.tensor(prefix_len),
@@ -341,16 +349,8 @@ def generate(model: ColaModel, prompts: Sequence[str | Sequence[int]] | str, con
 
     ``knobs`` override fields of ``config`` (e.g. ``steps=8, guidance=3.0, seed=0``).
     """
-    config = _with_knobs(config, knobs)
+    config = (config or GenerationConfig()).with_knobs(**knobs)
     sampler = BlockwiseSampler(model, [prompts] if isinstance(prompts, str) else list(prompts), config, sample_ids)
     for _ in sampler.events():
         pass
     return sampler.result()
-
-
-def _with_knobs(config: GenerationConfig | None, knobs: dict) -> GenerationConfig:
-    base = config or GenerationConfig()
-    unknown = set(knobs) - set(base.__dataclass_fields__)
-    if unknown:
-        raise GenerationError(f"unknown generation option(s): {', '.join(sorted(unknown))}")
-    return GenerationConfig(**{**base.__dict__, **knobs})

@@ -9,6 +9,8 @@ from typing import Callable, Generator
 
 import torch
 
+from .constants import TIME_SCALE
+
 SOLVERS = ("euler", "heun", "midpoint")
 SCHEDULES = ("linear", "shifted")
 
@@ -16,7 +18,7 @@ SCHEDULES = ("linear", "shifted")
 VelocityFn = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
 
 
-def timestep_grid(steps: int, T: float = 1000.0, schedule: str = "linear", shift: float = 1.0) -> torch.Tensor:
+def timestep_grid(steps: int, T: float = TIME_SCALE, schedule: str = "linear", shift: float = 1.0) -> torch.Tensor:
     """(steps+1,) fp32 times from T to 0. ``linear`` is the official ``linspace(T, 0, steps+1)``;
     ``shifted`` warps s in [0, 1] to shift*s / (1 + (shift-1)*s), spending more steps near noise
     when shift > 1 (as in SD3-style samplers)."""
@@ -29,12 +31,28 @@ def timestep_grid(steps: int, T: float = 1000.0, schedule: str = "linear", shift
     raise ValueError(f"unknown timestep schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
 
 
+def noise_seed(seed: int, sample_id: int, block: int) -> int:
+    """The official per-sample seed (``COLA_INFER_PER_SAMPLE_NOISE_SEED``): seed + 1000*sample_id + 10^7*block,
+    so a sample's noise does not depend on the rest of its batch."""
+    return seed + 1000 * sample_id + 10_000_000 * block
+
+
+def seeded_noise(seed: int, sample_id: int, block: int, shape: tuple[int, ...],
+                 device: str | torch.device = "cpu") -> torch.Tensor:
+    """One fp32 N(0, I) draw of ``shape`` from a generator on ``device`` seeded by :func:`noise_seed`.
+
+    CPU and CUDA generators give different numbers for one seed (spec pitfall 16).
+    """
+    gen = torch.Generator(device).manual_seed(noise_seed(seed, sample_id, block))
+    return torch.randn(shape, generator=gen, device=device)
+
+
 def guided_velocity(v_cond: torch.Tensor, v_uncond: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
     """Classifier-free guidance, written as the reference does: s * (cond - uncond) + uncond."""
     return scale * (v_cond - v_uncond) + v_uncond
 
 
-def predicted_clean(z_t: torch.Tensor, v: torch.Tensor, t: torch.Tensor | float, T: float = 1000.0) -> torch.Tensor:
+def predicted_clean(z_t: torch.Tensor, v: torch.Tensor, t: torch.Tensor | float, T: float = TIME_SCALE) -> torch.Tensor:
     """x0 estimate from a velocity: z_t - (t/T) v (exact for straight flow-matching paths)."""
     if isinstance(t, torch.Tensor) and t.dim() == z_t.dim() - 1:
         t = t[..., None]

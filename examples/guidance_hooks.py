@@ -1,5 +1,7 @@
-"""Hooks on the sampler: guidance schedules and cut-off, a custom hook, and run_with_cache."""
+"""Hooks on the sampler: per-call and scoped hooks, guidance schedules, velocity edits, run_with_cache."""
 import argparse
+
+import torch
 
 from workbench import Workbench, guidance_cutoff, guidance_ramp
 
@@ -11,18 +13,21 @@ wb = Workbench.load(args.checkpoint)
 prompts = ["someone who migrates", "a kind of tree"]
 knobs = dict(seed=0, steps=8, max_new_tokens=12)
 print("plain:", [g.text for g in wb.generate(prompts, **knobs)])
-with wb.hooks(guidance_ramp(1.0, 7.0)):
-    print("guidance ramp 1 -> 7:", [g.text for g in wb.generate(prompts, **knobs)])
-with wb.hooks(guidance_cutoff(0.5)):
+print("guidance ramp 1 -> 7:", [g.text for g in wb.generate(prompts, hooks=[guidance_ramp(1.0, 7.0)], **knobs)])
+with wb.hooks(guidance_cutoff(0.5)):   # scoped: every call inside the block, removed on exit
     print("guidance cut off after half the steps:", [g.text for g in wb.generate(prompts, **knobs)])
 
 
-def halve_uncond(state, session):   # a custom hook: edit the unconditional velocity
-    state.v_uncond = 0.5 * state.v_uncond   # v_guided is recombined automatically
+def halve_uncond(state):   # "guidance": edit the inputs of the CFG combine, v_guided follows
+    state.v_uncond = 0.5 * state.v_uncond
 
 
-with wb.hooks(guidance=halve_uncond):
-    print("halved v_uncond:", [g.text for g in wb.generate(prompts, **knobs)])
+def damp_guided(state):    # "guided": edit the combined velocity itself, on generated rows only
+    state.v_guided = torch.where(state.free[..., None], 0.9 * state.v_guided, state.v_guided)
+
+
+print("halved v_uncond:", [g.text for g in wb.generate(prompts, hooks={"guidance": halve_uncond}, **knobs)])
+print("damped v_guided:", [g.text for g in wb.generate(prompts, hooks={"guided": damp_guided}, **knobs)])
 print("hooks left registered:", len(wb.registry))
 
 # How far apart are the conditional and unconditional velocities, step by step?

@@ -32,6 +32,29 @@ def tiny_model():
     return load_pretrained(FIXTURE)
 
 
+@pytest.fixture(scope="session")
+def patch2_model(tiny_model, tmp_path_factory):
+    """Random weights with patch_size 2 (two tokens per latent) and block size 4, to exercise every path
+    that depends on P (every release-format fixture has P = 1). Built from a seeded init with the tiny
+    fixture's shapes and tokenizer, non-trivial scaling/shifting factors (DiT space != VAE space),
+    saved with our own ``save_pretrained`` and loaded back."""
+    from cola_core import ColaModel, load_pretrained
+    from cola_core.config import VAEConfig
+    from cola_core.dit import ColaDiT
+    from cola_core.training.stages import init_weights
+    from cola_core.vae import ColaTextVAE
+    vae_cfg = VAEConfig.from_dict({**tiny_model.vae_config.to_dict(), "patch_size": 2, "scaling_factor": 1.5,
+                                   "shifting_factor": 0.1})
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        vae, dit = ColaTextVAE(vae_cfg), ColaDiT(tiny_model.dit_config)
+        init_weights(vae, 0.1)
+        init_weights(dit, 0.1)
+    model = ColaModel(vae=vae.eval(), dit=dit.eval(), tokenizer=tiny_model.tokenizer, vae_config=vae_cfg,
+                      dit_config=tiny_model.dit_config, device=tiny_model.device, dtype=torch.float32)
+    return load_pretrained(model.save_pretrained(tmp_path_factory.mktemp("patch2")))
+
+
 @pytest.fixture(scope="module")
 def wb(tiny_model):
     """A Workbench over the tiny model (one per module, so hook registries never leak across files)."""

@@ -151,7 +151,7 @@ def test_interleaved_runs_do_not_share_state(tiny_model):
 def test_generation_builds_no_autograd_graph(tiny_model):
     sampler = GenerationBackend(tiny_model).open(_job(["The cat sat"])).sampler
     seen = [(state.z.requires_grad, state.v_guided.requires_grad) for event, state in sampler.events()
-            if event == "guidance"]
+            if event == "guided"]
     assert seen and not any(flag for pair in seen for flag in pair)
 
 

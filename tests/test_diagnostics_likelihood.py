@@ -6,10 +6,11 @@ import math
 import pytest
 import torch
 
+from cola_core.text_codec import encode_tokens
 from workbench.diagnostics import diagnose
 from workbench.errors import WorkbenchError
 from workbench.likelihood import ode_log_density, prior_log_likelihood, text_log_likelihood
-from workbench.textbatch import encode, tokenize
+from workbench.textbatch import tokenize
 
 TEXTS = ["The cat sat on the mat.", "tea", "A river ran across the hill under the sun"]
 
@@ -101,7 +102,7 @@ def test_bad_options_are_named():
 
 def _z0(model, texts=TEXTS):
     batch = tokenize(model, texts)
-    return model.vae.to_dit_space(encode(model, batch).mean), batch.latent_lengths
+    return model.vae.to_dit_space(encode_tokens(model, batch).mean), batch.latent_lengths
 
 
 def test_hutchinson_matches_exact_divergence_on_the_tiny_dit(tiny_model):

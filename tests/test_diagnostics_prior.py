@@ -4,16 +4,18 @@ from __future__ import annotations
 import pytest
 import torch
 
+from cola_core.text_codec import encode_tokens
+from cola_core.two_l import two_l_layout
 from workbench.diagnostics import diagnose
-from workbench.prior import ConditionalVelocity, flow_matching_loss, two_l_layout
-from workbench.textbatch import encode, tokenize
+from workbench.prior import ConditionalVelocity, flow_matching_loss
+from workbench.textbatch import tokenize
 
 TEXTS = ["The cat sat on the mat.", "A river ran across the hill under the sun", "tea"]
 
 
 def _latents(model, texts=TEXTS):
     batch = tokenize(model, texts)
-    return model.vae.to_dit_space(encode(model, batch).mean), batch.latent_lengths
+    return model.vae.to_dit_space(encode_tokens(model, batch).mean), batch.latent_lengths
 
 
 def test_two_l_layout_follows_the_training_rules():

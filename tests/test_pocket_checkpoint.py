@@ -58,7 +58,7 @@ def test_model_card_numbers_are_evaluate_output_for_these_weights(pocket, card_e
 @pytest.mark.skipif(not (WORDNET_DIR / "data.noun").is_file(), reason="WordNet not installed (apt-get install wordnet-base)")
 def test_pocket_reconstructs_held_out_wordnet_text(pocket, card_eval):
     test_texts = split_corpus(extract_wordnet())["test"][:256]
-    dataset = TokenDataset(test_texts, pocket.tokenizer, 32, pocket.block_size * pocket.patch_size)
+    dataset = TokenDataset(test_texts, pocket.tokenizer, 32, pocket.block_size, pocket.patch_size)
     accuracy = latent_metrics(pocket, dataset, batch_size=64, seed=0)["recon_accuracy"]
     assert accuracy >= 0.99
     assert accuracy == pytest.approx(card_eval["latent"]["recon_accuracy"], abs=0.01)

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from cola_core.attention import pad_rows
-from cola_core.training.data import Batch
-from cola_core.training.objectives import (cut_prefixes, flow_matching_2l, prompt_block_clean,
-                                           set_latent_scaling, two_l_allowed)
+from cola_core.text_codec import TokenBatch
+from cola_core.training.objectives import cut_prefixes, flow_matching_2l, prompt_block_clean, set_latent_scaling
+from cola_core.two_l import two_l_layout
 from cola_core.training.trainer import lr_factor
 
 GOLDEN_LENGTHS = [8, 12]   # latents per sample in the fixture's 2L training call
@@ -19,7 +19,7 @@ def _two_l_rows(n: int, n_max: int) -> list[int]:
 
 
 def test_two_l_mask_matches_golden(golden):
-    allowed = two_l_allowed(torch.tensor(GOLDEN_LENGTHS), max(GOLDEN_LENGTHS), block_size=4)
+    _, allowed = two_l_layout(torch.tensor(GOLDEN_LENGTHS), max(GOLDEN_LENGTHS), block_size=4)
     mask = golden["dit.train2l.mask_fp32"].bool()
     start = 0
     for b, n in enumerate(GOLDEN_LENGTHS):
@@ -76,7 +76,7 @@ def test_set_latent_scaling_keeps_reconstruction(tiny_model):
 
 def test_cut_prefixes_pads_like_a_prompt():
     ids = torch.tensor([[10, 11, 12, 13, 14, 1, 0, 0]])
-    batch = Batch(ids, torch.tensor([8]), ids != 0)
+    batch = TokenBatch(ids, torch.tensor([8]), ids != 0, patch_size=1)
     cut = cut_prefixes(batch, 1.0, torch.Generator().manual_seed(3), pad_id=0, chunk=4)
     keep = int(cut.real.sum())
     assert 1 <= keep <= 5

@@ -54,6 +54,23 @@ def test_sampled_encoding_is_seeded_and_near_the_mean(wb, lat):
     assert (a.z[0] - lat.z[0]).abs().max() < bound
 
 
+def test_sampled_encoding_does_not_depend_on_the_other_texts(wb):
+    text = "The river flows slowly"
+    alone = wb.encode([text], sample=True, seed=3)
+    batches = [wb.encode([text, "tea"], sample=True, seed=3).z[0],
+               wb.encode([text, "a much longer neighbour that needs several more blocks than the text itself does"],
+                         sample=True, seed=3).z[0],
+               wb.encode(["tea", "cat", text], sample=True, seed=3, sample_ids=[1, 2, 0]).z[2]]
+    assert all(torch.equal(z, alone.z[0]) for z in batches)
+    # the posterior noise of block k is the official per-sample draw for (seed, sample id, k)
+    mean, std = alone.mean[0], alone.std[0]
+    eps = block_noise(mean.shape[0], wb.block_size, wb.channels, seed=3, sample_id=0)
+    assert torch.equal(alone.z[0], wb.model.vae.to_dit_space(mean + std * eps))
+    assert not torch.equal(wb.encode([text], sample=True, seed=3, sample_ids=[1]).z[0], alone.z[0])
+    with pytest.raises(WorkbenchError, match="2 sample ids for 1 texts"):
+        wb.encode([text], sample=True, seed=3, sample_ids=[0, 1])
+
+
 def test_decode_probabilities_and_entropy(wb, lat):
     decoded = wb.decode(lat)
     logits = wb.decoder_logits(lat)

@@ -19,14 +19,14 @@ import torch
 import torch.nn.functional as F
 
 from cola_core import ColaModel
+from cola_core.constants import LN2, LOG_2PI
+from cola_core.text_codec import TokenBatch, decode_logits, encode_tokens
 from cola_core.vae import Posterior
 
 from .errors import WorkbenchError
-from .likelihood import LOG_2PI, prior_log_likelihood
+from .likelihood import prior_log_likelihood
 from .prior import flow_matching_loss
-from .textbatch import TextBatch, batches, check_texts, encode, tokenize
-
-LN2 = math.log(2.0)
+from .textbatch import batches, check_texts, tokenize
 DEFAULT_T_GRID = tuple(i / 10 for i in range(11))
 ACTIVE_UNIT_THRESHOLD = 0.01
 
@@ -138,11 +138,9 @@ def gaussian_log_density(z: torch.Tensor, post: Posterior) -> torch.Tensor:
     return -0.5 * ((z - post.mean).pow(2) / post.logvar.exp() + post.logvar + LOG_2PI)
 
 
-@torch.no_grad()
-def _decode_nll(model: ColaModel, z: torch.Tensor, batch: TextBatch) -> tuple[torch.Tensor, torch.Tensor]:
+def _decode_nll(model: ColaModel, z: torch.Tensor, batch: TokenBatch) -> tuple[torch.Tensor, torch.Tensor]:
     """DiT-space z (B, n, C) -> (NLL (B, L) nats, greedy ids (B, L))."""
-    with model.autocast:
-        logits = model.vae.decode_latents(z.to(model.dtype), batch.latent_lengths)
+    logits = decode_logits(model, z, batch.latent_lengths)
     return token_nll(logits, batch.ids), logits.argmax(-1)
 
 
@@ -229,14 +227,14 @@ def _diagnose_batch(model: ColaModel, chunk: list[str], start: int, totals: _Tot
     """Per-text records of one batch; dataset sums go into ``totals``."""
     bs = model.block_size
     batch = tokenize(model, chunk)
-    post = encode(model, batch)
-    real, valid = batch.token_mask, post.valid                           # tokens (B, L); latents (B, n)
+    post = encode_tokens(model, batch)
+    real, valid = batch.real, post.valid                           # tokens (B, L); latents (B, n)
     z_mean = model.vae.to_dit_space(post.mean)
     nll_mean, greedy = _decode_nll(model, z_mean, batch)
     draws = [post.sample(generator) for _ in range(samples)]
     nll_draws = torch.stack([_decode_nll(model, model.vae.to_dit_space(z), batch)[0] for z in draws])
     kl = post.kl_to_standard_normal() * valid[..., None]                 # (B, n, C)
-    totals.means.append(post.mean[batch.latent_mask].cpu())
+    totals.means.append(post.mean[batch.real_latents].cpu())
     totals.kl_dim += kl.sum((0, 1)).cpu()
     totals.std_dim += (post.std * valid[..., None]).sum((0, 1)).cpu()
     totals.latents += int(valid.sum())

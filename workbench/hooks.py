@@ -1,28 +1,33 @@
-"""Hook points on the sampler loop, scoped registration, and ready-made callbacks.
+"""Hook points on the sampler loop, per-call and scoped registration, and ready-made callbacks.
 
-A hook is ``fn(state, session)``: ``state`` is the live :class:`cola_core.generate.SamplerState`
-(replace ``z``, ``guidance``, ``v_guided``, ``token_ids``; set ``interrupt = True`` to stop) and
-``session`` the running :class:`~workbench.sampler_session.SamplerSession` (config, block count,
-``free_rows``). Hooks replace tensors rather than editing them in place: step snapshots keep
-references to the tensors they saw.
+A hook is ``fn(state)``: ``state`` is the loop's live :class:`cola_core.generate.SamplerState`, which
+carries everything a hook needs (block, step and ``steps``, ``t``/``dt``, ``z``, the velocities, the
+``free`` row mask, ``decode_preview``). Replace its tensors (``z``, ``guidance``, ``v_cond``,
+``v_uncond``, ``v_guided``, ``token_ids``) rather than editing them in place — step snapshots keep
+references — or set ``interrupt = True`` to stop.
 
-Hook points (the events of cola_core's one sampler loop):
+Hook points (the events of cola_core's one sampler loop, in order):
 
 ===============  ====================================================================
 block_start      new block: ``z`` is its initial noise (pinned prompt rows already set)
 pre_model        before each model evaluation (per solver stage): steer ``z``, set ``guidance``
-guidance         after the cond/uncond passes: ``v_cond``, ``v_uncond``, ``v_guided`` are set
+guidance         after the cond/uncond passes, before the loop combines them: edit ``v_cond``,
+                 ``v_uncond`` or ``guidance`` and ``v_guided`` follows
+guided           after the combine: edit ``v_guided`` itself
 post_update      after each solver step: ``z`` is the latent at ``t_next``
 block_end        the block's final latent, before decoding
 decoded          ``logits`` and chosen ``token_ids`` of the block (edit them here)
 ===============  ====================================================================
+
+Pass hooks per call (``wb.generate(prompts, hooks=[guidance_ramp(1, 7)])`` or
+``hooks={"post_update": fn}``) or register them for a scope (``with wb.hooks(...)``).
 """
 from __future__ import annotations
 
 import contextlib
 import itertools
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 
@@ -30,11 +35,8 @@ from cola_core.generate import EVENTS, SamplerState
 
 from .errors import WorkbenchError
 
-if TYPE_CHECKING:
-    from .sampler_session import SamplerSession
-
 HOOK_POINTS = EVENTS
-HookFn = Callable[[SamplerState, "SamplerSession"], None]
+HookFn = Callable[[SamplerState], None]
 
 
 @dataclass(frozen=True)
@@ -45,13 +47,37 @@ class Callback:
     fn: HookFn
     name: str = "callback"
 
-    def __call__(self, state: SamplerState, session: "SamplerSession") -> None:
-        self.fn(state, session)
+    def __call__(self, state: SamplerState) -> None:
+        self.fn(state)
 
 
-def check_hook_point(event: str) -> None:
+Hooks = Callback | Iterable[Callback] | Mapping[str, HookFn | Sequence[HookFn]] | None
+
+
+def check_hook(event: str, fn: object) -> None:
+    """Raise WorkbenchError for an unknown hook point or a function that is not callable."""
     if event not in HOOK_POINTS:
         raise WorkbenchError(f"unknown hook point {event!r}; valid hook points: {', '.join(HOOK_POINTS)}")
+    if not callable(fn):
+        raise WorkbenchError(f"hook for {event!r} is not callable: {fn!r}")
+
+
+def hook_pairs(hooks: Hooks) -> list[tuple[str, HookFn]]:
+    """(hook point, fn) in order from Callbacks or a ``{hook point: fn or [fns]}`` mapping, all checked."""
+    if hooks is None:
+        return []
+    if isinstance(hooks, Mapping):
+        pairs = [(event, fn) for event, fns in hooks.items()
+                 for fn in (fns if isinstance(fns, (list, tuple)) else [fns])]
+    else:
+        items = [hooks] if isinstance(hooks, Callback) or callable(hooks) else hooks
+        if not isinstance(items, Iterable) or not all(isinstance(cb, Callback) for cb in items):
+            raise WorkbenchError(f"hooks must be Callback objects (from workbench.hooks) or a {{hook point: fn}} "
+                                 f"mapping, e.g. hooks={{'guidance': fn}}; got {hooks!r}")
+        pairs = [(cb.event, cb) for cb in items]
+    for event, fn in pairs:
+        check_hook(event, fn)
+    return pairs
 
 
 @dataclass(frozen=True)
@@ -74,9 +100,7 @@ class HookRegistry:
         self._keys = itertools.count()
 
     def add(self, event: str, fn: HookFn) -> HookHandle:
-        check_hook_point(event)
-        if not callable(fn):
-            raise WorkbenchError(f"hook for {event!r} is not callable: {fn!r}")
+        check_hook(event, fn)
         key = next(self._keys)
         self._entries[key] = (event, fn)
         return HookHandle(self, key, event)
@@ -90,29 +114,18 @@ class HookRegistry:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def snapshot(self) -> dict[str, list[HookFn]]:
-        """Hook point -> functions, frozen now (a running session is unaffected by later changes)."""
+    def snapshot(self, per_call: Hooks = None) -> dict[str, list[HookFn]]:
+        """Hook point -> functions, frozen now: registered ones, then ``per_call`` (a running session
+        is unaffected by later registrations)."""
         out: dict[str, list[HookFn]] = {}
-        for event, fn in self._entries.values():
+        for event, fn in [*self._entries.values(), *hook_pairs(per_call)]:
             out.setdefault(event, []).append(fn)
         return out
 
     @contextlib.contextmanager
     def scoped(self, *callbacks: Callback, **by_point: HookFn | Sequence[HookFn]) -> Iterator[list[HookHandle]]:
         """Register for the ``with`` body; on exit (even on error) remove exactly these registrations."""
-        pending: list[tuple[str, HookFn]] = []
-        for cb in callbacks:
-            if not isinstance(cb, Callback):
-                raise WorkbenchError(f"positional hooks must be Callback objects (from workbench.hooks), got {cb!r}; "
-                                     "pass plain functions by hook point, e.g. hooks(guidance=fn)")
-            pending.append((cb.event, cb))
-        for event, fns in by_point.items():
-            for fn in (fns if isinstance(fns, (list, tuple)) else [fns]):
-                pending.append((event, fn))
-        for event, fn in pending:   # validate everything before registering anything
-            check_hook_point(event)
-            if not callable(fn):
-                raise WorkbenchError(f"hook for {event!r} is not callable: {fn!r}")
+        pending = hook_pairs(list(callbacks)) + hook_pairs(by_point)   # everything checked before registering
         handles: list[HookHandle] = []
         try:
             for event, fn in pending:
@@ -142,8 +155,8 @@ def guidance_schedule(schedule: float | Sequence[float] | Callable[[int, int], f
                 raise WorkbenchError(f"guidance schedule has {len(values)} values but the sampler runs {steps} steps")
             return values[step]
 
-    def hook(state: SamplerState, session: "SamplerSession") -> None:
-        _set_guidance(state, value_at(state.step, session.config.steps))
+    def hook(state: SamplerState) -> None:
+        _set_guidance(state, value_at(state.step, state.steps))
 
     return Callback("pre_model", hook, "guidance_schedule")
 
@@ -159,8 +172,8 @@ def guidance_cutoff(ratio: float, after: float = 1.0) -> Callback:
     if not 0.0 <= ratio <= 1.0:
         raise WorkbenchError(f"guidance cut-off ratio must be in [0, 1], got {ratio!r}")
 
-    def hook(state: SamplerState, session: "SamplerSession") -> None:
-        if state.step >= ratio * session.config.steps:
+    def hook(state: SamplerState) -> None:
+        if state.step >= ratio * state.steps:
             _set_guidance(state, after)
 
     return Callback("pre_model", hook, "guidance_cutoff")
@@ -171,9 +184,8 @@ def clamp_latents(limit: float) -> Callback:
     if not limit > 0:
         raise WorkbenchError(f"clamp limit must be > 0, got {limit!r}")
 
-    def hook(state: SamplerState, session: "SamplerSession") -> None:
-        free = session.free_rows(state)[..., None]
-        state.z = torch.where(free, state.z.clamp(-limit, limit), state.z)
+    def hook(state: SamplerState) -> None:
+        state.z = torch.where(state.free[..., None], state.z.clamp(-limit, limit), state.z)
 
     return Callback("post_update", hook, "clamp_latents")
 
@@ -183,14 +195,13 @@ def steer(direction: torch.Tensor, strength: float) -> Callback:
     step, so a whole block moves by ``strength * direction`` in total."""
     direction = torch.as_tensor(direction, dtype=torch.float32)
 
-    def hook(state: SamplerState, session: "SamplerSession") -> None:
+    def hook(state: SamplerState) -> None:
         if state.stage != 0:
             return
         if direction.shape[-1] != state.z.shape[-1]:
             raise WorkbenchError(f"steer direction has {direction.shape[-1]} channels, "
                                  f"latents have {state.z.shape[-1]}")
-        free = session.free_rows(state)[..., None]
         push = strength * state.dt * direction.to(state.z.device)
-        state.z = torch.where(free, state.z + push, state.z)
+        state.z = torch.where(state.free[..., None], state.z + push, state.z)
 
     return Callback("pre_model", hook, "steer")

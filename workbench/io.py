@@ -1,4 +1,4 @@
-"""Files written atomically: text files, and bundles ``NAME.safetensors`` (tensors) + ``NAME.json`` (metadata)."""
+"""Files on disk written atomically: bundles (``NAME.safetensors`` tensors + ``NAME.json`` metadata) and text."""
 from __future__ import annotations
 
 import json

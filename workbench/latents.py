@@ -15,15 +15,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import Iterable, Protocol, Sequence
 
 import torch
 
+from cola_core.constants import TIME_SCALE
+from cola_core.sampler import seeded_noise
+
 from .errors import WorkbenchError
 from .io import load_bundle, save_bundle
-
-if TYPE_CHECKING:
-    from .session import Workbench
 
 FORMAT_VERSION = 1
 Blocks = Iterable[int] | slice | None
@@ -232,7 +232,13 @@ def mean_latent(lat: Latents) -> torch.Tensor:
     return torch.cat(rows).mean(dim=0)
 
 
-def attribute_direction(wb: "Workbench", texts_pos: Sequence[str], texts_neg: Sequence[str]) -> torch.Tensor:
+class TextEncoder(Protocol):
+    """Anything that encodes texts to Latents (a ``Workbench``)."""
+
+    def encode(self, texts: Sequence[str]) -> Latents: ...
+
+
+def attribute_direction(wb: TextEncoder, texts_pos: Sequence[str], texts_neg: Sequence[str]) -> torch.Tensor:
     """(C,) DiT-space direction: mean latent of ``texts_pos`` minus mean latent of ``texts_neg``."""
     if not texts_pos or not texts_neg:
         raise WorkbenchError("attribute_direction needs at least one positive and one negative text")
@@ -290,16 +296,15 @@ def replace_blocks(lat: Latents, blocks: Sequence[int], values: torch.Tensor) ->
 def block_noise(n_blocks: int, block_size: int, channels: int, seed: int | None, sample_id: int = 0
                 ) -> torch.Tensor:
     """(n_blocks, bs, C) noise; with a seed, block k is exactly what generation draws for that
-    sample id and block (official per-sample seeding: seed + 1000*sample_id + 10^7*k) when
-    generation draws on CPU (a CPU model, or ``noise_device="cpu"``)."""
+    sample id and block (``cola_core.sampler.noise_seed``) when generation draws on CPU (a CPU
+    model, or ``noise_device="cpu"``)."""
     if seed is None:
         return torch.randn(n_blocks, block_size, channels)
-    draws = [torch.randn(block_size, channels, generator=torch.Generator().manual_seed(
-        seed + 1000 * sample_id + 10_000_000 * k)) for k in range(n_blocks)]
+    draws = [seeded_noise(seed, sample_id, k, (block_size, channels)) for k in range(n_blocks)]
     return torch.stack(draws) if draws else torch.zeros(0, block_size, channels)
 
 
-def noise_to(lat: Latents, t: float, seed: int | None = None, T: float = 1000.0,
+def noise_to(lat: Latents, t: float, seed: int | None = None, T: float = TIME_SCALE,
              sample_ids: Sequence[int] | None = None) -> Latents:
     """Forward-noise to time t: z_t = (1 - t/T) z0 + (t/T) eps (t=0 is the identity, t=T pure noise)."""
     if not 0.0 <= t <= T:

@@ -16,13 +16,12 @@ from typing import Callable, Sequence
 import torch
 
 from cola_core import ColaModel
+from cola_core.constants import LN2, LOG_2PI
+from cola_core.text_codec import encode_tokens
 
 from .errors import WorkbenchError
 from .prior import ConditionalVelocity
-from .textbatch import batches, encode, tokenize
-
-LN2 = math.log(2.0)
-LOG_2PI = math.log(2 * math.pi)
+from .textbatch import batches, tokenize
 ODE_SOLVERS = ("euler", "heun", "rk4")
 EVALS_PER_STEP = {"euler": 1, "heun": 2, "rk4": 4}
 
@@ -188,7 +187,7 @@ def text_log_likelihood(model: ColaModel, texts: Sequence[str], *, latent: str =
     records: list[dict] = []
     for start, chunk in batches(texts, batch_size):
         batch = tokenize(model, chunk)
-        post = encode(model, batch)
+        post = encode_tokens(model, batch)
         z = post.mean if latent == "mean" else post.sample(generator)
         result = prior_log_likelihood(model, model.vae.to_dit_space(z), batch.latent_lengths, seed=seed + start,
                                       **options)

@@ -1,8 +1,8 @@
 """The DiT prior evaluated on known clean latents: the training "2L" layout, velocities, flow-matching loss.
 
-The 2L layout (spec section 8) feeds ``[z0 | z_t]`` in one call: every noisy block attends to the
-clean blocks before it and to itself, so its output equals an inference query of that block with
-the clean prefix cached, for all blocks at once. Time here is ``s = t/T`` on [0, 1]:
+cola_core's 2L layout (``cola_core.two_l``, spec section 8) feeds ``[z0 | z_t]`` in one call, so every
+noisy block's output equals an inference query of that block with the clean prefix cached, for all
+blocks at once. Time here is ``s = t/T`` on [0, 1]:
 ``z_s = (1-s) z0 + s z1`` and the model's velocity approximates ``dz/ds = z1 - z0``.
 """
 from __future__ import annotations
@@ -12,27 +12,9 @@ from dataclasses import dataclass
 import torch
 
 from cola_core import ColaModel
-
-
-def two_l_layout(n_lengths: torch.Tensor, n_max: int, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """positions (B, 2n) and allowed (B, 2n, 2n) for ``[clean (n) | noisy (n)]`` rows.
-
-    clean q -> clean k with block_k <= block_q; noisy q -> clean k with block_k < block_q and
-    noisy k with block_k == block_q; only keys inside the sample's length.
-    """
-    device = n_lengths.device
-    idx = torch.arange(n_max, device=device)
-    blk = idx // block_size
-    le = blk[None, :] <= blk[:, None]                       # (q, k) key block <= query block
-    lt = blk[None, :] < blk[:, None]
-    eq = blk[None, :] == blk[:, None]
-    none = torch.zeros_like(le)
-    pattern = torch.cat([torch.cat([le, none], 1), torch.cat([lt, eq], 1)], 0)   # (2n, 2n)
-    valid = idx[None] < n_lengths[:, None]                  # (B, n)
-    valid2 = torch.cat([valid, valid], 1)                   # (B, 2n)
-    allowed = pattern[None] & valid2[:, None, :] & valid2[:, :, None]
-    positions = torch.cat([idx, idx])[None].expand(len(n_lengths), -1)
-    return positions, allowed
+from cola_core.constants import TIME_SCALE
+from cola_core.sampler import guided_velocity
+from cola_core.two_l import two_l_velocity
 
 
 class ConditionalVelocity:
@@ -45,28 +27,24 @@ class ConditionalVelocity:
     """
 
     def __init__(self, model: ColaModel, z0: torch.Tensor, n_lengths: torch.Tensor, guidance: float = 1.0,
-                 T: float = 1000.0):
+                 T: float = TIME_SCALE):
         self.model, self.z0, self.n_lengths = model, z0, n_lengths
         self.guidance, self.T = float(guidance), T
-        self.positions, self.allowed = two_l_layout(n_lengths, z0.shape[1], model.block_size)
 
     def __call__(self, z: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         model, (batch, n, channels) = self.model, self.z0.shape
         reps = z.shape[0] // batch
-        x = torch.cat([self.z0.repeat(reps, 1, 1), z], dim=1)             # (R*B, 2n, C)
-        t = torch.cat([torch.zeros(z.shape[0], n, device=z.device), (s * self.T)[:, None].expand(-1, n)], dim=1)
+        t = (s * self.T)[:, None].expand(-1, n)                            # (R*B, n) DiT timesteps
         with model.autocast:
-            cond = model.dit(x.to(model.dtype), t, 2 * self.n_lengths.repeat(reps),
-                             positions=self.positions.repeat(reps, 1),
-                             allowed=self.allowed.repeat(reps, 1, 1))[:, n:].float()
+            cond = two_l_velocity(model.dit, self.z0.repeat(reps, 1, 1).to(model.dtype), z.to(model.dtype), t,
+                                  self.n_lengths.repeat(reps)).float()
             if self.guidance == 1.0:
                 return cond
             bs = model.block_size
             blocks = z.reshape(-1, bs, channels)                           # (R*B*nb, bs, C)
-            t_blocks = (s * self.T)[:, None].expand(-1, n).reshape(-1, bs)
-            uncond = model.dit(blocks.to(model.dtype), t_blocks,
+            uncond = model.dit(blocks.to(model.dtype), t.reshape(-1, bs),
                                torch.full((blocks.shape[0],), bs, device=z.device)).float().view_as(z)
-        return self.guidance * (cond - uncond) + uncond
+        return guided_velocity(cond, uncond, self.guidance)
 
 
 @dataclass

@@ -23,10 +23,11 @@ from typing import Mapping, Sequence
 import torch
 
 from cola_core import ColaModel
+from cola_core.text_codec import encode_tokens
 
 from .errors import WorkbenchError
 from .io import load_bundle, save_bundle
-from .textbatch import batches, check_texts, encode, tokenize
+from .textbatch import batches, check_texts, tokenize
 
 METHODS = ("pca", "umap")
 FORMAT_VERSION = 1
@@ -56,8 +57,8 @@ def reference_cloud(model: ColaModel, texts: Sequence[str], batch_size: int = 32
     points = []
     for _, chunk in batches(texts, batch_size):
         batch = tokenize(model, chunk)
-        post = encode(model, batch)
-        points.append(model.vae.to_dit_space(post.mean)[batch.latent_mask].cpu())
+        post = encode_tokens(model, batch)
+        points.append(model.vae.to_dit_space(post.mean)[batch.real_latents].cpu())
     return torch.cat(points)
 
 

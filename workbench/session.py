@@ -7,31 +7,30 @@ model runs: every problem raises :class:`WorkbenchError` (a ``ValueError``) nami
 from __future__ import annotations
 
 import contextlib
-import math
 from fnmatch import fnmatchcase
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import torch
 
 from cola_core import ColaModel, load_pretrained
 from cola_core.attention import pad_rows
 from cola_core.config import MAX_POSITIONS
-from cola_core.generate import Generation, GenerationConfig
+from cola_core.constants import LN2
+from cola_core.generate import BlockwiseSampler, Generation, GenerationConfig
 from cola_core.pocket import default_checkpoint
+from cola_core.text_codec import decode_logits, decode_text, encode_tokens, token_slots
 
 from .diagnostics import Diagnosis, diagnose
-from .errors import WorkbenchError
-from .hooks import Callback, HookFn, HookHandle, HookRegistry
-from .latents import Latents
+from .errors import WorkbenchError, as_workbench_error
+from .hooks import Callback, HookFn, HookHandle, HookRegistry, Hooks
+from .latents import Latents, block_noise
 from .likelihood import text_log_likelihood
 from .projection import Projection, fit_projection
-from .textbatch import check_texts
 from .sampler_session import SamplerSession
+from .textbatch import check_texts, tokenize
 from .trajectory import Trajectory
-
-LN2 = math.log(2.0)
 
 
 @dataclass
@@ -146,72 +145,45 @@ class Workbench:
     # -- encode / decode ---------------------------------------------------------------------------
     @torch.no_grad()
     def encode(self, texts: str | Sequence[str], pad_to: int | str | None = None, sample: bool = False,
-               seed: int | None = None, batch_size: int = 32) -> Latents:
+               seed: int | None = None, sample_ids: Sequence[int] | None = None, batch_size: int = 32) -> Latents:
         """Texts -> Latents (DiT-space posterior means, or samples with ``sample=True``).
 
         Each text is right-padded with pad tokens to whole blocks; ``pad_to`` (a block count or
         ``"longest"``) pads further with more pad tokens (the encoder is block-causal, so the real
-        blocks do not change).
+        blocks do not change). A text's result does not depend on the other texts: texts are encoded
+        in groups of one length, and with a ``seed`` the posterior noise of block k of text i is the
+        official per-sample draw for ``(seed, sample_ids[i], k)`` (``block_noise``).
         """
         texts = check_texts(texts)
-        tok, bs, patch = self.tokenizer, self.block_size, self.patch_size
-        chunk = bs * patch
-        ids = tok.encode_batch(texts)
-        n_blocks = [math.ceil(len(row) / chunk) for row in ids]
-        for i, n in enumerate(n_blocks):
-            if n == 0:
-                raise WorkbenchError(f"text {i} encodes to no tokens")
-        if pad_to == "longest":
-            n_blocks = [max(n_blocks)] * len(ids)
-        elif pad_to is not None:
-            if not isinstance(pad_to, int) or pad_to < max(n_blocks):
-                raise WorkbenchError(f"pad_to must be 'longest' or a block count >= {max(n_blocks)}, got {pad_to!r}")
-            n_blocks = [pad_to] * len(ids)
-        for i, n in enumerate(n_blocks):
-            if n * bs > MAX_POSITIONS:
-                raise WorkbenchError(f"text {i} is too long: {len(ids[i])} tokens need {n * bs} latents; the model "
-                                     f"supports {MAX_POSITIONS} ({MAX_POSITIONS * patch} tokens)")
-        gen = torch.Generator().manual_seed(seed) if seed is not None else None
-        zs, means, stds = [], [], []
-        for start in range(0, len(ids), batch_size):
-            rows = [r + [tok.pad_id] * (n * chunk - len(r)) for r, n in
-                    zip(ids[start:start + batch_size], n_blocks[start:start + batch_size])]
-            for z, mean, std in self._encode_rows(rows, sample, gen):
-                zs.append(z)
-                means.append(mean)
-                stds.append(std)
-        alignment = []
-        for row, n in zip(ids, n_blocks):
-            slots = torch.arange(n * bs * patch).view(n * bs, patch)
-            alignment.append(slots.masked_fill(slots >= len(row), -1))
-        return Latents(z=zs, alignment=alignment, token_ids=ids, texts=texts, fingerprint=self.fingerprint,
-                       mean=means, std=stds)
+        tokens = tokenize(self.model, texts, pad_to)
+        sample_ids = list(range(len(tokens.ids))) if sample_ids is None else list(sample_ids)
+        if len(sample_ids) != len(tokens.ids):
+            raise WorkbenchError(f"{len(sample_ids)} sample ids for {len(tokens.ids)} texts")
+        bs, channels = self.block_size, self.channels
+        n_blocks = (tokens.latent_lengths // bs).tolist()
+        posterior: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}   # text -> (mean, std) (n_blocks, bs, C)
+        for width in sorted(set(n_blocks)):
+            group = [i for i, n in enumerate(n_blocks) if n == width]
+            for start in range(0, len(group), batch_size):
+                rows = group[start:start + batch_size]
+                post = encode_tokens(self.model, tokens.rows(rows))
+                for k, i in enumerate(rows):
+                    posterior[i] = (post.mean[k].cpu().view(width, bs, channels),
+                                    post.std[k].cpu().view(width, bs, channels))
+        means, stds = [posterior[i][0] for i in range(len(texts))], [posterior[i][1] for i in range(len(texts))]
+        values = [m + s * block_noise(n, bs, channels, seed, sid) if sample else m
+                  for m, s, n, sid in zip(means, stds, n_blocks, sample_ids)]
+        token_ids = [row[real].tolist() for row, real in zip(tokens.ids.cpu(), tokens.real.cpu())]
+        return Latents(z=[self.model.vae.to_dit_space(v) for v in values],
+                       alignment=[token_slots(len(ids), n * bs, self.patch_size) for ids, n in zip(token_ids, n_blocks)],
+                       token_ids=token_ids, texts=texts, fingerprint=self.fingerprint, mean=means, std=stds)
 
-    def _encode_rows(self, rows: list[list[int]], sample: bool, gen: torch.Generator | None
-                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        model, bs = self.model, self.block_size
-        lengths = [len(r) for r in rows]
-        padded, _ = pad_rows(torch.tensor([i for r in rows for i in r], dtype=torch.long)[:, None], lengths)
-        with model.autocast:
-            post = model.vae.encode_ids(padded[..., 0].to(model.device), torch.tensor(lengths, device=model.device))
-        mean, std = post.mean.float().cpu(), post.std.float().cpu()
-        value = mean + std * torch.randn(mean.shape, generator=gen) if sample else mean
-        z = model.vae.to_dit_space(value)
-        for b, length in enumerate(lengths):
-            n = length // self.patch_size
-            yield (z[b, :n].reshape(-1, bs, self.channels), mean[b, :n].reshape(-1, bs, self.channels),
-                   std[b, :n].reshape(-1, bs, self.channels))
-
-    @torch.no_grad()
     def decoder_logits(self, latents: Latents) -> list[torch.Tensor]:
         """Per text (n_blocks*bs*P, V) fp32 decoder logits (whole sequence, block-causal)."""
         self.check_latents(latents)
-        model = self.model
         lengths = [z.shape[0] * z.shape[1] for z in latents.z]
         flat, _ = pad_rows(torch.cat([z.reshape(-1, self.channels) for z in latents.z]), lengths)
-        with model.autocast:
-            logits = model.vae.decode_latents(flat.to(model.device, model.dtype),
-                                              torch.tensor(lengths, device=model.device)).float().cpu()
+        logits = decode_logits(self.model, flat, torch.tensor(lengths)).cpu()
         return [logits[b, :n * self.patch_size] for b, n in enumerate(lengths)]
 
     def decode(self, latents: Latents, batch_size: int = 32) -> Decoded:
@@ -224,7 +196,7 @@ class Workbench:
                 chosen = logp.argmax(dim=-1)
                 entropy = -(logp.exp() * logp).sum(dim=-1) / LN2
                 ids = chosen.tolist()
-                items.append(DecodedText(text=self._text(ids), token_ids=ids,
+                items.append(DecodedText(text=decode_text(self.model, ids), token_ids=ids,
                                          probs=logp.gather(-1, chosen[:, None])[:, 0].exp(), entropy_bits=entropy))
         return Decoded(items)
 
@@ -234,87 +206,61 @@ class Workbench:
         decoded = self.decode(latents)
         return Roundtrip(latents, decoded, token_accuracy(latents, decoded))
 
-    def _text(self, ids: list[int]) -> str:
-        pad = self.tokenizer.pad_id
-        return self.tokenizer.decode([i for i in ids if i != pad])
-
-    @torch.no_grad()
-    def greedy_texts(self, z: torch.Tensor) -> list[str]:
-        """Greedy text of (B, n, C) DiT-space latents decoded on their own (no prefix context)."""
-        model = self.model
-        lengths = torch.full((z.shape[0],), z.shape[1], device=model.device)
-        with model.autocast:
-            logits = model.vae.decode_latents(z.to(model.device, model.dtype), lengths)
-        return [self._text(row) for row in logits.argmax(dim=-1).tolist()]
-
     # -- generation --------------------------------------------------------------------------------
     def config(self, **knobs) -> GenerationConfig:
         """A validated GenerationConfig from keyword knobs (steps, guidance, seed, solver, ...)."""
-        fields = GenerationConfig.__dataclass_fields__
-        unknown = sorted(set(knobs) - set(fields))
-        if unknown:
-            raise WorkbenchError(f"unknown generation option(s): {', '.join(unknown)}; "
-                                 f"valid: {', '.join(fields)}")
-        config = GenerationConfig(**knobs)
-        config.validate()
-        return config
+        with as_workbench_error():
+            return GenerationConfig().with_knobs(**knobs)
 
-    def _check_prompts(self, prompts: str | Sequence[str], config: GenerationConfig) -> list[str]:
-        """Strings only ("" means unconditional); context length checked before any model call."""
-        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        if not prompts:
-            raise WorkbenchError("no prompts given")
-        chunk = self.block_size * self.patch_size
-        new_blocks = math.ceil(config.max_new_tokens / chunk)
-        for i, p in enumerate(prompts):
-            if not isinstance(p, str):
-                raise WorkbenchError(f"prompt {i} is not a string: {p!r}")
-            n = len(self.tokenizer.encode(p))
-            if (n // chunk + new_blocks) * self.block_size > MAX_POSITIONS:
-                raise WorkbenchError(f"prompt {i} is too long: {n} tokens plus max_new_tokens="
-                                     f"{config.max_new_tokens} exceed the model's {MAX_POSITIONS} latent positions")
-        return prompts
-
-    def sampler(self, prompts: str | Sequence[str], sample_ids: Sequence[int] | None = None,
-                preview: bool = False, record: bool = False, **knobs) -> SamplerSession:
-        """A steppable generation run with the currently registered hooks.
+    def sampler(self, prompts: str | Sequence[str], sample_ids: Sequence[int] | None = None, preview: bool = False,
+                record: bool = False, hooks: Hooks = None, **knobs) -> SamplerSession:
+        """A steppable generation run with the registered hooks, then ``hooks`` for this call only
+        (Callbacks, or ``{hook point: fn}``).
 
         ``preview=True`` adds a greedy text of ``x0_pred`` to every step (decoded without the prefix
         context, by a separate decoder call that never touches the sampler's caches);
         ``record=True`` keeps every step in ``session.trajectory``.
         """
-        config = self.config(**knobs)
-        prompts = self._check_prompts(prompts, config)
-        return SamplerSession(self, prompts, config, sample_ids, self.registry.snapshot(), preview=preview,
-                              record=record)
+        return self._session(prompts, sample_ids, hooks, knobs, preview=preview, record=record)
 
-    def generate(self, prompts: str | Sequence[str], sample_ids: Sequence[int] | None = None,
+    def generate(self, prompts: str | Sequence[str], sample_ids: Sequence[int] | None = None, hooks: Hooks = None,
                  **knobs) -> list[Generation]:
-        """Texts and token ids, as ``cola_core.generate.generate`` (plus any registered hooks)."""
-        return self.sampler(prompts, sample_ids, **knobs).result()
+        """Texts and token ids, as ``cola_core.generate.generate`` (plus any hooks)."""
+        return self.sampler(prompts, sample_ids, hooks=hooks, **knobs).result()
 
     def trajectory(self, prompts: str | Sequence[str], sample_ids: Sequence[int] | None = None,
-                   preview: bool = False, **knobs) -> Trajectory:
+                   preview: bool = False, hooks: Hooks = None, **knobs) -> Trajectory:
         """Generate and keep every step state of every block."""
-        session = self.sampler(prompts, sample_ids, preview=preview, record=True, **knobs)
+        session = self.sampler(prompts, sample_ids, preview=preview, record=True, hooks=hooks, **knobs)
         session.result()
         return session.trajectory
 
     def run_with_cache(self, prompts: str | Sequence[str], names_filter: NamesFilter = None,
-                       sample_ids: Sequence[int] | None = None, **knobs
+                       sample_ids: Sequence[int] | None = None, hooks: Hooks = None, **knobs
                        ) -> tuple[list[Generation], dict[str, torch.Tensor]]:
         """Generate and return ``(generations, cache)``: tensors by stable dotted name
         (``block.3.step.7.v_uncond``; see :mod:`workbench.trajectory`), filtered by ``names_filter``
         (None = all, a name or glob pattern, a list of names/patterns, or ``fn(name) -> bool``)."""
         keep = names_predicate(names_filter)
-        config = self.config(**knobs)
-        prompts = self._check_prompts(prompts, config)
-        session = SamplerSession(self, prompts, config, sample_ids, self.registry.snapshot(), record=True,
-                                 keep=None if names_filter is None else keep)
+        session = self._session(prompts, sample_ids, hooks, knobs, record=True,
+                                keep=None if names_filter is None else keep)
         generations = session.result()
         cache = {k: v for k, v in session.trajectory.named_tensors().items() if keep(k)}
         cache.update(session.extra)
         return generations, cache
+
+    def _session(self, prompts: str | Sequence[str], sample_ids: Sequence[int] | None, hooks: Hooks, knobs: dict,
+                 **options) -> SamplerSession:
+        """Knobs, hooks and prompts checked (context length included) before any model call."""
+        config = self.config(**knobs)
+        table = self.registry.snapshot(hooks)
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        for i, p in enumerate(prompts):   # "" is the unconditional prompt
+            if not isinstance(p, str):
+                raise WorkbenchError(f"prompt {i} is not a string: {p!r}")
+        with as_workbench_error():
+            sampler = BlockwiseSampler(self.model, prompts, config, sample_ids)
+        return SamplerSession(sampler, table, **options)
 
     # -- diagnostics and projections (thin delegations; see their modules) ---------------------------
     def diagnose(self, texts: str | Sequence[str], **options) -> Diagnosis:
@@ -333,7 +279,8 @@ class Workbench:
     def hooks(self, *callbacks: Callback, **by_point: HookFn | Sequence[HookFn]
               ) -> contextlib.AbstractContextManager[list[HookHandle]]:
         """Scoped hooks: ``with wb.hooks(guidance_ramp(1, 7), post_update=fn): ...``; on exit exactly
-        these registrations are removed, even after an exception."""
+        these registrations are removed, even after an exception. They apply to every call on this
+        workbench, so a workbench shared between users (a server) passes ``hooks=`` per call instead."""
         return self.registry.scoped(*callbacks, **by_point)
 
     def add_hook(self, event: str, fn: HookFn) -> HookHandle:

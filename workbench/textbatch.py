@@ -1,48 +1,16 @@
-"""Texts -> padded token batches -> posteriors: the shared front end of diagnostics, likelihood and projections.
+"""Texts in: checked, tokenised and block-aligned through cola_core's codec (``cola_core.text_codec``).
 
-Each text is tokenised and right-padded with the pad id to whole blocks (``patch_size * block_size``
-tokens), as the official prompt path does; the batch is then padded to its longest row.
+The shared front end of encode, diagnostics, likelihood and projections. Every problem is a
+``WorkbenchError`` naming the text.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Iterator, Sequence
 
-import torch
-
 from cola_core import ColaModel
-from cola_core.config import MAX_POSITIONS
-from cola_core.vae import Posterior
+from cola_core.text_codec import TokenBatch, block_count, check_positions, pad_to_blocks
 
-from .errors import WorkbenchError
-
-
-@dataclass
-class TextBatch:
-    """A tokenised batch. ``ids`` (B, L) padded to whole blocks; ``token_mask`` marks real tokens."""
-
-    texts: list[str]
-    ids: torch.Tensor            # (B, L) long, pad id after each text
-    lengths: torch.Tensor        # (B,) tokens per row after block padding (multiples of P*bs)
-    token_lengths: torch.Tensor  # (B,) real tokens per text
-    patch_size: int
-
-    @property
-    def token_mask(self) -> torch.Tensor:
-        """(B, L) bool: real (non-padding) tokens."""
-        return torch.arange(self.ids.shape[1], device=self.ids.device)[None] < self.token_lengths[:, None]
-
-    @property
-    def latent_lengths(self) -> torch.Tensor:
-        """(B,) latents per row (whole blocks)."""
-        return torch.div(self.lengths, self.patch_size, rounding_mode="floor")
-
-    @property
-    def latent_mask(self) -> torch.Tensor:
-        """(B, n) bool: latents covering at least one real token (the others encode padding only)."""
-        real = torch.div(self.token_lengths + self.patch_size - 1, self.patch_size, rounding_mode="floor")
-        n = self.ids.shape[1] // self.patch_size
-        return torch.arange(n, device=self.ids.device)[None] < real[:, None]
+from .errors import WorkbenchError, as_workbench_error
 
 
 def check_texts(texts: Sequence[str] | str) -> list[str]:
@@ -60,34 +28,29 @@ def check_texts(texts: Sequence[str] | str) -> list[str]:
     return texts
 
 
-def tokenize(model: ColaModel, texts: Sequence[str] | str, pad_to: int | None = None) -> TextBatch:
-    """Tokenise and block-pad texts; ``pad_to`` forces at least that many tokens per row."""
+def tokenize(model: ColaModel, texts: Sequence[str] | str, pad_to: int | str | None = None) -> TokenBatch:
+    """Check, tokenise and pad texts to whole blocks, on the model's device.
+
+    ``pad_to`` (a block count or ``"longest"``) pads every text further with pad tokens to that many
+    blocks (the encoder is block-causal, so the real blocks do not change).
+    """
     texts = check_texts(texts)
-    tok = model.tokenizer
-    chunk = model.block_size * model.patch_size
-    rows = tok.encode_batch(texts)
-    for i, row in enumerate(rows):
-        if not row:
-            raise WorkbenchError(f"text {i} produces no tokens: {texts[i]!r}")
-        if len(row) > MAX_POSITIONS * model.patch_size:
-            raise WorkbenchError(f"text {i} has {len(row)} tokens; the model supports at most "
-                                 f"{MAX_POSITIONS * model.patch_size}")
-    padded_lengths = [max(len(r), pad_to or 0) for r in rows]
-    padded_lengths = [n + (-n % chunk) for n in padded_lengths]
-    ids = torch.full((len(rows), max(padded_lengths)), tok.pad_id, dtype=torch.long)
-    for b, row in enumerate(rows):
-        ids[b, :len(row)] = torch.tensor(row, dtype=torch.long)
-    return TextBatch(texts=texts, ids=ids.to(model.device), lengths=torch.tensor(padded_lengths, device=model.device),
-                     token_lengths=torch.tensor([len(r) for r in rows], device=model.device),
-                     patch_size=model.patch_size)
-
-
-@torch.no_grad()
-def encode(model: ColaModel, batch: TextBatch) -> Posterior:
-    """q(z|x) for a batch, in fp32 (VAE space: apply ``model.vae.to_dit_space`` for the DiT's)."""
-    with model.autocast:
-        post = model.vae.encode_ids(batch.ids, batch.lengths)
-    return Posterior(mean=post.mean.float(), logvar=post.logvar.float(), valid=post.valid)
+    bs, patch = model.block_size, model.patch_size
+    rows = model.tokenizer.encode_batch(texts)
+    n_blocks = [block_count(len(row), bs, patch) for row in rows]
+    for i, n in enumerate(n_blocks):
+        if n == 0:
+            raise WorkbenchError(f"text {i} encodes to no tokens: {texts[i]!r}")
+    if pad_to == "longest":
+        n_blocks = [max(n_blocks)] * len(rows)
+    elif pad_to is not None:
+        if not isinstance(pad_to, int) or pad_to < max(n_blocks):
+            raise WorkbenchError(f"pad_to must be 'longest' or a block count >= {max(n_blocks)}, got {pad_to!r}")
+        n_blocks = [pad_to] * len(rows)
+    with as_workbench_error():
+        for i, (row, n) in enumerate(zip(rows, n_blocks)):
+            check_positions(n * bs, f"text {i}", f"{len(row)} tokens")
+    return pad_to_blocks(rows, model.tokenizer.pad_id, bs, patch, n_blocks).to(model.device)
 
 
 def batches(texts: Sequence[str], batch_size: int) -> Iterator[tuple[int, list[str]]]:

@@ -14,7 +14,6 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import replace
 from typing import Any, AsyncIterator, Callable, Union
 
 from fastapi import Depends, FastAPI, Request
@@ -244,9 +243,8 @@ def _job(backend: GenerationBackend, body: SamplingFields, prompts: list[str | l
     knobs = {"steps": body.steps, "guidance": body.guidance_scale, "temperature": body.temperature,
              "top_p": body.top_p, "top_k": body.top_k, "repetition_penalty": body.repetition_penalty,
              "seed": body.seed}
-    config = replace(backend.defaults, max_new_tokens=max_tokens, **{k: v for k, v in knobs.items() if v is not None})
     try:
-        config.validate()
+        config = backend.defaults.with_knobs(max_new_tokens=max_tokens, **{k: v for k, v in knobs.items() if v is not None})
     except ColaError as exc:
         raise APIError(400, str(exc), code="invalid_value") from None
     return Job(rows, config, max_tokens, tuple(stops) + tuple(body.stop))

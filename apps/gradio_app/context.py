@@ -1,8 +1,9 @@
 """What every tab shares: the loaded workbench, the projection backdrop, the run store and the limits.
 
-Only immutable things are shared between users: the model (its modules are only read), fitted
-projections and limits. Each request builds its own sampler (``per_request_workbench``), so no
-sampler state, hook registry or KV cache is shared.
+Only immutable things are shared between users: one workbench (its model's modules are only read,
+and no hook is ever registered on it), fitted projections and limits. Each request builds its own
+sampler and passes its hooks per call (``wb.sampler(..., hooks=...)``), so no sampler state, hook or
+KV cache is shared.
 """
 from __future__ import annotations
 
@@ -138,10 +139,6 @@ class AppContext:
     @property
     def model(self):
         return self.workbench.model
-
-    def per_request_workbench(self) -> Workbench:
-        """A workbench over the shared (read-only) model with its own, empty hook registry."""
-        return Workbench(self.workbench.model)
 
     def status(self) -> dict:
         """Facts for the status bar."""

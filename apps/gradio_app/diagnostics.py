@@ -5,12 +5,11 @@ encoder latents and decoder logits (``Workbench.encode`` / ``Workbench.decoder_l
 """
 from __future__ import annotations
 
-import math
-
 import gradio as gr
 import plotly.graph_objects as go
 import torch
 
+from cola_core.constants import LN2
 from workbench import Workbench
 from workbench.diagnostics import Diagnosis
 
@@ -18,7 +17,6 @@ from . import exports, inputs
 from .context import AppContext
 from .plots import HEIGHT, color, empty_figure
 
-LN2 = math.log(2.0)
 HEATMAP_ROWS = 40       # texts shown in the per-token heatmap
 HEATMAP_TOKENS = 64     # token positions shown per text
 EXAMPLE = "a small domesticated animal kept as a pet\nthe season of the year between spring and autumn\n" \

@@ -197,7 +197,7 @@ def build(ctx: AppContext) -> dict:
         pair = pair_of(run_id)
         source = pair.source(source_v)
         progress(0.1, desc="re-generating")
-        result = regenerate_from(ctx.per_request_workbench(), source,
+        result = regenerate_from(ctx.workbench, source,
                                  strength=inputs.number("strength", strength_v, 0.0, 1.0),
                                  keep_blocks=inputs.blocks("kept blocks", keep_v),
                                  steps=inputs.integer("steps", steps_v, 1, lim.max_steps),
@@ -213,7 +213,7 @@ def build(ctx: AppContext) -> dict:
     def inversion(run_id, source_v, steps_v, solver_v, progress=gr.Progress()):
         pair = pair_of(run_id)
         progress(0.1, desc="inverting (data → noise → data)")
-        result = invert(ctx.per_request_workbench(), pair.source(source_v),
+        result = invert(ctx.workbench, pair.source(source_v),
                         steps=inputs.integer("ODE steps", steps_v, 1, lim.max_steps),
                         solver=inputs.choice("solver", solver_v, ("euler", "heun", "midpoint")))
         text_v, _ = decoded_view(ctx, result.reconstruction)

@@ -254,11 +254,10 @@ def build(ctx: AppContext) -> dict:
                  "schedule": inputs.choice("schedule", schedule_v, SCHEDULES)}
         prompt_text = inputs.text("prompt", prompt_text or "", lim, allow_empty=True)
         method_v = inputs.choice("projection", method_v, ("auto", "PCA", "UMAP"))
-        view = ctx.per_request_workbench()
         key = session_key(request, "trajectory")
         flag = threading.Event()
-        view.add_hook("pre_model", lambda state, _session: setattr(state, "interrupt", True) if flag.is_set() else None)
-        session = view.sampler([prompt_text], preview=bool(preview_v), record=True, **knobs)
+        stop_hook = {"pre_model": lambda state: setattr(state, "interrupt", True) if flag.is_set() else None}
+        session = ctx.workbench.sampler([prompt_text], preview=bool(preview_v), record=True, hooks=stop_hook, **knobs)
         run = TrajectoryRun(prompt=prompt_text, knobs=knobs, trajectory=session.trajectory,
                             planned_blocks=session.num_blocks)
         run.session = session

@@ -5,11 +5,11 @@ seeded permutation (optionally length-bucketed), so the data position needs no s
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from ..text_codec import TokenBatch, pad_to_blocks
 from ..tokenizer import ColaTokenizer
 from .corpus import SPLITS, read_corpus
 
@@ -28,55 +28,31 @@ def corpus_split_path(corpus: str | Path, split: str) -> Path:
     return path
 
 
-@dataclass
-class Batch:
-    """Padded token batch. ids (B, L) with L a multiple of the chunk; lengths (B,) padded token lengths;
-    real (B, L) bool marks text+eos tokens (not the block padding)."""
-
-    ids: torch.Tensor
-    lengths: torch.Tensor
-    real: torch.Tensor
-
-    def to(self, device: torch.device) -> "Batch":
-        return Batch(self.ids.to(device), self.lengths.to(device), self.real.to(device))
-
-    def rows(self, index: slice) -> "Batch":
-        return Batch(self.ids[index], self.lengths[index], self.real[index])
-
-
 class TokenDataset:
     """One split as token id lists (text + eos, cut to max_tokens)."""
 
-    def __init__(self, texts: list[str], tokenizer: ColaTokenizer, max_tokens: int, chunk: int):
+    def __init__(self, texts: list[str], tokenizer: ColaTokenizer, max_tokens: int, block_size: int, patch_size: int):
         if not texts:
             raise ValueError("dataset is empty")
         if tokenizer.eos_id is None:
             raise ValueError("tokenizer has no eos token (<|endoftext|>)")
         self.tokenizer = tokenizer
-        self.chunk = chunk
+        self.block_size, self.patch_size = block_size, patch_size
         self.max_tokens = max_tokens
         self.rows = [(ids + [tokenizer.eos_id])[:max_tokens] for ids in tokenizer.encode_batch(texts)]
         self.rows = [row for row in self.rows if row]
 
     @classmethod
-    def from_corpus(cls, corpus: str | Path, split: str, tokenizer: ColaTokenizer, max_tokens: int, chunk: int
-                    ) -> "TokenDataset":
-        return cls(read_corpus(corpus_split_path(corpus, split)), tokenizer, max_tokens, chunk)
+    def from_corpus(cls, corpus: str | Path, split: str, tokenizer: ColaTokenizer, max_tokens: int, block_size: int,
+                    patch_size: int) -> "TokenDataset":
+        return cls(read_corpus(corpus_split_path(corpus, split)), tokenizer, max_tokens, block_size, patch_size)
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def collate(self, rows: list[list[int]]) -> Batch:
-        """Pad each row with pad ids to a whole chunk, then the batch to its longest row."""
-        pad = self.tokenizer.pad_id
-        lengths = [len(r) + (-len(r) % self.chunk) for r in rows]
-        longest = max(lengths)
-        ids = torch.full((len(rows), longest), pad, dtype=torch.long)
-        real = torch.zeros(len(rows), longest, dtype=torch.bool)
-        for b, row in enumerate(rows):
-            ids[b, :len(row)] = torch.tensor(row, dtype=torch.long)
-            real[b, :len(row)] = True
-        return Batch(ids, torch.tensor(lengths, dtype=torch.long), real)
+    def collate(self, rows: list[list[int]]) -> TokenBatch:
+        """Pad each row with pad ids to whole blocks, then the batch to its longest row."""
+        return pad_to_blocks(rows, self.tokenizer.pad_id, self.block_size, self.patch_size)
 
 
 class BatchOrder:
@@ -110,11 +86,11 @@ class BatchOrder:
             self._epoch, self._batches = epoch, self._epoch_batches(epoch)
         return self._batches[offset]
 
-    def batch(self, k: int) -> Batch:
+    def batch(self, k: int) -> TokenBatch:
         return self.dataset.collate([self.dataset.rows[i] for i in self.indices(k).tolist()])
 
 
-def fixed_batches(dataset: TokenDataset, batch_size: int, limit: int | None = None) -> list[Batch]:
+def fixed_batches(dataset: TokenDataset, batch_size: int, limit: int | None = None) -> list[TokenBatch]:
     """The split in file order as batches (validation / evaluation); ``limit`` caps their number."""
     batches = []
     for start in range(0, len(dataset), batch_size):

@@ -61,7 +61,7 @@ def latent_metrics(model: ColaModel, dataset: TokenDataset, batch_size: int, see
         batch = batch.to(model.device)
         with model.autocast:
             post = vae.encode_ids(batch.ids, batch.lengths)
-            n_lengths = batch.lengths // vae.config.patch_size
+            n_lengths = batch.latent_lengths
             logits = vae.decode_latents(vae.to_dit_space(post.mean), n_lengths)
             correct += int(((logits.argmax(-1) == batch.ids) & batch.real).sum())
             total += int(batch.real.sum())
@@ -88,8 +88,7 @@ def evaluate(model: ColaModel, corpus: str | Path, config: EvalConfig | None = N
     config = config or EvalConfig()
     train_texts = read_corpus(corpus_split_path(corpus, "train"))
     test_texts = read_corpus(corpus_split_path(corpus, "test"))
-    chunk = model.block_size * model.patch_size
-    test = TokenDataset(test_texts, model.tokenizer, config.max_tokens, chunk)
+    test = TokenDataset(test_texts, model.tokenizer, config.max_tokens, model.block_size, model.patch_size)
     results: dict = {"latent": latent_metrics(model, test, config.batch_size, config.seed)}
 
     vocab = {w for text in train_texts for w in words(text)}

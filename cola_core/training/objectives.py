@@ -7,15 +7,18 @@ generator and then sliced to this rank's rows, so it does not depend on the numb
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import torch.nn.functional as F
 
+from ..constants import TIME_SCALE
 from ..dit import ColaDiT
+from ..text_codec import TokenBatch
+from ..two_l import two_l_velocity
 from ..vae import ColaTextVAE, Posterior
-from .data import Batch
 
 Terms = dict[str, tuple[torch.Tensor, torch.Tensor]]
-T_SCALE = 1000.0   # DiT timestep scale (spec: t*T with T=1000, cast to bf16)
 
 
 def _ce(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -23,12 +26,12 @@ def _ce(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float().transpose(1, 2), ids, reduction="none")
 
 
-def token_valid(batch: Batch) -> torch.Tensor:
+def token_valid(batch: TokenBatch) -> torch.Tensor:
     """(B, L) bool: positions inside each sample's padded length (text, eos and block padding)."""
     return torch.arange(batch.ids.shape[1], device=batch.ids.device)[None] < batch.lengths[:, None]
 
 
-def cut_prefixes(batch: Batch, prob: float, gen: torch.Generator, pad_id: int, chunk: int) -> Batch:
+def cut_prefixes(batch: TokenBatch, prob: float, gen: torch.Generator, pad_id: int, chunk: int) -> TokenBatch:
     """With probability ``prob`` per text, keep a random non-empty proper prefix without eos (prompt-like)."""
     if prob <= 0:
         return batch
@@ -41,7 +44,7 @@ def cut_prefixes(batch: Batch, prob: float, gen: torch.Generator, pad_id: int, c
     real = pos < keep[:, None]
     ids = batch.ids.masked_fill(~real, pad_id)
     lengths = torch.where(cut, keep + (-keep) % chunk, batch.lengths)
-    return Batch(ids, lengths, real)
+    return replace(batch, ids=ids, lengths=lengths, real=real)
 
 
 def bert_mask(valid: torch.Tensor, prob: float, seq_prob: float, gen: torch.Generator) -> torch.Tensor:
@@ -58,7 +61,7 @@ def _randn(shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 # Stage 1: Text VAE
 # ---------------------------------------------------------------------------------------------
-def vae_terms(vae: ColaTextVAE, batch: Batch, gen: torch.Generator, rows: slice, *, pad_id: int,
+def vae_terms(vae: ColaTextVAE, batch: TokenBatch, gen: torch.Generator, rows: slice, *, pad_id: int,
               prefix_prob: float, mask_prob: float, mask_seq_prob: float, decoder_noise: float) -> Terms:
     """recon CE from a posterior sample (all tokens), KL(q||N(0,I)) per channel, CE on masked tokens.
 
@@ -79,7 +82,7 @@ def vae_terms(vae: ColaTextVAE, batch: Batch, gen: torch.Generator, rows: slice,
 
     post = vae.encode_ids(batch.ids, batch.lengths, mask_token_ids=masked)
     z = vae.to_dit_space(post.mean + post.std * eps) + extra
-    logits = vae.decode_latents(z, batch.lengths // cfg.patch_size)
+    logits = vae.decode_latents(z, batch.latent_lengths)
     ce = _ce(logits, batch.ids)
     kl = post.kl_to_standard_normal().float().mean(-1)          # (B, n) per channel
     correct = (logits.argmax(-1) == batch.ids) & batch.real
@@ -95,23 +98,6 @@ def vae_terms(vae: ColaTextVAE, batch: Batch, gen: torch.Generator, rows: slice,
 # ---------------------------------------------------------------------------------------------
 # Stage 2: DiT flow matching, "2L" layout
 # ---------------------------------------------------------------------------------------------
-def two_l_allowed(n_lengths: torch.Tensor, n: int, block_size: int) -> torch.Tensor:
-    """(B, 2n, 2n) bool mask of the official 2L layout [clean | noisy], per sample.
-
-    clean q -> clean k with blk_k <= blk_q; noisy q -> clean k with blk_k < blk_q and noisy k in
-    the same block; never padding.
-    """
-    blk = torch.arange(n, device=n_lengths.device) // block_size
-    clean_clean = blk[:, None] >= blk[None, :]
-    noisy_clean = blk[:, None] > blk[None, :]
-    noisy_noisy = blk[:, None] == blk[None, :]
-    layout = torch.cat([torch.cat([clean_clean, torch.zeros_like(clean_clean)], 1),
-                        torch.cat([noisy_clean, noisy_noisy], 1)], 0)
-    valid = torch.arange(n, device=n_lengths.device)[None] < n_lengths[:, None]
-    valid2 = torch.cat([valid, valid], 1)
-    return layout[None] & valid2[:, None, :] & valid2[:, :, None]
-
-
 def sample_t(batch: int, gen: torch.Generator, sampling: str, loc: float, scale: float) -> torch.Tensor:
     """(B,) t in (0, 1): logit-normal sigmoid(loc + scale*N(0,1)) or uniform."""
     if sampling == "uniform":
@@ -147,18 +133,14 @@ def flow_matching_2l(dit: ColaDiT, z0: torch.Tensor, z1: torch.Tensor, t: torch.
     if prompt is not None:
         zt = torch.where(clean[..., None], prompt.to(zt.dtype), zt)
     target = z1 - z0
-    x = torch.cat([z0, zt], 1)
-    timestep = torch.cat([torch.zeros_like(t_tok), t_tok * T_SCALE], 1).to(torch.bfloat16).float()
-    positions = torch.arange(n, device=device).repeat(2)[None].expand(batch, -1)
-    allowed = two_l_allowed(n_lengths, n, dit.config.block_size)
-    v = dit(x, timestep, 2 * n_lengths, positions=positions, allowed=allowed)[:, n:]
+    v = two_l_velocity(dit, z0, zt, (t_tok * TIME_SCALE).to(torch.bfloat16).float(), n_lengths)   # t*T in bf16
     weight = (torch.arange(n, device=device)[None] < n_lengths[:, None]) & ~clean
     mse = (v.float() - target.float()).pow(2).mean(-1)
     return {"fm": ((mse * weight).sum(), weight.sum()),
             "zero_velocity": ((target.float().pow(2).mean(-1) * weight).sum(), weight.sum())}
 
 
-def prompt_encoding_ids(batch: Batch, clean: torch.Tensor, block_size: int, patch: int, pad_id: int) -> torch.Tensor:
+def prompt_encoding_ids(batch: TokenBatch, clean: torch.Tensor, block_size: int, patch: int, pad_id: int) -> torch.Tensor:
     """Token ids as generation encodes a prompt ending inside a block: the rest of each block holding
     prompt (clean) latents is replaced by pad ids. ids (B, L), clean (B, n) -> (B, L)."""
     batch_size, n = clean.shape
@@ -170,7 +152,7 @@ def prompt_encoding_ids(batch: Batch, clean: torch.Tensor, block_size: int, patc
     return batch.ids.masked_fill(tail_tokens & token_valid(batch), pad_id)
 
 
-def dit_terms(dit: ColaDiT, vae: ColaTextVAE, batch: Batch, gen: torch.Generator, rows: slice, *,
+def dit_terms(dit: ColaDiT, vae: ColaTextVAE, batch: TokenBatch, gen: torch.Generator, rows: slice, *,
               t_sampling: str, t_loc: float, t_scale: float, prompt_block_prob: float, posterior_mean: bool,
               ref_vae: ColaTextVAE | None = None, prompt_pad_id: int | None = None) -> Terms:
     """Flow matching on the VAE's DiT-space latents; with ``ref_vae`` (joint training) the VAE also gets
@@ -194,7 +176,7 @@ def dit_terms(dit: ColaDiT, vae: ColaTextVAE, batch: Batch, gen: torch.Generator
     with torch.set_grad_enabled(joint and torch.is_grad_enabled()):
         post = vae.encode_ids(batch.ids, batch.lengths)
         z0 = vae.to_dit_space(post.mean if posterior_mean else post.mean + post.std * eps)
-    n_lengths = batch.lengths // cfg.patch_size
+    n_lengths = batch.latent_lengths
     prompt = None
     if prompt_pad_id is not None and bool(clean.any()):
         with torch.no_grad():
@@ -221,7 +203,7 @@ def gaussian_kl(q: Posterior, p: Posterior) -> torch.Tensor:
 # Latent statistics -> scaling/shifting factors
 # ---------------------------------------------------------------------------------------------
 @torch.no_grad()
-def latent_statistics(vae: ColaTextVAE, batches: list[Batch], gen: torch.Generator) -> tuple[float, float]:
+def latent_statistics(vae: ColaTextVAE, batches: list[TokenBatch], gen: torch.Generator) -> tuple[float, float]:
     """(mean, std) of posterior samples in the encoder's raw space over the valid latents of ``batches``."""
     total, total_sq, count = 0.0, 0.0, 0
     for batch in batches:

@@ -105,9 +105,9 @@ def _tokenizer_for(cfg: VAETrainConfig, env: Dist) -> ColaTokenizer:
     return ColaTokenizer.from_file(path)
 
 
-def _datasets(cfg, tokenizer: ColaTokenizer, chunk: int, micro: int) -> tuple[BatchOrder, list]:
-    train = TokenDataset.from_corpus(cfg.corpus, "train", tokenizer, cfg.max_tokens, chunk)
-    val = TokenDataset.from_corpus(cfg.corpus, "val", tokenizer, cfg.max_tokens, chunk)
+def _datasets(cfg, tokenizer: ColaTokenizer, vcfg: VAEConfig, micro: int) -> tuple[BatchOrder, list]:
+    train = TokenDataset.from_corpus(cfg.corpus, "train", tokenizer, cfg.max_tokens, vcfg.block_size, vcfg.patch_size)
+    val = TokenDataset.from_corpus(cfg.corpus, "val", tokenizer, cfg.max_tokens, vcfg.block_size, vcfg.patch_size)
     order = BatchOrder(train, micro, cfg.seed, cfg.length_bucketing)
     return order, fixed_batches(val, micro, cfg.val_batches)
 
@@ -142,9 +142,8 @@ def train_vae(cfg: VAETrainConfig, resume: bool = False) -> dict[str, float]:
         vae = _new_vae(cfg, tokenizer).to(env.device)
     vcfg = vae.config
     vae.encoder.requires_grad_(cfg.train_encoder)
-    chunk = vcfg.patch_size * vcfg.block_size
     micro = cfg.batch_size // cfg.grad_accum
-    order, val_batches = _datasets(cfg, tokenizer, chunk, micro)
+    order, val_batches = _datasets(cfg, tokenizer, vcfg, micro)
     terms = functools.partial(vae_terms, vae, pad_id=tokenizer.pad_id, prefix_prob=cfg.prefix_prob,
                               mask_prob=cfg.mask_prob, mask_seq_prob=cfg.mask_seq_prob,
                               decoder_noise=cfg.decoder_noise)
@@ -194,7 +193,7 @@ def train_dit(cfg: DiTTrainConfig, resume: bool = False) -> dict[str, float]:
     else:
         vae.eval().requires_grad_(False)
     micro = cfg.batch_size // cfg.grad_accum
-    order, val_batches = _datasets(cfg, tokenizer, vcfg.patch_size * vcfg.block_size, micro)
+    order, val_batches = _datasets(cfg, tokenizer, vcfg, micro)
     terms = functools.partial(dit_terms, dit, vae, t_sampling=cfg.t_sampling, t_loc=cfg.t_loc, t_scale=cfg.t_scale,
                               prompt_block_prob=cfg.prompt_block_prob, posterior_mean=cfg.posterior_mean,
                               ref_vae=ref_vae, prompt_pad_id=tokenizer.pad_id if cfg.prompt_as_generated else None)

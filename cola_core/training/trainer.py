@@ -27,10 +27,11 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import ConfigError
 from .config import TrainConfig, config_to_dict
-from .data import Batch, BatchOrder
+from ..text_codec import TokenBatch
+from .data import BatchOrder
 from .objectives import Terms
 
-TermsFn = Callable[[Batch, torch.Generator, slice], Terms]
+TermsFn = Callable[[TokenBatch, torch.Generator, slice], Terms]
 CHECKPOINT_DIR = "checkpoint"
 
 
@@ -125,7 +126,7 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, env: Dist, modules: dict[str, torch.nn.Module],
                  param_groups: list[dict], terms_fn: TermsFn, weights: dict[str, float], order: BatchOrder,
-                 val_batches: list[Batch], export: Callable[[int], None], ema_module: str | None = None):
+                 val_batches: list[TokenBatch], export: Callable[[int], None], ema_module: str | None = None):
         self.cfg, self.env, self.modules = config, env, modules
         self.terms_fn, self.weights, self.order, self.val_batches = terms_fn, weights, order, val_batches
         self.export = export

@@ -78,11 +78,10 @@ def run_guidance(ctx: Context, item: Item) -> tuple[Records, Tensors]:
     prompts = ctx.spec["prompts"]
     config = generation_config(ctx.spec.params, **item.params)
     sampler = BlockwiseSampler(ctx.model, prompts, config, sample_ids=list(range(len(prompts))))
-    free0 = ~sampler.prepared.pinned.to(ctx.model.device)          # (B, bs) rows generated in block 0
     gaps: list[list[torch.Tensor]] = []
     finals, frees = [], []
     for event, state in sampler.events():
-        free = free0 if state.block == 0 else torch.ones_like(free0)
+        free = state.free                                                         # (B, bs) rows being generated
         if event == "block_start":
             gaps.append([])
         elif event == "guidance" and state.stage == 0:

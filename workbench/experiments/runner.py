@@ -54,8 +54,7 @@ class RunResult:
     rank: int = 0
 
 
-
-
+# -- atomic files ---------------------------------------------------------------------------------------
 def save_tensors_atomic(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))

@@ -299,7 +299,7 @@ def _check(spec: Spec) -> None:
         raise SpecError(f"semantic = \"on\" needs the optional sentence-embedding model: {SEMANTIC_INSTALL}")
     if spec.kind in ("guidance_sweep", "trajectory"):
         for guidance, steps, seed in itertools.product(*(_as_list(p[k]) for k in ("guidance", "steps", "seed"))):
-            generation_config(p, guidance=guidance, steps=steps, seed=seed).validate()
+            generation_config(p, guidance=guidance, steps=steps, seed=seed)
     if spec.kind == "recon_vs_prior" and (p["texts"] is None) == (p["corpus"] is None):
         raise SpecError("give exactly one of 'texts' (a list) or 'corpus' (a file)")
     if spec.kind == "interpolation" and any(not math.isfinite(a) for a in p["alphas"]):
@@ -311,6 +311,5 @@ def _as_list(value: Any) -> list:
 
 
 def generation_config(params: Mapping[str, Any], **overrides: Any) -> GenerationConfig:
-    """GenerationConfig from a spec's generation keys plus per-item overrides (guidance, steps, seed)."""
-    knobs = {k: params[k] for k in GENERATION}
-    return GenerationConfig(**knobs, **overrides)
+    """Validated GenerationConfig from a spec's generation keys plus per-item overrides (guidance, steps, seed)."""
+    return GenerationConfig().with_knobs(**{**{k: params[k] for k in GENERATION}, **overrides})

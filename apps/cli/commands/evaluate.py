@@ -36,10 +36,9 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from cola_core.training.evaluate import EvalConfig, evaluate, format_table
 
-    generation = GenerationConfig(steps=args.steps, guidance=args.guidance, max_new_tokens=args.max_new_tokens,
-                                  temperature=args.temperature, repetition_penalty=args.repetition_penalty,
-                                  seed=args.seed)
-    generation.validate()
+    generation = GenerationConfig().with_knobs(steps=args.steps, guidance=args.guidance,
+                                               max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                               repetition_penalty=args.repetition_penalty, seed=args.seed)
     config = EvalConfig(samples=args.samples, batch_size=args.batch_size, seed=args.seed, generation=generation)
     results = evaluate(load_model(args), args.corpus, config)
     print(format_table(results))

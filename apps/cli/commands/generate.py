@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     knobs = dict(steps=args.steps, guidance=args.guidance, max_new_tokens=args.max_new_tokens,
                  temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                  repetition_penalty=args.repetition_penalty)
-    GenerationConfig(**knobs).validate()   # fail on bad knobs before loading any weights
+    GenerationConfig().with_knobs(**knobs)   # fail on bad knobs before loading any weights
     seed = resolve_seed(args.seed)
     for result in load_workbench(args).generate(args.prompts, seed=seed, **knobs):
         if args.json:
