@@ -2,6 +2,12 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -202,3 +208,62 @@ def test_cli_run_prints_the_table_and_speed(tmp_path, capsys):
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["tasks"]["siqa"]["total"] == 1 and summary["run"]["max_samples"] == 1
     assert summary["runtime"]["batch_size"] == 20 and summary["runtime"]["world_size"] == 1
+
+
+# -- subprocesses: torchrun with 2 gloo ranks, SIGKILL mid-task ------------------------------------------------
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _command(tasks: Path, out: Path, *extra: str) -> list[str]:
+    return ["-m", "workbench.cli", "bench", "run", "--tasks", str(tasks), "--out", str(out), "--checkpoint",
+            str(FIXTURE), "--steps", "2", "--guidance", "3", "--max-new-tokens", "8", "--quiet", *extra]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+
+
+@pytest.mark.heavy
+def test_two_torchrun_ranks_give_the_files_of_one_process(tmp_path):
+    tasks = _slice(tmp_path, {"lambada": 5, "obqa": 4, "squad": 3})
+    one = subprocess.run([sys.executable, *_command(tasks, tmp_path / "one", "--batch-size", "2")], cwd=ROOT,
+                         env=_env(), capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-2000:]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_port", str(port), *_command(tasks, tmp_path / "two", "--batch-size", "3")],
+                         cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert _files(tmp_path / "two") == _files(tmp_path / "one")
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert summary["runtime"]["world_size"] == 2 and summary["runtime"]["generated"] == 12
+    assert not list((tmp_path / "two" / "generations").glob("*.rank*"))
+
+
+@pytest.mark.heavy
+def test_sigkill_mid_task_then_rerun_gives_identical_files(tmp_path):
+    tasks = _slice(tmp_path, {"mmlu": 12, "siqa": 2})
+    reference = tmp_path / "reference"
+    proc = subprocess.run([sys.executable, *_command(tasks, reference, "--batch-size", "1")], cwd=ROOT, env=_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = tmp_path / "out"
+    command = [sys.executable, *_command(tasks, out, "--batch-size", "1")]
+    victim = subprocess.Popen(command, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    shard = out / "generations" / "mmlu.rank0.jsonl"
+    deadline = time.monotonic() + 300
+    while victim.poll() is None and time.monotonic() < deadline:
+        if shard.is_file() and shard.read_bytes().count(b"\n") >= 3:
+            victim.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    assert victim.wait(timeout=60) == -signal.SIGKILL, "the run ended before it could be killed"
+    stored = shard.read_bytes().count(b"\n")
+    assert 3 <= stored < 12 and not (out / "mmlu.jsonl").exists()
+    rerun = subprocess.run(command, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert _files(out) == _files(reference)
+    runtime = json.loads((out / "summary.json").read_text())["runtime"]
+    assert runtime["tasks"]["mmlu"]["generated"] == 12 - stored and runtime["tasks"]["siqa"]["generated"] == 2
