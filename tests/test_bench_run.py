@@ -96,6 +96,7 @@ def test_run_writes_release_format_and_scores_it(tiny_model, tmp_path):
     assert summary.runtime["tasks"]["obqa"]["generated"] == 4
     rescored = score_folder(out)                        # the written outputs score the same
     assert rescored.csv_text().encode() == (out / "accuracy_summary.csv").read_bytes()
+    assert rescored.protocol == "official" and rescored.run == summary.run and summary.run["max_samples"] == 1000
     assert json.loads((out / "bench.json").read_text())["config"]["protocol"] == "official"
 
 

@@ -3,7 +3,8 @@
 Output folder::
 
     bench.json                 what made these results (checkpoint fingerprint, knobs, protocol,
-                               device type, dtype); a run with other values is refused
+                               device type, dtype; a run with other values is refused) and the
+                               last run's task folder and max_samples
     generations/<task>.jsonl   one record per item: key, id, index, prompt, text (untrimmed),
                                completion (cut at EOS), token_ids, eos_index — the resume store
     <task>.jsonl               the release's format: id, prompt, generate, ground_truth, choices,
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
@@ -38,12 +40,10 @@ from cola_core.sampler import SOLVERS
 from ..experiments.runner import barrier, local_device, on_rank0, process_group, write_text_atomic
 from . import store
 from .scorer import split_generate
-from .summary import Summary, TaskResult, score_task, write_results
+from .summary import META_FILE, RUN_FORMAT, Summary, TaskResult, read_run_meta, score_task, write_results
 from .tasks import TASK_ORDER, BenchError, BenchItem, find_task_files, load_items
 
 PROTOCOLS = ("official", "completion")
-RUN_FORMAT = "cola-workbench/bench-run@1"
-META_FILE = "bench.json"
 SEED_RANGE = (-(2 ** 63), 2 ** 64 - 1)      # what torch.Generator.manual_seed accepts
 OFFICIAL_MAX_SAMPLES = 1000
 
@@ -161,12 +161,8 @@ def check_out(out: Path, tasks_dir: Path, meta: dict[str, Any]) -> None:
         raise BenchError(f"--out {out} is the task folder; its <task>.jsonl files would be replaced. Choose another")
     if out.exists() and not out.is_dir():
         raise BenchError(f"--out {out} is a file, not a folder")
-    meta_path = out / META_FILE
-    if meta_path.is_file():
-        try:
-            old = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise BenchError(f"{meta_path}: unreadable; {fresh}") from None
+    old = read_run_meta(out) if out.is_dir() else None
+    if old is not None:
         diffs = _differences(old, meta)
         if diffs:
             raise BenchError(f"{out} holds results of another run (differs in: {'; '.join(diffs)}); {fresh}")
@@ -202,7 +198,7 @@ def run_bench(tasks_dir: str | Path, out: str | Path, config: BenchConfig | None
     try:
         on_rank0(rank, world, lambda: check_out(out, tasks_dir, _identity(config)))   # before loading weights
         model = model or load_pretrained(checkpoint or default_checkpoint(), device=local_device(device), dtype=dtype)
-        meta = _identity(config, model)
+        meta = {**_identity(config, model), "tasks_dir": str(tasks_dir), "max_samples": max_samples}
         on_rank0(rank, world, lambda: _claim(out, tasks_dir, meta))
         timings = {t: _generate_task(model, out, t, task_items, config, batch_size, rank, world, progress)
                    for t, task_items in items.items()}
@@ -210,8 +206,7 @@ def run_bench(tasks_dir: str | Path, out: str | Path, config: BenchConfig | None
         timings = _gather(timings, world)
         summary = None
         if rank == 0:
-            run = {**meta, "tasks_dir": str(tasks_dir), "max_samples": max_samples}
-            summary = _finish(out, items, config, name, run, _runtime(timings, batch_size, world))
+            summary = _finish(out, items, config, name, meta, _runtime(timings, batch_size, world))
         barrier(world)
         return BenchResult(out, summary, rank)
     finally:
@@ -261,8 +256,8 @@ def _runtime(per_rank: list[dict[str, tuple[int, float]]], batch_size: int, worl
         tasks[task] = {"generated": generated, "seconds": seconds, "samples_per_s": _rate(generated, seconds)}
     generated = sum(t["generated"] for t in tasks.values())
     seconds = sum(t["seconds"] for t in tasks.values())
-    return {"batch_size": batch_size, "world_size": world, "tasks": tasks, "generated": generated,
-            "seconds": seconds, "samples_per_s": _rate(generated, seconds)}
+    return {"batch_size": batch_size, "world_size": world, "torch_threads": torch.get_num_threads(), "tasks": tasks,
+            "generated": generated, "seconds": seconds, "samples_per_s": _rate(generated, seconds)}
 
 
 def _finish(out: Path, items: dict[str, list[BenchItem]], config: BenchConfig, name: str, run: dict[str, Any],

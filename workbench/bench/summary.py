@@ -27,6 +27,8 @@ from .scorer import Scored, score_record
 from .tasks import TASK_ORDER, BenchError, check_choices, find_task_files, read_jsonl
 
 SUMMARY_FORMAT = "cola-workbench/bench-summary@1"
+RUN_FORMAT = "cola-workbench/bench-run@1"
+META_FILE = "bench.json"      # written by bench run: what made the outputs of its folder
 Z95 = 1.959963984540054
 
 
@@ -119,9 +121,26 @@ def load_outputs(path: Path) -> list[dict[str, Any]]:
 
 
 def score_folder(folder: str | Path, name: str = "default") -> Summary:
-    """Score every ``<task>.jsonl`` of a folder (read only)."""
+    """Score every ``<task>.jsonl`` of a folder (read only); a bench run folder keeps its protocol and setup."""
     files = find_task_files(folder)
-    return Summary(name, {task: score_task(task, load_outputs(path)) for task, path in files.items()})
+    tasks = {task: score_task(task, load_outputs(path)) for task, path in files.items()}
+    run = read_run_meta(Path(folder))
+    return Summary(name, tasks, protocol=run["config"]["protocol"] if run else None, run=run)
+
+
+def read_run_meta(folder: Path) -> dict[str, Any] | None:
+    """The folder's ``bench.json`` (None when there is none)."""
+    path = folder / META_FILE
+    if not path.is_file():
+        return None
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        meta = None
+    if not isinstance(meta, dict) or meta.get("format") != RUN_FORMAT:
+        raise BenchError(f"{path}: not a bench run record (expected format {RUN_FORMAT}); start fresh with another "
+                         f"--out folder (or delete {folder})")
+    return meta
 
 
 def _jsonl(records: list[dict[str, Any]]) -> str:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+import torch
+
 from ..bench import PROTOCOLS, BenchConfig, Summary, load_summary, run_bench, score_folder, write_results
 from ..bench.runner import OFFICIAL_MAX_SAMPLES
 from ..bench.tasks import TASK_ORDER
@@ -44,6 +46,8 @@ def register(subparsers) -> None:
     run.add_argument("--protocol", choices=PROTOCOLS, default=DEFAULTS.protocol,
                      help="official: score the untrimmed text, as the model card; completion: the text cut at EOS")
     run.add_argument("--name", default="default", help="column name in accuracy_summary.csv (default: default)")
+    run.add_argument("--threads", type=int_in_range(1), default=None,
+                     help="CPU threads for torch (default: torch's choice; 1 is fastest for the pocket model)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     add_model_args(run)
     run.set_defaults(func=run_run)
@@ -69,6 +73,8 @@ def run_run(args: argparse.Namespace) -> int:
     config = BenchConfig(steps=args.steps, guidance=args.guidance, max_new_tokens=args.max_new_tokens,
                          temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                          solver=args.solver, protocol=args.protocol)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     result = run_bench(args.tasks, args.out, config, tasks=args.task, max_samples=args.max_samples or None,
                        batch_size=args.batch_size, checkpoint=args.checkpoint, device=args.device, dtype=args.dtype,
                        name=args.name, progress=not args.quiet)
