@@ -48,19 +48,23 @@ SEED_RANGE = (-(2 ** 63), 2 ** 64 - 1)      # what torch.Generator.manual_seed a
 OFFICIAL_MAX_SAMPLES = 1000
 
 
+OFFICIAL = GenerationConfig()      # the sampler's defaults are the official script's
+OFFICIAL_SEED = 66                 # COLA_INFER_PER_SAMPLE_NOISE_SEED in run_benchmark.sh
+
+
 @dataclass(frozen=True)
 class BenchConfig:
-    """The knobs that decide a bench result; defaults are the official script's."""
+    """The knobs that decide a bench result (the official script's, plus the solver) and the protocol."""
 
-    steps: int = 16
-    guidance: float = 7.0
-    max_new_tokens: int = 32
-    temperature: float = 0.0
-    top_k: int = 50
-    top_p: float = 0.9
-    repetition_penalty: float = 1.1
-    seed: int = 66
-    solver: str = "euler"
+    steps: int = OFFICIAL.steps
+    guidance: float = OFFICIAL.guidance
+    max_new_tokens: int = OFFICIAL.max_new_tokens
+    temperature: float = OFFICIAL.temperature
+    top_k: int = OFFICIAL.top_k
+    top_p: float = OFFICIAL.top_p
+    repetition_penalty: float = OFFICIAL.repetition_penalty
+    seed: int = OFFICIAL_SEED
+    solver: str = OFFICIAL.solver
     protocol: str = "official"     # official: untrimmed text; completion: text cut at the first EOS
 
     def generation(self) -> GenerationConfig:

@@ -201,13 +201,13 @@ SCHEMAS: dict[str, dict[str, Key]] = {
 SCHEMAS["bench"] = {   # the model card's benchmark over a knob grid; one item = one (guidance, steps, solver)
     "tasks_dir": Key(_folder, REQUIRED, "folder of <task>.jsonl files"),
     "tasks": sweep(str, None, help="task names (default: every task file of tasks_dir)"),
-    "max_samples": one(int, 1000, low=1, help="first N items per task (the official 1000)"),
+    "max_samples": one(int, optional=True, low=1, help="first N items per task (default: the official 1000)"),
     "batch_size": one(int, 20, low=1),
     "guidance": sweep(float, [7.0], low=0.0),
     "steps": sweep(int, [16], low=1),
     "solver": sweep(str, ["euler"], choices=SOLVERS),
     # a guidance_variant sweep key (CFG rescale, interval guidance) joins here once the sampler has variants
-    "seed": one(int, 66, help="per-sample noise seed base (the official 66)"),
+    "seed": one(int, optional=True, help="per-sample noise seed base (default: the official 66)"),
     "protocol": one(str, "official", help="official (untrimmed text, as the model card) or completion"),
     **{k: GENERATION[k] for k in ("max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty")},
 }
@@ -348,11 +348,13 @@ def bench_config(params: Mapping[str, Any], **overrides: Any):
     """The BenchConfig of a bench spec for one (guidance, steps, solver)."""
     from ..bench import BenchConfig   # noqa: PLC0415
     fields = ("seed", "protocol", "max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty")
-    return BenchConfig(**{k: params[k] for k in fields}, **overrides)
+    return BenchConfig(**{k: params[k] for k in fields if params[k] is not None}, **overrides)
 
 
 def bench_items(spec: Spec) -> dict:
     """``{task: items}`` of a bench spec, validated (every problem names its file and line)."""
     from ..bench import find_task_files, load_items   # noqa: PLC0415
+    from ..bench.runner import OFFICIAL_MAX_SAMPLES   # noqa: PLC0415
     files = find_task_files(Path(spec["tasks_dir"]).expanduser(), spec["tasks"])
-    return {task: load_items(path, task, spec["max_samples"]) for task, path in files.items()}
+    limit = spec["max_samples"] or OFFICIAL_MAX_SAMPLES
+    return {task: load_items(path, task, limit) for task, path in files.items()}
