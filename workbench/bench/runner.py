@@ -35,7 +35,6 @@ from cola_core import ColaModel, load_pretrained
 from cola_core.errors import GenerationError
 from cola_core.generate import GenerationConfig, generate
 from cola_core.pocket import default_checkpoint
-from cola_core.sampler import SOLVERS
 
 from ..experiments.runner import barrier, local_device, on_rank0, process_group, write_text_atomic
 from . import store
@@ -44,12 +43,10 @@ from .summary import META_FILE, RUN_FORMAT, Summary, TaskResult, read_run_meta, 
 from .tasks import TASK_ORDER, BenchError, BenchItem, find_task_files, load_items
 
 PROTOCOLS = ("official", "completion")
-SEED_RANGE = (-(2 ** 63), 2 ** 64 - 1)      # what torch.Generator.manual_seed accepts
+OFFICIAL = GenerationConfig()       # the sampler's defaults are the official script's
+OFFICIAL_SEED = 66                  # COLA_INFER_PER_SAMPLE_NOISE_SEED in run_benchmark.sh
 OFFICIAL_MAX_SAMPLES = 1000
-
-
-OFFICIAL = GenerationConfig()      # the sampler's defaults are the official script's
-OFFICIAL_SEED = 66                 # COLA_INFER_PER_SAMPLE_NOISE_SEED in run_benchmark.sh
+SEED_RANGE = (-(2 ** 63), 2 ** 64 - 1)      # what torch.Generator.manual_seed accepts
 
 
 @dataclass(frozen=True)
@@ -73,10 +70,9 @@ class BenchConfig:
         return GenerationConfig(**knobs, stop_at_eos=self.protocol == "completion")
 
     def validate(self) -> None:
+        """Raise naming the first bad knob (the sampler checks its own)."""
         if self.protocol not in PROTOCOLS:
             raise BenchError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
-        if self.solver not in SOLVERS:
-            raise BenchError(f"solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}")
         self.generation().validate()
 
 
@@ -113,8 +109,7 @@ def evaluate_task(model: ColaModel, items: list[BenchItem], config: BenchConfig,
 
 
 def output_records(items: list[BenchItem], generations: dict[str, dict], protocol: str) -> list[dict[str, Any]]:
-    """The task's outputs as the official scorer leaves them: ``generate`` split, shared prompt prefix moved
-    to ``few_shot_prefix``, keys id, prompt, generate, ground_truth first."""
+    """The task's outputs as the official scorer leaves them (``generate`` split, common prefix in ``few_shot_prefix``)."""
     text = "text" if protocol == "official" else "completion"
     records = []
     for it in items:
