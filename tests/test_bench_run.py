@@ -115,6 +115,26 @@ def test_completion_protocol_scores_the_text_cut_at_eos(tiny_model, tmp_path):
         run_bench(tasks, tmp_path / "out", FAST, model=tiny_model, progress=False)
 
 
+def test_both_protocols_store_batch_independent_records_past_eos():
+    """The pocket checkpoint stops early: official rows run on past EOS, completion rows keep only up to it."""
+    from cola_core import load_pretrained
+    from cola_core.pocket import default_checkpoint
+
+    pocket = load_pretrained(default_checkpoint())
+    items = load_items(RELEASE / "siqa.jsonl", "siqa", max_samples=4)
+    for protocol in ("official", "completion"):
+        config = BenchConfig(steps=2, max_new_tokens=12, protocol=protocol)
+        together = generate_records(pocket, items, config)
+        assert [generate_records(pocket, [it], config)[0] for it in items] == together
+        assert all(r["eos_index"] is not None for r in together)           # every row said EOS early...
+        lengths = {len(r["token_ids"]) for r in together}
+        if protocol == "official":                                          # ...and ran on to the end
+            assert lengths == {12} and all("<|endoftext|>" in r["text"] for r in together)
+        else:
+            assert all(len(r["token_ids"]) == r["eos_index"] + 1 for r in together) and max(lengths) < 12
+        assert all("<|endoftext|>" not in r["completion"] for r in together)
+
+
 def test_interrupted_run_resumes_without_recomputing(tiny_model, tmp_path, monkeypatch):
     tasks = _slice(tmp_path, {"mmlu": 5, "siqa": 3})
     reference = run_bench(tasks, tmp_path / "reference", FAST, batch_size=2, model=tiny_model, progress=False).path

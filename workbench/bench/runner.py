@@ -5,8 +5,9 @@ Output folder::
     bench.json                 what made these results (checkpoint fingerprint, knobs, protocol,
                                device type, dtype; a run with other values is refused) and the
                                last run's task folder and max_samples
-    generations/<task>.jsonl   one record per item: key, id, index, prompt, text (untrimmed),
-                               completion (cut at EOS), token_ids, eos_index — the resume store
+    generations/<task>.jsonl   one record per item: key, id, index, prompt, text (untrimmed: all
+                               max_new_tokens, or through the first EOS under ``completion``),
+                               completion (cut at EOS), token_ids (of text), eos_index — the resume store
     <task>.jsonl               the release's format: id, prompt, generate, ground_truth, choices,
                                others, few_shot_prefix (as the official scorer leaves it)
     + what ``bench score`` writes (accuracy_summary.csv, <task>_correct/_wrong.jsonl,
@@ -93,11 +94,15 @@ def generate_records(model: ColaModel, items: list[BenchItem], config: BenchConf
                         sample_ids=[it.noise_id for it in items])
     except GenerationError as exc:
         raise BenchError(f"{items[0].task}, items {items[0].where} to {items[-1].where}: {exc}") from None
-    stops = model.tokenizer.stop_ids
-    return [{"key": it.key, "id": it.id, "index": it.index, "prompt": it.prompt, "text": g.text,
-             "completion": g.completion, "token_ids": g.token_ids,
-             "eos_index": next((i for i, t in enumerate(g.token_ids) if t in stops), None)}
-            for it, g in zip(items, gens)]
+    stops, records = model.tokenizer.stop_ids, []
+    for it, g in zip(items, gens):
+        eos = next((i for i, t in enumerate(g.token_ids) if t in stops), None)
+        # completion: a row that stopped keeps running while its batch does; keep only what is batch-independent
+        ids = g.token_ids[:eos + 1] if config.protocol == "completion" and eos is not None else g.token_ids
+        records.append({"key": it.key, "id": it.id, "index": it.index, "prompt": it.prompt,
+                        "text": model.tokenizer.decode(ids), "completion": g.completion, "token_ids": ids,
+                        "eos_index": eos})
+    return records
 
 
 def evaluate_task(model: ColaModel, items: list[BenchItem], config: BenchConfig, batch_size: int = 20) -> TaskResult:
