@@ -5,7 +5,7 @@ import argparse
 
 import torch
 
-from ..bench import PROTOCOLS, BenchConfig, Summary, load_summary, run_bench, score_folder, write_results
+from ..bench import PROTOCOLS, BenchConfig, BenchError, Summary, load_summary, run_bench, score_folder, write_results
 from ..bench.runner import OFFICIAL_MAX_SAMPLES
 from ..bench.tasks import TASK_ORDER
 from .common import add_model_args, int_in_range
@@ -63,7 +63,11 @@ def _print_table(summary: Summary) -> None:
 def run_score(args: argparse.Namespace) -> int:
     summary = score_folder(args.folder, name=args.name)
     compare = load_summary(args.compare) if args.compare else None   # all input checked before writing
-    report = write_results(args.out or args.folder, summary, compare)
+    out = args.out or args.folder
+    try:
+        report = write_results(out, summary, compare)
+    except PermissionError as exc:
+        raise BenchError(f"{out}: cannot write the results there ({exc.strerror}); pass --out FOLDER") from None
     _print_table(summary)
     print(f"report: {report}")
     return 0
