@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 from .config import DiTConfig, VAEConfig, check_pair
 from .dit import ColaDiT, rope_frequencies
 from .errors import CheckpointError
+from .hub import resolve_checkpoint
 from .tokenizer import ColaTokenizer
 from .vae import ColaTextVAE
 
@@ -250,6 +251,7 @@ def load_pretrained(path: str | Path, device: str | torch.device | None = "cpu",
     """
     dev = parse_device(device)
     weight_dtype = parse_dtype(dtype) or torch.float32
+    path = resolve_checkpoint(path)   # a Hub id (OWNER/NAME[@REVISION]) becomes its cached snapshot
     paths = CheckpointPaths.resolve(path)
     dit_cfg = DiTConfig.from_json(paths.dit / "config.json")
     vae_cfg = VAEConfig.from_json(paths.vae / "config.json")

@@ -6,6 +6,7 @@ depend on which process runs them (seeds come from the spec and the item, not th
 """
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import asdict, dataclass
 from functools import cached_property
@@ -20,7 +21,7 @@ from cola_core.training.corpus import read_corpus
 
 from ..diagnostics import diagnose
 from .metrics import SemanticScorer, load_vocab, semantic_scorer, text_metrics
-from .spec import Spec, generation_config
+from .spec import Spec, bench_config, bench_items, generation_config
 
 Records = list[dict[str, Any]]
 Tensors = dict[str, torch.Tensor]
@@ -201,6 +202,25 @@ def run_trajectory(ctx: Context, item: Item) -> tuple[Records, Tensors]:
     return records, tensors
 
 
+# -- benchmark sweep ----------------------------------------------------------------------------------
+def bench_sweep_items(spec: Spec) -> list[Item]:
+    """guidance x steps x solver; each item runs every chosen task (see ``workbench.bench``)."""
+    combos = itertools.product(spec["guidance"], spec["steps"], spec["solver"])
+    return [Item(i, {"guidance": g, "steps": s, "solver": v}) for i, (g, s, v) in enumerate(combos)]
+
+
+def run_bench_sweep(ctx: Context, item: Item) -> tuple[Records, Tensors]:
+    """One record per task: accuracy, correct/total, 95 % interval, mean score (official scorer)."""
+    from ..bench import evaluate_task   # noqa: PLC0415 (workbench.bench builds on this package)
+
+    config = bench_config(ctx.spec.params, **item.params)
+    records = []
+    for task, items in bench_items(ctx.spec).items():
+        result = evaluate_task(ctx.model, items, config, ctx.spec["batch_size"])
+        records.append({**item.params, "task": task, **result.to_json()})
+    return records, {}
+
+
 @dataclass(frozen=True)
 class KindRunner:
     items: Callable[[Spec], list[Item]]
@@ -212,4 +232,5 @@ RUNNERS = {
     "interpolation": KindRunner(interpolation_items, run_interpolation),
     "recon_vs_prior": KindRunner(recon_items, run_recon),
     "trajectory": KindRunner(trajectory_items, run_trajectory),
+    "bench": KindRunner(bench_sweep_items, run_bench_sweep),
 }

@@ -160,8 +160,22 @@ def _trajectory_paths(tensors: dict) -> dict:
     return paths
 
 
+def bench_figures(spec: Spec, records: list[dict], tensors: dict) -> list[go.Figure]:
+    """Accuracy of each task (and their average) against the most-swept knob, one line per other setting."""
+    knobs = ("guidance", "steps", "solver")
+    x = max(knobs, key=lambda k: len(spec[k]))
+    rows: dict[tuple, dict] = {}
+    for r in records:
+        rows.setdefault(tuple(r[k] for k in knobs), {k: r[k] for k in knobs})[r["task"]] = r["accuracy"]
+    tasks = list(dict.fromkeys(r["task"] for r in records))
+    for row in rows.values():
+        row["tasks_average"] = mean(row[t] for t in tasks)
+    group = tuple(k for k in knobs if k != x)
+    return [_metric_grid(list(rows.values()), x, group, tasks + ["tasks_average"], f"Accuracy (%) per task vs {x}")]
+
+
 FIGURES = {"guidance_sweep": guidance_figures, "interpolation": interpolation_figures,
-           "recon_vs_prior": recon_figures, "trajectory": trajectory_figures}
+           "recon_vs_prior": recon_figures, "trajectory": trajectory_figures, "bench": bench_figures}
 
 
 def _table(records: list[dict]) -> str:

@@ -34,9 +34,11 @@ from safetensors.torch import load_file, save_file
 from cola_core import ColaModel, load_pretrained
 from cola_core.pocket import default_checkpoint
 
+from ..distributed import barrier, local_device, on_rank0, process_group
 from ..io import write_text_atomic
 from .kinds import RUNNERS, Context, Item
 from .spec import SEMANTIC_INSTALL, Spec, load_spec, parse_spec, semantic_available
+from ..errors import WorkbenchError
 from .values import SpecError
 
 PACKAGES = ("torch", "numpy", "safetensors", "tokenizers", "plotly", "cola-workbench", "umap-learn",
@@ -78,37 +80,6 @@ def _jsonl(records: list[dict]) -> str:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
 
 
-# -- distributed -------------------------------------------------------------------------------------------
-def _process_group() -> tuple[int, int, bool]:
-    """(rank, world, created): join torchrun's group when WORLD_SIZE > 1 (gloo)."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size(), False
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1:
-        dist.init_process_group("gloo")
-        return dist.get_rank(), world, True
-    return 0, 1, False
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        dist.barrier()
-
-
-def _on_rank0(rank: int, world: int, fn: Callable[[], None]) -> None:
-    """Run a check on rank 0 and raise its SpecError on every rank (so no rank waits forever)."""
-    message = [None]
-    if rank == 0:
-        try:
-            fn()
-        except SpecError as exc:
-            message = [str(exc)]
-    if world > 1:
-        dist.broadcast_object_list(message, src=0)
-    if message[0] is not None:
-        raise SpecError(message[0])
-
-
 # -- environment ---------------------------------------------------------------------------------------------
 def environment(model: ColaModel, spec: Spec, world: int, notes: list[str]) -> dict:
     """Versions, checkpoint identity, seeds and notes of a run."""
@@ -140,11 +111,8 @@ def default_out(spec: Spec) -> Path:
 
 
 def _load_model(spec: Spec, checkpoint: str | Path | None, device: str | None, dtype: str | None) -> ColaModel:
-    device = device or spec["device"]
-    if str(device).startswith("cuda") and "LOCAL_RANK" in os.environ and ":" not in str(device):
-        device = f"cuda:{os.environ['LOCAL_RANK']}"
     path = checkpoint or spec["checkpoint"] or default_checkpoint()
-    return load_pretrained(path, device=device, dtype=dtype or spec["dtype"])
+    return load_pretrained(path, device=local_device(device or spec["device"]), dtype=dtype or spec["dtype"])
 
 
 # -- the run -----------------------------------------------------------------------------------------------------
@@ -162,23 +130,23 @@ def run(spec: Spec | str | Path | Mapping[str, Any], out: str | Path | None = No
     out = Path(out) if out is not None else default_out(spec)
     runner = RUNNERS[spec.kind]
     items = runner.items(spec)
-    rank, world, created = _process_group()
+    rank, world, created = process_group()
     try:
-        _on_rank0(rank, world, lambda: _check_folder(out, spec))
+        on_rank0(rank, world, lambda: _check_folder(out, spec))
         model = model or _load_model(spec, checkpoint, device, dtype)
         notes = _run_notes(spec)
-        _on_rank0(rank, world, lambda: _write_environment(out, model, spec, world, notes))
+        on_rank0(rank, world, lambda: _write_environment(out, model, spec, world, notes))
         done = _done_keys(out)
         mine = [it for it in items if it.index % world == rank]
         todo = [it for it in mine if it.key not in done]
         ran = _run_items(Context(model=model, spec=spec), todo, out, rank, log)
-        _barrier(world)
+        barrier(world)
         records: list[dict] = []
         if rank == 0:
             records = merge(out, items)
             from .report import write_report   # noqa: PLC0415 (plotly is imported only here)
             write_report(out, spec, records, notes)
-        _barrier(world)
+        barrier(world)
         return RunResult(path=out, records=records, ran=ran, skipped=len(mine) - len(todo), rank=rank)
     finally:
         if created:

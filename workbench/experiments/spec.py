@@ -112,6 +112,13 @@ def _path(key: str, raw: Any) -> str:
     return value
 
 
+def _folder(key: str, raw: Any) -> str:
+    value = scalar(key, raw, str)
+    if not Path(value).expanduser().is_dir():
+        raise SpecError(f"{key}: folder {value!r} does not exist")
+    return value
+
+
 def _corpus(key: str, raw: Any) -> str:
     value = _path(key, raw)
     try:
@@ -190,6 +197,19 @@ SCHEMAS: dict[str, dict[str, Key]] = {
         "fields": sweep(str, ["z", "x0_pred", "v_cond", "v_uncond"], choices=STEP_FIELDS),
         **GENERATION,
     },
+}
+SCHEMAS["bench"] = {   # the model card's benchmark over a knob grid; one item = one (guidance, steps, solver)
+    "tasks_dir": Key(_folder, REQUIRED, "folder of <task>.jsonl files"),
+    "tasks": sweep(str, None, help="task names (default: every task file of tasks_dir)"),
+    "max_samples": one(int, optional=True, low=1, help="first N items per task (default: the official 1000)"),
+    "batch_size": one(int, 20, low=1),
+    "guidance": sweep(float, [7.0], low=0.0),
+    "steps": sweep(int, [16], low=1),
+    "solver": sweep(str, ["euler"], choices=SOLVERS),
+    # a guidance_variant sweep key (CFG rescale, interval guidance) joins here once the sampler has variants
+    "seed": one(int, optional=True, help="per-sample noise seed base (default: the official 66)"),
+    "protocol": one(str, "official", help="official (untrimmed text, as the model card) or completion"),
+    **{k: GENERATION[k] for k in ("max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty")},
 }
 KINDS = tuple(SCHEMAS)
 
@@ -304,6 +324,14 @@ def _check(spec: Spec) -> None:
         raise SpecError("give exactly one of 'texts' (a list) or 'corpus' (a file)")
     if spec.kind == "interpolation" and any(not math.isfinite(a) for a in p["alphas"]):
         raise SpecError("alphas must be finite")
+    if spec.kind == "bench":
+        from ..bench.tasks import BenchError   # noqa: PLC0415 (workbench.bench builds on this package)
+        try:
+            for guidance, steps, solver in itertools.product(p["guidance"], p["steps"], p["solver"]):
+                bench_config(p, guidance=guidance, steps=steps, solver=solver).validate()
+            bench_items(spec)
+        except BenchError as exc:
+            raise SpecError(str(exc)) from None
 
 
 def _as_list(value: Any) -> list:
@@ -313,3 +341,19 @@ def _as_list(value: Any) -> list:
 def generation_config(params: Mapping[str, Any], **overrides: Any) -> GenerationConfig:
     """Validated GenerationConfig from a spec's generation keys plus per-item overrides (guidance, steps, seed)."""
     return GenerationConfig().with_knobs(**{**{k: params[k] for k in GENERATION}, **overrides})
+
+
+def bench_config(params: Mapping[str, Any], **overrides: Any):
+    """The BenchConfig of a bench spec for one (guidance, steps, solver)."""
+    from ..bench import BenchConfig   # noqa: PLC0415
+    fields = ("seed", "protocol", "max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty")
+    return BenchConfig(**{k: params[k] for k in fields if params[k] is not None}, **overrides)
+
+
+def bench_items(spec: Spec) -> dict:
+    """``{task: items}`` of a bench spec, validated (every problem names its file and line)."""
+    from ..bench import find_task_files, load_items   # noqa: PLC0415
+    from ..bench.runner import OFFICIAL_MAX_SAMPLES   # noqa: PLC0415
+    files = find_task_files(Path(spec["tasks_dir"]).expanduser(), spec["tasks"])
+    limit = spec["max_samples"] or OFFICIAL_MAX_SAMPLES
+    return {task: load_items(path, task, limit) for task, path in files.items()}

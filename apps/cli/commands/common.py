@@ -80,13 +80,18 @@ def resolve_seed(seed: int | None) -> int:
     return seed
 
 
+def apply_threads(args: argparse.Namespace) -> None:
+    """Apply ``--threads`` (if given) to torch's intra-op pool."""
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
+
+
 def _prepare(args: argparse.Namespace):
     """Validate device and dtype and apply --threads before any weights load."""
-    import torch
-
     from cola_core.checkpoint import parse_device, parse_dtype
-    if getattr(args, "threads", None):
-        torch.set_num_threads(args.threads)
+
+    apply_threads(args)
     return parse_device(args.device), parse_dtype(args.dtype)
 
 

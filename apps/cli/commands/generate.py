@@ -35,8 +35,9 @@ def run(args: argparse.Namespace) -> int:
                  temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                  repetition_penalty=args.repetition_penalty)
     GenerationConfig().with_knobs(**knobs)   # fail on bad knobs before loading any weights
-    seed = resolve_seed(args.seed)
-    for result in load_workbench(args).generate(args.prompts, seed=seed, **knobs):
+    wb = load_workbench(args)
+    seed = resolve_seed(args.seed)   # printed once the run can start, so an error stays one line
+    for result in wb.generate(args.prompts, seed=seed, **knobs):
         if args.json:
             print(json.dumps({"prompt": result.prompt, "completion": result.completion, "text": result.text,
                               "token_ids": result.token_ids, "stopped_at_eos": result.stopped_at_eos, "seed": seed},

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from .common import PORT, UsageError, add_command, add_model_args, int_in_range
+from .common import PORT, UsageError, add_command, add_model_args, apply_threads, int_in_range
 
 
 def _auth(text: str) -> tuple[str, str]:
@@ -38,9 +38,7 @@ def run(args: argparse.Namespace) -> int:
 
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     parse_device(args.device), parse_dtype(args.dtype)   # bad values fail before gradio or weights load
-    if args.threads:
-        import torch
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     checkpoint = args.checkpoint or default_checkpoint()  # a missing pocket checkpoint fails here too
     if args.corpus is not None and not os.path.isfile(args.corpus):
         raise UsageError(f"--corpus: file not found: {args.corpus}")
