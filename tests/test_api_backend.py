@@ -8,15 +8,17 @@ import threading
 import pytest
 import torch
 
-from apps.api.backend import ChoiceText, GenerationBackend, Job
+from apps.api.backend import ChoiceText, GenerationBackend, Job, sample_id
 from apps.api.server import check_bind
+from apps.api.stops import StopScanner, StopStrings
 from cola_core.generate import GenerationConfig, generate
 
 TEXT = "héllo wörld — 日本 ok"
 
 
 def _choice(tok, stops=(), max_tokens=100, trim=0) -> ChoiceText:
-    return ChoiceText(tok, trim=trim, stop_ids=frozenset(tok.stop_ids), stops=tuple(stops), max_tokens=max_tokens)
+    return ChoiceText(tok, trim=trim, stop_ids=frozenset(tok.stop_ids), scanner=StopScanner(StopStrings(stops)),
+                      max_tokens=max_tokens)
 
 
 def _feed(choice: ChoiceText, ids: list[int]) -> list[str]:
@@ -117,7 +119,8 @@ def test_run_yields_one_update_list_per_block_and_matches_generate(tiny_model):
     run = backend.open(_job(prompts))
     batches, texts = _texts(run)
     assert len(batches) == run.sampler.blocks_done + 1 == run.sampler.num_blocks + 1
-    reference = generate(tiny_model, prompts, steps=4, max_new_tokens=12, seed=3)
+    sample_ids = [sample_id(tiny_model.tokenizer.encode(p), 0) for p in prompts]
+    reference = generate(tiny_model, prompts, steps=4, max_new_tokens=12, seed=3, sample_ids=sample_ids)
     stop_ids = tiny_model.tokenizer.stop_ids
     for text, choice, ref in zip(texts, run.choices, reference):
         ids = ref.token_ids[:12]
