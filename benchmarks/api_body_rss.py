@@ -5,9 +5,10 @@
 
 Each case starts a fresh server (default 1 MiB body cap) and sends the same rejected request again and
 again from ``--clients`` parallel connections, reading the server's VmRSS every ``--every`` requests.
-Cases: a 10 MB body declared by Content-Length (413), a 2 MB chunked body (413 while streaming), and
-bodies just under the cap that the schema rejects (five ~200k-character stop strings, ASCII and CJK; a
-chat message with a lone surrogate; a valid chat message far beyond the model's context).
+Cases: a 10 MB body declared by Content-Length (413), a 2 MB chunked body (413 while streaming), bodies
+just under the cap that are rejected (five ~200k-character stop strings, ASCII and CJK; a chat message
+with a lone surrogate; a valid 1 MB chat message), and a valid 64k-character chat message that is
+tokenised and then found too long for the model's context.
 """
 from __future__ import annotations
 
@@ -40,9 +41,9 @@ def _surrogate_chat_body() -> bytes:
     return b'{"model": "cola-dlm", "max_tokens": 4, "messages": [{"role": "user", "content": "' + text.encode() + b'"}]}'
 
 
-def _long_chat_body() -> bytes:
-    """A valid chat request just under the cap, far longer than the model's context (rejected after tokenising)."""
-    text = "The cat sat on the mat. " * ((CAP - 200) // 24)
+def _long_chat_body(chars: int) -> bytes:
+    """A valid chat request with a message of about ``chars`` characters, too long for the model's context."""
+    text = "The cat sat on the mat. " * (chars // 24)
     return json.dumps({"model": "cola-dlm", "max_tokens": 4, "messages": [{"role": "user", "content": text}]}).encode()
 
 
@@ -53,7 +54,8 @@ CASES = {   # name: (route, body, chunked)
     "stops_1mb_ascii_rejected": (COMPLETIONS, _stops_body("a"), False),
     "stops_1mb_cjk_rejected": (COMPLETIONS, _stops_body("\u65e5"), False),
     "surrogate_chat_1mb_rejected": (CHAT, _surrogate_chat_body(), False),
-    "long_chat_1mb_rejected": (CHAT, _long_chat_body(), False),
+    "long_chat_1mb_rejected": (CHAT, _long_chat_body(CAP - 200), False),
+    "long_chat_64k_rejected": (CHAT, _long_chat_body(64_000), False),
 }
 
 
