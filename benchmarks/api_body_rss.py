@@ -38,7 +38,8 @@ def _stops_body(char: str) -> bytes:
 def _surrogate_chat_body() -> bytes:
     """A chat request just under the cap whose message holds a lone surrogate (not valid Unicode)."""
     text = "a" * (CAP - 200) + "\\ud800"
-    return b'{"model": "cola-dlm", "max_tokens": 4, "messages": [{"role": "user", "content": "' + text.encode() + b'"}]}'
+    head = b'{"model": "cola-dlm", "max_tokens": 4, "messages": [{"role": "user", "content": "'
+    return head + text.encode() + b'"}]}'
 
 
 def _long_chat_body(chars: int) -> bytes:

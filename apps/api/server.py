@@ -155,7 +155,8 @@ def _as_backend(source: ColaModel | GenerationBackend, model_id: str) -> Generat
         return source
     if isinstance(source, ColaModel):
         return GenerationBackend(source, model_id=model_id)
-    raise TypeError(f"expected a ColaModel or GenerationBackend (or a loader returning one), got {type(source).__name__}")
+    raise TypeError("expected a ColaModel or GenerationBackend (or a loader returning one), "
+                    f"got {type(source).__name__}")
 
 
 def _model_card(backend: GenerationBackend) -> dict:
