@@ -178,3 +178,42 @@ def test_non_loopback_hosts_require_a_key(host):
     with pytest.raises(ValueError, match="without an API key"):
         check_bind(host, "")
     check_bind(host, "sk-secret")
+
+
+# -- a prompt's answer does not depend on its place in a multi-prompt request ------------------------------------
+
+def _answers(backend, prompts, n=1, **knobs) -> list[str]:
+    job = dataclasses.replace(_job(prompts, **knobs), n=n)
+    return _texts(backend.open(job))[1]
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.9])
+def test_a_prompt_gets_the_same_text_alone_and_at_any_position_of_any_batch(tiny_model, temperature):
+    backend = GenerationBackend(tiny_model)
+    prompts = ["The cat sat", "A dog ran far away from the house", "x", "Once upon a time"]
+    alone = [_answers(backend, [p], temperature=temperature)[0] for p in prompts]
+    assert _answers(backend, prompts, temperature=temperature) == alone
+    assert _answers(backend, prompts[::-1], temperature=temperature) == alone[::-1]
+    assert _answers(backend, prompts[2:] + prompts[:1], temperature=temperature) == alone[2:] + alone[:1]
+    with_choices = _answers(backend, prompts[1:3], n=2, temperature=temperature)
+    assert with_choices[::2] == alone[1:3]                     # choice 0 of each prompt is the prompt alone
+    assert _answers(backend, [prompts[2]], n=2, temperature=temperature) == with_choices[2:]
+    assert len(set(alone)) == len(alone)
+
+
+def test_token_id_prompts_answer_like_their_text(tiny_model):
+    backend = GenerationBackend(tiny_model)
+    assert _answers(backend, [tiny_model.tokenizer.encode("The cat sat"), "A"]) == _answers(backend, ["The cat sat", "A"])
+
+
+def test_sample_ids_differ_per_choice_and_keep_every_generator_seed_in_range():
+    from apps.api.backend import TOKEN_SEED_OFFSET
+    from apps.api.schemas import MAX_SEED
+    from cola_core.config import MAX_POSITIONS
+
+    ids = list(range(300))
+    assert len({sample_id(ids, choice) for choice in range(8)}) == 8
+    assert sample_id(ids, 0) == sample_id(list(ids), 0) != sample_id(ids[:-1], 0)
+    largest = MAX_SEED + 1000 * (2 ** 32 - 1) + 10_000_000 * MAX_POSITIONS + TOKEN_SEED_OFFSET
+    assert largest < 2 ** 63
+    torch.Generator().manual_seed(largest)

@@ -116,6 +116,7 @@ CASES = [
     Case("docs_without_key", "/docs", None, 401, method="GET", headers={}),
     Case("openapi_without_key", "/openapi.json", None, 401, method="GET", headers={}),
     Case("redoc_is_gone", "/redoc", None, 404, method="GET", headers={}),
+    Case("docs_with_key", "/docs", None, 200, method="GET", headers=AUTH),
     Case("openapi_with_key", "/openapi.json", None, 200, method="GET", headers=AUTH,
          check=lambda data, _: data["paths"]["/v1/completions"]),
     Case("health_is_open", "/health", None, 200, method="GET", headers={}),
