@@ -62,3 +62,6 @@ def wait_in_flight(url: str, count: int) -> None:
     while json.loads(raw(url, "GET", "/health")[2])["in_flight"] != count:
         assert time.monotonic() < deadline, f"never reached {count} requests in flight"
         time.sleep(0.01)
+
+
+DOS_STOPS = ["ab" * 125_000] * 4   # issue #14: four ~250k-character stop strings (with n = 8, max_tokens 1024)

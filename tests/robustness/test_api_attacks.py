@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 import pytest
 from fastapi.testclient import TestClient
 
-from api_test_utils import assert_openai_error
+from api_test_utils import DOS_STOPS, assert_openai_error
 from apps.api import GenerationBackend, create_app
 from apps.api.schemas import MAX_SEED, MAX_STOP_CHARS, MAX_STOPS
 from cola_core.generate import GenerationConfig
@@ -96,7 +96,6 @@ def tokens_of_test(data: dict, backend: RecordingBackend) -> None:
     assert data["tokens"] == backend.tokenizer.encode("test") and data["count"] == len(data["tokens"])
 
 
-DOS_STOPS = ["ab" * 125_000] * 4      # the request: four ~250k-character stops, n = 8, max_tokens 1024
 HARNESS_UNTIL = ["\n\n", "Question:", "</s>", "<|im_end|>", "Q:", "<|endoftext|>"]   # 5 `until` + the EOS
 
 CASES = [
