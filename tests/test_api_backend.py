@@ -203,7 +203,8 @@ def test_a_prompt_gets_the_same_text_alone_and_at_any_position_of_any_batch(tiny
 
 def test_token_id_prompts_answer_like_their_text(tiny_model):
     backend = GenerationBackend(tiny_model)
-    assert _answers(backend, [tiny_model.tokenizer.encode("The cat sat"), "A"]) == _answers(backend, ["The cat sat", "A"])
+    ids = tiny_model.tokenizer.encode("The cat sat")
+    assert _answers(backend, [ids, "A"]) == _answers(backend, ["The cat sat", "A"])
 
 
 def test_sample_ids_differ_per_choice_and_keep_every_generator_seed_in_range():
