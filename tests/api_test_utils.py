@@ -1,4 +1,5 @@
-"""Helpers for the API tests: a live uvicorn server in a thread, raw HTTP requests, OpenAI error checks."""
+"""Helpers for the API tests: a live uvicorn server in a thread, raw HTTP requests, OpenAI error checks, a
+backend that records the jobs it opens."""
 from __future__ import annotations
 
 import http.client
@@ -7,8 +8,11 @@ import socket
 import threading
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import uvicorn
+
+from apps.api import GenerationBackend
 
 
 @contextmanager
@@ -65,3 +69,14 @@ def wait_in_flight(url: str, count: int) -> None:
 
 
 DOS_STOPS = ["ab" * 125_000] * 4   # issue #14: four ~250k-character stop strings (with n = 8, max_tokens 1024)
+
+
+@dataclass
+class RecordingBackend(GenerationBackend):
+    """Records every job it opens (what reached tokenising and generation)."""
+
+    opened: list = field(default_factory=list)
+
+    def open(self, job):
+        self.opened.append(job)
+        return super().open(job)

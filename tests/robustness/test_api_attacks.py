@@ -14,8 +14,8 @@ from typing import Callable, Iterator
 import pytest
 from fastapi.testclient import TestClient
 
-from api_test_utils import DOS_STOPS, assert_openai_error
-from apps.api import GenerationBackend, create_app
+from api_test_utils import DOS_STOPS, RecordingBackend, assert_openai_error
+from apps.api import create_app
 from apps.api.schemas import MAX_SEED, MAX_STOP_CHARS, MAX_STOPS
 from cola_core.generate import GenerationConfig
 
@@ -26,17 +26,6 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 NO_KEY = {"Content-Type": "application/json"}
 JSON = {**AUTH, **NO_KEY}
 COMPLETIONS, CHAT = "/v1/completions", "/v1/chat/completions"
-
-
-@dataclass
-class RecordingBackend(GenerationBackend):
-    """Records every job it opens: a rejected request must never get here."""
-
-    opened: list = field(default_factory=list)
-
-    def open(self, job):
-        self.opened.append(job)
-        return super().open(job)
 
 
 @dataclass(frozen=True)
