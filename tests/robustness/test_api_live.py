@@ -109,6 +109,27 @@ def test_full_queue_answers_429_and_frees_up(tiny_model):
         wait_in_flight(url, 0)
 
 
+def test_a_client_that_hangs_up_while_queued_is_never_started(tiny_model):
+    backend = GatedBackend(tiny_model)
+    request = dict(model=MODEL, prompt="The cat sat", max_tokens=8, seed=1, extra_body={"steps": STEPS})
+    with serving(create_app(backend, concurrency=1, queue_size=1)) as url:
+        client = openai.OpenAI(api_key="unused", base_url=f"{url}/v1", max_retries=0, timeout=60)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            running = pool.submit(client.completions.create, **request)
+            wait_in_flight(url, 1)
+            host, port = url.removeprefix("http://").split(":")
+            body = json.dumps({"model": MODEL, "prompt": "A dog", "max_tokens": 8}).encode()
+            with socket.create_connection((host, int(port))) as sock:
+                sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: %d\r\n\r\n" % len(body) + body)
+                wait_in_flight(url, 2)
+            time.sleep(1.0)                                # the server polls for hang-ups every 0.1 s
+            backend.gate.set()
+            assert running.result(timeout=60).choices[0].finish_reason
+        wait_in_flight(url, 0)
+    assert [job.prompts for job in backend.opened] == [["The cat sat"]]   # the queued request never opened
+
+
 class SlowRun:
     """A run that takes 0.2 s per block and records each block it produced."""
 
