@@ -9,7 +9,9 @@ import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import openai
 import pytest
@@ -117,11 +119,7 @@ def test_a_client_that_hangs_up_while_queued_is_never_started(tiny_model):
         with ThreadPoolExecutor(max_workers=1) as pool:
             running = pool.submit(client.completions.create, **request)
             wait_in_flight(url, 1)
-            host, port = url.removeprefix("http://").split(":")
-            body = json.dumps({"model": MODEL, "prompt": "A dog", "max_tokens": 8}).encode()
-            with socket.create_connection((host, int(port))) as sock:
-                sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
-                             b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            with posted(url, {"model": MODEL, "prompt": "A dog", "max_tokens": 8}):
                 wait_in_flight(url, 2)
             time.sleep(1.0)                                # the server polls for hang-ups every 0.1 s
             backend.gate.set()
@@ -150,20 +148,34 @@ class SlowBackend(GenerationBackend):
     def open(self, job):
         return SlowRun(super().open(job), self.produced)
 
+    def blocks_of_a_full_run(self, url: str) -> int:
+        """Blocks produced for SLOW_REQUEST answered in full (then forgotten)."""
+        status, _, _ = raw(url, "POST", "/v1/completions", json.dumps(SLOW_REQUEST).encode(),
+                           {"Content-Type": "application/json"})
+        full, self.produced[:] = len(self.produced), []
+        assert status == 200 and full >= 8
+        return full
+
+
+SLOW_REQUEST = {"model": MODEL, "prompt": "The cat sat", "max_tokens": 48, "seed": 1, "steps": STEPS}
+
+
+@contextmanager
+def posted(url: str, request: dict) -> Iterator[socket.socket]:
+    """A raw connection that sent ``request`` to /v1/completions; leaving the block hangs up."""
+    host, port = url.removeprefix("http://").split(":")
+    body = json.dumps(request).encode()
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        yield sock
+
 
 def test_a_client_that_hangs_up_stops_its_non_streaming_request(tiny_model):
     backend = SlowBackend(tiny_model)
-    request = {"model": MODEL, "prompt": "The cat sat", "max_tokens": 48, "seed": 1, "steps": STEPS}
     with serving(create_app(backend)) as url:
-        status, _, _ = raw(url, "POST", "/v1/completions", json.dumps(request).encode(),
-                           {"Content-Type": "application/json"})
-        full, backend.produced[:] = len(backend.produced), []
-        assert status == 200 and full >= 8
-        host, port = url.removeprefix("http://").split(":")
-        body = json.dumps(request).encode()
-        with socket.create_connection((host, int(port))) as sock:
-            sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
-                         b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        full = backend.blocks_of_a_full_run(url)
+        with posted(url, SLOW_REQUEST):
             wait_in_flight(url, 1)
             time.sleep(0.3)
         wait_in_flight(url, 0)
@@ -195,17 +207,9 @@ def test_the_dos_request_is_refused_while_the_only_worker_serves_another_client(
 
 def test_a_client_that_hangs_up_mid_stream_stops_its_generation(tiny_model):
     backend = SlowBackend(tiny_model)
-    request = {"model": MODEL, "prompt": "The cat sat", "max_tokens": 48, "seed": 1, "steps": STEPS}
     with serving(create_app(backend)) as url:
-        status, _, _ = raw(url, "POST", "/v1/completions", json.dumps(request).encode(),
-                           {"Content-Type": "application/json"})
-        full, backend.produced[:] = len(backend.produced), []
-        assert status == 200 and full >= 8
-        host, port = url.removeprefix("http://").split(":")
-        body = json.dumps({**request, "stream": True}).encode()
-        with socket.create_connection((host, int(port))) as sock:
-            sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
-                         b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        full = backend.blocks_of_a_full_run(url)
+        with posted(url, {**SLOW_REQUEST, "stream": True}) as sock:
             received = b""
             while b"data: " not in received:                # the first block's event arrived
                 received += sock.recv(65536)
