@@ -72,7 +72,6 @@ def create_app(model_or_loader: Source, api_key: str | None = None, *, max_body_
     app = FastAPI(title="Cola DLM (OpenAI-compatible)", lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None)
     app.state.backend = None if callable(model_or_loader) else _as_backend(model_or_loader, model_id)
-    app.state.generation = generation
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     auth = [Depends(_bearer_auth(api_key))]
