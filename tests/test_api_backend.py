@@ -8,15 +8,17 @@ import threading
 import pytest
 import torch
 
-from apps.api.backend import ChoiceText, GenerationBackend, Job
+from apps.api.backend import ChoiceText, GenerationBackend, Job, sample_id
 from apps.api.server import check_bind
+from apps.api.stops import StopScanner, StopStrings
 from cola_core.generate import GenerationConfig, generate
 
 TEXT = "héllo wörld — 日本 ok"
 
 
 def _choice(tok, stops=(), max_tokens=100, trim=0) -> ChoiceText:
-    return ChoiceText(tok, trim=trim, stop_ids=frozenset(tok.stop_ids), stops=tuple(stops), max_tokens=max_tokens)
+    return ChoiceText(tok, trim=trim, stop_ids=frozenset(tok.stop_ids), scanner=StopScanner(StopStrings(stops)),
+                      max_tokens=max_tokens)
 
 
 def _feed(choice: ChoiceText, ids: list[int]) -> list[str]:
@@ -117,7 +119,8 @@ def test_run_yields_one_update_list_per_block_and_matches_generate(tiny_model):
     run = backend.open(_job(prompts))
     batches, texts = _texts(run)
     assert len(batches) == run.sampler.blocks_done + 1 == run.sampler.num_blocks + 1
-    reference = generate(tiny_model, prompts, steps=4, max_new_tokens=12, seed=3)
+    sample_ids = [sample_id(tiny_model.tokenizer.encode(p), 0) for p in prompts]
+    reference = generate(tiny_model, prompts, steps=4, max_new_tokens=12, seed=3, sample_ids=sample_ids)
     stop_ids = tiny_model.tokenizer.stop_ids
     for text, choice, ref in zip(texts, run.choices, reference):
         ids = ref.token_ids[:12]
@@ -175,3 +178,43 @@ def test_non_loopback_hosts_require_a_key(host):
     with pytest.raises(ValueError, match="without an API key"):
         check_bind(host, "")
     check_bind(host, "sk-secret")
+
+
+# -- a prompt's answer does not depend on its place in a multi-prompt request ------------------------------------
+
+def _answers(backend, prompts, n=1, **knobs) -> list[str]:
+    job = dataclasses.replace(_job(prompts, **knobs), n=n)
+    return _texts(backend.open(job))[1]
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.9])
+def test_a_prompt_gets_the_same_text_alone_and_at_any_position_of_any_batch(tiny_model, temperature):
+    backend = GenerationBackend(tiny_model)
+    prompts = ["The cat sat", "A dog ran far away from the house", "x", "Once upon a time"]
+    alone = [_answers(backend, [p], temperature=temperature)[0] for p in prompts]
+    assert _answers(backend, prompts, temperature=temperature) == alone
+    assert _answers(backend, prompts[::-1], temperature=temperature) == alone[::-1]
+    assert _answers(backend, prompts[2:] + prompts[:1], temperature=temperature) == alone[2:] + alone[:1]
+    with_choices = _answers(backend, prompts[1:3], n=2, temperature=temperature)
+    assert with_choices[::2] == alone[1:3]                     # choice 0 of each prompt is the prompt alone
+    assert _answers(backend, [prompts[2]], n=2, temperature=temperature) == with_choices[2:]
+    assert len(set(alone)) == len(alone)
+
+
+def test_token_id_prompts_answer_like_their_text(tiny_model):
+    backend = GenerationBackend(tiny_model)
+    ids = tiny_model.tokenizer.encode("The cat sat")
+    assert _answers(backend, [ids, "A"]) == _answers(backend, ["The cat sat", "A"])
+
+
+def test_sample_ids_differ_per_choice_and_keep_every_generator_seed_in_range():
+    from apps.api.backend import TOKEN_SEED_OFFSET
+    from apps.api.schemas import MAX_SEED
+    from cola_core.config import MAX_POSITIONS
+
+    ids = list(range(300))
+    assert len({sample_id(ids, choice) for choice in range(8)}) == 8
+    assert sample_id(ids, 0) == sample_id(list(ids), 0) != sample_id(ids[:-1], 0)
+    largest = MAX_SEED + 1000 * (2 ** 32 - 1) + 10_000_000 * MAX_POSITIONS + TOKEN_SEED_OFFSET
+    assert largest < 2 ** 63
+    torch.Generator().manual_seed(largest)

@@ -1,21 +1,14 @@
 """The OpenAI-compatible server, live on 127.0.0.1, driven by the official ``openai`` client."""
 from __future__ import annotations
 
-import http.client
 import json
-import socket
-import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 
 import openai
 import pytest
-import uvicorn
 
+from api_test_utils import assert_openai_error, raw, serving
 from apps.api import GenerationBackend, create_app
-from cola_core.errors import GenerationError
+from apps.api.backend import sample_id
 from cola_core.generate import generate
 
 KEY = "sk-test-0123456789"
@@ -24,50 +17,6 @@ STEPS = 4
 MAX_TOKENS = 12
 BODY_CAP = 32 * 1024
 TOKENS_CAP = 64
-
-
-@contextmanager
-def serving(app):
-    """Run ``app`` under uvicorn in a background thread on a free loopback port; yield the base URL."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
-
-
-def raw(url: str, method: str, path: str, body: bytes | None = None, headers: dict | None = None,
-        chunked: bool = False) -> tuple[int, dict, bytes]:
-    """A plain HTTP request (no client conveniences): status, lower-cased headers, body."""
-    host, port = url.removeprefix("http://").split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=30)
-    try:
-        conn.request(method, path, body=iter([body[i:i + 4096] for i in range(0, len(body), 4096)]) if chunked
-                     else body, headers=headers or {}, encode_chunked=chunked)
-        response = conn.getresponse()
-        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
-    finally:
-        conn.close()
-
-
-def assert_openai_error(body: bytes | dict, param: str | None = None, code: str | None = None) -> dict:
-    error = (json.loads(body) if isinstance(body, bytes) else body)["error"]
-    assert set(error) == {"message", "type", "param", "code"} and error["message"] and error["type"]
-    if param is not None:
-        assert error["param"] == param
-    if code is not None:
-        assert error["code"] == code
-    return error
 
 
 @pytest.fixture(scope="module")
@@ -83,11 +32,16 @@ def client(server):
     return openai.OpenAI(api_key=KEY, base_url=f"{server}/v1", max_retries=0, timeout=60)
 
 
-def expected(model, prompts: list[str], n: int = 1, seed: int = 7, max_tokens: int = MAX_TOKENS, **knobs):
-    """What the server must answer: generate() on rows (prompt x n, sample ids 0..), cut at EOS/im_end."""
-    rows = [p for p in prompts for _ in range(n)]
+def expected(model, prompts: list[str | list[int]], n: int = 1, seed: int = 7, max_tokens: int = MAX_TOKENS,
+             **knobs):
+    """What the server must answer (greedy): generate() on rows (prompt x n) with the API's sample ids,
+    cut at EOS/im_end."""
+    ids_of = [model.tokenizer.encode(p) if isinstance(p, str) else p for p in prompts]
+    rows = [ids for ids in ids_of for _ in range(n)]
+    sample_ids = [sample_id(ids, choice) for ids in ids_of for choice in range(n)]
     out = []
-    for result in generate(model, rows, steps=STEPS, max_new_tokens=max_tokens, seed=seed, **knobs):
+    for result in generate(model, rows, steps=STEPS, max_new_tokens=max_tokens, seed=seed, sample_ids=sample_ids,
+                           **knobs):
         ids = result.token_ids[:max_tokens]
         cut = next((i for i, t in enumerate(ids) if t in model.tokenizer.stop_ids), len(ids))
         stopped = cut < len(ids) or result.stopped_at_eos
@@ -208,68 +162,6 @@ def test_requests_without_or_with_a_wrong_key_get_401(server):
         assert_openai_error(info.value.response.json(), code="invalid_api_key")
 
 
-@pytest.mark.parametrize("extra, error, status, param", [
-    ({"temperature": -1}, openai.UnprocessableEntityError, 422, "temperature"),
-    ({"top_p": 0}, openai.UnprocessableEntityError, 422, "top_p"),
-    ({"n": 100}, openai.UnprocessableEntityError, 422, "n"),
-    ({"stop": ["a", "b", "c", "d", "e"]}, openai.UnprocessableEntityError, 422, "stop"),
-    ({"extra_body": {"steps": 0}}, openai.UnprocessableEntityError, 422, "steps"),
-    ({"extra_body": {"guidance_scale": "high"}}, openai.UnprocessableEntityError, 422, "guidance_scale"),
-    ({"max_tokens": TOKENS_CAP + 1}, openai.BadRequestError, 400, "max_tokens"),
-    ({"max_tokens": 0}, openai.UnprocessableEntityError, 422, "max_tokens"),
-    ({"logprobs": True}, openai.BadRequestError, 400, "logprobs"),
-    ({"model": "gpt-4o"}, openai.NotFoundError, 404, "model"),
-])
-def test_bad_parameters_get_openai_errors(client, extra, error, status, param):
-    kwargs = {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 4, **extra}
-    with pytest.raises(error) as info:
-        client.chat.completions.create(**kwargs)
-    assert info.value.status_code == status
-    assert_openai_error(info.value.response.json(), param=param)
-
-
-def test_bad_message_and_prompt_shapes_name_the_field(client):
-    with pytest.raises(openai.UnprocessableEntityError) as info:
-        client.chat.completions.create(model=MODEL, messages=[{"role": "wizard", "content": "x"}])
-    assert_openai_error(info.value.response.json(), param="messages.0.role")
-    with pytest.raises(openai.UnprocessableEntityError) as info:
-        client.chat.completions.create(model=MODEL, messages=[])
-    assert_openai_error(info.value.response.json(), param="messages")
-    with pytest.raises(openai.UnprocessableEntityError) as info:
-        client.completions.create(model=MODEL, prompt=[1, 2, 3])
-    assert_openai_error(info.value.response.json(), param="prompt")
-    with pytest.raises(openai.BadRequestError) as info:
-        client.completions.create(model=MODEL, prompt="x", echo=True)
-    assert_openai_error(info.value.response.json(), param="echo", code="unsupported_parameter")
-
-
-def test_unparseable_json_is_400(server):
-    status, _, data = raw(server, "POST", "/v1/completions", b"{not json",
-                          {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
-    assert status == 400
-    assert_openai_error(data, code="json_invalid")
-
-
-def test_bodies_over_the_cap_get_413_declared_or_chunked(server, client):
-    with pytest.raises(openai.APIStatusError) as info:
-        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x" * BODY_CAP}])
-    assert info.value.status_code == 413
-    assert_openai_error(info.value.response.json(), code="request_too_large")
-    body = json.dumps({"model": MODEL, "prompt": "x" * BODY_CAP}).encode()
-    status, _, data = raw(server, "POST", "/v1/completions", body,
-                          {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}, chunked=True)
-    assert status == 413
-    assert_openai_error(data, code="request_too_large")
-
-
-def test_unknown_routes_get_404_json(server):
-    for method, path, headers in (("GET", "/v1/engines", {"Authorization": f"Bearer {KEY}"}),
-                                  ("POST", "/nope", {})):
-        status, headers_out, data = raw(server, method, path, b"{}" if method == "POST" else None, headers)
-        assert status == 404 and headers_out["content-type"] == "application/json"
-        assert assert_openai_error(data, code="unknown_url")["type"] == "not_found_error"
-
-
 def test_a_loader_is_called_once_at_startup(tiny_model):
     calls = []
     app = create_app(lambda: calls.append(1) or tiny_model, model_id="tiny")
@@ -286,149 +178,3 @@ def test_a_loader_is_called_once_at_startup(tiny_model):
 def test_bad_server_settings_are_refused(tiny_model, kwargs, message):
     with pytest.raises(ValueError, match=message):
         create_app(tiny_model, **kwargs)
-
-
-# -- the bounded queue -----------------------------------------------------------------------------------
-
-@dataclass
-class GatedBackend(GenerationBackend):
-    """Generation waits at a gate, so the test controls how many requests are in flight."""
-
-    gate: threading.Event = field(default_factory=threading.Event)
-
-    def open(self, job):
-        assert self.gate.wait(timeout=30), "test gate never opened"
-        return super().open(job)
-
-
-def _wait_in_flight(url: str, count: int) -> None:
-    deadline = time.monotonic() + 30
-    while json.loads(raw(url, "GET", "/health")[2])["in_flight"] != count:
-        assert time.monotonic() < deadline, f"never reached {count} requests in flight"
-        time.sleep(0.01)
-
-
-def test_full_queue_answers_429_and_frees_up(tiny_model):
-    backend = GatedBackend(tiny_model)
-    app = create_app(backend, concurrency=1, queue_size=1)
-    kwargs = dict(model=MODEL, prompt="The cat sat", max_tokens=8, seed=1, extra_body={"steps": STEPS})
-    with serving(app) as url:
-        client = openai.OpenAI(api_key="unused", base_url=f"{url}/v1", max_retries=0, timeout=60)
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            running = pool.submit(client.completions.create, **kwargs)
-            _wait_in_flight(url, 1)
-            queued = pool.submit(client.completions.create, stream=True, **kwargs)
-            _wait_in_flight(url, 2)
-            with pytest.raises(openai.RateLimitError) as info:
-                client.completions.create(**kwargs)
-            assert info.value.status_code == 429 and info.value.response.headers["retry-after"] == "1"
-            assert_openai_error(info.value.response.json(), code="queue_full")["type"] == "rate_limit_error"
-            backend.gate.set()
-            first = running.result(timeout=60).choices[0].text
-            streamed = "".join(c.choices[0].text for c in queued.result(timeout=60) if c.choices)
-        assert first == streamed == client.completions.create(**kwargs).choices[0].text
-        _wait_in_flight(url, 0)
-
-
-class SlowRun:
-    """A run that takes 0.2 s per block and records each block it produced."""
-
-    def __init__(self, run, produced: list):
-        self.run, self.choices, self.prompt_tokens, self.produced = run, run.choices, run.prompt_tokens, produced
-
-    def updates(self, cancel=None):
-        for updates in self.run.updates(cancel):
-            self.produced.append(updates)
-            time.sleep(0.2)
-            yield updates
-
-
-@dataclass
-class SlowBackend(GenerationBackend):
-    produced: list = field(default_factory=list)
-
-    def open(self, job):
-        return SlowRun(super().open(job), self.produced)
-
-
-def test_a_client_that_hangs_up_stops_its_non_streaming_request(tiny_model):
-    backend = SlowBackend(tiny_model)
-    request = {"model": MODEL, "prompt": "The cat sat", "max_tokens": 48, "seed": 1, "steps": STEPS}
-    with serving(create_app(backend)) as url:
-        status, _, _ = raw(url, "POST", "/v1/completions", json.dumps(request).encode(),
-                           {"Content-Type": "application/json"})
-        full, backend.produced[:] = len(backend.produced), []
-        assert status == 200 and full >= 8
-        host, port = url.removeprefix("http://").split(":")
-        body = json.dumps(request).encode()
-        with socket.create_connection((host, int(port))) as sock:
-            sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
-                         b"Content-Length: %d\r\n\r\n" % len(body) + body)
-            _wait_in_flight(url, 1)
-            time.sleep(0.3)
-        _wait_in_flight(url, 0)
-    assert 1 <= len(backend.produced) < full // 2
-
-
-class BrokenRun:
-    """A run whose model breaks after the first block."""
-
-    def __init__(self, run):
-        self.run, self.choices, self.prompt_tokens = run, run.choices, run.prompt_tokens
-
-    def updates(self, cancel=None):
-        yield next(self.run.updates(cancel))
-        raise RuntimeError("device fell over")
-
-
-@dataclass
-class FaultyBackend(GenerationBackend):
-    def open(self, job):
-        if job.prompts[0] == "reject":
-            raise GenerationError("prompt plus max_new_tokens needs too many latent positions")
-        return BrokenRun(super().open(job))
-
-
-def test_generation_failures_become_openai_errors(tiny_model):
-    with serving(create_app(FaultyBackend(tiny_model))) as url:
-        client = openai.OpenAI(api_key="unused", base_url=f"{url}/v1", max_retries=0)
-        kwargs = dict(model=MODEL, max_tokens=8, seed=0, extra_body={"steps": STEPS})
-        with pytest.raises(openai.BadRequestError) as info:
-            client.completions.create(prompt="reject", **kwargs)
-        assert "latent positions" in assert_openai_error(info.value.response.json())["message"]
-        with pytest.raises(openai.InternalServerError) as info:
-            client.completions.create(prompt="The cat", **kwargs)
-        assert assert_openai_error(info.value.response.json(), code="internal_error")["type"] == "server_error"
-        body = json.dumps({"prompt": "The cat", "stream": True, "model": MODEL, "max_tokens": 8}).encode()
-        status, _, data = raw(url, "POST", "/v1/completions", body, {"Content-Type": "application/json"})
-        events = [e.removeprefix("data: ") for e in data.decode().split("\n\n") if e]
-        assert status == 200 and events[-1] == "[DONE]"
-        assert_openai_error(json.loads(events[-2]), code="internal_error")   # reported in-band after the headers
-
-
-# -- bounded load: concurrency never changes a seeded answer ------------------------------------------------
-
-def _request(client, i: int, stream: bool) -> list[str]:
-    knobs = dict(model=MODEL, max_tokens=8, seed=100 + i % 8, temperature=0.0 if i % 2 else 0.9,
-                 n=1 + i % 3 // 2, extra_body={"steps": STEPS})
-    if i % 4 < 2:
-        kind, call = "chat", lambda **kw: client.chat.completions.create(
-            messages=[{"role": "user", "content": f"Tell me about item {i % 5}"}], **kw)
-    else:
-        kind, call = "text", lambda **kw: client.completions.create(prompt=f"Item {i % 5} is", **kw)
-    read = (lambda c: c.delta.content or "") if kind == "chat" else (lambda c: c.text)
-    if not stream:
-        return [c.message.content if kind == "chat" else c.text for c in call(**knobs).choices]
-    texts = [""] * knobs["n"]
-    for chunk in call(stream=True, **knobs):
-        for c in chunk.choices:
-            texts[c.index] += read(c)
-    return texts
-
-
-def test_32_concurrent_seeded_requests_equal_the_sequential_results(client):
-    sequential = [_request(client, i, stream=False) for i in range(32)]
-    with ThreadPoolExecutor(max_workers=32) as pool:
-        concurrent = list(pool.map(lambda i: _request(client, i, stream=i % 3 == 0), range(32)))
-    assert concurrent == sequential
-    assert len({tuple(texts) for texts in sequential}) > 8        # the requests really differ

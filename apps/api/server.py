@@ -1,7 +1,9 @@
-"""OpenAI-compatible HTTP server: ``/health``, ``/v1/models``, ``/v1/chat/completions``, ``/v1/completions``.
+"""OpenAI-compatible HTTP server: ``/health``, ``/v1/models``, ``/v1/chat/completions``, ``/v1/completions``,
+plus vLLM's tokenizer routes (``/tokenizer_info``, ``/tokenize``, ``/detokenize``).
 
-Each request is admitted into a bounded queue (429 when full) and runs in a pool of ``concurrency``
-worker threads with its own sampler; ``stream: true`` sends one server-sent event per decoded block.
+A request is validated on the event loop with checks linear in its (capped) body, then admitted into a
+bounded queue (429 when full) and tokenised and generated in a pool of ``concurrency`` worker threads
+with its own sampler; ``stream: true`` sends one server-sent event per decoded block.
 """
 from __future__ import annotations
 
@@ -12,19 +14,22 @@ import json
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Callable, Union
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
 from cola_core import ColaModel
 from cola_core.errors import ColaError
 
-from .backend import ChoiceUpdate, GenerationBackend, Job, Run
-from .errors import APIError, install_error_handlers
+from .backend import Chat, ChoiceUpdate, GenerationBackend, Job, Prompt, Run
+from .errors import APIError, brief, install_error_handlers
+from .limits import BodyLimit, WorkerPool
+from .prompt_checks import check_prompts
 from .schemas import ChatCompletionRequest, CompletionRequest, SamplingFields
+from .tokenizer_routes import tokenizer_router
 
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 DEFAULT_MAX_TOKENS_CAP = 1024
@@ -35,72 +40,14 @@ _END = object()               # worker -> event loop: generation finished
 Source = Union[ColaModel, GenerationBackend, Callable[[], Union[ColaModel, GenerationBackend]]]
 
 
-class Admission:
-    """At most ``concurrency`` requests run and ``queue_size`` wait; :meth:`try_acquire` refuses the rest."""
-
-    def __init__(self, concurrency: int, queue_size: int):
-        self.capacity = concurrency + queue_size
-        self.in_flight = 0
-        self._lock = threading.Lock()
-
-    def try_acquire(self) -> bool:
-        with self._lock:
-            if self.in_flight >= self.capacity:
-                return False
-            self.in_flight += 1
-            return True
-
-    def release(self) -> None:
-        with self._lock:
-            self.in_flight -= 1
-
-
-class BodyLimit:
-    """ASGI middleware answering 413 for request bodies over ``max_bytes`` (declared or streamed)."""
-
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        declared = dict(scope["headers"]).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.max_bytes:
-            return await self._reject(scope, receive, send)
-        chunks, size, more = [], 0, True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":
-                return   # client went away before sending its body
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            if size > self.max_bytes:
-                return await self._reject(scope, receive, send)
-            more = message.get("more_body", False)
-        replayed = False
-
-        async def replay() -> dict:
-            nonlocal replayed
-            if replayed:
-                return await receive()
-            replayed = True
-            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-
-        await self.app(scope, replay, send)
-
-    async def _reject(self, scope, receive, send) -> None:
-        error = APIError(413, f"request body exceeds the server limit of {self.max_bytes} bytes",
-                         code="request_too_large")
-        await error.response()(scope, receive, send)
-
-
 def create_app(model_or_loader: Source, api_key: str | None = None, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
                max_tokens_cap: int = DEFAULT_MAX_TOKENS_CAP, queue_size: int = 16, concurrency: int = 1,
                model_id: str = "cola-dlm") -> FastAPI:
-    """The FastAPI app (one server lifetime: its worker pool closes at shutdown).
+    """The FastAPI app (one server lifetime: its worker pools close at shutdown).
 
     ``model_or_loader``: a ColaModel, a GenerationBackend (which brings its own ``model_id``), or a callable
-    returning either, called once at startup. ``api_key`` None disables auth (loopback only, see :func:`serve`).
+    returning either, called once at startup. ``api_key`` None disables auth (loopback only, see :func:`serve`);
+    with a key, every route but ``/health`` needs it, ``/docs`` and ``/openapi.json`` included.
     """
     if api_key is not None and not api_key:
         raise ValueError("api_key must be a non-empty string, or None to disable authentication")
@@ -108,8 +55,8 @@ def create_app(model_or_loader: Source, api_key: str | None = None, *, max_body_
                              ("queue_size", queue_size, 0), ("concurrency", concurrency, 1)):
         if not isinstance(value, int) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="cola-api")
-    admission = Admission(concurrency, queue_size)
+    generation = WorkerPool(concurrency, queue_size, "cola-api")
+    tokenizing = WorkerPool(1, queue_size, "cola-api-tokenize")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -118,19 +65,36 @@ def create_app(model_or_loader: Source, api_key: str | None = None, *, max_body_
         try:
             yield
         finally:
-            executor.shutdown(wait=False, cancel_futures=True)
+            generation.shutdown()
+            tokenizing.shutdown()
 
-    app = FastAPI(title="Cola DLM (OpenAI-compatible)", lifespan=lifespan)
+    app = FastAPI(title="Cola DLM (OpenAI-compatible)", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None)
     app.state.backend = None if callable(model_or_loader) else _as_backend(model_or_loader, model_id)
-    app.state.admission = admission
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     auth = [Depends(_bearer_auth(api_key))]
 
+    def backend_for(model: str | None) -> GenerationBackend:
+        """The served backend; 404 when the request names another model (None: any)."""
+        backend = app.state.backend
+        if model is not None and model != backend.model_id:
+            raise APIError(404, f"the model {brief(model)} does not exist; this server serves {backend.model_id!r}",
+                           param="model", code="model_not_found")
+        return backend
+
     @app.get("/health")
     async def health() -> dict:
         return {"status": "ok", "model": app.state.backend.model_id,
-                "in_flight": admission.in_flight, "capacity": admission.capacity}
+                "in_flight": generation.in_flight, "capacity": generation.capacity}
+
+    @app.get("/openapi.json", dependencies=auth, include_in_schema=False)
+    async def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", dependencies=auth, include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - docs")
 
     @app.get("/v1/models", dependencies=auth)
     async def list_models() -> dict:
@@ -138,50 +102,48 @@ def create_app(model_or_loader: Source, api_key: str | None = None, *, max_body_
 
     @app.get("/v1/models/{model}", dependencies=auth)
     async def get_model(model: str) -> dict:
-        return _model_card(_backend_for(app, model))
+        return _model_card(backend_for(model))
 
     @app.post("/v1/chat/completions", dependencies=auth)
     async def chat_completions(body: ChatCompletionRequest, request: Request):
-        backend = _backend_for(app, body.model)
-        prompt, stops = backend.chat_prompt([(m.role, m.text) for m in body.messages])
-        return await respond(request, backend, body, _job(backend, body, [prompt], stops, max_tokens_cap), chat=True)
+        backend = backend_for(body.model)
+        chat = Chat(tuple((m.role, m.text) for m in body.messages))
+        return await respond(request, backend, body, _job(backend, body, [chat], "messages", max_tokens_cap), chat=True)
 
     @app.post("/v1/completions", dependencies=auth)
     async def completions(body: CompletionRequest, request: Request):
-        backend = _backend_for(app, body.model)
+        backend = backend_for(body.model)
+        job = _job(backend, body, body.prompts, "prompt", max_tokens_cap)   # logprobs first: say why
         for name in ("echo", "suffix"):
             if getattr(body, name):
                 raise APIError(400, f"{name} is not supported by this server", param=name,
                                code="unsupported_parameter")
-        return await respond(request, backend, body, _job(backend, body, body.prompts, (), max_tokens_cap), chat=False)
+        return await respond(request, backend, body, job, chat=False)
+
+    app.include_router(tokenizer_router(backend_for, auth, tokenizing))
 
     async def respond(request: Request, backend: GenerationBackend, body: SamplingFields, job: Job, chat: bool):
-        if not admission.try_acquire():
-            raise APIError(429, f"the server is busy ({admission.capacity} requests running or queued); retry later",
-                           code="queue_full", headers={"Retry-After": "1"})
+        """Take a slot, start the worker, answer with one JSON body or a stream of blocks."""
+        generation.acquire()
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         cancel = threading.Event()
-        executor.submit(_work, backend, job, cancel, admission,
-                        lambda item: loop.call_soon_threadsafe(queue.put_nowait, item))
-        first = await queue.get()
-        if isinstance(first, BaseException):
-            raise _as_api_error(first)
-        shape = _Shape(chat, backend, body.n)
-        if body.stream:
-            return StreamingResponse(shape.sse(first, queue, cancel, body.include_usage), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        watcher = asyncio.create_task(_cancel_on_disconnect(request, cancel))
+        generation.executor.submit(_work, backend, job, cancel, generation,
+                                   lambda item: loop.call_soon_threadsafe(queue.put_nowait, item))
+        watcher = asyncio.create_task(_cancel_on_disconnect(request, cancel))   # also while queued
         try:
-            texts, reasons = [""] * len(first.choices), [None] * len(first.choices)
-            async for updates in _drain(queue):
-                for update in updates:
-                    texts[update.index] += update.text
-                    reasons[update.index] = update.finish_reason or reasons[update.index]
+            first = await queue.get()
+            if isinstance(first, BaseException):
+                raise _as_api_error(first)
+            shape = _Shape(chat, backend)
+            if not body.stream:
+                return JSONResponse(shape.completion(first, *await _collect(queue, len(first.choices))))
         finally:
-            cancel.set()
             watcher.cancel()
-        return JSONResponse(shape.completion(first, texts, reasons))
+            if not body.stream:
+                cancel.set()
+        return StreamingResponse(shape.sse(first, queue, cancel, body.include_usage), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     return app
 
@@ -191,15 +153,8 @@ def _as_backend(source: ColaModel | GenerationBackend, model_id: str) -> Generat
         return source
     if isinstance(source, ColaModel):
         return GenerationBackend(source, model_id=model_id)
-    raise TypeError(f"expected a ColaModel or GenerationBackend (or a loader returning one), got {type(source).__name__}")
-
-
-def _backend_for(app: FastAPI, model: str) -> GenerationBackend:
-    backend = app.state.backend
-    if model != backend.model_id:
-        raise APIError(404, f"the model {model!r} does not exist; this server serves {backend.model_id!r}",
-                       param="model", code="model_not_found")
-    return backend
+    raise TypeError("expected a ColaModel or GenerationBackend (or a loader returning one), "
+                    f"got {type(source).__name__}")
 
 
 def _model_card(backend: GenerationBackend) -> dict:
@@ -224,16 +179,16 @@ def _bearer_auth(api_key: str | None) -> Callable:
     return check
 
 
-def _job(backend: GenerationBackend, body: SamplingFields, prompts: list[str | list[int]], stops: tuple[str, ...],
+def _job(backend: GenerationBackend, body: SamplingFields, prompts: list[Prompt], prompt_param: str,
          max_tokens_cap: int) -> Job:
-    """Validate a request's knobs into a Job: one row per (prompt, choice), rows of a prompt adjacent."""
+    """Validate a request's knobs and prompts into a Job (cheap checks only: nothing is tokenised here)."""
     if body.logprobs:
-        raise APIError(400, "logprobs are not supported by this server", param="logprobs",
-                       code="unsupported_parameter")
-    rows = [prompt for prompt in prompts for _ in range(body.n)]
-    if len(rows) > MAX_ROWS:
-        raise APIError(400, f"n x number of prompts must be <= {MAX_ROWS}, got {len(rows)}", param="n",
+        raise APIError(400, "logprobs are not supported: Cola DLM is a latent diffusion model and has no token "
+                            "log-probabilities", param="logprobs", code="unsupported_parameter")
+    if len(prompts) * body.n > MAX_ROWS:
+        raise APIError(400, f"n x number of prompts must be <= {MAX_ROWS}, got {len(prompts) * body.n}", param="n",
                        code="too_many_choices")
+    check_prompts(backend, prompts, prompt_param)
     limit = body.token_limit
     if limit is not None and limit > max_tokens_cap:
         param = "max_completion_tokens" if getattr(body, "max_completion_tokens", None) is not None else "max_tokens"
@@ -247,14 +202,17 @@ def _job(backend: GenerationBackend, body: SamplingFields, prompts: list[str | l
         config = backend.defaults.with_knobs(max_new_tokens=max_tokens, **{k: v for k, v in knobs.items() if v is not None})
     except ColaError as exc:
         raise APIError(400, str(exc), code="invalid_value") from None
-    return Job(rows, config, max_tokens, tuple(stops) + tuple(body.stop))
+    return Job(list(prompts), config, max_tokens, tuple(body.stop), n=body.n)
 
 
-def _work(backend: GenerationBackend, job: Job, cancel: threading.Event, admission: Admission,
+def _work(backend: GenerationBackend, job: Job, cancel: threading.Event, pool: WorkerPool,
           put: Callable[[Any], None]) -> None:
-    """Worker thread: open the run, pass it and every block's updates to the event loop, then the outcome."""
+    """Worker thread: open the run (tokenising happens here), pass it and every block's updates to the event
+    loop, then the outcome. A request cancelled while it waited for the worker is not opened at all."""
     outcome: Any = _END
     try:
+        if cancel.is_set():
+            raise APIError(400, "the client closed the request before it started", code="request_cancelled")
         run = backend.open(job)
         put(run)
         for updates in run.updates(cancel):
@@ -262,7 +220,7 @@ def _work(backend: GenerationBackend, job: Job, cancel: threading.Event, admissi
     except Exception as exc:   # reported to the client by the event loop
         outcome = exc
     finally:
-        admission.release()   # before the last message, so a client's next request finds the slot free
+        pool.release()   # before the last message, so a client's next request finds the slot free
         put(outcome)
 
 
@@ -273,6 +231,16 @@ async def _cancel_on_disconnect(request: Request, cancel: threading.Event, poll_
             cancel.set()
             return
         await asyncio.sleep(poll_s)
+
+
+async def _collect(queue: asyncio.Queue, choices: int) -> tuple[list[str], list[str | None]]:
+    """Every choice's joined text and finish reason, once the run ends."""
+    texts, reasons = [""] * choices, [None] * choices
+    async for updates in _drain(queue):
+        for update in updates:
+            texts[update.index] += update.text
+            reasons[update.index] = update.finish_reason or reasons[update.index]
+    return texts, reasons
 
 
 async def _drain(queue: asyncio.Queue) -> AsyncIterator[list[ChoiceUpdate]]:
@@ -293,8 +261,8 @@ def _as_api_error(exc: BaseException) -> APIError:
 class _Shape:
     """Chat vs text completion: ids, object names, choice layout, usage."""
 
-    def __init__(self, chat: bool, backend: GenerationBackend, n: int):
-        self.chat, self.n = chat, n
+    def __init__(self, chat: bool, backend: GenerationBackend):
+        self.chat = chat
         self.meta = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}", "created": int(time.time()),
                      "model": backend.model_id, "system_fingerprint": f"fp_{backend.fingerprint}"}
 
@@ -306,7 +274,7 @@ class _Shape:
         return {"index": index, key: payload, "finish_reason": finish_reason, "logprobs": None}
 
     def usage(self, run: Run) -> dict:
-        prompt = sum(run.prompt_tokens[::self.n])   # each prompt counted once, not once per choice
+        prompt = sum(run.prompt_tokens)   # each prompt counted once, not once per choice
         completion = sum(choice.tokens for choice in run.choices)
         return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
