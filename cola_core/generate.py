@@ -20,6 +20,7 @@ from .errors import GenerationError
 from .prior_context import PriorContext
 from .sampler import (SCHEDULES, SOLVERS, guided_velocity, predicted_clean, sample_tokens, solver_updates,
                       timestep_grid)
+from .seeds import is_valid_seed, seed_error
 
 EVENTS = ("block_start", "pre_model", "guidance", "post_update", "block_end", "decoded")
 
@@ -62,7 +63,7 @@ class GenerationConfig:
             (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"),
             (math.isfinite(self.schedule_shift) and self.schedule_shift > 0,
              f"schedule_shift must be finite and > 0, got {self.schedule_shift!r}"),
-            (self.seed is None or isinstance(self.seed, int), f"seed must be an integer, got {self.seed!r}"),
+            (self.seed is None or is_valid_seed(self.seed), seed_error(self.seed)),
             (self.noise_device in (None, "cpu") or str(self.noise_device).startswith("cuda"),
              f"noise_device must be cpu, cuda or cuda:N, got {self.noise_device!r}"),
         ]

@@ -17,6 +17,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 from ..config import DiTConfig, VAEConfig
 from ..errors import ConfigError
+from ..seeds import is_valid_seed, seed_error
 
 
 @dataclass
@@ -61,6 +62,8 @@ class TrainConfig:
                     "weight_decay"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{source}: field {key!r} must be >= 0, got {getattr(self, key)!r}")
+        if not is_valid_seed(self.seed):
+            raise ConfigError(f"{source}: field 'seed': {seed_error(self.seed)}")
         if self.lr <= 0:
             raise ConfigError(f"{source}: field 'lr' must be > 0, got {self.lr!r}")
         if not 0 <= self.min_lr_ratio <= 1:

@@ -6,6 +6,7 @@ import argparse
 from cola_core import ColaModel, load_pretrained
 from cola_core.checkpoint import parse_device, parse_dtype
 from cola_core.pocket import default_checkpoint
+from cola_core.seeds import check_seed
 
 
 class UsageError(ValueError):
@@ -27,6 +28,18 @@ def int_in_range(low: int, high: int | None = None):
 
 
 PORT = int_in_range(0, 65535)
+
+
+def seed(text: str) -> int:
+    """argparse type: a seed under cola_core's one seed rule (checked before any model loads)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    try:
+        return check_seed(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:

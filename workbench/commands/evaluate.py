@@ -8,7 +8,7 @@ from pathlib import Path
 from cola_core.generate import GenerationConfig
 from cola_core.training.evaluate import EvalConfig, evaluate, format_table
 
-from .common import add_model_args, load_model
+from .common import add_model_args, load_model, seed
 
 DEFAULTS = GenerationConfig()
 
@@ -23,7 +23,7 @@ def register(subparsers) -> None:
     p.add_argument("--corpus", required=True, help="corpus folder with train.jsonl and test.jsonl")
     p.add_argument("--samples", type=int, default=200, help="generated samples (200)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0, help="noise and sampling seed (0)")
     p.add_argument("--steps", type=int, default=DEFAULTS.steps)
     p.add_argument("--guidance", type=float, default=DEFAULTS.guidance)
     p.add_argument("--max-new-tokens", type=int, default=DEFAULTS.max_new_tokens)

@@ -6,7 +6,7 @@ import json
 
 from cola_core.generate import GenerationConfig, generate
 
-from .common import UsageError, add_model_args, load_model
+from .common import UsageError, add_model_args, load_model, seed
 
 DEFAULTS = GenerationConfig()
 
@@ -23,7 +23,7 @@ def register(subparsers) -> None:
     p.add_argument("--top-k", type=int, default=DEFAULTS.top_k)
     p.add_argument("--top-p", type=float, default=DEFAULTS.top_p)
     p.add_argument("--repetition-penalty", type=float, default=DEFAULTS.repetition_penalty)
-    p.add_argument("--seed", type=int, default=None, help="per-sample noise seed (official seeding scheme)")
+    p.add_argument("--seed", type=seed, default=None, help="per-sample noise seed (official seeding scheme)")
     p.add_argument("--json", action="store_true", help="one JSON object per prompt per line")
     p.set_defaults(func=run)
 
