@@ -197,3 +197,15 @@ def load_config(stage: str, path: str | Path) -> TrainConfig:
 def config_to_dict(config: TrainConfig) -> dict[str, Any]:
     """Plain dict of a config (for metrics and checkpoints)."""
     return dataclasses.asdict(config)
+
+
+# Fields that say where outputs go or when to stop, save and log: changing them never changes the
+# weights a resumed run computes, so a resume may change them freely (num_threads may: CPU kernels
+# can sum in another order).
+RESUME_FREE_FIELDS = ("run_dir", "out_dir", "max_minutes", "save_every", "log_every")
+
+
+def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """``field old -> new`` for every field (except RESUME_FREE_FIELDS) that differs."""
+    keys = sorted((set(saved) | set(current)) - set(RESUME_FREE_FIELDS))
+    return [f"{k} {saved.get(k)!r} -> {current.get(k)!r}" for k in keys if saved.get(k) != current.get(k)]

@@ -6,6 +6,8 @@ import argparse
 from cola_core.training.config import load_config
 from cola_core.training.stages import train_dit, train_vae
 
+from .common import UsageError
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("train", help="train the Text VAE (stage 1) or the DiT prior (stage 2)",
@@ -13,12 +15,18 @@ def register(subparsers) -> None:
                                           "Multi-GPU: torchrun --nproc_per_node N -m workbench.cli train ...")
     p.add_argument("stage", choices=["vae", "dit"])
     p.add_argument("--config", required=True, help="TOML training config (see cola_core/training/configs/)")
-    p.add_argument("--resume", action="store_true", help="continue from run_dir/checkpoint exactly")
+    p.add_argument("--resume", action="store_true", help="continue the run in run_dir from its latest checkpoint, exactly")
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="with --resume: continue even though the config differs from the run's (uses the new values)")
+    p.add_argument("--overwrite", action="store_true", help="delete a previous run in run_dir and start again")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.stage, args.config)
-    final = (train_vae if args.stage == "vae" else train_dit)(config, resume=args.resume)
+    if args.allow_config_change and not args.resume:
+        raise UsageError("--allow-config-change only applies with --resume")
+    final = (train_vae if args.stage == "vae" else train_dit)(config, resume=args.resume, overwrite=args.overwrite,
+                                                              allow_config_change=args.allow_config_change)
     print("final validation: " + ", ".join(f"{k} {v:.4g}" for k, v in final.items()))
     return 0
