@@ -80,16 +80,23 @@ def _read_header(path: Path) -> tuple[dict, int]:
     with open(path, "rb") as handle:
         length = struct.unpack("<Q", handle.read(HEADER_PREFIX))[0]
         raw = handle.read(length)
-    header = json.loads(raw, object_pairs_hook=lambda pairs: _unique_keys(path, pairs))
+    try:
+        header = json.loads(raw, object_pairs_hook=_unique_keys)
+    except _DuplicateName as exc:
+        raise TensorFileError(f"{path}: not a valid safetensors file: {exc}") from None
     header.pop("__metadata__", None)
     return header, HEADER_PREFIX + length
 
 
-def _unique_keys(path: Path, pairs: list[tuple[str, object]]) -> dict:
+class _DuplicateName(ValueError):
+    """A JSON object names a key twice (the library silently keeps the last)."""
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
     seen: dict = {}
     for key, value in pairs:
         if key in seen:
-            raise TensorFileError(f"{path}: tensor {key!r} appears twice in the safetensors header")
+            raise _DuplicateName(f"tensor {key!r} appears twice in the header")
         seen[key] = value
     return seen
 
@@ -106,9 +113,11 @@ def diagnose(path: Path) -> str:
             return f"header length {length} runs past the end of the file ({size} bytes)"
         raw = handle.read(length)
     try:
-        header = json.loads(raw.decode("utf-8"))
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys)
     except UnicodeDecodeError as exc:
         return f"header is not UTF-8 text (byte {exc.start})"
+    except _DuplicateName as exc:
+        return str(exc)
     except (json.JSONDecodeError, RecursionError) as exc:
         return f"header is not JSON ({exc})"
     if not isinstance(header, dict):
