@@ -4,10 +4,11 @@ The library checks every header rule (JSON types, known dtypes, shapes, offsets 
 non-negative, in bounds, contiguous and cover the data section exactly, byte counts that match
 dtype x shape). Its messages rarely name the tensor, so on failure :func:`diagnose` re-reads the
 header to say which tensor breaks which rule. Tensors are then read one at a time with
-``readinto`` into memory they own: the library's own reader maps the whole file, which costs up to
-the file's size on top of the weights (1.64x weight bytes for a single-file release-size load,
-``benchmarks/results/load_release_bf16_cpu.json``) and leaves the weights backed by a file that
-may be overwritten in place.
+``readinto`` into memory they own. The library's own reader maps the whole file: its tensors stay
+backed by a file that may be overwritten in place, and copying them out costs up to a file's size
+on top of the weights. Measured at the release size in bf16 (``benchmarks/loader_memory_bench.py``,
+``benchmarks/results/load_memory_release_bf16_*``): peak RSS 1.075x the weight bytes here, 1.28x
+(1 GiB shards) and 1.64x (one file per model) for ``safe_open`` + copy; target <= 1.3x.
 """
 from __future__ import annotations
 

@@ -71,13 +71,31 @@ def save_state(run_dir: Path, step: int, tensors: dict[str, torch.Tensor], meta:
     os.replace(tmp, target)
     fsync_path(run_dir)
     _reached("switched", step)
-    for old in state_folders(run_dir):
-        if old != target:
-            (old / META).unlink(missing_ok=True)    # invalid from here on, whatever else survives
-            _reached("old_invalidated", step)
-            shutil.rmtree(old, ignore_errors=True)
+    _drop_others(run_dir, target, step)
     _reached("done", step)
     return target
+
+
+def _drop_others(run_dir: Path, keep: Path, step: int) -> None:
+    """Delete every state folder but ``keep``, each made invalid first (its state.json goes before the rest)."""
+    for old in state_folders(run_dir):
+        if old != keep:
+            (old / META).unlink(missing_ok=True)
+            _reached("old_invalidated", step)
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def adopt(run_dir: Path, state: "TrainerState") -> None:
+    """Make a resumed state the only one, in its step's folder (it may come from an old layout or the
+    temporary folder, with stale states beside it)."""
+    step = state.meta["step"]
+    target = state_folder(run_dir, step)
+    if state.folder != target:
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(state.folder, target)
+        fsync_path(run_dir)
+        state.folder = target
+    _drop_others(run_dir, target, step)
 
 
 def state_folders(run_dir: Path) -> list[Path]:
@@ -95,6 +113,11 @@ def _step_of(folder: Path) -> int:
     except (OSError, ValueError, AttributeError):
         return -1
     return step if isinstance(step, int) else -1
+
+
+def has_state(run_dir: Path) -> bool:
+    """Whether some folder in ``run_dir`` records a state (readability is checked on loading)."""
+    return any(_step_of(folder) >= 0 for folder in state_folders(run_dir))
 
 
 def latest_state(run_dir: Path, device: torch.device | str = "cpu") -> TrainerState:

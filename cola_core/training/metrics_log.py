@@ -37,8 +37,10 @@ def append_metrics(path: Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
-def keep_until(path: Path, step: int) -> None:
-    """Keep the records of steps <= ``step`` (a run resumed from ``step`` logs the later ones again)."""
+def keep_records(path: Path, count: int | None, step: int) -> None:
+    """Keep what was logged before a state was saved: its first ``count`` records (states of the earlier
+    layout do not record ``count``: then the records of steps <= ``step``); a resume logs the rest again."""
     if path.is_file():
-        kept = [r for r in read_metrics(path) if r["step"] <= step]
+        records = read_metrics(path)
+        kept = records[:count] if count is not None else [r for r in records if r["step"] <= step]
         write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))

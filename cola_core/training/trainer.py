@@ -25,10 +25,11 @@ import torch
 import torch.distributed as dist
 
 from ..errors import ConfigError
-from .checkpoints import METRICS, clear_previous_outputs, latest_state, previous_outputs, save_state
+from .checkpoints import (METRICS, adopt, clear_previous_outputs, has_state, latest_state, previous_outputs,
+                          save_state)
 from .config import TrainConfig, config_changes, config_to_dict
 from .data import Batch, BatchOrder
-from .metrics_log import append_metrics, keep_until, read_metrics
+from .metrics_log import append_metrics, keep_records, read_metrics
 from .objectives import Terms
 
 TermsFn = Callable[[Batch, torch.Generator, slice], Terms]
@@ -83,6 +84,8 @@ def claim_run_dir(run_dir: Path, env: Dist, resume: bool, overwrite: bool) -> No
     """Refuse to start a new run over a previous one's outputs unless ``overwrite`` (then delete them)."""
     if resume and overwrite:
         raise ConfigError("--resume continues the run in run_dir and --overwrite deletes it; choose one")
+    if resume and not has_state(run_dir):
+        raise FileNotFoundError(f"{run_dir}: no complete trainer checkpoint to resume from")
     found = [] if resume else previous_outputs(run_dir)
     if found and not overwrite:
         raise ConfigError(f"{run_dir} holds a previous run ({', '.join(found)}); pass --resume to continue it "
@@ -151,6 +154,7 @@ class Trainer:
         self.ema = EMA(modules[ema_module], config.ema_decay) if ema_module and config.ema_decay > 0 else None
         self.step = 0
         self.elapsed = 0.0
+        self.records = 0          # metrics records logged so far (a state remembers how many preceded it)
         self.run_dir = Path(config.run_dir)
         self.micro = config.batch_size // config.grad_accum
         if self.micro % env.world:
@@ -318,6 +322,7 @@ class Trainer:
         if not self.env.main:
             return
         append_metrics(self.run_dir / METRICS, {"step": self.step, "elapsed_s": round(self.elapsed, 2), **record})
+        self.records += 1
 
     # -- checkpoints --------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
@@ -339,7 +344,7 @@ class Trainer:
             tensors["rng.cuda"] = torch.cuda.get_rng_state(self.env.device)
         tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
         meta = {"step": self.step, "elapsed_s": self.elapsed, "stage": self.cfg.stage,
-                "config": config_to_dict(self.cfg)}
+                "config": config_to_dict(self.cfg), "metrics_records": self.records}
         save_state(self.run_dir, self.step, tensors, meta)
         write_loss_plot(self.run_dir / METRICS, self.run_dir / "loss_curves.html")
         self.env.barrier()
@@ -362,8 +367,11 @@ class Trainer:
             first = str(exc).strip().splitlines()[0]
             raise ConfigError(f"{state.folder}: the saved state does not fit this config ({first})") from None
         self.step, self.elapsed = int(meta["step"]), float(meta["elapsed_s"])
+        self.env.barrier()          # every rank has read the state before rank 0 moves it
         if self.env.main:
-            keep_until(self.run_dir / METRICS, self.step)
+            adopt(self.run_dir, state)
+            keep_records(self.run_dir / METRICS, meta.get("metrics_records"), self.step)
+            self.records = len(read_metrics(self.run_dir / METRICS))
 
     def _restore(self, tensors: dict[str, torch.Tensor]) -> None:
         """Load modules, optimizer moments (under this config's hyperparameters), EMA and RNG states."""
