@@ -6,6 +6,7 @@ fields of :class:`cola_core.config.VAEConfig` (stage 1) or :class:`cola_core.con
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 from ..config import DiTConfig, VAEConfig
 from ..errors import ConfigError
+from ..files import require_regular_file
 from ..seeds import is_valid_seed, seed_error
 
 
@@ -179,17 +181,18 @@ def _typed(value: Any, f: dataclasses.Field, cls: type, source: str) -> Any:
         return float(value)
     if type(value) is not kind:
         raise ConfigError(f"{source}: field {f.name!r} must be {kind.__name__}, got {value!r}")
+    if kind is float and not math.isfinite(value):
+        raise ConfigError(f"{source}: field {f.name!r} must be a finite number, got {value!r}")
     return value
 
 
 def load_config(stage: str, path: str | Path) -> TrainConfig:
     """Read a TOML training config for ``stage`` (vae or dit)."""
     path = Path(path)
+    require_regular_file(path, ConfigError, "training config")
     try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: training config not found") from None
-    except tomllib.TOMLDecodeError as exc:
+        raw = tomllib.loads(path.read_bytes().decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: invalid TOML ({exc})") from None
     return config_from_dict(stage, raw, source=str(path))
 

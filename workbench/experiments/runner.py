@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 
 from cola_core import ColaModel, load_pretrained
-from cola_core.files import write_text_atomic
+from cola_core.files import read_json_object, write_text_atomic
 from cola_core.pocket import default_checkpoint
 from cola_core.tensorfile import load_tensor_file, save_tensor_file
 
@@ -197,7 +197,7 @@ def _write_environment(out: Path, model: ColaModel, spec: Spec, world: int, note
     path = out / "environment.json"
     env = environment(model, spec, world, notes)
     if path.is_file():
-        old = json.loads(path.read_text(encoding="utf-8"))
+        old = read_json_object(path, SpecError, "run environment")
         before = old.get("checkpoint", {}).get("fingerprint")
         if before != model.fingerprint:
             raise SpecError(f"{out} was started with checkpoint {before}; this run uses {model.fingerprint}. "
@@ -244,7 +244,7 @@ def merge(out: Path, items: list[Item]) -> list[dict]:
     records = [rec for item in items for rec in by_key.get(item.key, [])]
     write_text_atomic(out / "results.jsonl", _jsonl(records))
     tensor_path = out / "tensors.safetensors"
-    tensors = load_tensor_file(tensor_path) if tensor_path.is_file() else {}
+    tensors = load_tensor_file(tensor_path) if os.path.lexists(tensor_path) else {}
     parts = sorted((out / "parts").glob("item*.safetensors")) if (out / "parts").is_dir() else []
     for part in parts:
         prefix = part.stem   # item00003
