@@ -6,12 +6,18 @@ reruns/reloads it.
 from __future__ import annotations
 
 import os
+import random
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import pytest
+import torch
 
 from cola_core.errors import TensorFileError
 from cola_core.tensorfile import load_tensor_file, save_tensor_file
@@ -126,3 +132,51 @@ def test_run_files_get_the_usual_mode(finished: Path, wb, tmp_path: Path):
     os.umask(umask)
     for path in [*finished.iterdir(), tmp_path / "lat.safetensors", tmp_path / "lat.json"]:
         assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path
+
+
+# -- real SIGKILLs (subprocesses) ----------------------------------------------------------------------------
+KILL_SPEC = """kind = "guidance_sweep"
+prompts = ["The cat", "A river"]
+guidance = "1-6"
+steps = [2, 3]
+seed = [0]
+max_new_tokens = 8
+semantic = "off"
+"""
+
+
+def _run_process(spec: Path, out: Path) -> subprocess.Popen:
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "workbench.cli", "run", str(spec), "--out", str(out), "--quiet",
+               "--checkpoint", str(root / "tests" / "fixtures" / "visible_a")]
+    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+@pytest.mark.heavy
+def test_sigkill_at_random_moments_then_rerun_equals_the_uninterrupted_run(tmp_path: Path):
+    spec = tmp_path / "spec.toml"
+    spec.write_text(KILL_SPEC)
+    started = time.monotonic()
+    reference = _run_process(spec, tmp_path / "reference")
+    assert reference.wait(timeout=600) == 0, reference.stderr.read().decode()
+    duration = time.monotonic() - started
+    rng, kills = random.Random(99), 0
+    while True:
+        process = _run_process(spec, tmp_path / "run")
+        try:
+            code = process.wait(timeout=rng.uniform(0.15, 0.9) * duration if kills < 4 else 600)
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            kills += 1
+            continue
+        assert code == 0, process.stderr.read().decode()
+        break
+    assert kills >= 1
+    for name in ("results.jsonl", "spec.toml"):
+        assert (tmp_path / "run" / name).read_text() == (tmp_path / "reference" / name).read_text()
+    a = load_tensor_file(tmp_path / "run" / "tensors.safetensors")
+    b = load_tensor_file(tmp_path / "reference" / "tensors.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
