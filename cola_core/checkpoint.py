@@ -237,8 +237,8 @@ def checkpoint_fingerprint(paths: CheckpointPaths) -> str:
     for folder in (paths.dit, paths.vae):
         digest.update((folder / "config.json").read_bytes())
         for f in weight_files(folder):
-            header = inspect_tensor_file(f).header
-            digest.update(f.name.encode() + str(f.stat().st_size).encode() + json.dumps(header, sort_keys=True).encode())
+            header = json.dumps(inspect_tensor_file(f).header, sort_keys=True)
+            digest.update(f.name.encode() + str(f.stat().st_size).encode() + header.encode())
     digest.update(paths.tokenizer.read_bytes())
     return digest.hexdigest()[:16]
 

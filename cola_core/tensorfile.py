@@ -54,7 +54,7 @@ class TensorFile:
 
 
 def inspect_tensor_file(path: str | Path) -> TensorFile:
-    """Validate ``path`` (library rules, duplicate names, supported dtypes); raise TensorFileError naming the problem."""
+    """Validate ``path`` (library rules, unique names, supported dtypes); TensorFileError names the problem."""
     path = require_regular_file(Path(path), TensorFileError, "safetensors file")
     try:
         with safe_open(str(path), "pt") as handle:

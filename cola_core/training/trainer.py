@@ -25,8 +25,8 @@ import torch
 import torch.distributed as dist
 
 from ..errors import ConfigError
-from .checkpoints import (METRICS, adopt, clear_previous_outputs, has_state, latest_state, previous_outputs,
-                          save_state)
+from .checkpoints import (METRICS, PLOT, adopt, clear_previous_outputs, has_state, latest_state,
+                          previous_outputs, save_state)
 from .config import TrainConfig, config_changes, config_to_dict
 from .data import Batch, BatchOrder
 from .metrics_log import append_metrics, keep_records, read_metrics
@@ -253,8 +253,9 @@ class Trainer:
         """Train to ``config.steps`` (or ``max_minutes``), checkpointing and exporting; returns last val.
 
         ``resume`` continues from the latest state in run_dir; ``allow_config_change`` lets it continue
-        with a config that differs from the one the run started with. Runs with deterministic algorithms (e.g. the DiT's per-row embedding gather has a
-        nondeterministic backward otherwise), so a resumed run reproduces the uninterrupted one.
+        with a config that differs from the one the run started with. Runs with deterministic
+        algorithms (e.g. the DiT's per-row embedding gather has a nondeterministic backward
+        otherwise), so a resumed run reproduces the uninterrupted one.
         """
         previous = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
         if self.env.device.type == "cuda":
@@ -314,7 +315,7 @@ class Trainer:
             swap = self.ema.swapped() if self.ema is not None else contextlib.nullcontext()
             with swap:
                 self.export(self.step)
-            write_loss_plot(self.run_dir / METRICS, self.run_dir / "loss_curves.html")
+            write_loss_plot(self.run_dir / METRICS, self.run_dir / PLOT)
         env.barrier()
         return last_val
 
@@ -346,7 +347,7 @@ class Trainer:
         meta = {"step": self.step, "elapsed_s": self.elapsed, "stage": self.cfg.stage,
                 "config": config_to_dict(self.cfg), "metrics_records": self.records}
         save_state(self.run_dir, self.step, tensors, meta)
-        write_loss_plot(self.run_dir / METRICS, self.run_dir / "loss_curves.html")
+        write_loss_plot(self.run_dir / METRICS, self.run_dir / PLOT)
         self.env.barrier()
 
     def load_checkpoint(self, allow_config_change: bool = False) -> None:
@@ -357,15 +358,16 @@ class Trainer:
             raise ConfigError(f"{state.folder}: checkpoint is of stage {meta.get('stage')!r}, not {self.cfg.stage!r}")
         changed = config_changes(meta.get("config", {}), config_to_dict(self.cfg))
         if changed and not allow_config_change:
-            raise ConfigError(f"{state.folder}: the run was started with another config (changed: {'; '.join(changed)}); "
-                              "resume with the original values, or pass --allow-config-change to continue with the new ones")
+            raise ConfigError(f"{state.folder}: the run was started with another config (changed: "
+                              f"{'; '.join(changed)}); resume with the original values, or pass "
+                              "--allow-config-change to continue with the new ones")
         if changed and self.env.main:
             print(f"resuming with a changed config: {'; '.join(changed)}", file=sys.stderr)
         try:
             self._restore(tensors)
         except (RuntimeError, ValueError, KeyError) as exc:
-            first = str(exc).strip().splitlines()[0]
-            raise ConfigError(f"{state.folder}: the saved state does not fit this config ({first})") from None
+            detail = " ".join(str(exc).split())[:300]
+            raise ConfigError(f"{state.folder}: the saved state does not fit this config ({detail})") from None
         self.step, self.elapsed = int(meta["step"]), float(meta["elapsed_s"])
         self.env.barrier()          # every rank has read the state before rank 0 moves it
         if self.env.main:
@@ -390,7 +392,7 @@ class Trainer:
         if self.ema is not None:
             shadow = {k[4:]: v.clone() for k, v in tensors.items() if k.startswith("ema.")}
             if shadow.keys() != self.ema.shadow.keys():
-                raise KeyError("the saved EMA weights do not match the model (was ema_decay 0?)")
+                raise ValueError("the saved EMA weights do not match the model (was ema_decay 0?)")
             self.ema.shadow = shadow
         torch.set_rng_state(tensors["rng.cpu"].cpu())
         if "rng.cuda" in tensors and self.env.device.type == "cuda":
