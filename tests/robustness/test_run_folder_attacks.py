@@ -166,7 +166,7 @@ def test_sigkill_at_random_moments_then_rerun_equals_the_uninterrupted_run(tmp_p
     while True:
         process = _run_process(spec, tmp_path / "run")
         try:
-            code = process.wait(timeout=rng.uniform(0.15, 0.9) * duration if kills < 4 else 600)
+            code = process.wait(timeout=rng.uniform(0.1, 0.6) * duration if kills < 4 else 600)
         except subprocess.TimeoutExpired:
             process.send_signal(signal.SIGKILL)
             process.wait()

@@ -348,7 +348,7 @@ def test_sigkill_at_random_moments_then_resume_is_bit_exact(tmp_path: Path, corp
         resume = checkpoints.has_state(run / "vae")
         process = _train_process(run, corpus, steps, resume=resume, overwrite=not resume)
         try:
-            code = process.wait(timeout=rng.uniform(0.15, 0.9) * duration if kills < 4 else 600)
+            code = process.wait(timeout=rng.uniform(0.1, 0.6) * duration if kills < 4 else 600)
         except subprocess.TimeoutExpired:
             process.send_signal(signal.SIGKILL)
             process.wait()
