@@ -1,8 +1,12 @@
-"""Helpers for the attack tables: safetensors header surgery and JSON edits on a checkpoint copy."""
+"""Helpers for the attack tables: safetensors header surgery, JSON edits, processes killed at random."""
 from __future__ import annotations
 
 import json
+import random
+import signal
 import struct
+import subprocess
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -48,3 +52,29 @@ def edit_json(path: Path, **changes: object) -> None:
     data = json.loads(path.read_text())
     data.update(changes)
     path.write_text(json.dumps(data))
+
+
+def timed_run(start: Callable[[], subprocess.Popen]) -> float:
+    """Run one process to a clean exit; its wall time in seconds."""
+    started = time.monotonic()
+    process = start()
+    assert process.wait(timeout=600) == 0, process.stderr.read().decode()
+    return time.monotonic() - started
+
+
+def kill_at_random_until_done(start: Callable[[], subprocess.Popen], duration: float, seed: int,
+                              kills: int = 4) -> int:
+    """Start processes, SIGKILL the first ``kills`` at random moments in the first 10-60 % of
+    ``duration``, let the next one finish cleanly; returns how many were killed."""
+    rng, killed = random.Random(seed), 0
+    while True:
+        process = start()
+        try:
+            code = process.wait(timeout=rng.uniform(0.1, 0.6) * duration if killed < kills else 600)
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            killed += 1
+            continue
+        assert code == 0, process.stderr.read().decode()
+        return killed

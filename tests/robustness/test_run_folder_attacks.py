@@ -6,12 +6,9 @@ reruns/reloads it.
 from __future__ import annotations
 
 import os
-import random
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -19,6 +16,7 @@ from typing import Callable
 import pytest
 import torch
 
+from attack_utils import kill_at_random_until_done, timed_run
 from cola_core.errors import TensorFileError
 from cola_core.tensorfile import load_tensor_file, save_tensor_file
 from workbench import Latents
@@ -158,23 +156,8 @@ def _run_process(spec: Path, out: Path) -> subprocess.Popen:
 def test_sigkill_at_random_moments_then_rerun_equals_the_uninterrupted_run(tmp_path: Path):
     spec = tmp_path / "spec.toml"
     spec.write_text(KILL_SPEC)
-    started = time.monotonic()
-    reference = _run_process(spec, tmp_path / "reference")
-    assert reference.wait(timeout=600) == 0, reference.stderr.read().decode()
-    duration = time.monotonic() - started
-    rng, kills = random.Random(99), 0
-    while True:
-        process = _run_process(spec, tmp_path / "run")
-        try:
-            code = process.wait(timeout=rng.uniform(0.1, 0.6) * duration if kills < 4 else 600)
-        except subprocess.TimeoutExpired:
-            process.send_signal(signal.SIGKILL)
-            process.wait()
-            kills += 1
-            continue
-        assert code == 0, process.stderr.read().decode()
-        break
-    assert kills >= 1
+    duration = timed_run(lambda: _run_process(spec, tmp_path / "reference"))
+    assert kill_at_random_until_done(lambda: _run_process(spec, tmp_path / "run"), duration, seed=99) >= 1
     for name in ("results.jsonl", "spec.toml"):
         assert (tmp_path / "run" / name).read_text() == (tmp_path / "reference" / name).read_text()
     a = load_tensor_file(tmp_path / "run" / "tensors.safetensors")

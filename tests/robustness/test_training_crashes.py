@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -26,6 +24,7 @@ from cola_core.training import checkpoints
 from cola_core.training.checkpoints import SAVE_POINTS, adopt, latest_state, save_state, state_folder
 from cola_core.training.metrics_log import keep_records, read_metrics
 from cola_core.training.stages import train_vae
+from attack_utils import kill_at_random_until_done, timed_run
 from training_utils import TINY_VAE_MODEL, make_corpus, vae_config
 from workbench.cli import main as cli_main
 
@@ -338,24 +337,12 @@ def test_sigkill_at_each_point_of_a_save_then_resume_is_bit_exact(point: str, tm
 
 @pytest.mark.heavy
 def test_sigkill_at_random_moments_then_resume_is_bit_exact(tmp_path: Path, corpus: Path):
-    steps, reference = 24, tmp_path / "reference"
-    started = time.monotonic()
-    assert _train_process(reference, corpus, steps, resume=False).wait(timeout=600) == 0
-    duration = time.monotonic() - started          # kills land inside a run: start-up, steps, saves, export
-    rng = random.Random(1234)
-    run, kills = tmp_path / "run", 0
-    while True:
+    steps, reference, run = 24, tmp_path / "reference", tmp_path / "run"
+
+    def start() -> subprocess.Popen:
         resume = checkpoints.has_state(run / "vae")
-        process = _train_process(run, corpus, steps, resume=resume, overwrite=not resume)
-        try:
-            code = process.wait(timeout=rng.uniform(0.1, 0.6) * duration if kills < 4 else 600)
-        except subprocess.TimeoutExpired:
-            process.send_signal(signal.SIGKILL)
-            process.wait()
-            kills += 1
-            continue
-        assert code == 0, process.stderr.read().decode()
-        break
-    assert kills >= 1
+        return _train_process(run, corpus, steps, resume=resume, overwrite=not resume)
+    duration = timed_run(lambda: _train_process(reference, corpus, steps, resume=False))
+    assert kill_at_random_until_done(start, duration, seed=1234) >= 1
     _same_state(run / "vae", reference / "vae")
     assert _records(run / "vae") == _records(reference / "vae")
