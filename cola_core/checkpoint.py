@@ -8,18 +8,19 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
-import struct
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import torch
-from safetensors.torch import save_file
 
 from .config import DiTConfig, VAEConfig, check_pair
 from .dit import ColaDiT, rope_frequencies
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError, NonFiniteWeightsWarning
+from .files import read_json_object
+from .tensorfile import TensorEntry, inspect_tensor_file, read_tensors, save_tensor_file
 from .hub import resolve_checkpoint
 from .tokenizer import ColaTokenizer
 from .vae import ColaTextVAE
@@ -82,21 +83,17 @@ class CheckpointPaths:
             "each with config.json and safetensors, plus tokenizer.json)")
 
 
-def weight_files(folder: Path) -> list[Path]:
-    """The safetensors file(s) of one model folder; pickles are refused."""
+def weight_files(folder: Path) -> dict[Path, set[str] | None]:
+    """The safetensors file(s) of one model folder, each with the tensor names its shard index assigns
+    to it (None for a single file); pickles are refused."""
     index = folder / INDEX_FILE
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise CheckpointError(f"{index}: malformed shard index ({exc})") from None
-        files = sorted({folder / name for name in weight_map.values()})
-        missing = [f.name for f in files if not f.is_file()]
-        if missing:
-            raise CheckpointError(f"{index}: shard file(s) missing: {', '.join(missing)}")
-        return files
-    if (folder / SINGLE_FILE).is_file():
-        return [folder / SINGLE_FILE]
+    if os.path.lexists(index):
+        files: dict[Path, set[str] | None] = {}
+        for name, shard in read_weight_map(index).items():
+            files.setdefault(folder / shard, set()).add(name)
+        return dict(sorted(files.items()))
+    if os.path.lexists(folder / SINGLE_FILE):
+        return {folder / SINGLE_FILE: None}
     pickles = [p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES] if folder.is_dir() else []
     if pickles:
         raise CheckpointError(f"{folder}: found {', '.join(pickles)} but only safetensors checkpoints are "
@@ -104,75 +101,53 @@ def weight_files(folder: Path) -> list[Path]:
     raise CheckpointError(f"{folder}: no {SINGLE_FILE} or {INDEX_FILE}")
 
 
-SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-                      "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-                      "BOOL": torch.bool}
+def read_weight_map(index: Path) -> dict[str, str]:
+    """``weight_map`` of a shard index, checked: tensor name -> a ``.safetensors`` file in the index's folder."""
+    weight_map = read_json_object(index, CheckpointError, "shard index").get("weight_map")
+    if not isinstance(weight_map, dict):
+        raise CheckpointError(f"{index}: key 'weight_map' must be an object of tensor name -> shard file, "
+                              f"got {type(weight_map).__name__}")
+    for name, shard in weight_map.items():
+        if not isinstance(shard, str) or Path(shard).name != shard or shard in ("", ".", ".."):
+            raise CheckpointError(f"{index}: weight_map[{name!r}] must be a file name in this folder, got {shard!r}")
+        if not shard.endswith(".safetensors"):
+            raise CheckpointError(f"{index}: weight_map[{name!r}] names {shard!r}; only .safetensors shards are "
+                                  "loaded (pickle files can execute code)")
+    return weight_map
 
 
-def read_safetensors_header(path: Path) -> tuple[dict, int]:
-    """Parse and sanity-check a safetensors header; returns (entries, offset of the data section)."""
-    size = path.stat().st_size
-    with open(path, "rb") as handle:
-        raw_len = handle.read(8)
-        if len(raw_len) < 8:
-            raise CheckpointError(f"{path}: truncated safetensors file (no header)")
-        header_len = struct.unpack("<Q", raw_len)[0]
-        if header_len > min(size - 8, 100 << 20):
-            raise CheckpointError(f"{path}: corrupt or truncated safetensors header")
-        try:
-            header = json.loads(handle.read(header_len))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise CheckpointError(f"{path}: corrupt safetensors header (not JSON)") from None
-    header.pop("__metadata__", None)
-    data_start = 8 + header_len
-    for name, entry in header.items():
-        begin, end = entry.get("data_offsets", (0, -1))
-        if entry.get("dtype") not in SAFETENSORS_DTYPES:
-            raise CheckpointError(f"{path}: tensor {name} has unsupported dtype {entry.get('dtype')!r}")
-        if data_start + end > size:
-            raise CheckpointError(f"{path}: truncated safetensors file (tensor {name} ends past the end of the file)")
-    return header, data_start
-
-
-def iter_tensors(files: list[Path], device: torch.device, dtype: torch.dtype | None
-                 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield (name, tensor) one at a time, floats cast to ``dtype``, on ``device``.
-
-    Reads straight into each tensor's buffer (no mmap), so peak memory is the loaded weights plus
-    one tensor, whatever the file's size.
-    """
-    for path in files:
-        header, data_start = read_safetensors_header(path)
-        with open(path, "rb") as handle:
-            for name, entry in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
-                begin, end = entry["data_offsets"]
-                stored = SAFETENSORS_DTYPES[entry["dtype"]]
-                tensor = torch.empty(entry["shape"], dtype=stored)
-                nbytes = tensor.numel() * tensor.element_size()
-                if nbytes != end - begin:
-                    raise CheckpointError(f"{path}: tensor {name} has {end - begin} bytes for shape {entry['shape']}")
-                handle.seek(data_start + begin)
-                if nbytes and handle.readinto(memoryview(tensor.view(-1).view(torch.uint8).numpy())) != nbytes:
-                    raise CheckpointError(f"{path}: truncated safetensors file while reading {name}")
-                if dtype is not None and tensor.is_floating_point() and tensor.dtype != dtype:
-                    tensor = tensor.to(dtype)
-                yield name, tensor.to(device)
+FLOAT_DTYPES = ("F32", "BF16", "F16", "F64")
+NONFINITE_POLICIES = ("error", "warn", "allow")
 
 
 def load_module(module: torch.nn.Module, folder: Path, device: torch.device, dtype: torch.dtype | None,
-                optional: tuple[str, ...] = ()) -> None:
-    """Materialise a meta-device module from a folder's safetensors with strict name/shape checks."""
+                optional: tuple[str, ...] = (), nonfinite: str = "error") -> None:
+    """Materialise a meta-device module from a folder's safetensors with strict name/shape/dtype checks.
+
+    Each tensor is read into its own memory, cast to ``dtype`` and moved to ``device`` before the next
+    is read, so peak memory is the weights plus one tensor. ``nonfinite`` says what a NaN/inf weight
+    does: raise (``error``), warn with :class:`NonFiniteWeightsWarning` (``warn``), or nothing (``allow``).
+    """
+    if nonfinite not in NONFINITE_POLICIES:
+        raise CheckpointError(f"nonfinite must be one of {', '.join(NONFINITE_POLICIES)}, got {nonfinite!r}")
     expected = dict(module.state_dict())
+    assigned = weight_files(folder)
+    files = [inspect_tensor_file(path) for path in assigned]
+    for file in files:                     # every header is checked before any weight is read
+        for entry in file.entries:
+            names = assigned[file.path]
+            if names is not None and entry.name not in names:
+                raise CheckpointError(f"{file.path}: holds tensor {entry.name!r}, which {INDEX_FILE} assigns to "
+                                      "another shard or not at all")
+            _check_entry(file.path, entry, expected.get(entry.name))
+    unexpected = [e.name for file in files for e in file.entries if e.name not in expected]
     loaded: dict[str, torch.Tensor] = {}
-    unexpected: list[str] = []
-    for name, tensor in iter_tensors(weight_files(folder), device, dtype):
-        if name not in expected:
-            unexpected.append(name)
-            continue
-        if tuple(tensor.shape) != tuple(expected[name].shape):
-            raise CheckpointError(f"{folder}: tensor {name} has shape {tuple(tensor.shape)}, the config "
-                                  f"implies {tuple(expected[name].shape)}")
-        loaded[name] = tensor
+    for file in files:
+        for entry, tensor in read_tensors(file, set(expected)):
+            if dtype is not None and tensor.dtype != dtype:
+                tensor = tensor.to(dtype)
+            _check_finite(file.path, entry.name, tensor, nonfinite)
+            loaded[entry.name] = tensor.to(device)
     missing = [n for n in expected if n not in loaded and not n.endswith(optional)]
     problems = []
     if missing:
@@ -183,6 +158,33 @@ def load_module(module: torch.nn.Module, folder: Path, device: torch.device, dty
     if problems:
         raise CheckpointError(f"{folder}: weights do not match config.json — " + "; ".join(problems))
     module.load_state_dict(loaded, strict=False, assign=True)
+
+
+def _check_entry(path: Path, entry: TensorEntry, target: torch.Tensor | None) -> None:
+    """A stored tensor must have the parameter's shape and a float dtype (checked before reading it)."""
+    if target is None:
+        return
+    if entry.shape != tuple(target.shape):
+        raise CheckpointError(f"{path}: tensor {entry.name} has shape {entry.shape}, the config "
+                              f"implies {tuple(target.shape)}")
+    if entry.dtype not in FLOAT_DTYPES:
+        raise CheckpointError(f"{path}: tensor {entry.name} is stored as {entry.dtype}; a float parameter needs "
+                              f"one of {', '.join(FLOAT_DTYPES)}")
+
+
+def _check_finite(path: Path, name: str, tensor: torch.Tensor, policy: str) -> None:
+    """Apply the NaN/inf policy to one loaded tensor."""
+    if policy == "allow" or tensor.numel() == 0:
+        return
+    low, high = torch.aminmax(tensor)   # a reduction: no temporary the size of the tensor on the common path
+    if math.isfinite(low) and math.isfinite(high):
+        return
+    bad = int(tensor.numel() - torch.isfinite(tensor).sum())
+    message = (f"{path}: tensor {name} holds {bad} non-finite value(s) (NaN/inf) after loading as "
+               f"{str(tensor.dtype).replace('torch.', '')}")
+    if policy == "error":
+        raise CheckpointError(message + "; pass nonfinite='warn' or 'allow' to load it anyway")
+    warnings.warn(message, NonFiniteWeightsWarning, stacklevel=4)
 
 
 def _restore_rope_freqs(dit: ColaDiT, device: torch.device) -> None:
@@ -236,18 +238,20 @@ def checkpoint_fingerprint(paths: CheckpointPaths) -> str:
     for folder in (paths.dit, paths.vae):
         digest.update((folder / "config.json").read_bytes())
         for f in weight_files(folder):
-            header, _ = read_safetensors_header(f)
-            digest.update(f.name.encode() + str(f.stat().st_size).encode() + json.dumps(header, sort_keys=True).encode())
+            header = json.dumps(inspect_tensor_file(f).header, sort_keys=True)
+            digest.update(f.name.encode() + str(f.stat().st_size).encode() + header.encode())
     digest.update(paths.tokenizer.read_bytes())
     return digest.hexdigest()[:16]
 
 
 def load_pretrained(path: str | Path, device: str | torch.device | None = "cpu",
-                    dtype: str | torch.dtype | None = None, **special_ids: int | None) -> ColaModel:
+                    dtype: str | torch.dtype | None = None, nonfinite: str = "error",
+                    **special_ids: int | None) -> ColaModel:
     """Load a Cola DLM checkpoint folder (release root or the folder holding both model folders).
 
     ``dtype`` None means float32 weights (on CUDA the forward runs under bf16 autocast, like the
-    official code); ``bfloat16`` materialises bf16 weights directly.
+    official code); ``bfloat16`` materialises bf16 weights directly. A NaN/inf weight is an error;
+    ``nonfinite="warn"`` loads it with a :class:`NonFiniteWeightsWarning`, ``"allow"`` silently.
     """
     dev = parse_device(device)
     weight_dtype = parse_dtype(dtype) or torch.float32
@@ -256,17 +260,15 @@ def load_pretrained(path: str | Path, device: str | torch.device | None = "cpu",
     dit_cfg = DiTConfig.from_json(paths.dit / "config.json")
     vae_cfg = VAEConfig.from_json(paths.vae / "config.json")
     check_pair(vae_cfg, dit_cfg)
+    declared = config_special_ids([(paths.dit / "config.json", dit_cfg), (paths.vae / "config.json", vae_cfg)],
+                                  vae_cfg.vocab_size)
+    special_ids = {**declared, **{k: v for k, v in special_ids.items() if v is not None}}
     with torch.device("meta"):
         dit = ColaDiT(dit_cfg)
         vae = ColaTextVAE(vae_cfg)
-    load_module(dit, paths.dit, dev, weight_dtype, optional=("rope.rope.freqs",))
-    load_module(vae, paths.vae, dev, weight_dtype)
+    load_module(dit, paths.dit, dev, weight_dtype, optional=("rope.rope.freqs",), nonfinite=nonfinite)
+    load_module(vae, paths.vae, dev, weight_dtype, nonfinite=nonfinite)
     _restore_rope_freqs(dit, dev)
-    for key in ("pad_token_id", "eos_token_id"):
-        value = vae_cfg.extra.get(key, dit_cfg.extra.get(key))
-        name = {"pad_token_id": "pad_id", "eos_token_id": "eos_id"}[key]
-        if isinstance(value, int) and special_ids.get(name) is None:
-            special_ids[name] = value
     tokenizer = ColaTokenizer.from_file(paths.tokenizer, **special_ids)
     if tokenizer.vocab_size > vae_cfg.vocab_size:
         raise CheckpointError(f"{paths.tokenizer}: tokenizer has {tokenizer.vocab_size} entries but the VAE "
@@ -276,6 +278,24 @@ def load_pretrained(path: str | Path, device: str | torch.device | None = "cpu",
     return ColaModel(vae=vae, dit=dit, tokenizer=tokenizer, vae_config=vae_cfg, dit_config=dit_cfg, device=dev,
                      dtype=weight_dtype, source=str(Path(path).expanduser().resolve()),
                      fingerprint=checkpoint_fingerprint(paths))
+
+
+CONFIG_SPECIAL_IDS = {"pad_token_id": "pad_id", "eos_token_id": "eos_id"}
+
+
+def config_special_ids(configs: list[tuple[Path, DiTConfig | VAEConfig]], vocab_size: int) -> dict[str, int]:
+    """pad/eos ids the config files declare (later files win), each checked to be a token id < ``vocab_size``."""
+    found: dict[str, int] = {}
+    for path, config in configs:
+        for key, name in CONFIG_SPECIAL_IDS.items():
+            value = config.extra.get(key)
+            if value is None:
+                continue
+            if not (isinstance(value, int) and not isinstance(value, bool) and 0 <= value < vocab_size):
+                raise ConfigError(f"{path}: key {key!r} must be a token id from 0 to {vocab_size - 1} "
+                                  f"(the VAE vocabulary), got {value!r}")
+            found[name] = value
+    return found
 
 
 def save_model_folder(module: torch.nn.Module, config, folder: Path, max_shard_bytes: int | None = None) -> None:
@@ -288,7 +308,7 @@ def save_model_folder(module: torch.nn.Module, config, folder: Path, max_shard_b
             stale.unlink()
     total = sum(t.numel() * t.element_size() for t in state.values())
     if max_shard_bytes is None or total <= max_shard_bytes:
-        _atomic_save(state, folder / SINGLE_FILE)
+        save_tensor_file(folder / SINGLE_FILE, state, metadata={"format": "pt"})
         return
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
@@ -302,17 +322,10 @@ def save_model_folder(module: torch.nn.Module, config, folder: Path, max_shard_b
     weight_map = {}
     for i, shard in enumerate(shards, start=1):
         fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-        _atomic_save(shard, folder / fname)
+        save_tensor_file(folder / fname, shard, metadata={"format": "pt"})
         weight_map.update({name: fname for name in shard})
     index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
     (folder / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
-
-
-def _atomic_save(state: dict[str, torch.Tensor], path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    save_file(state, str(tmp), metadata={"format": "pt"})
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
 
 
 def save_pretrained(model: ColaModel, root: str | Path, max_shard_bytes: int | None = None) -> Path:

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 from .errors import ConfigError
+from .files import read_json_object
 
 # The DiT's RoPE table in the reference holds 8192 positions; we use it as the context limit.
 MAX_POSITIONS = 8192
@@ -45,15 +47,7 @@ class _BaseConfig:
     @classmethod
     def from_json(cls, path: str | Path) -> "_BaseConfig":
         path = Path(path)
-        try:
-            raw = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: not valid JSON ({exc})") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: expected a JSON object")
-        return cls.from_dict(raw, source=str(path))
+        return cls.from_dict(read_json_object(path, ConfigError, "config file"), source=str(path))
 
     def to_dict(self) -> dict[str, Any]:
         out = dict(self.extra)
@@ -77,18 +71,23 @@ def _coerce(value: Any, f: dataclasses.Field, source: str) -> Any:
     elif kind.startswith("int"):
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif kind.startswith("float | None"):
-        ok = value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
-        value = None if value is None else float(value)
+        ok = value is None or _is_finite_number(value)
+        value = float(value) if ok and value is not None else value
     elif kind.startswith("float"):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = _is_finite_number(value)
         value = float(value) if ok else value
     elif kind.startswith("str"):
         ok = isinstance(value, str)
     else:
         ok = True
     if not ok:
-        raise ConfigError(f"{source}: key {f.name!r} has invalid value {value!r} (expected {kind})")
+        expected = kind.replace("float", "finite float")
+        raise ConfigError(f"{source}: key {f.name!r} has invalid value {value!r} (expected {expected})")
     return value
+
+
+def _is_finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _require(cond: bool, source: str, key: str, message: str) -> None:

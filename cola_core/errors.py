@@ -15,3 +15,11 @@ class CheckpointError(ColaError, ValueError):
 
 class GenerationError(ColaError, ValueError):
     """Bad input to the text path: prompts or texts the model cannot take, generation knobs, device."""
+
+
+class TensorFileError(CheckpointError):
+    """A safetensors file is unreadable, malformed or truncated."""
+
+
+class NonFiniteWeightsWarning(UserWarning):
+    """Weights holding NaN/inf were loaded because the caller asked for ``nonfinite="warn"``."""

@@ -24,6 +24,7 @@ from .sampler import (SCHEDULES, SOLVERS, guided_velocity, predicted_clean, samp
                       solver_updates, timestep_grid)
 from .text_codec import (block_count, check_positions, context_latents, decode_logits, encode_tokens, greedy_texts,
                          latent_count, pad_to_blocks)
+from .seeds import is_valid_seed, seed_error
 
 EVENTS = ("block_start", "pre_model", "guidance", "guided", "post_update", "block_end", "decoded")
 
@@ -66,7 +67,7 @@ class GenerationConfig:
             (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"),
             (math.isfinite(self.schedule_shift) and self.schedule_shift > 0,
              f"schedule_shift must be finite and > 0, got {self.schedule_shift!r}"),
-            (self.seed is None or isinstance(self.seed, int), f"seed must be an integer, got {self.seed!r}"),
+            (self.seed is None or is_valid_seed(self.seed), seed_error(self.seed)),
             (self.noise_device in (None, "cpu") or str(self.noise_device).startswith("cuda"),
              f"noise_device must be cpu, cuda or cuda:N, got {self.noise_device!r}"),
         ]

@@ -29,6 +29,12 @@ class ColaTokenizer:
         self.im_end_id = im_end_id if im_end_id is not None else self._lookup(IM_END_NAMES, RELEASE_IM_END_ID)
         if self.pad_id is None:
             raise CheckpointError("tokenizer has no pad token (<|pad|>); pass pad_id explicitly")
+        for name in ("pad_id", "eos_id", "im_start_id", "im_end_id"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, int) and not isinstance(value, bool)
+                                          and 0 <= value < self.vocab_size):
+                raise CheckpointError(f"{name} must be a token id from 0 to {self.vocab_size - 1} "
+                                      f"(the tokenizer's vocabulary), got {value!r}")
 
     @classmethod
     def from_file(cls, path: str | Path, **special_ids: int | None) -> "ColaTokenizer":

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,15 @@ FIXTURE = Path(__file__).parent / "fixtures" / "visible_a"
 @pytest.fixture(scope="session")
 def fixture_dir() -> Path:
     return FIXTURE
+
+
+@pytest.fixture()
+def ckpt(tmp_path: Path) -> Path:
+    """A writable copy of the official tiny checkpoint."""
+    root = tmp_path / "ckpt"
+    shutil.copytree(FIXTURE / "cola_dlm", root / "cola_dlm")
+    shutil.copy(FIXTURE / "tokenizer.json", root / "tokenizer.json")
+    return root
 
 
 @pytest.fixture(scope="session")

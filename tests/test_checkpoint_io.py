@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -11,15 +10,6 @@ from safetensors.torch import load_file, save_file
 
 from cola_core import CheckpointError, ConfigError, DiTConfig, VAEConfig, load_pretrained
 from cola_core.config import check_pair
-
-
-@pytest.fixture()
-def ckpt(tmp_path: Path, fixture_dir: Path) -> Path:
-    """A writable copy of the official tiny checkpoint."""
-    root = tmp_path / "ckpt"
-    shutil.copytree(fixture_dir / "cola_dlm", root / "cola_dlm")
-    shutil.copy(fixture_dir / "tokenizer.json", root / "tokenizer.json")
-    return root
 
 
 def _edit_config(root: Path, model: str, **changes) -> None:

@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 from cola_core import load_pretrained
 from cola_core.errors import ConfigError
 from cola_core.generate import GenerationConfig, generate
+from cola_core.training.checkpoints import latest_state
 from cola_core.training.config import load_config
 from cola_core.training.evaluate import EvalConfig, evaluate
 from cola_core.training.stages import train_dit, train_vae
@@ -121,12 +122,11 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
     first = vae_config(tmp_path / "b", corpus, steps=8, grad_accum=2, decoder_noise=0.3, tokenizer=str(tmp_path / "a" / "vae" / "tokenizer.json"))
     first.max_minutes = 1e-9            # stop (and checkpoint) after the first step
     train_vae(first)
-    state = json.loads((tmp_path / "b" / "vae" / "checkpoint" / "state.json").read_text())
-    assert state["step"] == 1
+    assert latest_state(tmp_path / "b" / "vae").meta["step"] == 1
     first.max_minutes = 0.0
     train_vae(first, resume=True)
-    a = load_file(str(tmp_path / "a" / "vae" / "checkpoint" / "state.safetensors"))
-    b = load_file(str(tmp_path / "b" / "vae" / "checkpoint" / "state.safetensors"))
+    a = latest_state(tmp_path / "a" / "vae").tensors
+    b = latest_state(tmp_path / "b" / "vae").tensors
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
@@ -142,8 +142,8 @@ def test_dit_resume_with_ema_is_exact(tmp_path, trained):
     train_dit(cut)                      # interrupted after step 1
     cut.max_minutes = 0.0
     train_dit(cut, resume=True)
-    a = load_file(str(tmp_path / "a" / "dit" / "checkpoint" / "state.safetensors"))
-    b = load_file(str(tmp_path / "b" / "dit" / "checkpoint" / "state.safetensors"))
+    a = latest_state(tmp_path / "a" / "dit").tensors
+    b = latest_state(tmp_path / "b" / "dit").tensors
     for key in a:
         assert torch.equal(a[key], b[key]), key
 

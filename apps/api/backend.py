@@ -54,8 +54,8 @@ def sample_id(prompt_ids: Sequence[int], choice: int) -> int:
     """The noise id of one choice of one prompt: CRC-32 of the prompt's token ids, continued over the choice
     index (so the n choices of a prompt always differ). A choice's noise -- the official per-sample rule
     seed + 1000*sample_id + 10^7*block -- therefore depends on the seed, the prompt and the choice, never on
-    the prompt's position in a multi-prompt request. Ids are < 2**32: with seeds <= 2**62 and at most
-    MAX_POSITIONS blocks every generator seed stays below 2**63."""
+    the prompt's position in a multi-prompt request. Ids are < 2**32, so with seeds under cola_core's
+    seed rule (<= 2**53 - 1) and at most MAX_POSITIONS blocks every generator seed stays below 2**63."""
     crc = zlib.crc32(struct.pack(f"<{len(prompt_ids)}I", *prompt_ids))
     return zlib.crc32(struct.pack("<I", choice), crc)
 

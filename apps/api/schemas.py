@@ -12,11 +12,12 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
+from cola_core.seeds import MAX_SEED
+
 MAX_N = 8                 # choices per prompt
 MAX_STOPS = 16            # stop strings per request (lm-evaluation-harness tasks send up to 6)
 MAX_STOP_CHARS = 256      # characters per stop string
 MAX_STEPS = 256           # flow-matching steps per block
-MAX_SEED = 2 ** 62        # leaves room for the per-sample/per-block seed offsets
 
 
 def _valid_unicode(value: Any) -> Any:
@@ -56,7 +57,7 @@ class SamplingFields(BaseModel):
     stop: Text | list[Text] | None = Field(default=None, validate_default=True)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)   # cola_core's one seed rule
     logprobs: bool | int | None = None
     user: Text | None = None
     # Cola extras

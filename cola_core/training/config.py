@@ -6,6 +6,7 @@ fields of :class:`cola_core.config.VAEConfig` (stage 1) or :class:`cola_core.con
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ except ModuleNotFoundError:  # Python 3.10
 
 from ..config import DiTConfig, VAEConfig
 from ..errors import ConfigError
+from ..files import require_regular_file
+from ..seeds import is_valid_seed, seed_error
 
 
 @dataclass
@@ -61,6 +64,8 @@ class TrainConfig:
                     "weight_decay"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{source}: field {key!r} must be >= 0, got {getattr(self, key)!r}")
+        if not is_valid_seed(self.seed):
+            raise ConfigError(f"{source}: field 'seed': {seed_error(self.seed)}")
         if self.lr <= 0:
             raise ConfigError(f"{source}: field 'lr' must be > 0, got {self.lr!r}")
         if not 0 <= self.min_lr_ratio <= 1:
@@ -176,17 +181,18 @@ def _typed(value: Any, f: dataclasses.Field, cls: type, source: str) -> Any:
         return float(value)
     if type(value) is not kind:
         raise ConfigError(f"{source}: field {f.name!r} must be {kind.__name__}, got {value!r}")
+    if kind is float and not math.isfinite(value):
+        raise ConfigError(f"{source}: field {f.name!r} must be a finite number, got {value!r}")
     return value
 
 
 def load_config(stage: str, path: str | Path) -> TrainConfig:
     """Read a TOML training config for ``stage`` (vae or dit)."""
     path = Path(path)
+    require_regular_file(path, ConfigError, "training config")
     try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: training config not found") from None
-    except tomllib.TOMLDecodeError as exc:
+        raw = tomllib.loads(path.read_bytes().decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: invalid TOML ({exc})") from None
     return config_from_dict(stage, raw, source=str(path))
 
@@ -194,3 +200,15 @@ def load_config(stage: str, path: str | Path) -> TrainConfig:
 def config_to_dict(config: TrainConfig) -> dict[str, Any]:
     """Plain dict of a config (for metrics and checkpoints)."""
     return dataclasses.asdict(config)
+
+
+# Fields that say where outputs go or when to stop, save and log: changing them never changes the
+# weights a resumed run computes, so a resume may change them freely (num_threads may: CPU kernels
+# can sum in another order).
+RESUME_FREE_FIELDS = ("run_dir", "out_dir", "max_minutes", "save_every", "log_every")
+
+
+def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """``field old -> new`` for every field (except RESUME_FREE_FIELDS) that differs."""
+    keys = sorted((set(saved) | set(current)) - set(RESUME_FREE_FIELDS))
+    return [f"{k} {saved.get(k)!r} -> {current.get(k)!r}" for k in keys if saved.get(k) != current.get(k)]

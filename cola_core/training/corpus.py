@@ -6,6 +6,7 @@ download.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -112,14 +113,25 @@ def read_corpus(path: str | Path) -> list[str]:
         raise ValueError(f"{path}: unsupported corpus extension {path.suffix!r}; use .txt/.jsonl")
     if not path.is_file():
         raise FileNotFoundError(f"corpus file not found: {path}")
-    with path.open(encoding="utf-8") as f:
-        if path.suffix == ".txt":
-            texts = [line.strip() for line in f if line.strip()]
-        else:
-            texts = [_jsonl_text(path, n, line) for n, line in enumerate(f, 1) if line.strip()]
+    lines = list(io.StringIO(_utf8_text(path), newline=None))   # universal newlines, as open() reads
+    if path.suffix == ".txt":
+        texts = [line.strip() for line in lines if line.strip()]
+    else:
+        texts = [_jsonl_text(path, n, line) for n, line in enumerate(lines, 1) if line.strip()]
     if not texts:
         raise ValueError(f"{path}: corpus is empty")
     return texts
+
+
+def _utf8_text(path: Path) -> str:
+    """The file's text; bytes that are not UTF-8 are an error naming the file, line and byte."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ValueError(f"{path}, line {line}: not UTF-8 text (byte {exc.start}: {exc.reason}); "
+                         "re-encode the corpus as UTF-8") from None
 
 
 def _jsonl_text(path: Path, number: int, line: str) -> str:

@@ -27,7 +27,7 @@ from .corpus import read_corpus
 from .data import BatchOrder, TokenDataset, corpus_split_path, fixed_batches
 from .objectives import dit_terms, latent_statistics, set_latent_scaling, vae_terms
 from .tokenizer_train import train_bpe_tokenizer
-from .trainer import Dist, Trainer, setup_distributed
+from .trainer import Dist, Trainer, claim_run_dir, setup_distributed
 
 SAVE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -55,11 +55,13 @@ def init_dit(dit: ColaDiT, std: float = 0.02) -> None:
     nn.init.zeros_(dit.txt_out.proj.bias)
 
 
-def _prepare(cfg) -> Dist:
+def _prepare(cfg, resume: bool, overwrite: bool) -> Dist:
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     torch.manual_seed(cfg.seed)
-    return setup_distributed(cfg.device)
+    env = setup_distributed(cfg.device)
+    claim_run_dir(Path(cfg.run_dir), env, resume, overwrite)
+    return env
 
 
 def _vae_folder(path: Path) -> Path:
@@ -132,9 +134,14 @@ def _new_vae(cfg: VAETrainConfig, tokenizer: ColaTokenizer) -> ColaTextVAE:
     return vae
 
 
-def train_vae(cfg: VAETrainConfig, resume: bool = False) -> dict[str, float]:
-    """Train the Text VAE; export it with scaling/shifting factors to ``cfg.out_dir``."""
-    env = _prepare(cfg)
+def train_vae(cfg: VAETrainConfig, resume: bool = False, overwrite: bool = False,
+              allow_config_change: bool = False) -> dict[str, float]:
+    """Train the Text VAE; export it with scaling/shifting factors to ``cfg.out_dir``.
+
+    A run_dir holding a previous run needs ``resume`` (continue it) or ``overwrite`` (delete it);
+    ``allow_config_change`` lets a resume continue under a config that differs from the saved one.
+    """
+    env = _prepare(cfg, resume, overwrite)
     if cfg.init_from:
         vae, tokenizer = load_vae(cfg.init_from, env.device)
     else:
@@ -165,15 +172,19 @@ def train_vae(cfg: VAETrainConfig, resume: bool = False) -> dict[str, float]:
               f"{order.per_epoch} batches/epoch", file=sys.stderr)
     trainer = Trainer(cfg, env, {"vae": vae}, [{"params": [p for p in vae.parameters() if p.requires_grad]}], terms,
                       {"recon": 1.0, "kl": cfg.beta, "mask": cfg.mask_weight}, order, val_batches, export)
-    return trainer.fit(resume)
+    return trainer.fit(resume, allow_config_change)
 
 
 # ---------------------------------------------------------------------------------------------
 # Stage 2
 # ---------------------------------------------------------------------------------------------
-def train_dit(cfg: DiTTrainConfig, resume: bool = False) -> dict[str, float]:
-    """Train the DiT prior on a stage-1 VAE (frozen unless joint_vae); export the release layout."""
-    env = _prepare(cfg)
+def train_dit(cfg: DiTTrainConfig, resume: bool = False, overwrite: bool = False,
+              allow_config_change: bool = False) -> dict[str, float]:
+    """Train the DiT prior on a stage-1 VAE (frozen unless joint_vae); export the release layout.
+
+    ``resume``, ``overwrite`` and ``allow_config_change`` as for :func:`train_vae`.
+    """
+    env = _prepare(cfg, resume, overwrite)
     vae, tokenizer = load_vae(cfg.vae, env.device)
     vcfg = vae.config
     model_fields = {"txt_in_channels": vcfg.latent_dim, "txt_out_channels": vcfg.latent_dim,
@@ -215,7 +226,7 @@ def train_dit(cfg: DiTTrainConfig, resume: bool = False) -> dict[str, float]:
               f"({'joint' if cfg.joint_vae else 'frozen'}), {len(order.dataset)} train texts, "
               f"{order.per_epoch} batches/epoch", file=sys.stderr)
     trainer = Trainer(cfg, env, modules, groups, terms, weights, order, val_batches, export, ema_module="dit")
-    return trainer.fit(resume)
+    return trainer.fit(resume, allow_config_change)
 
 
 def _write_summary(cfg, step: int, extra: dict) -> None:

@@ -7,12 +7,12 @@ normalised by global counts, so N ranks compute exactly the single-process loss)
 
 Resumability: batch k and all random draws of step s are functions of (seed, k) and (seed, s), so a
 checkpoint only needs weights, optimizer moments, EMA, the step and the torch RNG states. Trainer
-state is stored as safetensors + JSON (never pickle).
+state is stored as safetensors + JSON (never pickle), crash-safe (:mod:`.checkpoints`); a resume
+refuses a changed config unless asked to continue with the new values.
 """
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import sys
@@ -23,16 +23,17 @@ from typing import Callable
 
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file, save_file
 
 from ..errors import ConfigError
-from .config import TrainConfig, config_to_dict
 from ..text_codec import TokenBatch
+from .checkpoints import (METRICS, PLOT, adopt, clear_previous_outputs, has_state, latest_state,
+                          previous_outputs, save_state)
+from .config import TrainConfig, config_changes, config_to_dict
 from .data import BatchOrder
+from .metrics_log import append_metrics, keep_records, read_metrics
 from .objectives import Terms
 
 TermsFn = Callable[[TokenBatch, torch.Generator, slice], Terms]
-CHECKPOINT_DIR = "checkpoint"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -78,6 +79,22 @@ def setup_distributed(device: str) -> Dist:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", rank=rank, world_size=world)
     return Dist(rank, world, dev)
+
+
+def claim_run_dir(run_dir: Path, env: Dist, resume: bool, overwrite: bool) -> None:
+    """Refuse to start a new run over a previous one's outputs unless ``overwrite`` (then delete them)."""
+    if resume and overwrite:
+        raise ConfigError("--resume continues the run in run_dir and --overwrite deletes it; choose one")
+    if resume and not has_state(run_dir):
+        raise FileNotFoundError(f"{run_dir}: no complete trainer checkpoint to resume from")
+    found = [] if resume else previous_outputs(run_dir)
+    if found and not overwrite:
+        raise ConfigError(f"{run_dir} holds a previous run ({', '.join(found)}); pass --resume to continue it "
+                          "or --overwrite to delete it and start again")
+    env.barrier()                  # every rank has looked before rank 0 deletes anything
+    if found and env.main:
+        clear_previous_outputs(run_dir)
+    env.barrier()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -138,6 +155,7 @@ class Trainer:
         self.ema = EMA(modules[ema_module], config.ema_decay) if ema_module and config.ema_decay > 0 else None
         self.step = 0
         self.elapsed = 0.0
+        self.records = 0          # metrics records logged so far (a state remembers how many preceded it)
         self.run_dir = Path(config.run_dir)
         self.micro = config.batch_size // config.grad_accum
         if self.micro % env.world:
@@ -232,28 +250,30 @@ class Trainer:
         return out
 
     # -- the run ------------------------------------------------------------------------------
-    def fit(self, resume: bool = False) -> dict[str, float]:
+    def fit(self, resume: bool = False, allow_config_change: bool = False) -> dict[str, float]:
         """Train to ``config.steps`` (or ``max_minutes``), checkpointing and exporting; returns last val.
 
-        Runs with deterministic algorithms (e.g. the DiT's per-row embedding gather has a
-        nondeterministic backward otherwise), so a resumed run reproduces the uninterrupted one.
+        ``resume`` continues from the latest state in run_dir; ``allow_config_change`` lets it continue
+        with a config that differs from the one the run started with. Runs with deterministic
+        algorithms (e.g. the DiT's per-row embedding gather has a nondeterministic backward
+        otherwise), so a resumed run reproduces the uninterrupted one.
         """
         previous = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
         if self.env.device.type == "cuda":
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
         try:
-            return self._fit(resume)
+            return self._fit(resume, allow_config_change)
         finally:
             torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
 
-    def _fit(self, resume: bool) -> dict[str, float]:
+    def _fit(self, resume: bool, allow_config_change: bool) -> dict[str, float]:
         cfg, env = self.cfg, self.env
         if resume:
-            self.load_checkpoint()
+            self.load_checkpoint(allow_config_change)
         elif env.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "metrics.jsonl").write_text("")
+            (self.run_dir / METRICS).write_text("")
         env.barrier()
         bar = _progress(cfg.steps, self.step, env.main)
         window: dict[str, float] = {}
@@ -296,20 +316,19 @@ class Trainer:
             swap = self.ema.swapped() if self.ema is not None else contextlib.nullcontext()
             with swap:
                 self.export(self.step)
-            write_loss_plot(self.run_dir / "metrics.jsonl", self.run_dir / "loss_curves.html")
+            write_loss_plot(self.run_dir / METRICS, self.run_dir / PLOT)
         env.barrier()
         return last_val
 
     def _log(self, record: dict) -> None:
         if not self.env.main:
             return
-        record = {"step": self.step, "elapsed_s": round(self.elapsed, 2), **record}
-        with (self.run_dir / "metrics.jsonl").open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_metrics(self.run_dir / METRICS, {"step": self.step, "elapsed_s": round(self.elapsed, 2), **record})
+        self.records += 1
 
     # -- checkpoints --------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
-        """run_dir/checkpoint/{state.safetensors, state.json}, written atomically by rank 0."""
+        """Save the trainer state crash-safely (rank 0; see :mod:`.checkpoints`)."""
         if not self.env.main:
             self.env.barrier()
             return
@@ -317,8 +336,7 @@ class Trainer:
         for name, module in self.modules.items():
             for key, value in module.state_dict().items():
                 tensors[f"model.{name}.{key}"] = value
-        optim = self.optimizer.state_dict()
-        for idx, state in optim["state"].items():
+        for idx, state in self.optimizer.state_dict()["state"].items():
             for key, value in state.items():
                 tensors[f"optim.{idx}.{key}"] = torch.as_tensor(value)
         if self.ema is not None:
@@ -328,29 +346,38 @@ class Trainer:
             tensors["rng.cuda"] = torch.cuda.get_rng_state(self.env.device)
         tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
         meta = {"step": self.step, "elapsed_s": self.elapsed, "stage": self.cfg.stage,
-                "config": config_to_dict(self.cfg), "param_groups": optim["param_groups"]}
-        folder = self.run_dir / CHECKPOINT_DIR
-        tmp = self.run_dir / f".{CHECKPOINT_DIR}.tmp"
-        tmp.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, str(tmp / "state.safetensors"), metadata={"format": "pt"})
-        (tmp / "state.json").write_text(json.dumps(meta, indent=1) + "\n")
-        if folder.exists():
-            for f in folder.iterdir():
-                f.unlink()
-            folder.rmdir()
-        os.replace(tmp, folder)
-        write_loss_plot(self.run_dir / "metrics.jsonl", self.run_dir / "loss_curves.html")
+                "config": config_to_dict(self.cfg), "metrics_records": self.records}
+        save_state(self.run_dir, self.step, tensors, meta)
+        write_loss_plot(self.run_dir / METRICS, self.run_dir / PLOT)
         self.env.barrier()
 
-    def load_checkpoint(self) -> None:
-        """Restore weights, optimizer, EMA, RNG and step from run_dir/checkpoint; trims later metrics."""
-        folder = self.run_dir / CHECKPOINT_DIR
-        if not (folder / "state.json").is_file():
-            raise FileNotFoundError(f"{folder}: no trainer checkpoint to resume from")
-        meta = json.loads((folder / "state.json").read_text())
+    def load_checkpoint(self, allow_config_change: bool = False) -> None:
+        """Restore weights, optimizer, EMA, RNG and step from the latest state; trims later metrics."""
+        state = latest_state(self.run_dir, self.env.device)
+        meta, tensors = state.meta, state.tensors
         if meta.get("stage") != self.cfg.stage:
-            raise ConfigError(f"{folder}: checkpoint is of stage {meta.get('stage')!r}, not {self.cfg.stage!r}")
-        tensors = load_file(str(folder / "state.safetensors"), device=str(self.env.device))
+            raise ConfigError(f"{state.folder}: checkpoint is of stage {meta.get('stage')!r}, not {self.cfg.stage!r}")
+        changed = config_changes(meta.get("config", {}), config_to_dict(self.cfg))
+        if changed and not allow_config_change:
+            raise ConfigError(f"{state.folder}: the run was started with another config (changed: "
+                              f"{'; '.join(changed)}); resume with the original values, or pass "
+                              "--allow-config-change to continue with the new ones")
+        if changed and self.env.main:
+            print(f"resuming with a changed config: {'; '.join(changed)}", file=sys.stderr)
+        try:
+            self._restore(tensors)
+        except (RuntimeError, ValueError, KeyError) as exc:
+            detail = " ".join(str(exc).split())[:300]
+            raise ConfigError(f"{state.folder}: the saved state does not fit this config ({detail})") from None
+        self.step, self.elapsed = int(meta["step"]), float(meta["elapsed_s"])
+        self.env.barrier()          # every rank has read the state before rank 0 moves it
+        if self.env.main:
+            adopt(self.run_dir, state)
+            keep_records(self.run_dir / METRICS, meta.get("metrics_records"), self.step)
+            self.records = len(read_metrics(self.run_dir / METRICS))
+
+    def _restore(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Load modules, optimizer moments (under this config's hyperparameters), EMA and RNG states."""
         for name, module in self.modules.items():
             prefix = f"model.{name}."
             module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
@@ -362,18 +389,15 @@ class Trainer:
         for st in state.values():
             if "step" in st:
                 st["step"] = st["step"].cpu()
-        self.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        self.optimizer.load_state_dict({"state": state, "param_groups": self.optimizer.state_dict()["param_groups"]})
         if self.ema is not None:
-            self.ema.shadow = {k[4:]: v.clone() for k, v in tensors.items() if k.startswith("ema.")}
+            shadow = {k[4:]: v.clone() for k, v in tensors.items() if k.startswith("ema.")}
+            if shadow.keys() != self.ema.shadow.keys():
+                raise ValueError("the saved EMA weights do not match the model (was ema_decay 0?)")
+            self.ema.shadow = shadow
         torch.set_rng_state(tensors["rng.cpu"].cpu())
         if "rng.cuda" in tensors and self.env.device.type == "cuda":
             torch.cuda.set_rng_state(tensors["rng.cuda"].cpu(), self.env.device)
-        self.step, self.elapsed = int(meta["step"]), float(meta["elapsed_s"])
-        metrics = self.run_dir / "metrics.jsonl"
-        if self.env.main and metrics.is_file():
-            keep = [line for line in metrics.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= self.step]
-            metrics.write_text("".join(line + "\n" for line in keep))
 
 
 def _progress(total: int, initial: int, enabled: bool):
@@ -392,9 +416,7 @@ def write_loss_plot(metrics_path: Path, html_path: Path) -> None:
     except ImportError:  # plotting is a convenience; training must not fail on it
         print("plotly is not installed; skipping loss_curves.html (pip install plotly)", file=sys.stderr)
         return
-    if not metrics_path.is_file():
-        return
-    records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    records = read_metrics(metrics_path)
     skip = {"step", "elapsed_s", "split"}
     keys = sorted({k for r in records for k in r if k not in skip})
     if not keys:

@@ -11,8 +11,9 @@ from typing import Any, Iterable
 import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
-from safetensors.torch import load_file
 
+from cola_core.files import write_text_atomic
+from cola_core.tensorfile import load_tensor_file
 from cola_core.training.text_metrics import distinct_n
 
 from ..io import write_text_atomic
@@ -200,7 +201,7 @@ def _fmt(value: Any) -> str:
 def write_report(out: Path, spec: Spec, records: list[dict], notes: list[str], plotlyjs: str = "inline") -> Path:
     """Write ``report.html`` (plotly.js inlined by default, so it opens offline)."""
     tensor_path = out / "tensors.safetensors"
-    tensors = load_file(str(tensor_path)) if tensor_path.is_file() and spec.kind == "trajectory" else {}
+    tensors = load_tensor_file(tensor_path) if tensor_path.is_file() and spec.kind == "trajectory" else {}
     figures = FIGURES[spec.kind](spec, records, tensors) if records else []
     parts = []
     for i, fig in enumerate(figures):

@@ -29,10 +29,11 @@ from typing import Any, Callable, Mapping
 
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file, save_file
 
 from cola_core import ColaModel, load_pretrained
+from cola_core.files import read_json_object, write_text_atomic
 from cola_core.pocket import default_checkpoint
+from cola_core.tensorfile import load_tensor_file, save_tensor_file
 
 from ..distributed import barrier, local_device, on_rank0, process_group
 from ..io import write_text_atomic
@@ -56,13 +57,7 @@ class RunResult:
     rank: int = 0
 
 
-# -- atomic files ---------------------------------------------------------------------------------------
-def save_tensors_atomic(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
-    os.replace(tmp, path)
-
-
+# -- files ------------------------------------------------------------------------------------------------
 def read_jsonl(path: Path) -> list[dict]:
     """Records of a results file; a torn last line (impossible with atomic writes) is ignored."""
     if not path.is_file():
@@ -171,7 +166,7 @@ def _write_environment(out: Path, model: ColaModel, spec: Spec, world: int, note
     path = out / "environment.json"
     env = environment(model, spec, world, notes)
     if path.is_file():
-        old = json.loads(path.read_text(encoding="utf-8"))
+        old = read_json_object(path, SpecError, "run environment")
         before = old.get("checkpoint", {}).get("fingerprint")
         if before != model.fingerprint:
             raise SpecError(f"{out} was started with checkpoint {before}; this run uses {model.fingerprint}. "
@@ -198,7 +193,7 @@ def _run_items(ctx: Context, todo: list[Item], out: Path, rank: int, log: Callab
         records, tensors = runner.run_item(ctx, item)
         if tensors:
             (out / "parts").mkdir(exist_ok=True)
-            save_tensors_atomic(out / "parts" / f"item{item.index:05d}.safetensors", tensors)
+            save_tensor_file(out / "parts" / f"item{item.index:05d}.safetensors", tensors)
         kept += [{"item": item.key, "item_index": item.index, **r} for r in records]
         write_text_atomic(shard, _jsonl(kept))
         if log:
@@ -218,12 +213,12 @@ def merge(out: Path, items: list[Item]) -> list[dict]:
     records = [rec for item in items for rec in by_key.get(item.key, [])]
     write_text_atomic(out / "results.jsonl", _jsonl(records))
     tensor_path = out / "tensors.safetensors"
-    tensors = load_file(str(tensor_path)) if tensor_path.is_file() else {}
+    tensors = load_tensor_file(tensor_path) if os.path.lexists(tensor_path) else {}
     parts = sorted((out / "parts").glob("item*.safetensors")) if (out / "parts").is_dir() else []
     for part in parts:
         prefix = part.stem   # item00003
-        tensors.update({f"{prefix}.{k}": v for k, v in load_file(str(part)).items()})
-    save_tensors_atomic(tensor_path, tensors)
+        tensors.update({f"{prefix}.{k}": v for k, v in load_tensor_file(part).items()})
+    save_tensor_file(tensor_path, tensors)
     for path in _results_files(out)[1:] + parts:
         path.unlink()
     if (out / "parts").is_dir() and not any((out / "parts").iterdir()):

@@ -302,7 +302,7 @@ def load_spec(path: str | Path) -> Spec:
         raise SpecError(f"{path}: spec file not found")
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise SpecError(f"{path}: not valid TOML ({exc})") from None
     return parse_spec(raw, source=str(path))
 

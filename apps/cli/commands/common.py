@@ -14,9 +14,7 @@ if TYPE_CHECKING:
     from cola_core import ColaModel
     from workbench import Workbench
 
-# The official noise rule seeds block k of sample s with seed + 1000*s + 10^7*k; seeds stay below 2**31
-# so every generator seed of a long batch fits comfortably in torch's 64-bit range.
-MAX_SEED = 2**31 - 1
+RANDOM_SEEDS = 2**31   # a seed drawn for the user is short enough to retype
 
 
 class UsageError(ValueError):
@@ -55,7 +53,18 @@ def int_in_range(low: int, high: int | None = None):
 
 
 PORT = int_in_range(0, 65535)
-SEED = int_in_range(0, MAX_SEED)
+
+
+def SEED(text: str) -> int:   # noqa: N802 (an argparse type, named like the others)
+    """argparse type: a seed under cola_core's one seed rule (checked before any model loads)."""
+    from cola_core.seeds import is_valid_seed, seed_error
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not is_valid_seed(value):
+        raise argparse.ArgumentTypeError(seed_error(value))
+    return value
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -75,7 +84,7 @@ def add_seed_arg(parser: argparse.ArgumentParser, help: str = "noise seed (offic
 def resolve_seed(seed: int | None) -> int:
     """The seed a run uses: the given one, or a fresh random one; printed so the run can be repeated."""
     if seed is None:
-        seed = secrets.randbelow(MAX_SEED + 1)
+        seed = secrets.randbelow(RANDOM_SEEDS)
     print(f"seed: {seed}", file=sys.stderr)
     return seed
 

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_command
+from .common import UsageError, add_command
+
+from .common import UsageError
 
 
 def register(subparsers) -> None:
@@ -12,7 +14,10 @@ def register(subparsers) -> None:
                                 "Multi-GPU: torchrun --nproc_per_node N -m apps.cli train ...")
     p.add_argument("stage", choices=["vae", "dit"], help="which stage to train")
     p.add_argument("--config", required=True, help="TOML training config (see cola_core/training/configs/)")
-    p.add_argument("--resume", action="store_true", help="continue from run_dir/checkpoint exactly")
+    p.add_argument("--resume", action="store_true", help="continue the run in run_dir from its latest checkpoint, exactly")
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="with --resume: continue even though the config differs from the run's (uses the new values)")
+    p.add_argument("--overwrite", action="store_true", help="delete a previous run in run_dir and start again")
     p.set_defaults(func=run)
 
 
@@ -21,6 +26,9 @@ def run(args: argparse.Namespace) -> int:
     from cola_core.training.stages import train_dit, train_vae
 
     config = load_config(args.stage, args.config)
-    final = (train_vae if args.stage == "vae" else train_dit)(config, resume=args.resume)
+    if args.allow_config_change and not args.resume:
+        raise UsageError("--allow-config-change only applies with --resume")
+    final = (train_vae if args.stage == "vae" else train_dit)(config, resume=args.resume, overwrite=args.overwrite,
+                                                              allow_config_change=args.allow_config_change)
     print("final validation: " + ", ".join(f"{k} {v:.4g}" for k, v in final.items()))
     return 0

@@ -1,0 +1,193 @@
+"""Read and write safetensors files safely: the ``safetensors`` library validates, we stream.
+
+The library checks every header rule (JSON types, known dtypes, shapes, offsets that are
+non-negative, in bounds, contiguous and cover the data section exactly, byte counts that match
+dtype x shape). Its messages rarely name the tensor, so on failure :func:`diagnose` re-reads the
+header to say which tensor breaks which rule. Tensors are then read one at a time with
+``readinto`` into memory they own. The library's own reader maps the whole file: its tensors stay
+backed by a file that may be overwritten in place, and copying them out costs up to a file's size
+on top of the weights. Measured at the release size in bf16 (``benchmarks/loader_memory_bench.py``,
+``benchmarks/results/load_memory_release_bf16_*``): peak RSS 1.075x the weight bytes here, 1.28x
+(1 GiB shards) and 1.64x (one file per model) for ``safe_open`` + copy; target <= 1.3x.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Mapping
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .errors import TensorFileError
+from .files import new_file_mode, require_regular_file
+
+DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+          "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+          "BOOL": torch.bool}
+HEADER_PREFIX = 8
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """One tensor of a validated file: where its bytes are and what they hold."""
+
+    name: str
+    dtype: str                # safetensors code, e.g. "BF16"
+    shape: tuple[int, ...]
+    begin: int                # absolute byte offset in the file
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class TensorFile:
+    """A safetensors file whose header passed validation."""
+
+    path: Path
+    entries: tuple[TensorEntry, ...]   # in file order
+    header: dict                       # the header JSON without ``__metadata__``
+
+
+def inspect_tensor_file(path: str | Path) -> TensorFile:
+    """Validate ``path`` (library rules, unique names, supported dtypes); TensorFileError names the problem."""
+    path = require_regular_file(Path(path), TensorFileError, "safetensors file")
+    try:
+        with safe_open(str(path), "pt") as handle:
+            described = [(name, handle.get_slice(name)) for name in handle.offset_keys()]
+            described = [(name, view.get_dtype(), tuple(view.get_shape())) for name, view in described]
+    except SafetensorError as exc:
+        problem = diagnose(path) or "invalid header"
+        library = " ".join(str(exc).split())
+        raise TensorFileError(f"{path}: not a valid safetensors file: {problem} [safetensors: {library}]") from None
+    header, data_start = _read_header(path)
+    entries, offset = [], data_start
+    for name, dtype, shape in described:
+        if dtype not in DTYPES:
+            raise TensorFileError(f"{path}: tensor {name!r} has unsupported dtype {dtype} "
+                                  f"(supported: {', '.join(DTYPES)})")
+        nbytes = math.prod(shape) * DTYPES[dtype].itemsize
+        entries.append(TensorEntry(name, dtype, shape, offset, nbytes))
+        offset += nbytes   # the library checked that tensors are contiguous, in this order
+    return TensorFile(path, tuple(entries), header)
+
+
+def _read_header(path: Path) -> tuple[dict, int]:
+    """The header JSON (refusing a name given twice) and where the data section starts."""
+    with open(path, "rb") as handle:
+        length = struct.unpack("<Q", handle.read(HEADER_PREFIX))[0]
+        raw = handle.read(length)
+    try:
+        header = json.loads(raw, object_pairs_hook=_unique_keys)
+    except _DuplicateName as exc:
+        raise TensorFileError(f"{path}: not a valid safetensors file: {exc}") from None
+    header.pop("__metadata__", None)
+    return header, HEADER_PREFIX + length
+
+
+class _DuplicateName(ValueError):
+    """A JSON object names a key twice (the library silently keeps the last)."""
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    seen: dict = {}
+    for key, value in pairs:
+        if key in seen:
+            raise _DuplicateName(f"tensor {key!r} appears twice in the header")
+        seen[key] = value
+    return seen
+
+
+def diagnose(path: Path) -> str:
+    """Which tensor breaks which safetensors rule, in words ('' if none is found); for error messages only."""
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        prefix = handle.read(HEADER_PREFIX)
+        if len(prefix) < HEADER_PREFIX:
+            return f"file has {size} bytes, fewer than the {HEADER_PREFIX}-byte header length"
+        length = struct.unpack("<Q", prefix)[0]
+        if length > size - HEADER_PREFIX:
+            return f"header length {length} runs past the end of the file ({size} bytes)"
+        raw = handle.read(length)
+    try:
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys)
+    except UnicodeDecodeError as exc:
+        return f"header is not UTF-8 text (byte {exc.start})"
+    except _DuplicateName as exc:
+        return str(exc)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        return f"header is not JSON ({exc})"
+    if not isinstance(header, dict):
+        return f"header is a JSON {type(header).__name__}, not an object"
+    spans = []
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        problem = _entry_problem(entry)
+        if problem:
+            return f"tensor {name!r}: {problem}"
+        spans.append((tuple(entry["data_offsets"]), name))
+    covered = 0
+    for (begin, end), name in sorted(spans):
+        if begin != covered:
+            return f"tensor {name!r} starts at data byte {begin}, expected {covered} (tensors overlap or leave a gap)"
+        covered = end
+    data = size - HEADER_PREFIX - length
+    if covered != data:
+        return (f"tensors cover {covered} bytes but the data section has {data} "
+                f"({'truncated file' if data < covered else 'trailing bytes after the last tensor'})")
+    return ""
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _entry_problem(entry: object) -> str:
+    """What is wrong with one header entry on its own ('' if nothing)."""
+    if not isinstance(entry, dict):
+        return f"entry is a JSON {type(entry).__name__}, not an object"
+    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if dtype not in DTYPES:
+        return f"unsupported dtype {dtype!r}"
+    if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+        return f"shape must be a list of non-negative integers, got {shape!r}"
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(o) for o in offsets) \
+            or offsets[0] > offsets[1]:
+        return f"data_offsets must be two non-negative integers [begin, end], begin <= end, got {offsets!r}"
+    need = math.prod(shape) * DTYPES[dtype].itemsize
+    if need != offsets[1] - offsets[0]:
+        return f"holds {offsets[1] - offsets[0]} bytes but dtype {dtype} and shape {shape} need {need}"
+    return ""
+
+
+def read_tensors(file: TensorFile, names: set[str] | None = None) -> Iterator[tuple[TensorEntry, torch.Tensor]]:
+    """Yield (entry, CPU tensor in its stored dtype) in file order, each read into its own memory."""
+    with open(file.path, "rb") as handle:
+        for entry in file.entries:
+            if names is not None and entry.name not in names:
+                continue
+            tensor = torch.empty(entry.shape, dtype=DTYPES[entry.dtype])
+            handle.seek(entry.begin)
+            if entry.nbytes and handle.readinto(memoryview(tensor.view(-1).view(torch.uint8).numpy())) != entry.nbytes:
+                raise TensorFileError(f"{file.path}: file shrank while reading tensor {entry.name!r}")
+            yield entry, tensor
+
+
+def load_tensor_file(path: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """All tensors of a validated file (a small file: trainer state, run folder, bundle)."""
+    return {entry.name: tensor.to(device) for entry, tensor in read_tensors(inspect_tensor_file(path))}
+
+
+def save_tensor_file(path: str | Path, tensors: Mapping[str, torch.Tensor], metadata: dict[str, str] | None = None
+                     ) -> None:
+    """Write a safetensors file atomically, with the mode a new file normally gets (not the library's 0600)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    os.chmod(tmp, new_file_mode())
+    os.replace(tmp, path)
