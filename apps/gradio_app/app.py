@@ -150,10 +150,14 @@ def launch(demo: gr.Blocks, ctx: AppContext, host: str = "127.0.0.1", port: int 
            auth: tuple[str, str] | None = None, prevent_thread_lock: bool = False, quiet: bool = False) -> Server:
     """Start the server and its disk sweeper; with ``prevent_thread_lock`` return at once (call ``close()``),
     else serve until interrupted. Prints the URL and the --share report itself (Gradio's own banner is off)."""
-    _, local_url, share_url = demo.launch(
-        server_name=host, server_port=port, share=share, auth=auth, prevent_thread_lock=True, quiet=True,
-        show_error=True, ssr_mode=False, max_file_size=4 * ctx.limits.max_upload_bytes, css=CSS,
-        footer_links=["api", "settings"])
+    try:
+        _, local_url, _ = demo.launch(
+            server_name=host, server_port=port, share=share, auth=auth, prevent_thread_lock=True, quiet=True,
+            show_error=True, ssr_mode=False, max_file_size=4 * ctx.limits.max_upload_bytes, css=CSS,
+            footer_links=["api", "settings"])
+    except BaseException:
+        ctx.close()
+        raise
     server = Server(demo, ctx, Sweeper(demo, ctx).start(), local_url, demo.share_url)
     if not quiet:
         log_to_stderr()

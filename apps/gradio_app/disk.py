@@ -19,7 +19,7 @@ SWEEP_EVERY_S = 30.0
 
 
 def gradio_files(demo: gr.Blocks, skip: Path) -> list[tuple[float, int, str]]:
-    """(ctime, bytes, path) of the files Gradio created for ``demo`` (uploads, cached outputs), outside ``skip``."""
+    """(mtime, bytes, path) of the files Gradio created for ``demo`` (uploads, cached outputs), outside ``skip``."""
     out = []
     for files in list(demo.temp_file_sets):
         for path in list(files):
@@ -29,7 +29,7 @@ def gradio_files(demo: gr.Blocks, skip: Path) -> list[tuple[float, int, str]]:
                 info = os.lstat(path)
             except OSError:
                 continue
-            out.append((info.st_ctime, info.st_size, path))
+            out.append((info.st_mtime, info.st_size, path))
     return out
 
 
