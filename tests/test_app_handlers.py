@@ -224,7 +224,8 @@ def test_guidance_grid_runs_the_experiment_runner(ctx, wb):
     assert out["status"].startswith("**Done**") and "4 cells" in out["status"]
     assert {(r[1], r[2]) for r in out["records"]} == {(1.0, 2), (1.0, 3), (5.0, 2), (5.0, 3)}
     for _, g, steps, seed, text, *_ in out["records"]:
-        assert text == wb.generate(["a small animal that"], guidance=g, steps=steps, seed=seed, max_new_tokens=8)[0].text
+        expected = wb.generate(["a small animal that"], guidance=g, steps=steps, seed=seed, max_new_tokens=8)[0]
+        assert text == expected.text
     assert {t["name"] for t in figure(out["metrics"])["data"]} == {"steps=2", "steps=3"}
     assert sorted(p.rsplit("/", 1)[-1] for p in out["files"]) == ["guidance_grid.csv", "guidance_grid.json",
                                                                   "report.html"]

@@ -165,7 +165,7 @@ def diagnose(ctx: AppContext, texts, upload, samples, draws, t_points, seed, lik
              progress: Progress = no_progress) -> Update:
     """Diagnose the typed and uploaded texts with ``Workbench.diagnose``: summary, figures, table, downloads."""
     lim = ctx.limits
-    corpus = inputs.corpus(texts, upload, lim)
+    corpus = inputs.corpus(texts, upload, lim, private=ctx.store.root)
     n_t = inputs.integer("points on the t grid", t_points, 2, 21)
     options = dict(samples=inputs.integer("posterior samples", samples, 1, 8),
                    fm_draws=inputs.integer("FM noise draws", draws, 1, 4),

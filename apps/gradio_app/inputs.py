@@ -20,34 +20,48 @@ from .errors import InputError
 
 DEFAULTS = GenerationConfig()   # every form's sampler knobs start at the official defaults
 MAX_SEED = 2**31 - 1            # block k of sample s is seeded seed + 1000*s + 10^7*k: stay in 32 bits
+MAX_VALUES_CHARS = 1000         # a sweep's value list ("1, 3, 5" or "1-9 (+2)")
+
+
+def shown(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters: a message never echoes a huge input back."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def size_text(nbytes: int) -> str:
+    """Bytes for people: KiB below a MiB, MiB above."""
+    return f"{nbytes / 2**20:.1f} MiB" if nbytes >= 2**20 else f"{nbytes / 1024:.1f} KiB"
 
 
 # -- numbers -------------------------------------------------------------------------------------------
 def integer(name: str, value: Any, low: int, high: int) -> int:
     """An int in [low, high] (whole floats from sliders accepted)."""
-    if value is None or isinstance(value, bool):
+    if value is None:
         raise InputError(f"{name} is missing; give a whole number from {low} to {high}")
+    if isinstance(value, bool):
+        raise InputError(f"{name} must be a whole number, got {shown(value)}")
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise InputError(f"{name} must be a whole number, got {value!r}") from None
+        raise InputError(f"{name} must be a whole number, got {shown(value)}") from None
     if not math.isfinite(number) or not number.is_integer():
-        raise InputError(f"{name} must be a whole number, got {value!r}")
+        raise InputError(f"{name} must be a whole number, got {shown(value)}")
     if not low <= number <= high:
-        raise InputError(f"{name} must be from {low} to {high}, got {int(number)}")
+        raise InputError(f"{name} must be from {low} to {high}, got {shown(value)}")
     return int(number)
 
 
 def number(name: str, value: Any, low: float, high: float) -> float:
     """A finite float in [low, high]."""
     if isinstance(value, bool):
-        raise InputError(f"{name} must be a number, got {value!r}")
+        raise InputError(f"{name} must be a number, got {shown(value)}")
     try:
         out = float(value)
     except (TypeError, ValueError):
-        raise InputError(f"{name} must be a number, got {value!r}") from None
+        raise InputError(f"{name} must be a number, got {shown(value)}") from None
     if not math.isfinite(out) or not low <= out <= high:
-        raise InputError(f"{name} must be from {low:g} to {high:g}, got {value!r}")
+        raise InputError(f"{name} must be from {low:g} to {high:g}, got {shown(value)}")
     return out
 
 
@@ -59,14 +73,14 @@ def seed(name: str, value: Any) -> int:
 def flag(name: str, value: Any) -> bool:
     """A checkbox: True or False, nothing else."""
     if not isinstance(value, bool):
-        raise InputError(f"{name} must be true or false, got {value!r}")
+        raise InputError(f"{name} must be true or false, got {shown(value)}")
     return value
 
 
 def choice(name: str, value: Any, options: Sequence[str]) -> str:
     """One of ``options``."""
     if not isinstance(value, str) or value not in options:
-        raise InputError(f"{name} must be one of {', '.join(options)}, got {value!r}")
+        raise InputError(f"{name} must be one of {', '.join(options)}, got {shown(value)}")
     return value
 
 
@@ -74,6 +88,8 @@ def value_list(name: str, text: Any, kind: type, low: float, high: float) -> lis
     """Sweep values: "1-9 (+2)", "1, 3, 5" or one number -> list within [low, high]."""
     if not isinstance(text, str) or not text.strip():
         raise InputError(f"{name} is empty; write values like 1, 3, 5 or a range like 1-9 (+2)")
+    if len(text) > MAX_VALUES_CHARS:
+        raise InputError(f"{name} has {len(text)} characters; at most {MAX_VALUES_CHARS}")
     text = text.strip()
     if re.fullmatch(r"[0-9.eE+,\s]+", text):     # "1, 3, 5" or "7"
         raw: Any = [_scalar(name, part, kind) for part in text.replace(",", " ").split()]
@@ -90,10 +106,10 @@ def _scalar(name: str, text: str, kind: type):
     try:
         value = float(text)
     except ValueError:
-        raise InputError(f"{name}: cannot read {text!r} as a number") from None
+        raise InputError(f"{name}: cannot read {shown(text)} as a number") from None
     if kind is int:
         if not value.is_integer():
-            raise InputError(f"{name}: {text!r} is not a whole number")
+            raise InputError(f"{name}: {shown(text)} is not a whole number")
         return int(value)
     return value
 
@@ -103,11 +119,11 @@ def blocks(name: str, picked: Any, count: int) -> list[int]:
     if picked is None:
         return []
     if not isinstance(picked, (list, tuple)):
-        raise InputError(f"{name} must be a list of block indices, got {picked!r}")
+        raise InputError(f"{name} must be a list of block indices, got {shown(picked)}")
     out = set()
     for item in picked:
         if isinstance(item, bool) or not (isinstance(item, int) or re.fullmatch(r"[0-9]{1,6}", str(item))):
-            raise InputError(f"{name}: {item!r} is not a block index")
+            raise InputError(f"{name}: {shown(item)} is not a block index")
         if not 0 <= int(item) < count:
             raise InputError(f"{name}: block {int(item)} does not exist (blocks 0 to {count - 1})")
         out.add(int(item))
@@ -142,11 +158,12 @@ def lines(name: str, value: Any, limits: Limits, max_count: int) -> list[str]:
     return out
 
 
-def uploaded_texts(path: Any, limits: Limits) -> list[str]:
+def uploaded_texts(path: Any, limits: Limits, private: Path) -> list[str]:
     """Texts of an uploaded .txt (one per line) or .jsonl (a "text" field or a JSON string per line).
 
-    ``path`` is where Gradio stored the upload (it refuses references to files it did not receive);
-    only a regular file is read, so a device or a folder never blocks or leaks.
+    ``path`` is where Gradio stored the upload (it refuses references to files outside its cache);
+    only a regular file is read, so a device or a folder never blocks or leaks, and never one under
+    ``private`` (the app's run store, which lives in the same cache).
     """
     if path is None or path == "":
         return []
@@ -157,10 +174,12 @@ def uploaded_texts(path: Any, limits: Limits) -> list[str]:
         raise InputError("the uploaded file is gone (uploads expire); upload it again")
     if not file.is_file():
         raise InputError("the upload is not a regular file")
+    if file.resolve().is_relative_to(private.resolve()):
+        raise InputError("the upload is not an uploaded file")
     size = file.stat().st_size
     if size > limits.max_upload_bytes:
-        raise InputError(f"the uploaded file is {size / 2**20:.1f} MiB; the limit is "
-                         f"{limits.max_upload_bytes / 2**20:.1f} MiB (split it or upload a sample)")
+        raise InputError(f"the uploaded file is {size_text(size)}; the limit is {size_text(limits.max_upload_bytes)} "
+                         f"(split it or upload a sample)")
     suffix = file.suffix.lower()
     if suffix not in (".txt", ".jsonl"):
         raise InputError(f"unsupported file type {suffix or '(none)'}; upload a .txt (one text per line) or .jsonl")
@@ -186,9 +205,10 @@ def uploaded_texts(path: Any, limits: Limits) -> list[str]:
     return out
 
 
-def corpus(box: Any, path: Any, limits: Limits) -> list[str]:
-    """Texts from a text box (one per line) plus an optional uploaded file, checked against the limits."""
-    texts = lines("texts", box or "", limits, limits.max_texts) + uploaded_texts(path, limits)
+def corpus(box: Any, path: Any, limits: Limits, private: Path) -> list[str]:
+    """Texts from a text box (one per line) plus an optional uploaded file (see :func:`uploaded_texts`),
+    checked against the limits."""
+    texts = lines("texts", box or "", limits, limits.max_texts) + uploaded_texts(path, limits, private)
     if not texts:
         raise InputError("no texts: type one text per line or upload a .txt/.jsonl file")
     if len(texts) > limits.max_texts:
