@@ -7,7 +7,6 @@ artifacts/screenshots/ (git-ignored). Skips when Playwright or /usr/bin/chromium
 """
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -16,7 +15,7 @@ import pytest
 pytest.importorskip("gradio")
 sync_api = pytest.importorskip("playwright.sync_api")
 
-from app_server import running_app  # noqa: E402
+from app_server import hold_at, running_app, stop_signal  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -88,18 +87,12 @@ def test_trajectories_tab_streams_and_plots(page):
 
 def test_stop_button_cancels_a_long_run(page, monkeypatch):
     """The sampler is held after its second step until the Stop click has set the run's stop flag."""
-    stopped, stop = threading.Event(), page.ctx.stops.stop
-    monkeypatch.setattr(page.ctx.stops, "stop", lambda session: [stopped.set(), stop(session)][1])
-
-    def hold(state):
-        if (state.block, state.step) == (0, 1):
-            assert stopped.wait(TIMEOUT_MS / 1000)
-
+    stopped = stop_signal(page.ctx, monkeypatch)
     open_tab(page, "Trajectories")
     steps = page.get_by_label("number input for Steps per block")
     steps.fill("200")
     steps.press("Enter")
-    with page.ctx.workbench.hooks(post_update=hold):
+    with page.ctx.workbench.hooks(post_update=hold_at(0, 1, stopped)):
         page.get_by_role("button", name="Generate").click()
         page.get_by_text("Sampling — block").wait_for()
         page.get_by_role("button", name="Stop").click()

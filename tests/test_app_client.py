@@ -22,7 +22,7 @@ gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
-from app_server import running_app  # noqa: E402
+from app_server import TIMEOUT_S, hold_at, running_app, stop_signal, wait_for  # noqa: E402
 from apps.gradio_app import guidance  # noqa: E402
 from workbench import Workbench, interpolate, invert, regenerate_from  # noqa: E402
 from workbench.diagnostics import diagnose  # noqa: E402
@@ -34,7 +34,6 @@ ENDPOINTS = {"/trajectory_generate", "/trajectory_stop", "/trajectory_scrub", "/
              "/guidance_stop", "/latent_encode", "/latent_interpolate", "/latent_path", "/latent_direction",
              "/latent_regenerate", "/latent_invert", "/status", "/status_tick"}
 UPLOAD_CAP = 4096
-TIMEOUT_S = 60      # a bound on waiting for an event the test controls, never a speed requirement
 
 
 @pytest.fixture(scope="module")
@@ -123,36 +122,6 @@ def test_trajectory_matches_workbench_generation_and_scrubs(app, wb):
     # positions past the run are refused
     fails(f"block must be from 0 to {direct.num_blocks - 1}, got 9", c.predict, 9, 0, "auto", "2-D",
           api_name="/trajectory_scrub")
-
-
-def wait_for(condition, what: str) -> None:
-    """Poll ``condition`` until it holds (bounded by TIMEOUT_S; the test's own events make it hold)."""
-    deadline = time.monotonic() + TIMEOUT_S
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} did not happen"
-        time.sleep(0.02)
-
-
-def hold_at(block: int, step: int, release: threading.Event, held: threading.Event):
-    """A post_update hook that holds the sampler after (block, step) until ``release`` is set."""
-    def hold(state):
-        if (state.block, state.step) == (block, step):
-            held.set()
-            assert release.wait(TIMEOUT_S)
-    return hold
-
-
-def stop_signal(ctx, monkeypatch) -> threading.Event:
-    """An event set once a Stop click has set some running work's stop flag."""
-    stopped, stop = threading.Event(), ctx.stops.stop
-
-    def stop_and_tell(session):
-        names = stop(session)
-        if names:
-            stopped.set()
-        return names
-    monkeypatch.setattr(ctx.stops, "stop", stop_and_tell)
-    return stopped
 
 
 def test_trajectory_streams_while_a_hook_holds_the_sampler(app, wb):

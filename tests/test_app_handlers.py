@@ -16,7 +16,7 @@ pytest.importorskip("gradio")
 
 import gradio as gr  # noqa: E402
 
-from app_server import app_context  # noqa: E402
+from app_server import TIMEOUT_S, app_context, hold_at, stop_signal  # noqa: E402
 from apps.gradio_app import create_app, diagnostics, guidance, latent_lab, trajectories  # noqa: E402
 from apps.gradio_app.events import TabComponents  # noqa: E402
 from cola_core.generate import GenerationConfig  # noqa: E402
@@ -27,7 +27,6 @@ KNOBS = dict(steps=4, guidance=7.0, max_new_tokens=8, seed=3, solver="euler", sc
 ENDPOINTS = {"trajectory_generate", "trajectory_stop", "trajectory_scrub", "diagnose", "guidance_grid",
              "guidance_stop", "latent_encode", "latent_interpolate", "latent_path", "latent_direction",
              "latent_regenerate", "latent_invert", "status", "status_tick"}
-TIMEOUT_S = 60      # a bound on waiting for an event the test controls, never a speed requirement
 
 
 @pytest.fixture(scope="module")
@@ -143,14 +142,8 @@ def _drain(received: queue.Queue) -> list:
 def test_trajectory_streams_while_a_hook_holds_the_sampler(ctx, wb):
     """Updates arrive while the sampler is held mid-run by a hook the test controls (no clock involved)."""
     held, release = threading.Event(), threading.Event()
-
-    def hold(state):
-        if state.block == 1 and state.step == 0:
-            held.set()
-            assert release.wait(TIMEOUT_S)
-
     received: queue.Queue = queue.Queue()
-    with wb.hooks(post_update=hold):
+    with wb.hooks(post_update=hold_at(1, 0, release, held)):
         thread = _consume(generate(ctx, "", steps=8, guidance=3.0, max_new_tokens=12, seed=1), received)
         assert held.wait(TIMEOUT_S)
         while_held = _drain(received)
@@ -168,24 +161,9 @@ def test_trajectory_streams_while_a_hook_holds_the_sampler(ctx, wb):
 
 
 def test_stop_interrupts_only_its_own_session(ctx, wb, monkeypatch):
-    held, stopped = threading.Event(), threading.Event()
-    stop_flags = ctx.stops.stop
-
-    def stop_and_tell(session):
-        names = stop_flags(session)
-        if names:
-            stopped.set()
-        return names
-
-    monkeypatch.setattr(ctx.stops, "stop", stop_and_tell)
-
-    def hold(state):       # hold the sampler after step 1 until Stop has set this session's flag
-        if state.block == 0 and state.step == 1:
-            held.set()
-            assert stopped.wait(TIMEOUT_S)
-
+    held, stopped = threading.Event(), stop_signal(ctx, monkeypatch)
     received: queue.Queue = queue.Queue()
-    with wb.hooks(post_update=hold):
+    with wb.hooks(post_update=hold_at(0, 1, stopped, held)):   # held after step 1 until Stop set alice's flag
         thread = _consume(generate(ctx, "stop me", session="alice", steps=50, max_new_tokens=16), received)
         assert held.wait(TIMEOUT_S)
         assert trajectories.stop(ctx, "auto", "2-D", session="bob") == {"status": "Nothing is running."}

@@ -15,7 +15,7 @@ from workbench.diagnostics import Diagnosis, token_nll
 
 from . import exports, inputs
 from .context import AppContext
-from .events import Progress, TabComponents, Update, no_progress, on
+from .events import Progress, TabComponents, Update, no_progress, on, run_state
 from .plots import HEIGHT, color, empty_figure
 
 TITLE, TAB_ID = "Diagnostics", "diagnostics"
@@ -214,8 +214,7 @@ def build(ctx: AppContext) -> TabComponents:
         ui.bits = gr.Plot(empty_figure("bits/token breakdown"), label="Bits per token")
     ui.table = gr.Dataframe(headers=TABLE_COLUMNS, label="Per-text numbers", interactive=False, wrap=True)
     ui.files = gr.File(label="Downloads: JSON / CSV / HTML", file_count="multiple", interactive=False)
-    # the run id ties the stored result and its download files to this session (freed when it expires)
-    ui.run = gr.State(None, time_to_live=ctx.store.ttl_s, delete_callback=ctx.store.delete)
+    ui.run = run_state(ctx)
     return ui
 
 

@@ -44,6 +44,11 @@ class TabComponents(SimpleNamespace):
     """A tab's components by name (``ui.prompt``); handlers' updates are keyed by these names."""
 
 
+def run_state(ctx: AppContext) -> gr.State:
+    """A session's run id (the results stay in the run store, which forgets the run when the state expires)."""
+    return gr.State(None, time_to_live=ctx.store.ttl_s, delete_callback=ctx.store.delete)
+
+
 class Tab(Protocol):
     """What app.py needs from a tab module."""
 

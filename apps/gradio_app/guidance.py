@@ -23,7 +23,7 @@ from . import exports, inputs
 from .context import AppContext
 from .display import display_text
 from .errors import InputError
-from .events import LOCAL_SESSION, Progress, TabComponents, Update, no_progress, on
+from .events import LOCAL_SESSION, Progress, TabComponents, Update, no_progress, on, run_state
 from .plots import HEIGHT, color
 from .store import session_key
 
@@ -207,8 +207,7 @@ def build(ctx: AppContext) -> TabComponents:
     ui.gaps = gr.Plot(label="Velocity gap per step")
     ui.records = gr.Dataframe(headers=TABLE_COLUMNS, label="Records", interactive=False, wrap=True)
     ui.files = gr.File(label="Downloads: JSON / CSV / HTML report", file_count="multiple", interactive=False)
-    # the run id ties the stored result and its download files to this session (freed when it expires)
-    ui.run = gr.State(None, time_to_live=ctx.store.ttl_s, delete_callback=ctx.store.delete)
+    ui.run = run_state(ctx)
     return ui
 
 

@@ -17,7 +17,7 @@ from . import exports, inputs
 from .context import AppContext
 from .display import display_text
 from .errors import InputError
-from .events import Progress, TabComponents, Update, no_progress, on
+from .events import Progress, TabComponents, Update, no_progress, on, run_state
 from .plots import Overlay, projection_figure
 
 TITLE, TAB_ID = "Latent lab", "latent"
@@ -201,7 +201,7 @@ def inversion(ctx: AppContext, run_id, source, steps, solver, *, progress: Progr
 def build(ctx: AppContext) -> TabComponents:
     """The tab's layout (inside a ``gr.Tab``); knob defaults are GenerationConfig()'s."""
     lim, ui = ctx.limits, TabComponents()
-    ui.pair = gr.State(None, time_to_live=ctx.store.ttl_s, delete_callback=ctx.store.delete)
+    ui.pair = run_state(ctx)
     with gr.Row():
         ui.text_a = gr.Textbox(label="Text A", value="a small domesticated animal kept as a pet", lines=2)
         ui.text_b = gr.Textbox(label="Text B", value="a large body of salt water that covers most of the earth",

@@ -22,7 +22,7 @@ from . import exports, inputs
 from .context import METHODS, AppContext
 from .display import display_text
 from .errors import InputError
-from .events import LOCAL_SESSION, Progress, TabComponents, Update, no_progress, on
+from .events import LOCAL_SESSION, Progress, TabComponents, Update, no_progress, on, run_state
 from .plots import Overlay, color, empty_figure, projection_figure
 from .store import session_key
 
@@ -319,7 +319,7 @@ def scrub(ctx: AppContext, run_id, block, step, method, dims) -> Update:
 def build(ctx: AppContext) -> TabComponents:
     """The tab's layout (inside a ``gr.Tab``); knob defaults are GenerationConfig()'s."""
     lim, ui = ctx.limits, TabComponents()
-    ui.run = gr.State(None, time_to_live=ctx.store.ttl_s, delete_callback=ctx.store.delete)
+    ui.run = run_state(ctx)
     with gr.Row():
         with gr.Column(scale=1, min_width=300):
             ui.prompt = gr.Textbox(label="Prompt", lines=2, placeholder="leave empty for unconditional generation",
