@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import types
 from pathlib import Path
 
@@ -71,7 +70,8 @@ def test_pca_only_without_umap_learn(tiny_model, tmp_path, monkeypatch):
 
 
 def test_run_store_expires_evicts_and_removes_download_folders(tmp_path):
-    store = RunStore(tmp_path / "runs", ttl_s=0.2, max_entries=2)
+    now = [0.0]
+    store = RunStore(tmp_path / "runs", ttl_s=60, max_entries=2, clock=lambda: now[0])
     first = store.put("latents", 1)
     folder = store.folder(first)
     (folder / "x.json").write_text("{}")
@@ -82,9 +82,12 @@ def test_run_store_expires_evicts_and_removes_download_folders(tmp_path):
     assert len(store) == 2 and not folder.exists()          # the oldest was evicted with its files
     with pytest.raises(InputError, match="no latents result"):
         store.get(first, "latents")
-    time.sleep(0.25)
+    now[0] = 59.0
+    store.get(second, "latents")                           # used: its hour starts again
+    now[0] = 61.0
     with pytest.raises(InputError, match="expired"):
         store.get(third, "latents")
+    assert len(store) == 1
     store.delete(second)
     assert len(store) == 0
 

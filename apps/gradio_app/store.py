@@ -14,9 +14,9 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .errors import InputError
 
@@ -27,8 +27,8 @@ class Entry:
 
     kind: str
     payload: Any
+    touched: float                 # the store's clock at the last use
     folder: Path | None = None
-    touched: float = field(default_factory=time.monotonic)
 
 
 def folder_bytes(folder: Path | None) -> int:
@@ -41,8 +41,10 @@ def folder_bytes(folder: Path | None) -> int:
 class RunStore:
     """Thread-safe id -> :class:`Entry` map over a private folder, bounded by age, count and bytes."""
 
-    def __init__(self, root: Path, ttl_s: float = 3600.0, max_entries: int = 256, max_bytes: int = 1 << 30):
+    def __init__(self, root: Path, ttl_s: float = 3600.0, max_entries: int = 256, max_bytes: int = 1 << 30,
+                 clock: Callable[[], float] = time.monotonic):
         self.root, self.ttl_s, self.max_entries, self.max_bytes = Path(root), ttl_s, max_entries, max_bytes
+        self.clock = clock
         self.root.mkdir(parents=True, exist_ok=True)
         self._entries: OrderedDict[str, Entry] = OrderedDict()   # least recently used first
         self._lock = threading.Lock()
@@ -51,7 +53,7 @@ class RunStore:
         """Store a payload; returns its new run id."""
         run_id = uuid.uuid4().hex
         with self._lock:
-            self._entries[run_id] = Entry(kind, payload)
+            self._entries[run_id] = Entry(kind, payload, self.clock())
             self._sweep()
         return run_id
 
@@ -64,14 +66,16 @@ class RunStore:
                 raise InputError(f"no {kind} result for this session (it expired or was never made); run it first")
             if entry.kind != kind:
                 raise InputError(f"run {run_id[:8]} holds a {entry.kind} result, not a {kind} result")
-            entry.touched = time.monotonic()
+            entry.touched = self.clock()
             self._entries.move_to_end(run_id)
             return entry
 
     def folder(self, run_id: str) -> Path:
         """A private folder for the run's downloadable files (removed with the entry)."""
         with self._lock:
-            entry = self._entries[run_id]
+            entry = self._entries.get(run_id)
+            if entry is None:
+                raise InputError("this run was dropped to keep the store within its bounds; run it again")
             if entry.folder is None:
                 entry.folder = self.root / run_id
                 entry.folder.mkdir(parents=True, exist_ok=True)
@@ -105,7 +109,7 @@ class RunStore:
             return len(self._entries)
 
     def _sweep(self) -> None:
-        now = time.monotonic()
+        now = self.clock()
         for run_id in [k for k, e in self._entries.items() if now - e.touched > self.ttl_s]:
             self._drop(run_id)
         while len(self._entries) > self.max_entries:
