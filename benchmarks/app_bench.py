@@ -9,6 +9,10 @@ cached: (a) in process, ``interpolate`` + ``Workbench.decode`` of one point; (b)
 Target: < 300 ms on the pocket checkpoint on CPU. ``--preset small`` adds a random checkpoint of
 the ``small`` size from generate_bench.py as a stand-in until the pocket checkpoint is trained.
 
+Disk per call = bytes one call of each heavy endpoint adds to the run store and to Gradio's cache
+(issue #14 measured ~4.7 MB each before the store moved into Gradio's cache), and what is left on
+disk once the server has closed.
+
 Serve to first render = a fresh ``cola-workbench serve`` process until headless Chromium shows the
 status bar (falls back to the first HTTP 200 when Playwright or /usr/bin/chromium is missing).
 """
@@ -69,10 +73,9 @@ def interpolation_latency(checkpoint: Path, repeats: int) -> dict:
             core.append(time.perf_counter() - start)
         in_process[f"{threads}_threads"] = percentiles(core)
     torch.set_num_threads(default_threads)
-    demo = create_app(ctx)
-    _, url, _ = launch(demo, ctx, port=None, prevent_thread_lock=True, quiet=True)
+    server = launch(create_app(ctx), ctx, port=None, prevent_thread_lock=True, quiet=True)
     try:
-        client = Client(url, verbose=False)
+        client = Client(server.local_url, verbose=False)
         client.predict(TEXT_A, TEXT_B, 0.5, "slerp", api_name="/latent_encode")
         client.predict(0.5, "slerp", [], api_name="/latent_interpolate")   # warm-up
         end_to_end = []
@@ -81,7 +84,7 @@ def interpolation_latency(checkpoint: Path, repeats: int) -> dict:
             client.predict(alpha, "slerp", [], api_name="/latent_interpolate")
             end_to_end.append(time.perf_counter() - start)
     finally:
-        demo.close()
+        server.close()
     model = ctx.model
     return {"checkpoint": str(checkpoint), "fingerprint": model.fingerprint, "device": str(model.device),
             "params": sum(p.numel() for m in (model.vae, model.dit) for p in m.parameters()),
@@ -102,7 +105,7 @@ def serve_to_render(checkpoint: Path) -> dict:
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "workbench.cli", "serve", "--checkpoint", str(checkpoint),
+    proc = subprocess.Popen([sys.executable, "-m", "apps.cli", "serve", "--checkpoint", str(checkpoint),
                              "--port", str(port), "--no-umap"], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     result = {"checkpoint": str(checkpoint)}
@@ -140,6 +143,49 @@ def serve_to_render(checkpoint: Path) -> dict:
         proc.terminate()
         proc.wait(timeout=30)
     return result
+
+
+def tree_bytes(folder: Path, skip: Path | None = None) -> tuple[int, int]:
+    """(bytes, files) of the regular files under ``folder``, leaving out ``skip``."""
+    files = [p for p in folder.rglob("*") if p.is_file() and (skip is None or not p.is_relative_to(skip))]
+    return sum(p.stat().st_size for p in files), len(files)
+
+
+def disk_per_call(checkpoint: Path) -> dict:
+    """Bytes one call of each heavy endpoint leaves in the run store and in Gradio's cache, and what is
+    left on disk after the server closes (Gradio's cache pointed at a fresh folder for the measurement)."""
+    from gradio_client import Client
+
+    gradio_dir = Path(tempfile.mkdtemp(prefix="cola-app-bench-gradio-"))
+    previous = os.environ.get("GRADIO_TEMP_DIR")
+    os.environ["GRADIO_TEMP_DIR"] = str(gradio_dir)     # read when the app and its components are built
+    try:
+        from apps.gradio_app import AppContext, create_app, launch
+
+        ctx = AppContext.create(checkpoint, umap=False, cache_dir=tempfile.mkdtemp())
+        server = launch(create_app(ctx), ctx, port=None, prevent_thread_lock=True, quiet=True)
+        calls = {"trajectory_generate": ("a small animal that", 16, 7.0, 32, 0, "euler", "linear", True, "auto", "2-D"),
+                 "diagnose": ("a cat\nthe sea\na tool for driving nails", None, 1, 1, 11, 0, False, 8),
+                 "guidance_grid": ("a small animal that", "1, 7", "steps", "4", 16, 0, 8, "euler", "off"),
+                 "latent_encode": (TEXT_A, TEXT_B, 0.5, "slerp")}
+        per_call = {}
+        try:
+            client = Client(server.local_url, verbose=False, download_files=False)
+            for api_name, args in calls.items():
+                store_before, (cache_before, _) = ctx.store.nbytes(), tree_bytes(gradio_dir, ctx.store.root)
+                client.predict(*args, api_name=f"/{api_name}")
+                per_call[api_name] = {"store_bytes": ctx.store.nbytes() - store_before,
+                                      "gradio_cache_bytes": tree_bytes(gradio_dir, ctx.store.root)[0] - cache_before}
+        finally:
+            server.close()
+        left_bytes, left_files = tree_bytes(gradio_dir)
+    finally:
+        if previous is None:
+            os.environ.pop("GRADIO_TEMP_DIR")
+        else:
+            os.environ["GRADIO_TEMP_DIR"] = previous
+    return {"checkpoint": str(checkpoint), "per_call": per_call, "left_after_close": {"bytes": left_bytes,
+                                                                                      "files": left_files}}
 
 
 def random_checkpoint(preset: str) -> Path:
@@ -193,6 +239,12 @@ def main() -> int:
         print(f"interpolation step [{label}] ({r['params'] / 1e6:.2f} M params, {r['latent_blocks']} blocks): "
               f"in process: {core}; end to end: median {r['end_to_end']['median_ms']:.1f} ms "
               f"(p90 {r['end_to_end']['p90_ms']:.1f}); target < 300 ms", flush=True)
+    results["disk"] = disk = disk_per_call(checkpoints[-1])
+    for api_name, d in disk["per_call"].items():
+        print(f"disk per call [{api_name}]: run store {d['store_bytes'] / 2**20:.2f} MiB, Gradio cache "
+              f"{d['gradio_cache_bytes'] / 2**20:.2f} MiB", flush=True)
+    print(f"left on disk after close: {disk['left_after_close']['files']} files, "
+          f"{disk['left_after_close']['bytes']} bytes", flush=True)
     results["serve"] = serve = serve_to_render(checkpoints[-1])
     print(f"serve -> HTTP 200: {serve['http_ready_s']:.2f} s; serve -> first render: "
           f"{serve.get('first_render_s', float('nan')):.2f} s [{serve['checkpoint']}]", flush=True)

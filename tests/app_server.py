@@ -1,25 +1,67 @@
-"""Start the Gradio workbench app on 127.0.0.1 for tests (tiny random checkpoint, PCA only)."""
+"""The Gradio workbench app for tests: an app context on the tiny random checkpoint (PCA only), the
+app launched on 127.0.0.1, and the events tests hold the sampler with (no test waits on the clock)."""
 from __future__ import annotations
 
 import os
+import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 FIXTURE = Path(__file__).parent / "fixtures" / "visible_a"
+TIMEOUT_S = 60      # a bound on waiting for an event the test controls, never a speed requirement
+
+
+def app_context(cache_dir: Path, workbench=None, **limits):
+    """An AppContext on the tiny fixture (or ``workbench``), PCA only; ``limits`` override Limits fields."""
+    from apps.gradio_app import AppContext, Limits
+
+    return AppContext.create(FIXTURE, cache_dir=cache_dir, umap=False, concurrency=2, workbench=workbench,
+                             limits=Limits(**limits) if limits else None)
 
 
 @contextmanager
 def running_app(cache_dir: Path, **limits):
-    """Yield ``(ctx, url)`` for the app launched with ``prevent_thread_lock=True``; close it afterwards."""
-    from apps.gradio_app import AppContext, Limits, create_app, launch
+    """Yield ``(ctx, url)`` for the app launched with ``prevent_thread_lock=True``; close it (and its files) after."""
+    from apps.gradio_app import create_app, launch
 
-    ctx = AppContext.create(FIXTURE, cache_dir=cache_dir, umap=False, concurrency=2,
-                            limits=Limits(**limits) if limits else None)
-    demo = create_app(ctx)
-    _, url, _ = launch(demo, ctx, host="127.0.0.1", port=None, prevent_thread_lock=True, quiet=True)
+    ctx = app_context(cache_dir, **limits)
+    server = launch(create_app(ctx), ctx, host="127.0.0.1", port=None, prevent_thread_lock=True, quiet=True)
     try:
-        yield ctx, url
+        yield ctx, server.local_url
     finally:
-        demo.close()
+        server.close()
+
+
+def hold_at(block: int, step: int, release: threading.Event, held: threading.Event | None = None) -> Callable:
+    """A post_update hook that holds the sampler after (block, step) until ``release`` is set."""
+    def hold(state) -> None:
+        if (state.block, state.step) == (block, step):
+            if held is not None:
+                held.set()
+            assert release.wait(TIMEOUT_S)
+    return hold
+
+
+def stop_signal(ctx, monkeypatch) -> threading.Event:
+    """An event set once a Stop (handler or click) has set some running work's stop flag."""
+    stopped, stop = threading.Event(), ctx.stops.stop
+
+    def stop_and_tell(session: str) -> list[str]:
+        names = stop(session)
+        if names:
+            stopped.set()
+        return names
+    monkeypatch.setattr(ctx.stops, "stop", stop_and_tell)
+    return stopped
+
+
+def wait_for(condition: Callable[[], bool], what: str) -> None:
+    """Poll ``condition`` until it holds (bounded by TIMEOUT_S; the test's own events make it hold)."""
+    deadline = time.monotonic() + TIMEOUT_S
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} did not happen"
+        time.sleep(0.02)

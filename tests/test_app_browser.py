@@ -1,4 +1,4 @@
-"""The app in a real browser: headless Debian Chromium driven by Playwright opens and runs every tab.
+"""The app in a real browser (heavy): headless Debian Chromium driven by Playwright opens and runs every tab.
 
 Checks that text outputs and plotly plots render, that bad input shows an error, and that the page
 makes no request off this machine (no CDN, fonts or analytics). Screenshots go to
@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("gradio")
 sync_api = pytest.importorskip("playwright.sync_api")
 
-from app_server import running_app  # noqa: E402
+from app_server import hold_at, running_app, stop_signal  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -23,18 +23,20 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
 SHOTS = Path(__file__).resolve().parents[1] / "artifacts" / "screenshots"
 TIMEOUT_MS = 30_000
 
-pytestmark = pytest.mark.skipif(not CHROMIUM.is_file(), reason="Debian chromium is not installed (/usr/bin/chromium)")
+pytestmark = [pytest.mark.heavy,
+              pytest.mark.skipif(not CHROMIUM.is_file(), reason="Debian chromium is not installed (/usr/bin/chromium)")]
 
 
 @pytest.fixture(scope="module")
 def page(tmp_path_factory):
     """One browser page on the running app; records every request that leaves 127.0.0.1."""
     SHOTS.mkdir(parents=True, exist_ok=True)
-    with running_app(tmp_path_factory.mktemp("projections")) as (_, url), sync_api.sync_playwright() as pw:
+    with running_app(tmp_path_factory.mktemp("projections")) as (ctx, url), sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
         pg = browser.new_page(viewport={"width": 1400, "height": 1000})
         pg.set_default_timeout(TIMEOUT_MS)
         pg.external = []
+        pg.ctx = ctx
 
         def guard(route):
             host = urlparse(route.request.url).hostname
@@ -83,15 +85,18 @@ def test_trajectories_tab_streams_and_plots(page):
     page.screenshot(path=str(SHOTS / "trajectories.png"), full_page=True)
 
 
-def test_stop_button_cancels_a_long_run(page):
+def test_stop_button_cancels_a_long_run(page, monkeypatch):
+    """The sampler is held after its second step until the Stop click has set the run's stop flag."""
+    stopped = stop_signal(page.ctx, monkeypatch)
     open_tab(page, "Trajectories")
     steps = page.get_by_label("number input for Steps per block")
     steps.fill("200")
     steps.press("Enter")
-    page.get_by_role("button", name="Generate").click()
-    page.get_by_text("Sampling — block").wait_for()
-    page.get_by_role("button", name="Stop").click()
-    page.get_by_text("Stopped").wait_for()
+    with page.ctx.workbench.hooks(post_update=hold_at(0, 1, stopped)):
+        page.get_by_role("button", name="Generate").click()
+        page.get_by_text("Sampling — block").wait_for()
+        page.get_by_role("button", name="Stop").click()
+        page.get_by_text("Stopped").wait_for()
     assert page.get_by_label("number input for Scrub: step").input_value() != ""
     steps.fill("16")
     steps.press("Enter")

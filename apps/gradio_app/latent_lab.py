@@ -15,11 +15,18 @@ from workbench.session import token_accuracy
 
 from . import exports, inputs
 from .context import AppContext
+from .display import display_text
+from .errors import InputError
+from .events import Progress, TabComponents, Update, no_progress, on, run_state
 from .plots import Overlay, projection_figure
 
+TITLE, TAB_ID = "Latent lab", "latent"
 SOURCES = ("A", "B")
 METHODS = ("lerp", "slerp")
+SOLVERS = ("euler", "heun", "midpoint")
 PATH_ALPHAS = [i / 10 for i in range(11)]
+ENCODE_OUTPUTS = ("encoded", "interp_text", "interp_tokens", "interp_info", "path", "blocks", "dir_blocks", "keep",
+                  "files", "pair")
 
 
 @dataclass
@@ -30,8 +37,17 @@ class LatentPair:
     texts: list[str]
     directions: dict[tuple, torch.Tensor] = field(default_factory=dict)
 
-    def source(self, which: str) -> Latents:
+    @property
+    def n_blocks(self) -> int:
+        return self.latents.n_blocks[0]
+
+    def source(self, which) -> Latents:
+        """Text A's or text B's latents."""
         return self.latents[SOURCES.index(inputs.choice("source", which, SOURCES))]
+
+    def blocks(self, name: str, picked) -> list[int] | None:
+        """Ticked block indices of these latents (None: none ticked, meaning all)."""
+        return inputs.blocks(name, picked, self.n_blocks) or None
 
 
 def decoded_view(ctx: AppContext, latents: Latents) -> tuple[str, list[tuple[str, float]]]:
@@ -81,162 +97,183 @@ def write_downloads(ctx: AppContext, run_id: str, pair: LatentPair, method: str)
     return files
 
 
-def build(ctx: AppContext) -> dict:
+def point_update(text: str, tokens: list[tuple[str, float]], info: dict) -> Update:
+    """One interpolation point as shown: decoded text, token confidences, numbers."""
+    return {"interp_text": display_text(text), "interp_tokens": [(display_text(t), p) for t, p in tokens],
+            "interp_info": info | {"text": display_text(info["text"])}}
+
+
+def stored_pair(ctx: AppContext, run_id) -> LatentPair:
+    return ctx.store.get(run_id, "latents").payload
+
+
+# -- handlers ---------------------------------------------------------------------------------------------
+def encode(ctx: AppContext, text_a, text_b, alpha, method, *, progress: Progress = no_progress) -> Update:
+    """Encode texts A and B (padded to one length) once; show the round trip and the point at ``alpha``."""
     lim = ctx.limits
-    state = gr.State(None, time_to_live=ctx.store.ttl_s, delete_callback=ctx.store.delete)
+    texts = [inputs.text("text A", text_a, lim), inputs.text("text B", text_b, lim)]
+    method = inputs.choice("method", method, METHODS)
+    alpha = inputs.number("alpha", alpha, 0.0, 1.0)
+    progress(0.2, desc="encoding")
+    latents = ctx.workbench.encode(texts, pad_to="longest")
+    decoded = ctx.workbench.decode(latents)
+    accuracy = token_accuracy(latents, decoded)
+    pair = LatentPair(latents, texts)
+    run_id = ctx.store.put("latents", pair)
+    report = {"run_id": run_id, "blocks": pair.n_blocks, "latent_shape": list(latents.z[0].shape),
+              **{name: {"text": texts[i], "decoded": display_text(decoded.texts[i]), "token_accuracy": accuracy[i]}
+                 for i, name in enumerate(SOURCES)}}
+    pickers = gr.CheckboxGroup(choices=[str(i) for i in range(pair.n_blocks)], value=[])
+    return {"encoded": report, **point_update(*point(ctx, pair, alpha, method, None)),
+            "path": path_figure(ctx, pair, method, None, alpha), "blocks": pickers, "dir_blocks": pickers,
+            "keep": pickers, "files": write_downloads(ctx, run_id, pair, method), "pair": run_id}
+
+
+def interpolate_point(ctx: AppContext, run_id, alpha, method, blocks) -> Update:
+    """Decode the point ``alpha`` of the way from A to B (in the ticked blocks, or all)."""
+    pair = stored_pair(ctx, run_id)
+    alpha, method = inputs.number("alpha", alpha, 0.0, 1.0), inputs.choice("method", method, METHODS)
+    return point_update(*point(ctx, pair, alpha, method, pair.blocks("blocks", blocks)))
+
+
+def interpolate_path(ctx: AppContext, run_id, alpha, method, blocks) -> Update:
+    """The PCA picture of the path from A to B with the point ``alpha`` marked."""
+    pair = stored_pair(ctx, run_id)
+    return {"path": path_figure(ctx, pair, inputs.choice("method", method, METHODS), pair.blocks("blocks", blocks),
+                                inputs.number("alpha", alpha, 0.0, 1.0))}
+
+
+def direction(ctx: AppContext, run_id, positive, negative, source, strength, blocks) -> Update:
+    """Apply the attribute direction (mean of positive texts minus negative ones) to A or B and decode."""
+    lim, pair = ctx.limits, stored_pair(ctx, run_id)
+    pos = inputs.lines("positive texts", positive, lim, lim.max_texts)
+    neg = inputs.lines("negative texts", negative, lim, lim.max_texts)
+    if not pos or not neg:
+        raise InputError("an attribute direction needs at least one positive and one negative text")
+    strength = inputs.number("strength", strength, -10.0, 10.0)
+    latents, picked = pair.source(source), pair.blocks("blocks", blocks)
+    key = (tuple(pos), tuple(neg))
+    if key not in pair.directions:
+        pair.directions[key] = attribute_direction(ctx.workbench, pos, neg)
+    vector = pair.directions[key]
+    text, _ = decoded_view(ctx, apply_direction(latents, vector, strength, picked))
+    return {"dir_text": display_text(text),
+            "dir_info": {"source": source, "strength": strength, "direction_norm": float(vector.norm()),
+                         "positive": len(pos), "negative": len(neg), "text": display_text(text)}}
+
+
+def regenerate(ctx: AppContext, run_id, source, strength, keep, steps, guidance, seed, *,
+               progress: Progress = no_progress) -> Update:
+    """Noise A or B to t = strength·T and integrate back with the prior, keeping the ticked blocks."""
+    lim, pair = ctx.limits, stored_pair(ctx, run_id)
+    latents = pair.source(source)
+    options = dict(strength=inputs.number("strength", strength, 0.0, 1.0),
+                   keep_blocks=inputs.blocks("kept blocks", keep, pair.n_blocks),
+                   steps=inputs.integer("steps", steps, 1, lim.max_steps),
+                   guidance=inputs.number("guidance", guidance, 0.0, lim.max_guidance), seed=inputs.seed("seed", seed))
+    progress(0.1, desc="re-generating")
+    result = regenerate_from(ctx.workbench, latents, **options)
+    before, after = ctx.workbench.decode(latents)[0].token_ids, ctx.workbench.decode(result.latents)[0]
+    changed = sum(x != y for x, y in zip(before, after.token_ids)) / max(len(before), 1)
+    return {"regen_text": display_text(after.text),
+            "regen_info": {"source": source, "t_start": result.t_start, "steps_run": result.steps_run,
+                           "changed_token_fraction": round(changed, 4), "text": display_text(after.text)}}
+
+
+def inversion(ctx: AppContext, run_id, source, steps, solver, *, progress: Progress = no_progress) -> Update:
+    """ODE round trip of A or B: data → noise → data, with its errors and token agreement."""
+    pair = stored_pair(ctx, run_id)
+    latents = pair.source(source)
+    steps = inputs.integer("ODE steps", steps, 1, ctx.limits.max_steps)
+    solver = inputs.choice("solver", solver, SOLVERS)
+    progress(0.1, desc="inverting (data → noise → data)")
+    result = invert(ctx.workbench, latents, steps=steps, solver=solver)
+    text, _ = decoded_view(ctx, result.reconstruction)
+    noise = result.noise.z[0]
+    return {"inv_text": display_text(text),
+            "inv_info": {"source": source, "max_abs_error": result.max_abs_error[0],
+                         "relative_error": result.relative_error[0], "token_agreement": result.token_agreement[0],
+                         "noise_mean": float(noise.mean()), "noise_std": float(noise.std()),
+                         "text": display_text(text)}}
+
+
+# -- layout and events ------------------------------------------------------------------------------------
+def build(ctx: AppContext) -> TabComponents:
+    """The tab's layout (inside a ``gr.Tab``); knob defaults are GenerationConfig()'s."""
+    lim, ui = ctx.limits, TabComponents()
+    ui.pair = run_state(ctx)
     with gr.Row():
-        text_a = gr.Textbox(label="Text A", value="a small domesticated animal kept as a pet", lines=2)
-        text_b = gr.Textbox(label="Text B", value="a large body of salt water that covers most of the earth", lines=2)
-    encode_btn = gr.Button("Encode A and B", variant="primary")
+        ui.text_a = gr.Textbox(label="Text A", value="a small domesticated animal kept as a pet", lines=2)
+        ui.text_b = gr.Textbox(label="Text B", value="a large body of salt water that covers most of the earth",
+                               lines=2)
+    ui.encode = gr.Button("Encode A and B", variant="primary")
     with gr.Row():
-        encoded = gr.JSON(label="Round trip (encode → decode)", scale=2)
-        files = gr.File(label="Downloads: latents + interpolation sweep", file_count="multiple", interactive=False,
-                        scale=1)
+        ui.encoded = gr.JSON(label="Round trip (encode → decode)", scale=2)
+        ui.files = gr.File(label="Downloads: latents + interpolation sweep", file_count="multiple",
+                           interactive=False, scale=1)
     with gr.Tab("Interpolate"):
         with gr.Row():
             with gr.Column(scale=1, min_width=320):
-                alpha = gr.Slider(0, 1, value=0.5, step=0.05, label="alpha (0 = A, 1 = B)")
-                method = gr.Radio(list(METHODS), value="slerp", label="Method")
-                blocks = gr.CheckboxGroup([], label="Blocks to interpolate (none ticked = all)")
-                interp_text = gr.Textbox(label="Decoded", lines=2, interactive=False)
-                interp_tokens = gr.HighlightedText(label="Token confidence (greedy probability)",
-                                                   show_legend=False, combine_adjacent=False)
-                interp_info = gr.JSON(label="Point")
+                ui.alpha = gr.Slider(0, 1, value=0.5, step=0.05, label="alpha (0 = A, 1 = B)")
+                ui.method = gr.Radio(list(METHODS), value="slerp", label="Method")
+                ui.blocks = gr.CheckboxGroup([], label="Blocks to interpolate (none ticked = all)")
+                ui.interp_text = gr.Textbox(label="Decoded", lines=2, interactive=False)
+                ui.interp_tokens = gr.HighlightedText(label="Token confidence (greedy probability)",
+                                                      show_legend=False, combine_adjacent=False)
+                ui.interp_info = gr.JSON(label="Point")
             with gr.Column(scale=1, min_width=400):
-                path_plot = gr.Plot(label="Path")
+                ui.path = gr.Plot(label="Path")
     with gr.Tab("Attribute direction"):
         with gr.Row():
-            positive = gr.Textbox(label="Positive texts (one per line)", lines=3,
-                                  value="very large in size or amount\nfull of great happiness")
-            negative = gr.Textbox(label="Negative texts (one per line)", lines=3,
-                                  value="small and of little importance\nfull of sadness or regret")
+            ui.positive = gr.Textbox(label="Positive texts (one per line)", lines=3,
+                                     value="very large in size or amount\nfull of great happiness")
+            ui.negative = gr.Textbox(label="Negative texts (one per line)", lines=3,
+                                     value="small and of little importance\nfull of sadness or regret")
         with gr.Row():
-            dir_source = gr.Radio(list(SOURCES), value="A", label="Apply to")
-            strength = gr.Slider(-4, 4, value=1.0, step=0.1, label="Strength")
-            dir_blocks = gr.CheckboxGroup([], label="Blocks (none ticked = all)")
-        dir_btn = gr.Button("Apply direction")
-        dir_text = gr.Textbox(label="Edited text", lines=2, interactive=False)
-        dir_info = gr.JSON(label="Direction")
+            ui.dir_source = gr.Radio(list(SOURCES), value="A", label="Apply to")
+            ui.strength = gr.Slider(-4, 4, value=1.0, step=0.1, label="Strength")
+            ui.dir_blocks = gr.CheckboxGroup([], label="Blocks (none ticked = all)")
+        ui.apply_direction = gr.Button("Apply direction")
+        ui.dir_text = gr.Textbox(label="Edited text", lines=2, interactive=False)
+        ui.dir_info = gr.JSON(label="Direction")
     with gr.Tab("Partial re-generation"):
         with gr.Row():
-            regen_source = gr.Radio(list(SOURCES), value="A", label="Re-generate")
-            regen_strength = gr.Slider(0, 1, value=0.5, step=0.05, label="Strength (0 = keep, 1 = from noise)")
-            keep = gr.CheckboxGroup([], label="Blocks kept fixed")
+            ui.regen_source = gr.Radio(list(SOURCES), value="A", label="Re-generate")
+            ui.regen_strength = gr.Slider(0, 1, value=0.5, step=0.05, label="Strength (0 = keep, 1 = from noise)")
+            ui.keep = gr.CheckboxGroup([], label="Blocks kept fixed")
         with gr.Row():
-            regen_steps = gr.Slider(1, lim.max_steps, value=16, step=1, label="Steps")
-            regen_guidance = gr.Slider(0, lim.max_guidance, value=7.0, step=0.5, label="Guidance")
-            regen_seed = gr.Number(0, precision=0, minimum=0, label="Seed")
-        regen_btn = gr.Button("Re-generate")
-        regen_text = gr.Textbox(label="Re-generated text", lines=2, interactive=False)
-        regen_info = gr.JSON(label="Re-generation")
+            ui.regen_steps = gr.Slider(1, lim.max_steps, value=inputs.DEFAULTS.steps, step=1, label="Steps")
+            ui.regen_guidance = gr.Slider(0, lim.max_guidance, value=inputs.DEFAULTS.guidance, step=0.5,
+                                          label="Guidance")
+            ui.regen_seed = gr.Number(0, precision=0, minimum=0, maximum=inputs.MAX_SEED, label="Seed")
+        ui.regenerate = gr.Button("Re-generate")
+        ui.regen_text = gr.Textbox(label="Re-generated text", lines=2, interactive=False)
+        ui.regen_info = gr.JSON(label="Re-generation")
     with gr.Tab("Inversion round trip"):
         with gr.Row():
-            inv_source = gr.Radio(list(SOURCES), value="A", label="Invert")
-            inv_steps = gr.Slider(1, lim.max_steps, value=16, step=1, label="ODE steps")
-            inv_solver = gr.Dropdown(["euler", "heun", "midpoint"], value="heun", label="Solver")
-        inv_btn = gr.Button("Invert and regenerate")
-        inv_text = gr.Textbox(label="Text decoded from the round trip", lines=2, interactive=False)
-        inv_info = gr.JSON(label="Round-trip error")
+            ui.inv_source = gr.Radio(list(SOURCES), value="A", label="Invert")
+            ui.inv_steps = gr.Slider(1, lim.max_steps, value=inputs.DEFAULTS.steps, step=1, label="ODE steps")
+            ui.inv_solver = gr.Dropdown(list(SOLVERS), value="heun", label="Solver")
+        ui.invert = gr.Button("Invert and regenerate")
+        ui.inv_text = gr.Textbox(label="Text decoded from the round trip", lines=2, interactive=False)
+        ui.inv_info = gr.JSON(label="Round-trip error")
+    return ui
 
-    def pair_of(run_id) -> LatentPair:
-        return ctx.store.get(run_id, "latents").payload
 
-    @inputs.user_errors
-    def encode(a, b, alpha_v, method_v, progress=gr.Progress()):
-        texts = [inputs.text("text A", a, lim), inputs.text("text B", b, lim)]
-        progress(0.2, desc="encoding")
-        latents = ctx.workbench.encode(texts, pad_to="longest")
-        decoded = ctx.workbench.decode(latents)
-        accuracy = token_accuracy(latents, decoded)
-        pair = LatentPair(latents, texts)
-        run_id = ctx.store.put("latents", pair)
-        n = latents.n_blocks[0]
-        choices = [str(i) for i in range(n)]
-        report = {"run_id": run_id, "blocks": n, "latent_shape": list(latents.z[0].shape),
-                  "A": {"text": texts[0], "decoded": decoded.texts[0], "token_accuracy": accuracy[0]},
-                  "B": {"text": texts[1], "decoded": decoded.texts[1], "token_accuracy": accuracy[1]}}
-        method_v = inputs.choice("method", method_v, METHODS)
-        alpha_v = inputs.number("alpha", alpha_v, 0.0, 1.0)
-        text_v, tokens, info_v = point(ctx, pair, alpha_v, method_v, None)
-        return (report, text_v, tokens, info_v, path_figure(ctx, pair, method_v, None, alpha_v),
-                gr.CheckboxGroup(choices=choices, value=[]), gr.CheckboxGroup(choices=choices, value=[]),
-                gr.CheckboxGroup(choices=choices, value=[]), write_downloads(ctx, run_id, pair, method_v), run_id)
-
-    @inputs.user_errors
-    def interpolate_point(run_id, alpha_v, method_v, blocks_v):
-        pair = pair_of(run_id)
-        alpha_v = inputs.number("alpha", alpha_v, 0.0, 1.0)
-        return point(ctx, pair, alpha_v, inputs.choice("method", method_v, METHODS),
-                     inputs.blocks("blocks", blocks_v) or None)
-
-    @inputs.user_errors
-    def interpolate_path(run_id, alpha_v, method_v, blocks_v):
-        pair = pair_of(run_id)
-        return path_figure(ctx, pair, inputs.choice("method", method_v, METHODS), inputs.blocks("blocks", blocks_v)
-                           or None, inputs.number("alpha", alpha_v, 0.0, 1.0))
-
-    @inputs.user_errors
-    def direction(run_id, pos_v, neg_v, source_v, strength_v, blocks_v):
-        pair = pair_of(run_id)
-        pos = inputs.lines("positive texts", pos_v, lim, lim.max_texts)
-        neg = inputs.lines("negative texts", neg_v, lim, lim.max_texts)
-        if not pos or not neg:
-            raise gr.Error("an attribute direction needs at least one positive and one negative text")
-        key = (tuple(pos), tuple(neg))
-        if key not in pair.directions:
-            pair.directions[key] = attribute_direction(ctx.workbench, pos, neg)
-        vector = pair.directions[key]
-        strength_v = inputs.number("strength", strength_v, -10.0, 10.0)
-        edited = apply_direction(pair.source(source_v), vector, strength_v, inputs.blocks("blocks", blocks_v) or None)
-        text_v, _ = decoded_view(ctx, edited)
-        return text_v, {"source": source_v, "strength": strength_v, "direction_norm": float(vector.norm()),
-                        "positive": len(pos), "negative": len(neg), "text": text_v}
-
-    @inputs.user_errors
-    def regenerate(run_id, source_v, strength_v, keep_v, steps_v, guidance_v, seed_v, progress=gr.Progress()):
-        pair = pair_of(run_id)
-        source = pair.source(source_v)
-        progress(0.1, desc="re-generating")
-        result = regenerate_from(ctx.workbench, source,
-                                 strength=inputs.number("strength", strength_v, 0.0, 1.0),
-                                 keep_blocks=inputs.blocks("kept blocks", keep_v),
-                                 steps=inputs.integer("steps", steps_v, 1, lim.max_steps),
-                                 guidance=inputs.number("guidance", guidance_v, 0.0, lim.max_guidance),
-                                 seed=inputs.integer("seed", seed_v, 0, 2**31 - 1))
-        before, after = ctx.workbench.decode(source)[0].token_ids, ctx.workbench.decode(result.latents)[0]
-        text_v = after.text
-        changed = sum(x != y for x, y in zip(before, after.token_ids)) / max(len(before), 1)
-        return text_v, {"source": source_v, "t_start": result.t_start, "steps_run": result.steps_run,
-                        "changed_token_fraction": round(changed, 4), "text": text_v}
-
-    @inputs.user_errors
-    def inversion(run_id, source_v, steps_v, solver_v, progress=gr.Progress()):
-        pair = pair_of(run_id)
-        progress(0.1, desc="inverting (data → noise → data)")
-        result = invert(ctx.workbench, pair.source(source_v),
-                        steps=inputs.integer("ODE steps", steps_v, 1, lim.max_steps),
-                        solver=inputs.choice("solver", solver_v, ("euler", "heun", "midpoint")))
-        text_v, _ = decoded_view(ctx, result.reconstruction)
-        noise = result.noise.z[0]
-        return text_v, {"source": source_v, "max_abs_error": result.max_abs_error[0],
-                        "relative_error": result.relative_error[0], "token_agreement": result.token_agreement[0],
-                        "noise_mean": float(noise.mean()), "noise_std": float(noise.std()), "text": text_v}
-
-    encode_btn.click(encode, [text_a, text_b, alpha, method],
-                     [encoded, interp_text, interp_tokens, interp_info, path_plot, blocks, dir_blocks, keep, files,
-                      state],
-                     api_name="latent_encode", concurrency_id="heavy", concurrency_limit=ctx.concurrency)
-    light = dict(concurrency_id="light", concurrency_limit=8)
-    gr.on([alpha.input, method.input, blocks.input], interpolate_point, [state, alpha, method, blocks],
-          [interp_text, interp_tokens, interp_info], api_name="latent_interpolate", trigger_mode="always_last",
-          show_progress="hidden", **light)
-    gr.on([alpha.release, method.input, blocks.input], interpolate_path, [state, alpha, method, blocks], path_plot,
-          api_name="latent_path", trigger_mode="always_last", show_progress="hidden", **light)
-    dir_btn.click(direction, [state, positive, negative, dir_source, strength, dir_blocks], [dir_text, dir_info],
-                  api_name="latent_direction", concurrency_id="heavy", concurrency_limit=ctx.concurrency)
-    regen_btn.click(regenerate, [state, regen_source, regen_strength, keep, regen_steps, regen_guidance, regen_seed],
-                    [regen_text, regen_info], api_name="latent_regenerate", concurrency_id="heavy",
-                    concurrency_limit=ctx.concurrency)
-    inv_btn.click(inversion, [state, inv_source, inv_steps, inv_solver], [inv_text, inv_info], api_name="latent_invert",
-                  concurrency_id="heavy", concurrency_limit=ctx.concurrency)
-    return {}
+def wire(ctx: AppContext, ui: TabComponents) -> None:
+    on(ctx, ui, ui.encode.click, encode, ("text_a", "text_b", "alpha", "method"), ENCODE_OUTPUTS,
+       api_name="latent_encode", heavy=True)
+    slider = dict(trigger_mode="always_last", show_progress="hidden")
+    on(ctx, ui, [ui.alpha.input, ui.method.input, ui.blocks.input], interpolate_point,
+       ("pair", "alpha", "method", "blocks"), ("interp_text", "interp_tokens", "interp_info"),
+       api_name="latent_interpolate", **slider)
+    on(ctx, ui, [ui.alpha.release, ui.method.input, ui.blocks.input], interpolate_path,
+       ("pair", "alpha", "method", "blocks"), ("path",), api_name="latent_path", **slider)
+    on(ctx, ui, ui.apply_direction.click, direction,
+       ("pair", "positive", "negative", "dir_source", "strength", "dir_blocks"), ("dir_text", "dir_info"),
+       api_name="latent_direction", heavy=True)
+    on(ctx, ui, ui.regenerate.click, regenerate,
+       ("pair", "regen_source", "regen_strength", "keep", "regen_steps", "regen_guidance", "regen_seed"),
+       ("regen_text", "regen_info"), api_name="latent_regenerate", heavy=True)
+    on(ctx, ui, ui.invert.click, inversion, ("pair", "inv_source", "inv_steps", "inv_solver"),
+       ("inv_text", "inv_info"), api_name="latent_invert", heavy=True)

@@ -1,8 +1,11 @@
 """Server-side run store: tensors and results live here, keyed by an unguessable run id.
 
-``gr.State`` only ever holds run ids. Entries expire ``ttl_s`` seconds after their last use and the
-oldest are evicted beyond ``max_entries``, so a long-running server does not grow without bound.
-Stop flags are kept per browser/client session so a Stop click reaches that session's running sampler.
+``gr.State`` only ever holds run ids. The store is bounded three ways, oldest first: an entry
+expires ``ttl_s`` seconds after its last use, at most ``max_entries`` are kept, and the download
+folders together stay under ``max_bytes`` (the entry in use is never evicted). :meth:`sweep`
+applies the bounds; it runs on every store call and periodically from the server. :meth:`close`
+removes the whole folder. Stop flags are kept per browser/client session so a Stop click reaches
+that session's running work.
 """
 from __future__ import annotations
 
@@ -11,11 +14,11 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-import gradio as gr
+from .errors import InputError
 
 
 @dataclass
@@ -24,66 +27,99 @@ class Entry:
 
     kind: str
     payload: Any
+    touched: float                 # the store's clock at the last use
     folder: Path | None = None
-    touched: float = field(default_factory=time.monotonic)
+
+
+def folder_bytes(folder: Path | None) -> int:
+    """Bytes of the regular files under ``folder`` (0 when it does not exist)."""
+    if folder is None or not folder.is_dir():
+        return 0
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
 
 
 class RunStore:
-    """Thread-safe id -> :class:`Entry` map with a time-to-live and an entry cap."""
+    """Thread-safe id -> :class:`Entry` map over a private folder, bounded by age, count and bytes."""
 
-    def __init__(self, ttl_s: float = 3600.0, max_entries: int = 256, root: Path | None = None):
-        self.ttl_s, self.max_entries, self.root = ttl_s, max_entries, root
-        self._entries: OrderedDict[str, Entry] = OrderedDict()
+    def __init__(self, root: Path, ttl_s: float = 3600.0, max_entries: int = 256, max_bytes: int = 1 << 30,
+                 clock: Callable[[], float] = time.monotonic):
+        self.root, self.ttl_s, self.max_entries, self.max_bytes = Path(root), ttl_s, max_entries, max_bytes
+        self.clock = clock
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._entries: OrderedDict[str, Entry] = OrderedDict()   # least recently used first
         self._lock = threading.Lock()
 
     def put(self, kind: str, payload: Any) -> str:
         """Store a payload; returns its new run id."""
         run_id = uuid.uuid4().hex
         with self._lock:
-            self._expire()
-            self._entries[run_id] = Entry(kind, payload)
-            while len(self._entries) > self.max_entries:
-                self._drop(next(iter(self._entries)))
+            self._entries[run_id] = Entry(kind, payload, self.clock())
+            self._sweep()
         return run_id
 
-    def get(self, run_id: str | None, kind: str) -> Entry:
-        """The entry of ``run_id`` (refreshing its time-to-live), or a gr.Error telling the user what to do."""
+    def get(self, run_id: Any, kind: str) -> Entry:
+        """The entry of ``run_id`` (refreshing its time-to-live), or an InputError telling the user what to do."""
         with self._lock:
-            self._expire()
-            entry = self._entries.get(run_id or "")
+            self._sweep()
+            entry = self._entries.get(run_id) if isinstance(run_id, str) else None
             if entry is None:
-                raise gr.Error(f"no {kind} result for this session (it expired or was never made); run it first")
+                raise InputError(f"no {kind} result for this session (it expired or was never made); run it first")
             if entry.kind != kind:
-                raise gr.Error(f"run {run_id[:8]} holds a {entry.kind} result, not a {kind} result")
-            entry.touched = time.monotonic()
+                raise InputError(f"run {run_id[:8]} holds a {entry.kind} result, not a {kind} result")
+            entry.touched = self.clock()
             self._entries.move_to_end(run_id)
             return entry
 
     def folder(self, run_id: str) -> Path:
         """A private folder for the run's downloadable files (removed with the entry)."""
         with self._lock:
-            entry = self._entries[run_id]
+            entry = self._entries.get(run_id)
+            if entry is None:
+                raise InputError("this run was dropped to keep the store within its bounds; run it again")
             if entry.folder is None:
-                if self.root is None:
-                    raise RuntimeError("RunStore has no root folder for downloads")
                 entry.folder = self.root / run_id
                 entry.folder.mkdir(parents=True, exist_ok=True)
             return entry.folder
 
-    def delete(self, run_id: str | None) -> None:
+    def delete(self, run_id: Any) -> None:
         """Forget a run (gr.State's delete_callback calls this when a session's state expires)."""
         with self._lock:
-            if run_id in self._entries:
+            if isinstance(run_id, str) and run_id in self._entries:
                 self._drop(run_id)
+
+    def sweep(self) -> None:
+        """Drop expired runs, then the oldest beyond the entry and byte bounds."""
+        with self._lock:
+            self._sweep()
+
+    def nbytes(self) -> int:
+        """Bytes held in download folders."""
+        with self._lock:
+            return sum(folder_bytes(e.folder) for e in self._entries.values())
+
+    def close(self) -> None:
+        """Forget every run and remove the store's folder (server shutdown)."""
+        with self._lock:
+            self._entries.clear()
+            shutil.rmtree(self.root, ignore_errors=True)
 
     def __len__(self) -> int:
         with self._lock:
-            self._expire()
+            self._sweep()
             return len(self._entries)
 
-    def _expire(self) -> None:
-        now = time.monotonic()
+    def _sweep(self) -> None:
+        now = self.clock()
         for run_id in [k for k, e in self._entries.items() if now - e.touched > self.ttl_s]:
+            self._drop(run_id)
+        while len(self._entries) > self.max_entries:
+            self._drop(next(iter(self._entries)))
+        sizes = {k: folder_bytes(e.folder) for k, e in self._entries.items()}
+        total = sum(sizes.values())
+        for run_id in list(self._entries)[:-1]:        # oldest first; the newest stays
+            if total <= self.max_bytes:
+                break
+            total -= sizes[run_id]
             self._drop(run_id)
 
     def _drop(self, run_id: str) -> None:
@@ -123,6 +159,6 @@ class StopFlags:
         return list(flags.values())
 
 
-def session_key(request: gr.Request | None, scope: str) -> str:
+def session_key(session: str, scope: str) -> str:
     """Stop-flag key: the browser/client session plus the tab, so Stop in one tab leaves the others running."""
-    return f"{request.session_hash if request is not None else 'anonymous'}:{scope}"
+    return f"{session}:{scope}"

@@ -1,31 +1,42 @@
 """Trajectories tab: generate with the workbench sampler, streamed step by step, then scrub the flow.
 
-The event function is a generator over ``SamplerSession`` steps: what the browser sees is the
-sampler as it runs (throttled to a few updates a second), never a replay. Each run's trajectory
-lives in the run store; the sliders and projection controls re-render from it.
+:func:`generate` is a generator over ``SamplerSession`` steps: what the browser sees is the sampler
+as it runs (the first step at once, then a few updates a second), never a replay. Each run's
+trajectory lives in the run store; :func:`scrub` re-renders any recorded step from it.
 """
 from __future__ import annotations
 
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import gradio as gr
 import plotly.graph_objects as go
 import torch
 
 from cola_core.sampler import SCHEDULES, SOLVERS
-from workbench import StepState, Trajectory
+from workbench import SamplerSession, StepState, Trajectory
 
 from . import exports, inputs
-from .context import AppContext
-from .store import session_key
+from .context import METHODS, AppContext
+from .display import display_text
+from .errors import InputError
+from .events import LOCAL_SESSION, Progress, TabComponents, Update, no_progress, on, run_state
 from .plots import Overlay, color, empty_figure, projection_figure
+from .store import session_key
 
-TEXT_EVERY_S = 0.25     # streamed text/status/progress updates at most this often
+TITLE, TAB_ID = "Trajectories", "trajectories"
+TEXT_EVERY_S = 0.25     # streamed text/status/progress updates at most this often (after the first step's)
 FIGURE_EVERY_S = 1.0    # streamed figure updates at most this often (a slow browser must keep up)
 LIVE_BACKDROP = 600     # backdrop points in figures streamed while sampling (all of them afterwards)
 NORMS_HEIGHT = 340
+VIEWS = ("2-D", "3-D")
+GENERATE_INPUTS = ("prompt", "steps", "guidance", "max_new_tokens", "seed", "solver", "schedule", "preview",
+                   "method", "dims")
+RUN_OUTPUTS = ("status", "text", "info", "step_preview", "norms", "projection", "block", "step", "files", "summary",
+               "run")
+SCRUB_OUTPUTS = ("info", "step_preview", "norms", "projection")
 
 
 @dataclass
@@ -41,7 +52,7 @@ class TrajectoryRun:
     token_ids: list[int] = field(default_factory=list)
     status: str = "running"          # running | finished | stopped
     seconds: float = 0.0
-    session: object | None = None    # the live SamplerSession while running (for a cut-off run's text)
+    session: SamplerSession | None = None    # the live session while running (for a cut-off run's text)
     done: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -53,12 +64,35 @@ class TrajectoryRun:
         """Blocks with at least one recorded step."""
         return self.rows[-1]["block"] + 1 if self.rows else 0
 
+    def take_result(self, session: SamplerSession) -> None:
+        """Keep the text ``session`` generated so far (the whole text once it has finished)."""
+        generation = session.sampler.result()[0]
+        self.text, self.token_ids = generation.text, list(generation.token_ids)
+
+
+@dataclass(frozen=True)
+class View:
+    """How the projection is drawn: method (auto, PCA, UMAP) and 2 or 3 dimensions."""
+
+    method: str
+    dims: int
+
+    @classmethod
+    def of(cls, method, dims) -> "View":
+        """The view the projection and view radios ask for."""
+        return cls(inputs.choice("projection", method, METHODS), 3 if inputs.choice("view", dims, VIEWS) == "3-D"
+                   else 2)
+
+
+def generated_rows(t: torch.Tensor) -> torch.Tensor:
+    """(bs,) bool: the rows of sample 0 being generated (prompt rows pinned at t = 0 excluded; all if none)."""
+    free = t > 0
+    return free if bool(free.any()) else torch.ones_like(free)
+
 
 def step_row(state: StepState) -> dict:
-    """Numbers of one solver step for sample 0, over the rows being generated (prompt rows excluded)."""
-    free = state.t[0] > 0
-    if not bool(free.any()):
-        free = torch.ones_like(free)
+    """Numbers of one solver step for sample 0, over the rows being generated."""
+    free = generated_rows(state.t[0])
     v_cond, v_uncond = state.v_cond[0].float()[free], state.v_uncond[0].float()[free]
     return {"block": state.block, "step": state.step, "t": float(state.t[0][free].max()),
             "t_next": float(state.t_next[0][free].max()), "guidance": float(state.guidance[0]),
@@ -67,6 +101,20 @@ def step_row(state: StepState) -> dict:
             "z_norm": float(state.z[0].float()[free].norm(dim=-1).mean()),
             "x0_norm": float(state.x0_pred[0].float()[free].norm(dim=-1).mean()),
             "preview": state.preview[0] if state.preview else None}
+
+
+class Every:
+    """Due at the first call, then once ``period_s`` seconds have passed since it was last due."""
+
+    def __init__(self, period_s: float):
+        self.period_s, self.last = period_s, None
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if self.last is not None and now - self.last < self.period_s:
+            return False
+        self.last = now
+        return True
 
 
 # -- figures --------------------------------------------------------------------------------------------
@@ -94,22 +142,19 @@ def norms_figure(rows: list[dict], steps: int, highlight: int | None = None) -> 
     return fig
 
 
-def _block_paths(run: TrajectoryRun, block: int, upto: int | None = None) -> torch.Tensor:
+def _block_paths(run: TrajectoryRun, block: int) -> torch.Tensor:
     """(rows, M, C): each generated latent row of ``block`` from its noise through every recorded step."""
-    steps = run.trajectory.block(block)[:upto]
+    steps = run.trajectory.block(block)
     if not steps:
         return torch.zeros(0, 0, 0)
     z = torch.stack([s.z[0] for s in steps] + [steps[-1].z_next[0]]).float()    # (M, bs, C)
-    free = steps[0].t[0] > 0
-    if not bool(free.any()):
-        free = torch.ones_like(free)
-    return z[:, free].transpose(0, 1)
+    return z[:, generated_rows(steps[0].t[0])].transpose(0, 1)
 
 
-def trajectory_figure(ctx: AppContext, run: TrajectoryRun, method: str, dims: int, pick: int | None,
+def trajectory_figure(ctx: AppContext, run: TrajectoryRun, view: View, pick: int | None,
                       backdrop: int | None = None) -> go.Figure:
     """Each block's path from noise to data over the corpus backdrop; the picked step's z_t and x0_pred marked."""
-    proj, note = ctx.projections.get(method, dims)
+    proj, note = ctx.projections.get(view.method, view.dims)
     overlays = []
     for b in range(run.blocks):
         paths = _block_paths(run, b)
@@ -120,9 +165,7 @@ def trajectory_figure(ctx: AppContext, run: TrajectoryRun, method: str, dims: in
     if pick is not None and 0 <= pick < len(run.rows):
         row = run.rows[pick]
         state = run.trajectory.block(row["block"])[row["step"]]
-        free = state.t[0] > 0
-        if not bool(free.any()):
-            free = torch.ones_like(free)
+        free = generated_rows(state.t[0])
         label = f"block {row['block']} step {row['step']} (t={row['t']:.0f})"
         overlays.append(Overlay(f"z_t {label}", state.z[0][free].float(), "#000000", mode="markers", size=11,
                                 symbol="circle-open"))
@@ -131,24 +174,10 @@ def trajectory_figure(ctx: AppContext, run: TrajectoryRun, method: str, dims: in
     title = f"{proj.method.upper()} projection: block paths from noise (t=T) to data (x)"
     if note:
         title += f" — {note}"
-    return projection_figure(proj, overlays, dims, title, max_backdrop=backdrop or ctx.limits.backdrop_points)
+    return projection_figure(proj, overlays, view.dims, title, max_backdrop=backdrop or ctx.limits.backdrop_points)
 
 
 # -- rendering a run --------------------------------------------------------------------------------------
-def _row_index(run: TrajectoryRun, block: int, step: int) -> int | None:
-    """Index of the recorded row closest to (block, step)."""
-    if not run.rows:
-        return None
-    block = max(0, min(int(block), run.blocks - 1))
-    recorded = [i for i, r in enumerate(run.rows) if r["block"] == block]
-    step = max(0, min(int(step), len(recorded) - 1))
-    return recorded[step]
-
-
-def step_info(run: TrajectoryRun, pick: int | None) -> dict:
-    return {} if pick is None else dict(run.rows[pick])
-
-
 def status_line(run: TrajectoryRun) -> str:
     last = run.rows[-1] if run.rows else None
     if last is None:
@@ -162,33 +191,28 @@ def status_line(run: TrajectoryRun) -> str:
             f"({len(run.token_ids)} new tokens). Scrub with the sliders.")
 
 
-def summary(run_id: str, run: TrajectoryRun, method: str) -> dict:
+def step_view(run: TrajectoryRun, pick: int) -> Update:
+    """The numbers and the predicted-text preview of recorded step ``pick``."""
+    row = run.rows[pick]
+    return {"info": dict(row), "step_preview": display_text(row["preview"] or "")}
+
+
+def summary(run_id: str, run: TrajectoryRun, view: View) -> dict:
     return {"run_id": run_id, "status": run.status, "prompt": run.prompt, "text": run.text,
             "token_ids": run.token_ids, "knobs": run.knobs, "blocks": run.blocks, "planned_blocks": run.planned_blocks,
-            "steps_recorded": len(run.rows), "seconds": round(run.seconds, 3), "projection": method,
+            "steps_recorded": len(run.rows), "seconds": round(run.seconds, 3), "projection": view.method,
             "final_v_diff_norm": run.rows[-1]["v_diff_norm"] if run.rows else None}
 
 
-def write_downloads(ctx: AppContext, run_id: str, run: TrajectoryRun, method: str) -> list[str]:
+def write_downloads(ctx: AppContext, run_id: str, run: TrajectoryRun, view: View) -> list[str]:
+    """JSON (every step's numbers), CSV, a self-contained HTML page and the trajectory tensors."""
     folder = ctx.store.folder(run_id)
-    figures = [trajectory_figure(ctx, run, method, 2, None), norms_figure(run.rows, run.steps)]
-    data = {**summary(run_id, run, method), "fingerprint": run.trajectory.fingerprint, "rows": run.rows}
+    figures = [trajectory_figure(ctx, run, View(view.method, 2), None), norms_figure(run.rows, run.steps)]
+    data = {**summary(run_id, run, view), "fingerprint": run.trajectory.fingerprint, "rows": run.rows}
     files = exports.bundle(folder, "trajectory", data, run.rows, f"Cola trajectory: {run.prompt!r}", figures,
-                           {k: v for k, v in summary(run_id, run, method).items() if k != "token_ids"})
+                           {k: v for k, v in summary(run_id, run, view).items() if k != "token_ids"})
     files.append(str(run.trajectory.save(folder / "trajectory_tensors")))
     return files
-
-
-def final_outputs(ctx: AppContext, run_id: str, run: TrajectoryRun, method: str, dims: int) -> tuple:
-    """Everything a finished (or stopped) run shows, scrubbed to its last step."""
-    pick = len(run.rows) - 1 if run.rows else None
-    last_block = max(run.blocks - 1, 0)
-    return (status_line(run), run.prompt + run.text, step_info(run, pick),
-            run.rows[pick]["preview"] if pick is not None and run.rows[pick]["preview"] is not None else "",
-            norms_figure(run.rows, run.steps, pick), trajectory_figure(ctx, run, method, dims, pick),
-            scrub_slider(last_block, last_block),
-            scrub_slider(run.steps - 1, run.rows[pick]["step"] if pick is not None else 0),
-            write_downloads(ctx, run_id, run, method), summary(run_id, run, method), run_id)
 
 
 def scrub_slider(last: int, value: int) -> gr.Slider:
@@ -196,148 +220,155 @@ def scrub_slider(last: int, value: int) -> gr.Slider:
     return gr.Slider(minimum=0, maximum=max(last, 1), value=value, step=1, interactive=last > 0)
 
 
-def _dims(value) -> int:
-    return 3 if str(value).startswith("3") else 2
+def run_view(ctx: AppContext, run_id: str, run: TrajectoryRun, view: View) -> Update:
+    """Everything a finished (or stopped) run shows, scrubbed to its last step."""
+    pick = len(run.rows) - 1 if run.rows else None
+    last_block = max(run.blocks - 1, 0)
+    update = {"status": status_line(run), "text": display_text(run.prompt + run.text),
+              "info": {}, "step_preview": "",
+              "norms": norms_figure(run.rows, run.steps, pick), "projection": trajectory_figure(ctx, run, view, pick),
+              "block": scrub_slider(last_block, last_block),
+              "step": scrub_slider(run.steps - 1, run.rows[pick]["step"] if pick is not None else 0),
+              "files": write_downloads(ctx, run_id, run, view), "summary": summary(run_id, run, view), "run": run_id}
+    return update | (step_view(run, pick) if pick is not None else {})
 
 
-def build(ctx: AppContext) -> dict:
-    """The tab's components and events (inside a ``gr.Tab``)."""
+# -- handlers ---------------------------------------------------------------------------------------------
+def generate(ctx: AppContext, prompt, steps, guidance, max_new_tokens, seed, solver, schedule, preview, method,
+             dims, *, session: str = LOCAL_SESSION, progress: Progress = no_progress) -> Iterator[Update]:
+    """Generate from one prompt with the workbench sampler, streaming its steps; end with the whole run."""
     lim = ctx.limits
-    run_state = gr.State(None, time_to_live=ctx.store.ttl_s, delete_callback=ctx.store.delete)
+    knobs = {"steps": inputs.integer("steps", steps, 1, lim.max_steps),
+             "guidance": inputs.number("guidance", guidance, 0.0, lim.max_guidance),
+             "max_new_tokens": inputs.integer("max new tokens", max_new_tokens, 1, lim.max_new_tokens),
+             "seed": inputs.seed("seed", seed),
+             "solver": inputs.choice("solver", solver, SOLVERS),
+             "schedule": inputs.choice("schedule", schedule, SCHEDULES)}
+    prompt = inputs.text("prompt", "" if prompt is None else prompt, lim, allow_empty=True)
+    preview, view = inputs.flag("preview", preview), View.of(method, dims)
+    stop = threading.Event()
+    stop_hook = {"pre_model": lambda state: setattr(state, "interrupt", True) if stop.is_set() else None}
+    sampler = ctx.workbench.sampler([prompt], preview=preview, record=True, hooks=stop_hook, **knobs)
+    run = TrajectoryRun(prompt=prompt, knobs=knobs, trajectory=sampler.trajectory, planned_blocks=sampler.num_blocks,
+                        session=sampler)
+    run_id = ctx.store.put("trajectory", run)
+    key = session_key(session, "trajectory")
+    ctx.stops.register(key, run_id, stop)
+    total = sampler.num_blocks * knobs["steps"]
+    started = time.monotonic()
+    text_due, figures_due = Every(TEXT_EVERY_S), Every(FIGURE_EVERY_S)
+    try:
+        yield {"status": status_line(run), "text": display_text(prompt), "run": run_id}
+        for state in sampler:
+            run.rows.append(step_row(state))
+            run.seconds = time.monotonic() - started
+            if not text_due():
+                continue
+            progress((len(run.rows), total), desc="sampling")
+            pick = len(run.rows) - 1
+            run.take_result(sampler)
+            update = {"status": status_line(run), "text": display_text(prompt + run.text), **step_view(run, pick)}
+            if figures_due():
+                update |= {"norms": norms_figure(run.rows, run.steps, pick),
+                           "projection": trajectory_figure(ctx, run, view, pick, LIVE_BACKDROP)}
+            yield update
+        run.take_result(sampler)
+        run.seconds = time.monotonic() - started
+        run.status = "stopped" if stop.is_set() and len(run.rows) < total else "finished"
+        yield run_view(ctx, run_id, run, view)
+    finally:
+        if run.status == "running":      # closed early: the UI cancelled the event
+            run.take_result(sampler)
+            run.status = "stopped"
+        run.session = None
+        run.done.set()
+        ctx.stops.release(key, stop)
+
+
+def stop(ctx: AppContext, method, dims, *, session: str = LOCAL_SESSION) -> Update:
+    """Stop this session's running generation at its next model call; show what it recorded."""
+    view = View.of(method, dims)
+    stopped = ctx.stops.stop(session_key(session, "trajectory"))
+    if not stopped:
+        return {"status": "Nothing is running."}
+    run_id = stopped[-1]
+    run: TrajectoryRun = ctx.store.get(run_id, "trajectory").payload
+    run.done.wait(timeout=5.0)       # the sampler stops at its next model call
+    live = run.session
+    if run.status == "running" and live is not None:   # the UI cancelled the event: the generator will not resume
+        run.status = "stopped"
+        run.take_result(live)
+    return run_view(ctx, run_id, run, view)
+
+
+def scrub(ctx: AppContext, run_id, block, step, method, dims) -> Update:
+    """The numbers, preview and marked figures of one recorded step (block, step) of this session's run."""
+    run: TrajectoryRun = ctx.store.get(run_id, "trajectory").payload
+    if not run.rows:
+        raise InputError("this run recorded no steps yet")
+    block = inputs.integer("block", block, 0, run.blocks - 1)
+    step = inputs.integer("step", step, 0, run.steps - 1)
+    view = View.of(method, dims)
+    recorded = [i for i, r in enumerate(run.rows) if r["block"] == block]
+    pick = recorded[min(step, len(recorded) - 1)]      # a stopped run's last block may be shorter
+    return {**step_view(run, pick), "norms": norms_figure(run.rows, run.steps, pick),
+            "projection": trajectory_figure(ctx, run, view, pick)}
+
+
+# -- layout and events ------------------------------------------------------------------------------------
+def build(ctx: AppContext) -> TabComponents:
+    """The tab's layout (inside a ``gr.Tab``); knob defaults are GenerationConfig()'s."""
+    lim, ui = ctx.limits, TabComponents()
+    ui.run = run_state(ctx)
     with gr.Row():
         with gr.Column(scale=1, min_width=300):
-            prompt = gr.Textbox(label="Prompt", lines=2, placeholder="leave empty for unconditional generation",
-                                value="a small animal that")
+            ui.prompt = gr.Textbox(label="Prompt", lines=2, placeholder="leave empty for unconditional generation",
+                                   value="a small animal that")
             with gr.Row():
-                steps = gr.Slider(1, lim.max_steps, value=16, step=1, label="Steps per block")
-                guidance = gr.Slider(0, lim.max_guidance, value=7.0, step=0.5, label="Guidance")
+                ui.steps = gr.Slider(1, lim.max_steps, value=inputs.DEFAULTS.steps, step=1, label="Steps per block")
+                ui.guidance = gr.Slider(0, lim.max_guidance, value=inputs.DEFAULTS.guidance, step=0.5,
+                                        label="Guidance")
             with gr.Row():
-                max_new = gr.Slider(1, lim.max_new_tokens, value=32, step=1, label="Max new tokens")
-                seed = gr.Number(0, precision=0, label="Seed", minimum=0)
+                ui.max_new_tokens = gr.Slider(1, lim.max_new_tokens, value=inputs.DEFAULTS.max_new_tokens, step=1,
+                                              label="Max new tokens")
+                ui.seed = gr.Number(0, precision=0, label="Seed", minimum=0, maximum=inputs.MAX_SEED)
             with gr.Row():
-                solver = gr.Dropdown(list(SOLVERS), value="euler", label="Solver")
-                schedule = gr.Dropdown(list(SCHEDULES), value="linear", label="Schedule")
-            preview = gr.Checkbox(True, label="Decode x0_pred preview at every step")
+                ui.solver = gr.Dropdown(list(SOLVERS), value=inputs.DEFAULTS.solver, label="Solver")
+                ui.schedule = gr.Dropdown(list(SCHEDULES), value=inputs.DEFAULTS.schedule, label="Schedule")
+            ui.preview = gr.Checkbox(True, label="Decode x0_pred preview at every step")
             with gr.Row():
-                run_btn = gr.Button("Generate", variant="primary")
-                stop_btn = gr.Button("Stop", variant="stop")
-            status = gr.Markdown("Set the knobs and press **Generate**.")
-            text = gr.Textbox(label="Prompt + generated text", lines=3, interactive=False)
+                ui.generate = gr.Button("Generate", variant="primary")
+                ui.stop = gr.Button("Stop", variant="stop")
+            ui.status = gr.Markdown("Set the knobs and press **Generate**.")
+            ui.text = gr.Textbox(label="Prompt + generated text", lines=3, interactive=False)
         with gr.Column(scale=2, min_width=480):
             with gr.Row():
-                method = gr.Radio(ctx.projections.choices, value="auto", label="Projection",
-                                  info=ctx.projections.describe())
-                dims = gr.Radio(["2-D", "3-D"], value="2-D", label="View")
-            projection = gr.Plot(empty_figure("block paths appear here", 560), label="Latent paths")
+                ui.method = gr.Radio(ctx.projections.choices, value="auto", label="Projection",
+                                     info=ctx.projections.describe())
+                ui.dims = gr.Radio(list(VIEWS), value="2-D", label="View")
+            ui.projection = gr.Plot(empty_figure("block paths appear here", 560), label="Latent paths")
     with gr.Row():
-        block = gr.Slider(0, 1, value=0, step=1, label="Scrub: block", interactive=False)
-        step = gr.Slider(0, 1, value=0, step=1, label="Scrub: step", interactive=False)
+        ui.block = gr.Slider(0, 1, value=0, step=1, label="Scrub: block", interactive=False)
+        ui.step = gr.Slider(0, 1, value=0, step=1, label="Scrub: step", interactive=False)
     with gr.Row():
         with gr.Column(scale=1):
-            preview_box = gr.Textbox(label="Predicted text at this step (greedy decode of x0_pred, this block only)",
-                                     lines=2, interactive=False)
-            info = gr.JSON(label="Step numbers")
+            ui.step_preview = gr.Textbox(
+                label="Predicted text at this step (greedy decode of x0_pred, this block only)", lines=2,
+                interactive=False)
+            ui.info = gr.JSON(label="Step numbers")
         with gr.Column(scale=2):
-            norms = gr.Plot(empty_figure("velocity norms appear here", NORMS_HEIGHT), label="Velocity norms")
+            ui.norms = gr.Plot(empty_figure("velocity norms appear here", NORMS_HEIGHT), label="Velocity norms")
     with gr.Accordion("Downloads and run summary", open=False):
-        files = gr.File(label="JSON / CSV / HTML / tensors", file_count="multiple", interactive=False)
-        run_summary = gr.JSON(label="Run summary")
+        ui.files = gr.File(label="JSON / CSV / HTML / tensors", file_count="multiple", interactive=False)
+        ui.summary = gr.JSON(label="Run summary")
+    return ui
 
-    @inputs.user_errors
-    def generate(prompt_text, steps_v, guidance_v, max_new_v, seed_v, solver_v, schedule_v, preview_v, method_v,
-                 dims_v, request: gr.Request, progress=gr.Progress()):
-        knobs = {"steps": inputs.integer("steps", steps_v, 1, lim.max_steps),
-                 "guidance": inputs.number("guidance", guidance_v, 0.0, lim.max_guidance),
-                 "max_new_tokens": inputs.integer("max new tokens", max_new_v, 1, lim.max_new_tokens),
-                 "seed": inputs.integer("seed", seed_v, 0, 2**31 - 1),
-                 "solver": inputs.choice("solver", solver_v, SOLVERS),
-                 "schedule": inputs.choice("schedule", schedule_v, SCHEDULES)}
-        prompt_text = inputs.text("prompt", prompt_text or "", lim, allow_empty=True)
-        method_v = inputs.choice("projection", method_v, ("auto", "PCA", "UMAP"))
-        key = session_key(request, "trajectory")
-        flag = threading.Event()
-        stop_hook = {"pre_model": lambda state: setattr(state, "interrupt", True) if flag.is_set() else None}
-        session = ctx.workbench.sampler([prompt_text], preview=bool(preview_v), record=True, hooks=stop_hook, **knobs)
-        run = TrajectoryRun(prompt=prompt_text, knobs=knobs, trajectory=session.trajectory,
-                            planned_blocks=session.num_blocks)
-        run.session = session
-        run_id = ctx.store.put("trajectory", run)
-        ctx.stops.register(key, run_id, flag)
-        total = session.num_blocks * knobs["steps"]
-        started = last_text = time.perf_counter()
-        last_fig = started - FIGURE_EVERY_S      # the first streamed update carries figures
-        try:
-            yield (status_line(run), prompt_text, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(),
-                   gr.skip(), gr.skip(), run_id)
-            for state in session:
-                run.rows.append(step_row(state))
-                now = time.perf_counter()
-                run.seconds = now - started
-                if now - last_text < TEXT_EVERY_S:
-                    continue
-                last_text = now
-                progress((len(run.rows), total), desc="sampling")
-                pick = len(run.rows) - 1
-                figs = (gr.skip(), gr.skip())
-                if now - last_fig >= FIGURE_EVERY_S:
-                    last_fig = now
-                    figs = (norms_figure(run.rows, run.steps, pick),
-                            trajectory_figure(ctx, run, method_v, _dims(dims_v), pick, LIVE_BACKDROP))
-                generated = session.sampler.result()[0].text
-                yield (status_line(run), prompt_text + generated, step_info(run, pick),
-                       run.rows[pick]["preview"] or "", *figs, gr.skip(), gr.skip(), gr.skip(), gr.skip(), run_id)
-            generation = session.result()[0]
-            run.text, run.token_ids = generation.text, list(generation.token_ids)
-            run.seconds = time.perf_counter() - started
-            run.status = "stopped" if flag.is_set() and len(run.rows) < total else "finished"
-            yield final_outputs(ctx, run_id, run, method_v, _dims(dims_v))
-        finally:
-            if run.status == "running":      # closed early: the UI cancelled the event
-                generation = session.sampler.result()[0]
-                run.text, run.token_ids = generation.text, list(generation.token_ids)
-                run.status = "stopped"
-            run.session = None
-            run.done.set()
-            ctx.stops.release(key, flag)
 
-    @inputs.user_errors
-    def stop(run_id, method_v, dims_v, request: gr.Request):
-        stopped = ctx.stops.stop(session_key(request, "trajectory"))
-        if not stopped:
-            return ("Nothing is running.",) + (gr.skip(),) * 10
-        run_id = stopped[-1]
-        run: TrajectoryRun = ctx.store.get(run_id, "trajectory").payload
-        run.done.wait(timeout=5.0)       # the sampler stops at its next model call
-        if run.status == "running":      # the UI cancelled the event: the generator will not resume
-            run.status = "stopped"
-            live = run.session
-            if live is not None:
-                generation = live.sampler.result()[0]
-                run.text, run.token_ids = generation.text, list(generation.token_ids)
-        return final_outputs(ctx, run_id, run, method_v, _dims(dims_v))
-
-    @inputs.user_errors
-    def scrub(run_id, block_v, step_v, method_v, dims_v):
-        run: TrajectoryRun = ctx.store.get(run_id, "trajectory").payload
-        if not run.rows:
-            raise gr.Error("this run recorded no steps yet")
-        block_v = inputs.integer("block", block_v, 0, 10**6)
-        step_v = inputs.integer("step", step_v, 0, 10**6)
-        pick = _row_index(run, block_v, step_v)
-        method_v = inputs.choice("projection", method_v, ("auto", "PCA", "UMAP"))
-        return (step_info(run, pick), run.rows[pick]["preview"] or "", norms_figure(run.rows, run.steps, pick),
-                trajectory_figure(ctx, run, method_v, _dims(dims_v), pick))
-
-    knob_inputs = [prompt, steps, guidance, max_new, seed, solver, schedule, preview, method, dims]
-    outputs = [status, text, info, preview_box, norms, projection, block, step, files, run_summary, run_state]
-    gen_event = run_btn.click(generate, knob_inputs, outputs, api_name="trajectory_generate",
-                              concurrency_id="heavy", concurrency_limit=ctx.concurrency, show_progress="full",
-                              show_progress_on=[block, step])   # the scrub bars fill; streamed outputs stay visible
-    stop_btn.click(stop, [run_state, method, dims], outputs, api_name="trajectory_stop", cancels=[gen_event],
-                   concurrency_id="light", concurrency_limit=8)
-    scrub_outputs = [info, preview_box, norms, projection]
-    gr.on([block.release, step.release, method.input, dims.input], scrub, [run_state, block, step, method, dims],
-          scrub_outputs, api_name="trajectory_scrub", concurrency_id="light", concurrency_limit=8,
-          show_progress="hidden", trigger_mode="always_last")
-    return {"method": method}
-
+def wire(ctx: AppContext, ui: TabComponents) -> None:
+    running = on(ctx, ui, ui.generate.click, generate, GENERATE_INPUTS, RUN_OUTPUTS, api_name="trajectory_generate",
+                 heavy=True, show_progress="full",
+                 show_progress_on=[ui.block, ui.step])   # the scrub bars fill; streamed outputs stay visible
+    on(ctx, ui, ui.stop.click, stop, ("method", "dims"), RUN_OUTPUTS, api_name="trajectory_stop", cancels=[running])
+    on(ctx, ui, [ui.block.release, ui.step.release, ui.method.input, ui.dims.input], scrub,
+       ("run", "block", "step", "method", "dims"), SCRUB_OUTPUTS, api_name="trajectory_scrub",
+       show_progress="hidden", trigger_mode="always_last")

@@ -1,4 +1,7 @@
-"""``cola-workbench serve``: the Gradio workbench app (trajectories, diagnostics, guidance lab, latent lab)."""
+"""``cola-workbench serve``: the Gradio workbench app (trajectories, diagnostics, guidance lab, latent lab).
+
+Prints its URL, one line per bad input a user sends, and on Ctrl-C (or SIGTERM) removes every file it wrote.
+"""
 from __future__ import annotations
 
 import argparse
@@ -20,7 +23,7 @@ def register(subparsers) -> None:
                                           "latent lab over one checkpoint. Runs fully offline.")
     add_model_args(p)
     p.add_argument("--host", default="127.0.0.1", help="bind address")
-    p.add_argument("--port", type=PORT, default=7860, help="port")
+    p.add_argument("--port", type=PORT, default=7860, help="port (0: the first free one from 7860)")
     p.add_argument("--share", action="store_true",
                    help="ask Gradio for a temporary public link (needs internet; says so clearly when it fails)")
     p.add_argument("--auth", type=_auth, default=None, metavar="USER:PASS", help="require this login")
@@ -28,6 +31,8 @@ def register(subparsers) -> None:
                                                   "none: a bundled sample")
     p.add_argument("--concurrency", type=int_in_range(1), default=2, help="heavy jobs running at once")
     p.add_argument("--max-upload-kib", type=int_in_range(1), default=1024, help="largest uploaded file in KiB")
+    p.add_argument("--max-store-mib", type=int_in_range(1), default=1024,
+                   help="disk for the runs' download files; the oldest runs are dropped beyond it")
     p.add_argument("--no-umap", action="store_true", help="do not fit UMAP in the background (PCA only)")
     p.set_defaults(func=run)
 
@@ -46,8 +51,16 @@ def run(args: argparse.Namespace) -> int:
         from apps.gradio_app import AppContext, Limits, create_app, launch
     except ImportError as exc:
         raise UsageError(f"the app needs Gradio ({exc}); pip install 'gradio>=5'") from None
-    ctx = AppContext.create(checkpoint, device=args.device, dtype=args.dtype, corpus=args.corpus,
-                            limits=Limits(max_upload_bytes=args.max_upload_kib * 1024), umap=not args.no_umap,
-                            concurrency=args.concurrency)
-    launch(create_app(ctx), ctx, host=args.host, port=args.port, share=args.share, auth=args.auth)
+    limits = Limits(max_upload_bytes=args.max_upload_kib << 10, max_store_bytes=args.max_store_mib << 20)
+    ctx = AppContext.create(checkpoint, device=args.device, dtype=args.dtype, corpus=args.corpus, limits=limits,
+                            umap=not args.no_umap, concurrency=args.concurrency)
+    try:
+        app = create_app(ctx)
+    except BaseException:
+        ctx.close()
+        raise
+    try:
+        launch(app, ctx, host=args.host, port=args.port or None, share=args.share, auth=args.auth)  # until Ctrl-C
+    except OSError as exc:      # the port is taken, the address cannot be bound
+        raise UsageError(f"cannot serve on {args.host}:{args.port}: {exc}") from None
     return 0
