@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from cola_core.generate import GenerationConfig
+from cola_core.seeds import MAX_SEED
 from workbench.experiments.values import parse_values
 
 from .context import Limits
 from .errors import InputError
 
 DEFAULTS = GenerationConfig()   # every form's sampler knobs start at the official defaults
-MAX_SEED = 2**31 - 1            # block k of sample s is seeded seed + 1000*s + 10^7*k: stay in 32 bits
 MAX_VALUES_CHARS = 1000         # a sweep's value list ("1, 3, 5" or "1-9 (+2)")
 
 
