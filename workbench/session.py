@@ -7,10 +7,10 @@ model runs: every problem raises :class:`WorkbenchError` (a ``ValueError``) nami
 from __future__ import annotations
 
 import contextlib
-from fnmatch import fnmatchcase
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 
@@ -19,12 +19,15 @@ from cola_core.attention import pad_rows
 from cola_core.config import MAX_POSITIONS
 from cola_core.constants import LN2
 from cola_core.generate import BlockwiseSampler, Generation, GenerationConfig
+from cola_core.hook_points import tapping
 from cola_core.pocket import default_checkpoint
 from cola_core.text_codec import decode_logits, decode_text, encode_tokens, token_slots
 
 from .diagnostics import Diagnosis, diagnose
 from .errors import WorkbenchError, as_workbench_error
 from .hooks import Callback, HookFn, HookHandle, HookRegistry, Hooks
+from .inside.cache import TRAJECTORY_NAMES, ActivationCache, CallTaps, PatchValue, resolve_patches
+from .inside.names import NamesFilter, RunNames, generation_names, sampler_stages, vae_names
 from .latents import Latents, block_noise
 from .likelihood import text_log_likelihood
 from .projection import Projection, fit_projection
@@ -236,18 +239,113 @@ class Workbench:
         return session.trajectory
 
     def run_with_cache(self, prompts: str | Sequence[str], names_filter: NamesFilter = None,
-                       sample_ids: Sequence[int] | None = None, hooks: Hooks = None, **knobs
-                       ) -> tuple[list[Generation], dict[str, torch.Tensor]]:
-        """Generate and return ``(generations, cache)``: tensors by stable dotted name
-        (``block.3.step.7.v_uncond``; see :mod:`workbench.trajectory`), filtered by ``names_filter``
-        (None = all, a name or glob pattern, a list of names/patterns, or ``fn(name) -> bool``)."""
-        keep = names_predicate(names_filter)
-        session = self._session(prompts, sample_ids, hooks, knobs, record=True,
-                                keep=None if names_filter is None else keep)
+                       sample_ids: Sequence[int] | None = None, hooks: Hooks = None, to: str | None = None,
+                       patches: Mapping[str, PatchValue] | None = None, **knobs
+                       ) -> tuple[list[Generation], ActivationCache]:
+        """Generate and return ``(generations, cache)``: tensors by stable dotted name, sampler-level
+        (``block.3.step.7.v_uncond``) or inside the models (``block.3.step.7.dit.cond.layer.1.resid_post``;
+        see :mod:`workbench.inside.names`).
+
+        ``names_filter``: a name, a glob (``*`` one segment, ``**`` any), a list of them, or ``fn(name) -> bool``;
+        None keeps the sampler's trajectory (every step field, ``z_init``, ``z_final``, ``token_ids``).
+        Only matching tensors are copied, when they are produced (``to="cpu"`` moves them off the device);
+        a filter that matches no name of the run is an error before any model call. ``patches`` replace
+        tensors while the run goes (see :meth:`run_with_patches`).
+        """
+        session, run = self._tapped_session(prompts, sample_ids, hooks, knobs)
+        keep = run.select(TRAJECTORY_NAMES if names_filter is None else names_filter)
+        session.taps = self._call_taps(run, keep, patches, to, session.sampler)
         generations = session.result()
-        cache = {k: v for k, v in session.trajectory.named_tensors().items() if keep(k)}
-        cache.update(session.extra)
-        return generations, cache
+        self._report_unused(session.taps)
+        return generations, session.taps.cache
+
+    def run_with_patches(self, prompts: str | Sequence[str], patches: Mapping[str, PatchValue],
+                         sample_ids: Sequence[int] | None = None, hooks: Hooks = None, **knobs) -> list[Generation]:
+        """Generate with named tensors replaced as they are produced: ``{name: tensor}`` (e.g. a cache
+        from another run, :meth:`ActivationCache.subset`) or ``{name or glob: fn(x) -> x'}``. Shapes,
+        names and the checkpoint are checked before any model call."""
+        session, run = self._tapped_session(prompts, sample_ids, hooks, knobs)
+        session.taps = self._call_taps(run, set(), patches, None, session.sampler)
+        generations = session.result()
+        self._report_unused(session.taps)
+        return generations
+
+    def encode_with_cache(self, texts: str | Sequence[str], names_filter: NamesFilter = None, to: str | None = None,
+                          patches: Mapping[str, PatchValue] | None = None, **options) -> tuple[Latents, ActivationCache]:
+        """:meth:`encode` with the encoder's points cached (``encode.layer.1.resid_post``; None = all).
+        Texts are padded to the longest, so one encoder forward holds them all (cache rows = texts)."""
+        texts = check_texts(texts)
+        run = vae_names(self.model, len(texts), encode_latents=self._latent_width(texts))
+        return self._vae_with_cache(run, names_filter, to, patches,
+                                    lambda: self.encode(texts, pad_to="longest", batch_size=len(texts), **options))
+
+    def decode_with_cache(self, latents: Latents, names_filter: NamesFilter = None, to: str | None = None,
+                          patches: Mapping[str, PatchValue] | None = None) -> tuple[Decoded, ActivationCache]:
+        """:meth:`decode` with the decoder's points cached (``decode.layer.0.attn.pattern``, ``decode.logits``)."""
+        self.check_latents(latents)
+        run = vae_names(self.model, len(latents), decode_latents=max(z.shape[0] for z in latents.z) * self.block_size)
+        return self._vae_with_cache(run, names_filter, to, patches, lambda: self.decode(latents, batch_size=len(latents)))
+
+    def roundtrip_with_cache(self, texts: str | Sequence[str], names_filter: NamesFilter = None,
+                             to: str | None = None, patches: Mapping[str, PatchValue] | None = None
+                             ) -> tuple[Roundtrip, ActivationCache]:
+        """encode -> decode with ``encode.*`` and ``decode.*`` points cached (texts padded to the longest)."""
+        texts = check_texts(texts)
+        width = self._latent_width(texts)
+        run = vae_names(self.model, len(texts), encode_latents=width, decode_latents=width)
+
+        def roundtrip() -> Roundtrip:
+            latents = self.encode(texts, pad_to="longest", batch_size=len(texts))
+            decoded = self.decode(latents, batch_size=len(texts))
+            return Roundtrip(latents, decoded, token_accuracy(latents, decoded))
+
+        return self._vae_with_cache(run, names_filter, to, patches, roundtrip)
+
+    # -- the plumbing of cached and patched calls ----------------------------------------------------------
+    def _latent_width(self, texts: list[str]) -> int:
+        """Latents per text when ``texts`` are padded to the longest."""
+        return int(tokenize(self.model, texts, "longest").latent_lengths.max())
+
+    def _call_taps(self, run: RunNames, keep: set[str], patches: Mapping[str, PatchValue] | None, to: str | None,
+                   sampler: BlockwiseSampler | None = None) -> CallTaps:
+        """The listener of one call, everything checked (names, shapes, checkpoint) before the run."""
+        resolved = resolve_patches(run, patches or {}, self.fingerprint)
+        facts = {} if sampler is None else {
+            "prompts": list(sampler.prepared.texts), "sample_ids": list(sampler.sample_ids),
+            "config": dict(sampler.config.__dict__), "num_blocks": sampler.num_blocks,
+            "prefix_latents": sampler.prepared.prefix_lengths.tolist()}
+        if to is not None:
+            with as_workbench_error():
+                torch.empty(0, device=to)
+        return CallTaps(run, keep, resolved, ActivationCache(self.fingerprint, facts), to)
+
+    def _vae_with_cache(self, run: RunNames, names_filter: NamesFilter, to: str | None,
+                        patches: Mapping[str, PatchValue] | None, verb: Callable[[], object]):
+        taps = self._call_taps(run, run.select("**" if names_filter is None else names_filter), patches, to)
+        taps.scope = ""
+        with tapping(taps):
+            out = verb()
+        return out, taps.cache
+
+    def _tapped_session(self, prompts: str | Sequence[str], sample_ids: Sequence[int] | None, hooks: Hooks,
+                        knobs: dict) -> tuple[SamplerSession, RunNames]:
+        """A session (not started) and the names its run will produce."""
+        session = self._session(prompts, sample_ids, hooks, knobs)
+        sampler = session.sampler
+        run = generation_names(self.model, len(sampler.sample_ids), sampler.num_blocks, sampler.config.steps,
+                               sampler_stages(sampler.config.solver), int(sampler.prepared.prefix_lengths.max()))
+        return session, run
+
+    @staticmethod
+    def _report_unused(taps: CallTaps) -> None:
+        """Say when a patch never applied or a cache stayed empty: generation stopped (EOS) before those blocks."""
+        unused = sorted(set(taps.patches) - taps.applied)
+        if unused:
+            warnings.warn(f"{len(unused)} patch(es) never applied, e.g. {unused[0]}: generation stopped before "
+                          f"them (stop_at_eos=False runs every block)", stacklevel=3)
+        if taps.keep and not taps.cache:
+            warnings.warn("the cache is empty: generation stopped before any matching tensor was produced "
+                          "(stop_at_eos=False runs every block)", stacklevel=3)
 
     def _session(self, prompts: str | Sequence[str], sample_ids: Sequence[int] | None, hooks: Hooks, knobs: dict,
                  **options) -> SamplerSession:
@@ -289,16 +387,3 @@ class Workbench:
 
     def reset_hooks(self) -> None:
         self.registry.clear()
-
-
-NamesFilter = str | Sequence[str] | Callable[[str], bool] | None
-
-
-def names_predicate(names_filter: NamesFilter) -> Callable[[str], bool]:
-    """None -> everything; str or list -> exact names or fnmatch patterns; callable -> itself."""
-    if names_filter is None:
-        return lambda name: True
-    if callable(names_filter):
-        return names_filter
-    patterns = [names_filter] if isinstance(names_filter, str) else list(names_filter)
-    return lambda name: any(fnmatchcase(name, p) for p in patterns)
