@@ -315,8 +315,10 @@ class Workbench:
             "config": dict(sampler.config.__dict__), "num_blocks": sampler.num_blocks,
             "prefix_latents": sampler.prepared.prefix_lengths.tolist()}
         if to is not None:
-            with as_workbench_error():
+            try:
                 torch.empty(0, device=to)
+            except (RuntimeError, TypeError, AssertionError) as exc:
+                raise WorkbenchError(f"cannot move cached tensors to {to!r}: {exc}") from None
         return CallTaps(run, keep, resolved, ActivationCache(self.fingerprint, facts), to)
 
     def _vae_with_cache(self, run: RunNames, names_filter: NamesFilter, to: str | None,
@@ -326,6 +328,11 @@ class Workbench:
         with tapping(taps):
             out = verb()
         return out, taps.cache
+
+    def run_names(self, prompts: str | Sequence[str], sample_ids: Sequence[int] | None = None, **knobs) -> RunNames:
+        """Every name (with its shape) that generating from ``prompts`` with ``knobs`` produces; no model runs.
+        ``list(wb.run_names(p, steps=4))``, ``.shape(name)``, ``.select(filter)``."""
+        return self._tapped_session(prompts, sample_ids, None, knobs)[1]
 
     def _tapped_session(self, prompts: str | Sequence[str], sample_ids: Sequence[int] | None, hooks: Hooks,
                         knobs: dict) -> tuple[SamplerSession, RunNames]:

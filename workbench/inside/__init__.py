@@ -1,5 +1,16 @@
-"""Look inside the model: hook points of the DiT and the VAE, caches, activation patching, lenses, influence."""
-from .cache import ActivationCache
-from .names import RunNames, glob_match, names_predicate, point_table
+"""Look inside the model: hook points of the DiT and the VAE, caches, activation patching, lenses, influence.
 
-__all__ = ["ActivationCache", "RunNames", "glob_match", "names_predicate", "point_table"]
+The points and their names: :mod:`cola_core.hook_points` and :mod:`workbench.inside.names`; caching and
+patching run through ``Workbench.run_with_cache`` / ``run_with_patches`` / ``encode_with_cache`` ...
+"""
+from .cache import ActivationCache
+from .influence import Influence, cross_block_influence
+from .lens import LogitLens, X0Lens, logit_lens, x0_lens
+from .names import RunNames, glob_match, names_predicate, point_table
+from .patching import (DEFAULT_METRICS, Outcome, PatchingSweep, ablate, ablation_patches, final_latent_distance,
+                       patching_sweep, target_logprob)
+
+__all__ = ["ActivationCache", "RunNames", "glob_match", "names_predicate", "point_table",
+           "patching_sweep", "PatchingSweep", "Outcome", "DEFAULT_METRICS", "target_logprob", "final_latent_distance",
+           "ablate", "ablation_patches", "x0_lens", "X0Lens", "logit_lens", "LogitLens",
+           "cross_block_influence", "Influence"]

@@ -63,12 +63,14 @@ def resolve_patches(run: RunNames, patches: Mapping[str, PatchValue], fingerprin
     """Concrete name -> replacement tensor or ``fn(x) -> x'``, checked against the run before it starts.
 
     A tensor replaces one name and must have its shape in this run; a function may take a glob
-    (it runs on every patchable name the glob matches).
+    (it runs on every patchable name the glob matches). A whole :class:`ActivationCache` patches every
+    patchable name it holds.
     """
     source = getattr(patches, "fingerprint", fingerprint)
     if source != fingerprint:
         raise WorkbenchError(f"patch source was recorded on another checkpoint (fingerprint {source[:12]} != "
                              f"{fingerprint[:12]})")
+    bulk = isinstance(patches, ActivationCache)   # a whole cache: its read-only names are skipped
     out: dict[str, PatchValue] = {}
     for key, value in patches.items():
         if isinstance(value, torch.Tensor):
@@ -86,7 +88,7 @@ def resolve_patches(run: RunNames, patches: Mapping[str, PatchValue], fingerprin
         for name in names:
             field = sampler_point(run, name)
             if field is not None and field not in PATCH_EVENTS:
-                if not is_glob(key):
+                if not (is_glob(key) or bulk):
                     raise WorkbenchError(f"{name} is read-only (computed from other tensors); patchable sampler names: "
                                          f"{', '.join(PATCH_EVENTS)}")
                 continue

@@ -93,6 +93,18 @@ class RunNames:
         for section in self.sections.values():
             yield from section.names()
 
+    def differences(self, other: "RunNames") -> str | None:
+        """The first way two runs' names or shapes differ (None when a patch from one fits the other)."""
+        for prefix in self.sections.keys() | other.sections.keys():
+            mine, theirs = self.sections.get(prefix), other.sections.get(prefix)
+            if mine is None or theirs is None:
+                return f"only one run has {prefix}.*"
+            if mine.sizes != theirs.sizes:
+                diff = ", ".join(f"{k}={mine.sizes[k]} vs {theirs.sizes[k]}" for k in mine.sizes
+                                 if mine.sizes[k] != theirs.sizes.get(k))
+                return f"{prefix}.* differ in shape ({diff})"
+        return None
+
     def sections_with(self, names: set[str]) -> set[str]:
         """Prefixes of the sections that hold any of ``names`` (a model forward elsewhere skips its taps)."""
         return {p for p, s in self.sections.items() if any(n in names for n in s.names())}
