@@ -309,7 +309,7 @@ class Workbench:
     def _call_taps(self, run: RunNames, keep: set[str], patches: Mapping[str, PatchValue] | None, to: str | None,
                    sampler: BlockwiseSampler | None = None) -> CallTaps:
         """The listener of one call, everything checked (names, shapes, checkpoint) before the run."""
-        resolved = resolve_patches(run, patches or {}, self.fingerprint)
+        resolved = resolve_patches(run, {} if patches is None else patches, self.fingerprint)
         facts = {} if sampler is None else {
             "prompts": list(sampler.prepared.texts), "sample_ids": list(sampler.sample_ids),
             "config": dict(sampler.config.__dict__), "num_blocks": sampler.num_blocks,

@@ -21,6 +21,7 @@ sources and targets.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
@@ -200,8 +201,9 @@ def _derivatives(sequence: torch.Tensor, j: int, directions: torch.Tensor, eps: 
     base = sequence[None].expand(rows, -1, -1, -1)
     shift = torch.zeros_like(base)
     shift[:, j] = directions
-    if method == "jacobian":
-        with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), fwAD.dual_level():
+    if method == "jacobian":   # forward mode: SDPA's fused CPU kernels have no forward derivative, its math form does
+        with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), fwAD.dual_level(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", DeprecationWarning)   # torch's own jvp setup
             return fwAD.unpack_dual(fn(fwAD.make_dual(base.contiguous(), shift))).tangent
     with torch.no_grad():
         both = fn(torch.cat([base + eps * shift, base - eps * shift]))

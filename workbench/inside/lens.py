@@ -68,6 +68,7 @@ class X0Lens:
 
     records: list[dict]
     mode: str
+    x0: dict[int, torch.Tensor]   # block -> (steps, depths, B, bs, C) each depth's x0_pred (depth 0 = the input)
 
     def figure(self, sample: int = 0, block: int | None = None, metric: str = "p_final", height: int = 420):
         """Depth x (block, step) heatmap of ``metric`` for one sample, cells annotated with the decoded text."""
@@ -108,7 +109,7 @@ def x0_lens(wb: "Workbench", prompts: str | Sequence[str], blocks: Sequence[int]
     _, cache = wb.run_with_cache(prompts, names_filter=points + fields, sample_ids=sample_ids, **knobs)
     prep, T = session.sampler.prepared, wb.config(**knobs).T
     dit, layers = wb.model.dit, wb.model.dit_config.num_layers
-    records = []
+    records, x0_by_block = [], {}
     for b in blocks:
         if f"block.{b}.z_final" not in cache:
             break   # generation ended early (EOS)
@@ -123,6 +124,7 @@ def x0_lens(wb: "Workbench", prompts: str | Sequence[str], blocks: Sequence[int]
                 v = guided_velocity(vc, vu, scale) if mode == "guided" else vc if mode == "cond" else vu
                 x0.append(predicted_clean(cache[f"{step}.z"], v.float(), cache[f"{step}.t"], T))
         x0 = torch.stack(x0)                                           # (S*depths, B, bs, C)
+        x0_by_block[b] = x0.view(len(steps), layers + 1, *x0.shape[1:])
         context = [torch.cat([prep.prefix[i, :int(prep.prefix_lengths[i])]]
                              + [cache[f"block.{k}.z_final"][i] for k in range(b)]) for i in range(x0.shape[1])]
         for i, ctx in enumerate(context):
@@ -140,7 +142,7 @@ def x0_lens(wb: "Workbench", prompts: str | Sequence[str], blocks: Sequence[int]
                     "p_final": float(stats["p_final"][k].mean()),
                     "agreement": float((stats["top"][k] == final_ids[i]).float().mean()),
                     "x0_distance": float((x0[k, i][free] - z_final[i][free]).norm())})
-    return X0Lens(records=records, mode=mode)
+    return X0Lens(records=records, mode=mode, x0=x0_by_block)
 
 
 # -- the logit lens -----------------------------------------------------------------------------------

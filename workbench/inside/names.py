@@ -123,7 +123,7 @@ class RunNames:
         """Shape of the tensor ``name`` in this run (WorkbenchError naming the closest name if unknown)."""
         found = self.locate(name)
         if found is None:
-            raise WorkbenchError(self.no_match(name))
+            raise WorkbenchError(f"no name {name!r} in {self.what}: {self.no_match(name)}")
         section, point = found
         return section.shape(point)
 
