@@ -23,6 +23,9 @@ EXPECTED = {
     "likelihood.py": "bits/dim, log p =",
     "projection.py": "overlay paths on",
     "guidance_sweep.py": "run folder:",
+    "activation_patching.py": "patching sweep over",
+    "x0_lens.py": "x0-lens:",
+    "cross_block_influence.py": "influence of",
 }
 
 

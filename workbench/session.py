@@ -7,7 +7,6 @@ model runs: every problem raises :class:`WorkbenchError` (a ``ValueError``) nami
 from __future__ import annotations
 
 import contextlib
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -26,7 +25,7 @@ from cola_core.text_codec import decode_logits, decode_text, encode_tokens, toke
 from .diagnostics import Diagnosis, diagnose
 from .errors import WorkbenchError, as_workbench_error
 from .hooks import Callback, HookFn, HookHandle, HookRegistry, Hooks
-from .inside.cache import TRAJECTORY_NAMES, ActivationCache, CallTaps, PatchValue, resolve_patches
+from .inside.cache import ActivationCache, CallTaps, PatchValue
 from .inside.names import NamesFilter, RunNames, generation_names, sampler_stages, vae_names
 from .latents import Latents, block_noise
 from .likelihood import text_log_likelihood
@@ -253,10 +252,10 @@ class Workbench:
         tensors while the run goes (see :meth:`run_with_patches`).
         """
         session, run = self._tapped_session(prompts, sample_ids, hooks, knobs)
-        keep = run.select(TRAJECTORY_NAMES if names_filter is None else names_filter)
-        session.taps = self._call_taps(run, keep, patches, to, session.sampler)
+        keep = run.trajectory() if names_filter is None else run.select(names_filter)
+        session.taps = CallTaps.build(run, keep, patches, self.fingerprint, to, run_facts(session.sampler))
         generations = session.result()
-        self._report_unused(session.taps)
+        session.taps.warn_unused()
         return generations, session.taps.cache
 
     def run_with_patches(self, prompts: str | Sequence[str], patches: Mapping[str, PatchValue],
@@ -265,19 +264,20 @@ class Workbench:
         from another run, :meth:`ActivationCache.subset`) or ``{name or glob: fn(x) -> x'}``. Shapes,
         names and the checkpoint are checked before any model call."""
         session, run = self._tapped_session(prompts, sample_ids, hooks, knobs)
-        session.taps = self._call_taps(run, set(), patches, None, session.sampler)
+        session.taps = CallTaps.build(run, set(), patches, self.fingerprint)
         generations = session.result()
-        self._report_unused(session.taps)
+        session.taps.warn_unused()
         return generations
 
     def encode_with_cache(self, texts: str | Sequence[str], names_filter: NamesFilter = None, to: str | None = None,
-                          patches: Mapping[str, PatchValue] | None = None, **options) -> tuple[Latents, ActivationCache]:
+                          patches: Mapping[str, PatchValue] | None = None, sample: bool = False,
+                          seed: int | None = None) -> tuple[Latents, ActivationCache]:
         """:meth:`encode` with the encoder's points cached (``encode.layer.1.resid_post``; None = all).
         Texts are padded to the longest, so one encoder forward holds them all (cache rows = texts)."""
         texts = check_texts(texts)
         run = vae_names(self.model, len(texts), encode_latents=self._latent_width(texts))
-        return self._vae_with_cache(run, names_filter, to, patches,
-                                    lambda: self.encode(texts, pad_to="longest", batch_size=len(texts), **options))
+        return self._vae_with_cache(run, names_filter, to, patches, lambda: self.encode(
+            texts, pad_to="longest", sample=sample, seed=seed, batch_size=len(texts)))
 
     def decode_with_cache(self, latents: Latents, names_filter: NamesFilter = None, to: str | None = None,
                           patches: Mapping[str, PatchValue] | None = None) -> tuple[Decoded, ActivationCache]:
@@ -306,24 +306,11 @@ class Workbench:
         """Latents per text when ``texts`` are padded to the longest."""
         return int(tokenize(self.model, texts, "longest").latent_lengths.max())
 
-    def _call_taps(self, run: RunNames, keep: set[str], patches: Mapping[str, PatchValue] | None, to: str | None,
-                   sampler: BlockwiseSampler | None = None) -> CallTaps:
-        """The listener of one call, everything checked (names, shapes, checkpoint) before the run."""
-        resolved = resolve_patches(run, {} if patches is None else patches, self.fingerprint)
-        facts = {} if sampler is None else {
-            "prompts": list(sampler.prepared.texts), "sample_ids": list(sampler.sample_ids),
-            "config": dict(sampler.config.__dict__), "num_blocks": sampler.num_blocks,
-            "prefix_latents": sampler.prepared.prefix_lengths.tolist()}
-        if to is not None:
-            try:
-                torch.empty(0, device=to)
-            except (RuntimeError, TypeError, AssertionError) as exc:
-                raise WorkbenchError(f"cannot move cached tensors to {to!r}: {exc}") from None
-        return CallTaps(run, keep, resolved, ActivationCache(self.fingerprint, facts), to)
-
     def _vae_with_cache(self, run: RunNames, names_filter: NamesFilter, to: str | None,
                         patches: Mapping[str, PatchValue] | None, verb: Callable[[], object]):
-        taps = self._call_taps(run, run.select("**" if names_filter is None else names_filter), patches, to)
+        """Run a VAE verb under a listener for ``encode.*`` / ``decode.*`` (None keeps every point)."""
+        keep = run.select("**" if names_filter is None else names_filter)
+        taps = CallTaps.build(run, keep, patches, self.fingerprint, to)
         taps.scope = ""
         with tapping(taps):
             out = verb()
@@ -342,17 +329,6 @@ class Workbench:
         run = generation_names(self.model, len(sampler.sample_ids), sampler.num_blocks, sampler.config.steps,
                                sampler_stages(sampler.config.solver), int(sampler.prepared.prefix_lengths.max()))
         return session, run
-
-    @staticmethod
-    def _report_unused(taps: CallTaps) -> None:
-        """Say when a patch never applied or a cache stayed empty: generation stopped (EOS) before those blocks."""
-        unused = sorted(set(taps.patches) - taps.applied)
-        if unused:
-            warnings.warn(f"{len(unused)} patch(es) never applied, e.g. {unused[0]}: generation stopped before "
-                          f"them (stop_at_eos=False runs every block)", stacklevel=3)
-        if taps.keep and not taps.cache:
-            warnings.warn("the cache is empty: generation stopped before any matching tensor was produced "
-                          "(stop_at_eos=False runs every block)", stacklevel=3)
 
     def _session(self, prompts: str | Sequence[str], sample_ids: Sequence[int] | None, hooks: Hooks, knobs: dict,
                  **options) -> SamplerSession:
@@ -394,3 +370,10 @@ class Workbench:
 
     def reset_hooks(self) -> None:
         self.registry.clear()
+
+
+def run_facts(sampler: BlockwiseSampler) -> dict:
+    """Where a cache came from: prompts, sample ids, knobs, blocks, context latents."""
+    return {"prompts": list(sampler.prepared.texts), "sample_ids": list(sampler.sample_ids),
+            "config": dict(sampler.config.__dict__), "num_blocks": sampler.num_blocks,
+            "prefix_latents": sampler.prepared.prefix_lengths.tolist()}

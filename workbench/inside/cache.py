@@ -7,6 +7,7 @@ where the tensor is made, before anything downstream reads it.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Callable, Mapping
 
 import torch
@@ -15,7 +16,7 @@ from cola_core.generate import SamplerState
 from cola_core.hook_points import Taps
 
 from ..errors import WorkbenchError
-from .names import BLOCK_SPECS, STAGE_SPECS, STEP_SPECS, NamesFilter, RunNames, is_glob, names_predicate
+from .names import BLOCK_SPECS, SAMPLER_SPECS, NamesFilter, RunNames, is_glob, names_predicate
 
 PatchValue = torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
 # Sampler-level names a patch may replace, the event where the loop's state holds them, and the state field.
@@ -29,10 +30,6 @@ RECORD_EVENTS = {"block_start": {"z_init": "z"}, "pre_model": {"t": "t", "t_next
                             "v_guided": "v_guided", "x0_pred": "x0_pred"},
                  "post_update": {"z_next": "z"}, "block_end": {"z_final": "z"},
                  "decoded": {"token_ids": "token_ids", "logits": "logits"}}
-SAMPLER_SPECS = (BLOCK_SPECS, STEP_SPECS, STAGE_SPECS)
-# The sampler's trajectory: what ``run_with_cache`` keeps when no filter is given (as before hook points existed).
-TRAJECTORY_NAMES = names_predicate(["block.*.z_init", "block.*.z_final", "block.*.token_ids", "block.*.step.*.*",
-                                    "block.*.step.*.stage.*.*"])
 
 
 class ActivationCache(dict):
@@ -56,7 +53,7 @@ class ActivationCache(dict):
 def sampler_point(run: RunNames, name: str) -> str | None:
     """The field of a sampler-level name (``z``, ``v_cond``, ...), None for a point inside a model."""
     section, point = run.locate(name)
-    return point if any(section.points is specs for specs in SAMPLER_SPECS) else None
+    return point if section.points in SAMPLER_SPECS else None
 
 
 def resolve_patches(run: RunNames, patches: Mapping[str, PatchValue], fingerprint: str) -> dict[str, PatchValue]:
@@ -101,6 +98,18 @@ def resolve_patches(run: RunNames, patches: Mapping[str, PatchValue], fingerprin
 class CallTaps(Taps):
     """Records the kept names into :attr:`cache` and applies the patches, inside the models and at sampler events."""
 
+    @classmethod
+    def build(cls, run: RunNames, keep: set[str], patches: Mapping[str, PatchValue] | None, fingerprint: str,
+              to: str | torch.device | None = None, facts: dict | None = None) -> "CallTaps":
+        """The listener of one call, everything checked (names, shapes, checkpoint, device) before the run."""
+        resolved = resolve_patches(run, {} if patches is None else patches, fingerprint)
+        if to is not None:
+            try:
+                torch.empty(0, device=to)
+            except (RuntimeError, TypeError, AssertionError) as exc:
+                raise WorkbenchError(f"cannot move cached tensors to {to!r}: {exc}") from None
+        return cls(run, keep, resolved, ActivationCache(fingerprint, facts or {}), to)
+
     def __init__(self, run: RunNames, keep: set[str], patches: dict[str, PatchValue], cache: ActivationCache,
                  to: str | torch.device | None = None):
         super().__init__()
@@ -139,6 +148,16 @@ class CallTaps(Taps):
         if name in self.cache:
             raise WorkbenchError(f"{name} was produced twice in one run; cache one model call at a time")
         self.cache[name] = x.detach().to(device=self.to, copy=True) if self.to else x.detach().clone()
+
+    def warn_unused(self) -> None:
+        """Say when a patch never applied or the cache stayed empty: generation stopped (EOS) before them."""
+        unused = sorted(set(self.patches) - self.applied)
+        if unused:
+            warnings.warn(f"{len(unused)} patch(es) never applied, e.g. {unused[0]}: generation stopped before "
+                          f"them (stop_at_eos=False runs every block)", stacklevel=3)
+        if self.keep and not self.cache:
+            warnings.warn("the cache is empty: generation stopped before any matching tensor was produced "
+                          "(stop_at_eos=False runs every block)", stacklevel=3)
 
     # -- sampler events -----------------------------------------------------------------------------
     def on_event(self, event: str, state: SamplerState) -> None:

@@ -49,6 +49,7 @@ BLOCK_SPECS: dict[str, tuple[str, str]] = {
 }
 STEP_SPECS = {f: FIELD_SPECS[f] for f in STEP_FIELDS}
 STAGE_SPECS = {f: FIELD_SPECS[f] for f in STAGE_FIELDS}
+SAMPLER_SPECS = (BLOCK_SPECS, STEP_SPECS, STAGE_SPECS)
 
 
 def _layered(layer_points: PointSpecs, layers: int, top: PointSpecs) -> dict[str, tuple[str, str]]:
@@ -104,6 +105,11 @@ class RunNames:
                                  if mine.sizes[k] != theirs.sizes.get(k))
                 return f"{prefix}.* differ in shape ({diff})"
         return None
+
+    def trajectory(self) -> set[str]:
+        """The sampler-level names but the logits: what ``run_with_cache`` keeps without a filter."""
+        return {n for s in self.sections.values() if s.points in SAMPLER_SPECS for n in s.names()
+                if not n.endswith(".logits")}
 
     def sections_with(self, names: set[str]) -> set[str]:
         """Prefixes of the sections that hold any of ``names`` (a model forward elsewhere skips its taps)."""
@@ -278,13 +284,13 @@ def sampler_stages(solver: str) -> int:
 # -- the documentation table ---------------------------------------------------------------------------
 def point_table() -> str:
     """The README's table of every name (markdown), from the same tables the code uses."""
-    rows = [("`block.{b}.{name}`", BLOCK_SPECS), ("`block.{b}.step.{s}.{name}`", STEP_SPECS),
-            ("`block.{b}.step.{s}.stage.{k}.{name}`", STAGE_SPECS),
-            ("`….dit[.cond|.uncond].layer.{i}.{name}`", DIT_LAYER_POINTS), ("`….dit[.cond|.uncond].{name}`", DIT_POINTS),
-            ("`[block.{b}.]{encode|decode}.layer.{i}.{name}`", VAE_LAYER_POINTS), ("`encode.{name}`", ENCODE_POINTS),
-            ("`[block.{b}.]decode.{name}`", DECODE_POINTS)]
-    lines = ["| where | name | shape | what |", "|---|---|---|---|"]
-    for where, specs in rows:
-        lines += [f"| {where} | `{name}` | ({', '.join(shape.split()) or 'scalar'}) | {meaning} |"
-                  for name, (shape, meaning) in specs.items()]
+    groups = [("`block.{b}.`", BLOCK_SPECS), ("`block.{b}.step.{s}.`", STEP_SPECS),
+              ("`block.{b}.step.{s}.stage.{k}.`", STAGE_SPECS),
+              ("`{scope}.dit[.{g}].layer.{i}.`", DIT_LAYER_POINTS), ("`{scope}.dit[.{g}].`", DIT_POINTS),
+              ("`[{scope}.]{encode,decode}.layer.{i}.`", VAE_LAYER_POINTS), ("`encode.`", ENCODE_POINTS),
+              ("`[{scope}.]decode.`", DECODE_POINTS)]
+    lines = ["| prefix | point | shape | what |", "|---|---|---|---|"]
+    for prefix, specs in groups:
+        lines += [f"| {prefix if i == 0 else ''} | `{name}` | ({', '.join(shape.split()) or 'scalar'}) | {meaning} |"
+                  for i, (name, (shape, meaning)) in enumerate(specs.items())]
     return "\n".join(lines)
