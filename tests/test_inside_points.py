@@ -22,7 +22,7 @@ def everything(wb):
     """Every name of a Heun run (two solver stages, a prompt prefix, a commit pass), and the run's names."""
     knobs = dict(KNOBS, solver="heun")
     gens, cache = wb.run_with_cache(PROMPTS, names_filter="**", **knobs)
-    _, run = wb._tapped_session(PROMPTS, None, None, knobs)
+    run = wb.run_names(PROMPTS, **knobs)
     return gens, cache, run
 
 
@@ -127,6 +127,7 @@ def test_vae_points_are_the_real_activations(wb):
     vae, cfg = wb.model.vae, wb.model.vae_config
     lat, cache = wb.encode_with_cache(ONE)
     assert torch.equal(cache["encode.mean"][0].view(lat.mean[0].shape), lat.mean[0])
+    assert torch.allclose((0.5 * cache["encode.logvar"][0]).exp().view(lat.std[0].shape), lat.std[0])
     ids = torch.tensor([lat.token_ids[0] + [wb.tokenizer.pad_id] * (lat.alignment[0].numel() - len(lat.token_ids[0]))])
     assert torch.equal(cache["encode.embed"], vae.encoder.wte(ids))
     decoded, dcache = wb.decode_with_cache(lat)
@@ -138,6 +139,9 @@ def test_vae_points_are_the_real_activations(wb):
             assert torch.equal(at("norm_attn"), blocks[i].norm_attn(at("resid_pre")))
             assert torch.equal(at("resid_mid"), at("norm_attn") + at("attn_out"))   # post-norm (the release layout)
             assert torch.equal(at("resid_post"), at("resid_mid") + at("mlp_out"))
+            z = at("attn.z")
+            heads = z.transpose(1, 2).reshape(z.shape[0], z.shape[2], -1)
+            assert torch.allclose(at("attn_out"), blocks[i].attn_out_proj(heads), atol=1e-6)
             assert torch.allclose(at("mlp_out"), blocks[i].norm_ffn(blocks[i].ffn_out(at("mlp.hidden"))), atol=1e-6)
             if i + 1 < n:
                 assert torch.equal(at("resid_post"), c[f"{stack}.layer.{i + 1}.resid_pre"])
@@ -202,3 +206,15 @@ def test_readme_lists_every_point():
     from pathlib import Path
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert point_table() in readme
+
+
+def test_a_stepped_session_caches_as_it_goes(wb, one_prompt):
+    session = wb.sampler(ONE, names_filter="block.*.step.*.dit.cond.layer.1.attn.pattern", **KNOBS)
+    session.step()
+    assert set(session.cache) == {"block.0.step.0.dit.cond.layer.1.attn.pattern"}
+    session.step()
+    assert len(session.cache) == 2
+    session.result()
+    assert torch.equal(session.cache["block.1.step.2.dit.cond.layer.1.attn.pattern"],
+                       one_prompt["block.1.step.2.dit.cond.layer.1.attn.pattern"])
+    assert wb.sampler(ONE, **KNOBS).cache is None

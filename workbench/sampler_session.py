@@ -15,7 +15,7 @@ from cola_core.hook_points import tapping
 from cola_core.sampler import predicted_clean
 
 from .hooks import HookFn
-from .inside.cache import CallTaps
+from .inside.cache import ActivationCache, CallTaps
 from .trajectory import StepState, Trajectory
 
 
@@ -46,6 +46,11 @@ class SamplerSession:
     @property
     def num_blocks(self) -> int:
         return self.sampler.num_blocks
+
+    @property
+    def cache(self) -> ActivationCache | None:
+        """Tensors recorded so far by name (with ``names_filter``), None when the session caches nothing."""
+        return None if self.taps is None else self.taps.cache
 
     # -- driving the loop --------------------------------------------------------------------------
     def step(self) -> StepState | None:

@@ -215,15 +215,18 @@ class Workbench:
             return GenerationConfig().with_knobs(**knobs)
 
     def sampler(self, prompts: str | Sequence[str], sample_ids: Sequence[int] | None = None, preview: bool = False,
-                record: bool = False, hooks: Hooks = None, **knobs) -> SamplerSession:
+                record: bool = False, hooks: Hooks = None, names_filter: NamesFilter = None,
+                patches: Mapping[str, PatchValue] | None = None, to: str | None = None, **knobs) -> SamplerSession:
         """A steppable generation run with the registered hooks, then ``hooks`` for this call only
         (Callbacks, or ``{hook point: fn}``).
 
         ``preview=True`` adds a greedy text of ``x0_pred`` to every step (decoded without the prefix
         context, by a separate decoder call that never touches the sampler's caches);
-        ``record=True`` keeps every step in ``session.trajectory``.
+        ``record=True`` keeps every step in ``session.trajectory``. ``names_filter`` fills
+        ``session.cache`` step by step and ``patches`` replace tensors, as in :meth:`run_with_cache`.
         """
-        return self._session(prompts, sample_ids, hooks, knobs, preview=preview, record=record)
+        keep = None if names_filter is None else (lambda run: run.select(names_filter))
+        return self._session(prompts, sample_ids, hooks, knobs, keep, patches, to, preview=preview, record=record)
 
     def generate(self, prompts: str | Sequence[str], sample_ids: Sequence[int] | None = None, hooks: Hooks = None,
                  **knobs) -> list[Generation]:
@@ -251,20 +254,18 @@ class Workbench:
         a filter that matches no name of the run is an error before any model call. ``patches`` replace
         tensors while the run goes (see :meth:`run_with_patches`).
         """
-        session, run = self._tapped_session(prompts, sample_ids, hooks, knobs)
-        keep = run.trajectory() if names_filter is None else run.select(names_filter)
-        session.taps = CallTaps.build(run, keep, patches, self.fingerprint, to, run_facts(session.sampler))
+        keep = (lambda run: run.trajectory()) if names_filter is None else (lambda run: run.select(names_filter))
+        session = self._session(prompts, sample_ids, hooks, knobs, keep, patches, to)
         generations = session.result()
         session.taps.warn_unused()
-        return generations, session.taps.cache
+        return generations, session.cache
 
     def run_with_patches(self, prompts: str | Sequence[str], patches: Mapping[str, PatchValue],
                          sample_ids: Sequence[int] | None = None, hooks: Hooks = None, **knobs) -> list[Generation]:
         """Generate with named tensors replaced as they are produced: ``{name: tensor}`` (e.g. a cache
         from another run, :meth:`ActivationCache.subset`) or ``{name or glob: fn(x) -> x'}``. Shapes,
         names and the checkpoint are checked before any model call."""
-        session, run = self._tapped_session(prompts, sample_ids, hooks, knobs)
-        session.taps = CallTaps.build(run, set(), patches, self.fingerprint)
+        session = self._session(prompts, sample_ids, hooks, knobs, patches=patches)
         generations = session.result()
         session.taps.warn_unused()
         return generations
@@ -319,20 +320,13 @@ class Workbench:
     def run_names(self, prompts: str | Sequence[str], sample_ids: Sequence[int] | None = None, **knobs) -> RunNames:
         """Every name (with its shape) that generating from ``prompts`` with ``knobs`` produces; no model runs.
         ``list(wb.run_names(p, steps=4))``, ``.shape(name)``, ``.select(filter)``."""
-        return self._tapped_session(prompts, sample_ids, None, knobs)[1]
-
-    def _tapped_session(self, prompts: str | Sequence[str], sample_ids: Sequence[int] | None, hooks: Hooks,
-                        knobs: dict) -> tuple[SamplerSession, RunNames]:
-        """A session (not started) and the names its run will produce."""
-        session = self._session(prompts, sample_ids, hooks, knobs)
-        sampler = session.sampler
-        run = generation_names(self.model, len(sampler.sample_ids), sampler.num_blocks, sampler.config.steps,
-                               sampler_stages(sampler.config.solver), int(sampler.prepared.prefix_lengths.max()))
-        return session, run
+        return sampler_names(self.model, self._session(prompts, sample_ids, None, knobs).sampler)
 
     def _session(self, prompts: str | Sequence[str], sample_ids: Sequence[int] | None, hooks: Hooks, knobs: dict,
-                 **options) -> SamplerSession:
-        """Knobs, hooks and prompts checked (context length included) before any model call."""
+                 keep: Callable[[RunNames], set[str]] | None = None, patches: Mapping[str, PatchValue] | None = None,
+                 to: str | None = None, **options) -> SamplerSession:
+        """Knobs, hooks, prompts (context length included), names and patches checked before any model call;
+        ``keep`` picks the names to cache from the run's names."""
         config = self.config(**knobs)
         table = self.registry.snapshot(hooks)
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
@@ -341,7 +335,12 @@ class Workbench:
                 raise WorkbenchError(f"prompt {i} is not a string: {p!r}")
         with as_workbench_error():
             sampler = BlockwiseSampler(self.model, prompts, config, sample_ids)
-        return SamplerSession(sampler, table, **options)
+        session = SamplerSession(sampler, table, **options)
+        if keep is not None or patches is not None:
+            run = sampler_names(self.model, sampler)
+            session.taps = CallTaps.build(run, set() if keep is None else keep(run), patches, self.fingerprint, to,
+                                          run_facts(sampler))
+        return session
 
     # -- diagnostics and projections (thin delegations; see their modules) ---------------------------
     def diagnose(self, texts: str | Sequence[str], **options) -> Diagnosis:
@@ -370,6 +369,12 @@ class Workbench:
 
     def reset_hooks(self) -> None:
         self.registry.clear()
+
+
+def sampler_names(model: ColaModel, sampler: BlockwiseSampler) -> RunNames:
+    """The names a (not yet started) sampler's run will produce."""
+    return generation_names(model, len(sampler.sample_ids), sampler.num_blocks, sampler.config.steps,
+                            sampler_stages(sampler.config.solver), int(sampler.prepared.prefix_lengths.max()))
 
 
 def run_facts(sampler: BlockwiseSampler) -> dict:
