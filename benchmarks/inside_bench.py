@@ -3,14 +3,14 @@
     python benchmarks/inside_bench.py overhead                 # pocket checkpoint, CPU
     python benchmarks/inside_bench.py memory --preset small    # random 'small' model with a 32k vocabulary
 
-``overhead``: plain generation with this tree's code against the code before hook points existed
-(``--baseline-rev``, default: the parent of the commit that added ``cola_core/hook_points.py``),
-each in fresh subprocesses, alternated for ``--rounds`` rounds; the outputs must be bit-identical
-(target: <= 2 % slower). The sharper measure: the DiT forward of one sampler step and the decoder
-forward of one block, baseline module vs this tree's with the same weights, interleaved in one
-process. Times are CPU seconds of the (single-threaded) worker, which a busy shared
-machine disturbs far less than wall-clock time. In-process it also times a run that listens but wants no point inside the
-models (``run_with_cache`` of one sampler name) and one that caches a single DiT point.
+``overhead``: this tree's code against the code before hook points existed (``--baseline-rev``,
+default: the parent of the commit that added ``cola_core/hook_points.py``), nobody listening;
+outputs must be bit-identical (target: <= 2 % slower). The sharp measure: the DiT forward of one
+sampler step and the decoder forward of one block, both versions' modules with the same weights,
+interleaved in one process; plus the no-op tap calls counted and timed. End to end: plain generation
+in fresh subprocesses, alternated for ``--rounds`` rounds, and in-process a run that listens but
+wants no point inside the models and one that caches a single DiT point. Times are CPU seconds of
+single-threaded work, which a busy shared machine disturbs far less than wall-clock time.
 
 ``memory``: peak resident memory added by one ``run_with_cache`` call (sampled every 0.5 ms in a
 fresh subprocess, after a warm-up generation) and the bytes the returned cache holds, for a narrow
@@ -66,7 +66,6 @@ def prompts(model, batch: int) -> list[str]:
 
 def overhead_worker(args: argparse.Namespace) -> dict:
     """Median seconds of plain generation, and a hash of its latents (bit-identity across code versions)."""
-    import torch
     from cola_core.generate import BlockwiseSampler, GenerationConfig
     model = load(args)
     texts = prompts(model, args.batch)
@@ -265,7 +264,8 @@ def noop_tap_seconds(n: int = 200_000) -> float:
 def overhead(args: argparse.Namespace, rev: str, base: Path) -> dict:
     runs = {"baseline": [], "hook points": []}
     for r in range(args.rounds):
-        order = [("baseline", base), ("hook points", ROOT)] if r % 2 == 0 else [("hook points", ROOT), ("baseline", base)]
+        order = [("baseline", base), ("hook points", ROOT)]
+        order = order if r % 2 == 0 else order[::-1]
         for name, src in order:
             runs[name].append(worker(args, src, *(["--inprocess"] if name == "hook points" and r == 0 else [])))
     medians = {name: statistics.median(x["median_s"] for x in rs) for name, rs in runs.items()}
@@ -273,7 +273,8 @@ def overhead(args: argparse.Namespace, rev: str, base: Path) -> dict:
     identical = len({x["latents_sha256"] for rs in runs.values() for x in rs}) == 1
     inproc = runs["hook points"][0]["inprocess_s"]
     return {"baseline_rev": rev, "forward_ab": forward_ab(args, base),
-            "rounds": args.rounds, "repeats_per_process": args.repeats, "median_generation_s": medians, "overhead": medians["hook points"] / medians["baseline"] - 1,
+            "rounds": args.rounds, "repeats_per_process": args.repeats, "median_generation_s": medians,
+            "overhead": medians["hook points"] / medians["baseline"] - 1,
             "per_round_ratio": ratios, "bit_identical_latents": identical,
             "inprocess_s": inproc, "inprocess_overhead": {k: v / inproc["generate"] - 1 for k, v in inproc.items()}}
 

@@ -192,7 +192,7 @@ class ColaDiT(nn.Module):
         return out
 
     def head(self, h: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        """Residual (B, L, D) -> velocity (B, L, C_out) under the output modulation: the x0-lens applies it to any layer."""
+        """Residual (B, L, D) -> velocity (B, L, C_out) under the output modulation (the x0-lens reads any layer so)."""
         return self.txt_out(self.txt_out_norm(h) * (1 + scale) + shift)
 
 

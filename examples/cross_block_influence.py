@@ -21,7 +21,8 @@ for mode, gain in influence.gain.items():
     print(f"{mode} prefix: RMS gain d z_target / d z_source (rows: source, columns: generated targets)")
     print("      " + " ".join(f"{labels[k]:>7}" for k in influence.generated))
     for j, label in enumerate(labels[:-1]):
-        print(f"{label:>5} " + " ".join("      ." if j >= k else f"{float(gain[j, k]):7.3f}" for k in influence.generated))
+        cells = ("      ." if j >= k else f"{float(gain[j, k]):7.3f}" for k in influence.generated)
+        print(f"{label:>5} " + " ".join(cells))
     errors = ", ".join(f"{labels[k]} {float(influence.regeneration_error[mode][k]):.2e}" for k in influence.generated)
     print(f"  re-solving each block ({mode} prefix) lands this far from the sample: {errors}")
 print(f"influence of {len(labels) - 1} source blocks on {len(influence.generated)} generated blocks ({args.method})")

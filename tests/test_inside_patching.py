@@ -18,7 +18,7 @@ def runs(wb):
 
 
 def test_patching_every_point_reproduces_the_source_run(wb, runs):
-    (gens_a, cache_a), (gens_b, cache_b) = runs["a"], runs["b"]
+    (gens_a, cache_a), (gens_b, _) = runs["a"], runs["b"]
     assert gens_a[0].untrimmed_ids != gens_b[0].untrimmed_ids
     again = wb.run_with_patches(A, cache_a, **KNOBS)
     assert again[0].untrimmed_ids == gens_a[0].untrimmed_ids
@@ -45,10 +45,9 @@ def test_a_patch_lands_where_the_tensor_is_made(wb, runs):
 def test_functions_and_globs_patch_every_match(wb, runs):
     _, cache = wb.run_with_cache(A, names_filter="block.1.step.0.dit.cond.layer.0.*",
                                  patches={"block.1.step.0.dit.*.layer.0.attn_out": lambda x: 2 * x}, **KNOBS)
-    assert torch.equal(cache["block.1.step.0.dit.cond.layer.0.resid_mid"],
-                       cache["block.1.step.0.dit.cond.layer.0.attn_out"] + cache["block.1.step.0.dit.cond.layer.0.resid_pre"])
-    assert torch.allclose(cache["block.1.step.0.dit.cond.layer.0.attn_out"],
-                          2 * runs["a"][1]["block.1.step.0.dit.cond.layer.0.attn_out"])
+    at = lambda p: cache[f"block.1.step.0.dit.cond.layer.0.{p}"]   # noqa: E731
+    assert torch.equal(at("resid_mid"), at("attn_out") + at("resid_pre"))
+    assert torch.allclose(at("attn_out"), 2 * runs["a"][1]["block.1.step.0.dit.cond.layer.0.attn_out"])
 
 
 def test_zero_and_mean_ablation(wb, runs):
@@ -85,8 +84,8 @@ def test_bad_patches_are_named_before_the_run(wb, runs):
     for patches, message in cases:
         with pytest.raises(WorkbenchError, match=message):
             wb.run_with_patches(A, patches, **KNOBS)
-    longer = wb.run_with_cache(["once upon a time there was a"], names_filter="block.1.step.0.dit.cond.layer.0.attn.pattern",
-                               **KNOBS)[1]
+    longer = wb.run_with_cache(["once upon a time there was a"],
+                               names_filter="block.1.step.0.dit.cond.layer.0.attn.pattern", **KNOBS)[1]
     with pytest.raises(WorkbenchError, match="another batch, prompt length or checkpoint"):
         wb.run_with_patches(A, longer, **KNOBS)
     with pytest.raises(WorkbenchError, match="patch for .* gave \\(1,\\)"):
@@ -97,8 +96,8 @@ def test_unused_patches_are_reported(wb, runs):
     cache_a = runs["a"][1]
     eos = wb.tokenizer.eos_id
     with pytest.warns(UserWarning, match="never applied"):
-        wb.run_with_patches(A, {"block.0.token_ids": torch.full((1, 4), eos), "block.1.z_final": cache_a["block.1.z_final"]},
-                            **dict(KNOBS, stop_at_eos=True))
+        patches = {"block.0.token_ids": torch.full((1, 4), eos), "block.1.z_final": cache_a["block.1.z_final"]}
+        wb.run_with_patches(A, patches, **dict(KNOBS, stop_at_eos=True))
 
 
 def test_patching_sweep(wb):

@@ -70,7 +70,8 @@ def test_dit_residual_stream_rebuilds(wb, everything):
             if i + 1 < layers:
                 assert torch.equal(at(i, "resid_post"), at(i + 1, "resid_pre"))
         dit = wb.model.dit
-        velocity = dit.head(at(layers - 1, "resid_post"), cache[f"{prefix}.final.shift"], cache[f"{prefix}.final.scale"])
+        final = (cache[f"{prefix}.final.{p}"] for p in ("shift", "scale"))
+        velocity = dit.head(at(layers - 1, "resid_post"), *final)
         assert torch.equal(velocity, cache[f"{prefix}.velocity"])
 
 

@@ -285,7 +285,8 @@ class Workbench:
         """:meth:`decode` with the decoder's points cached (``decode.layer.0.attn.pattern``, ``decode.logits``)."""
         self.check_latents(latents)
         run = vae_names(self.model, len(latents), decode_latents=max(z.shape[0] for z in latents.z) * self.block_size)
-        return self._vae_with_cache(run, names_filter, to, patches, lambda: self.decode(latents, batch_size=len(latents)))
+        return self._vae_with_cache(run, names_filter, to, patches,
+                                    lambda: self.decode(latents, batch_size=len(latents)))
 
     def roundtrip_with_cache(self, texts: str | Sequence[str], names_filter: NamesFilter = None,
                              to: str | None = None, patches: Mapping[str, PatchValue] | None = None

@@ -46,7 +46,8 @@ class ActivationCache(dict):
         out = ActivationCache(self.fingerprint, self.run)
         out.update({k: v for k, v in self.items() if keep(k)})
         if not out:
-            raise WorkbenchError(f"no cached name matches {names_filter!r}; the cache holds e.g. {next(iter(self), '')!r}")
+            raise WorkbenchError(f"no cached name matches {names_filter!r}; the cache holds e.g. "
+                                 f"{next(iter(self), '')!r}")
         return out
 
 

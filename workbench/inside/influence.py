@@ -99,8 +99,8 @@ class Influence:
         targets = [self.labels[k] for k in self.generated]
         for col, mode in enumerate(modes, start=1):
             z = values[mode][:, self.generated]
-            fig.add_trace(go.Heatmap(z=z.tolist(), x=targets, y=self.labels, zmin=low, zmax=high, coloraxis="coloraxis"),
-                          row=1, col=col)
+            heatmap = go.Heatmap(z=z.tolist(), x=targets, y=self.labels, zmin=low, zmax=high, coloraxis="coloraxis")
+            fig.add_trace(heatmap, row=1, col=col)
             fig.update_xaxes(title_text="target block (moved)", row=1, col=col)
         fig.update_yaxes(title_text="source block (perturbed)", autorange="reversed", row=1, col=1)
         fig.update_layout(height=height, coloraxis={"colorscale": "Viridis",
@@ -203,7 +203,8 @@ def _derivatives(sequence: torch.Tensor, j: int, directions: torch.Tensor, eps: 
     shift[:, j] = directions
     if method == "jacobian":   # forward mode: SDPA's fused CPU kernels have no forward derivative, its math form does
         with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), fwAD.dual_level(), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", DeprecationWarning)   # torch's own jvp setup
+            # torch's own jvp set-up scripts functions on first use
+            warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", DeprecationWarning)
             return fwAD.unpack_dual(fn(fwAD.make_dual(base.contiguous(), shift))).tangent
     with torch.no_grad():
         both = fn(torch.cat([base + eps * shift, base - eps * shift]))

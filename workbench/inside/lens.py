@@ -74,7 +74,8 @@ class X0Lens:
         """Depth x (block, step) heatmap of ``metric`` for one sample, cells annotated with the decoded text."""
         rows = [r for r in self.records if r["sample"] == sample and (block is None or r["block"] == block)]
         if not rows:
-            raise WorkbenchError(f"no lens records for sample {sample}" + (f", block {block}" if block is not None else ""))
+            where = f"sample {sample}" + (f", block {block}" if block is not None else "")
+            raise WorkbenchError(f"no lens records for {where}")
         return _heatmap(rows, lambda r: f"b{r['block']} s{r['step']} t={r['t']:.0f}", metric,
                         f"x0-lens ({self.mode}): {metric} of the run's final tokens, by depth and step", height)
 

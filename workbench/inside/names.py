@@ -58,8 +58,8 @@ def _layered(layer_points: PointSpecs, layers: int, top: PointSpecs) -> dict[str
 
 
 def dit_sizes(cfg: DiTConfig, rows: int, latents: int, keys: int) -> dict[str, int]:
-    return dict(B=rows, L=latents, K=keys, D=cfg.txt_dim, H=cfg.heads, hd=cfg.head_dim, F=cfg.expand_ratio * cfg.txt_dim,
-                C=cfg.txt_out_channels * cfg.patch_size)
+    return dict(B=rows, L=latents, K=keys, D=cfg.txt_dim, H=cfg.heads, hd=cfg.head_dim,
+                F=cfg.expand_ratio * cfg.txt_dim, C=cfg.txt_out_channels * cfg.patch_size)
 
 
 def vae_sizes(cfg: VAEConfig, rows: int, latents: int, keys: int) -> dict[str, int]:
