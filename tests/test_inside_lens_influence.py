@@ -90,3 +90,11 @@ def test_influence_bad_input(wb):
         cross_block_influence(wb, ["the cat", "a dog"])
     with pytest.raises(WorkbenchError, match="single block"):
         cross_block_influence(wb, "", max_new_tokens=4)
+
+
+def test_lens_figures_order_steps_by_number(wb):
+    lens = x0_lens(wb, ["the cat"], blocks=[0], **dict(KNOBS, steps=11, max_new_tokens=4))
+    labels = lens.figure(block=0).data[0].x
+    assert [label.split()[1] for label in labels] == [f"s{s}" for s in range(11)]
+    with pytest.raises(WorkbenchError, match="unknown metric 'p'"):
+        lens.figure(metric="p")

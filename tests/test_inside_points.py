@@ -219,3 +219,16 @@ def test_a_stepped_session_caches_as_it_goes(wb, one_prompt):
     assert torch.equal(session.cache["block.1.step.2.dit.cond.layer.1.attn.pattern"],
                        one_prompt["block.1.step.2.dit.cond.layer.1.attn.pattern"])
     assert wb.sampler(ONE, **KNOBS).cache is None
+
+
+def test_cache_stack_and_attention_figure(wb, one_prompt):
+    from workbench.inside import attention_figure
+    names, stacked = one_prompt.stack("block.1.step.*.dit.cond.layer.0.resid_post")
+    assert names == [f"block.1.step.{s}.dit.cond.layer.0.resid_post" for s in range(3)]
+    assert torch.equal(stacked[2], one_prompt[names[2]])
+    with pytest.raises(WorkbenchError, match="cannot stack"):
+        one_prompt.stack(["block.1.step.0.dit.cond.layer.0.resid_post", "block.1.step.0.v_cond"])
+    fig = attention_figure(one_prompt["block.1.step.0.dit.cond.layer.0.attn.pattern"], height=250)
+    assert fig.layout.height == 250 and len(fig.data) == wb.model.dit_config.heads
+    with pytest.raises(WorkbenchError, match="is \\(B, H, L, K\\)"):
+        attention_figure(one_prompt["block.1.step.0.v_cond"])

@@ -50,6 +50,19 @@ class ActivationCache(dict):
                                  f"{next(iter(self), '')!r}")
         return out
 
+    def stack(self, names_filter: NamesFilter) -> tuple[list[str], torch.Tensor]:
+        """The matching tensors in natural order (``layer.2`` before ``layer.10``), stacked: (names, (N, ...))."""
+        names = sorted(self.subset(names_filter), key=natural_key)
+        shapes = {tuple(self[n].shape) for n in names}
+        if len(shapes) > 1:
+            raise WorkbenchError(f"cannot stack {names_filter!r}: the tensors have shapes {sorted(shapes)}")
+        return names, torch.stack([self[n] for n in names])
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key of a dotted name with its numbers compared as numbers."""
+    return tuple((0, int(seg), "") if seg.isdigit() else (1, 0, seg) for seg in name.split("."))
+
 
 def sampler_point(run: RunNames, name: str) -> str | None:
     """The field of a sampler-level name (``z``, ``v_cond``, ...), None for a point inside a model."""

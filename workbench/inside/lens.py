@@ -13,7 +13,7 @@ the last depth reproduces the model's own output exactly (tested).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
@@ -46,15 +46,20 @@ def _token_stats(logits: torch.Tensor, final: torch.Tensor) -> dict[str, torch.T
             "entropy_bits": -(logp.exp() * logp).sum(dim=-1) / LN2}
 
 
-def _heatmap(records: list[dict], x_key, metric: str, title: str, height: int):
-    """Depth (rows) x ``x_key`` heatmap of ``metric``, each cell annotated with its decoded text."""
+def _heatmap(records: list[dict], column: Callable[[dict], tuple], label: Callable[[dict], str], metric: str,
+             title: str, height: int):
+    """Depth (rows) x columns (ordered by ``column(record)``, named by ``label``) heatmap of ``metric``, each cell
+    annotated with its decoded text."""
     import plotly.graph_objects as go
-    columns = sorted({x_key(r) for r in records})
+    if metric not in records[0]:
+        raise WorkbenchError(f"unknown metric {metric!r}; records hold {', '.join(records[0])}")
+    first = {column(r): r for r in reversed(records)}
+    columns = sorted(first)
     depths = sorted({r["layer"] for r in records})
-    cell = {(r["layer"], x_key(r)): r for r in records}
+    cell = {(r["layer"], column(r)): r for r in records}
     z = [[cell[(d, c)][metric] if (d, c) in cell else None for c in columns] for d in depths]
     text = [[cell[(d, c)]["text"] if (d, c) in cell else "" for c in columns] for d in depths]
-    fig = go.Figure(go.Heatmap(z=z, text=text, texttemplate="%{text}", x=[str(c) for c in columns],
+    fig = go.Figure(go.Heatmap(z=z, text=text, texttemplate="%{text}", x=[label(first[c]) for c in columns],
                                y=["input" if d < 0 else f"layer {d}" for d in depths], colorscale="Viridis",
                                colorbar={"title": metric}))
     fig.update_layout(height=height, title=title)
@@ -76,8 +81,8 @@ class X0Lens:
         if not rows:
             where = f"sample {sample}" + (f", block {block}" if block is not None else "")
             raise WorkbenchError(f"no lens records for {where}")
-        return _heatmap(rows, lambda r: f"b{r['block']} s{r['step']} t={r['t']:.0f}", metric,
-                        f"x0-lens ({self.mode}): {metric} of the run's final tokens, by depth and step", height)
+        return _heatmap(rows, lambda r: (r["block"], r["step"]), lambda r: f"b{r['block']} s{r['step']} t={r['t']:.0f}",
+                        metric, f"x0-lens ({self.mode}): {metric} of the run's final tokens, by depth and step", height)
 
 
 @torch.no_grad()
@@ -158,7 +163,7 @@ class LogitLens:
         rows = [r for r in self.records if r["text_index"] == text]
         if not rows:
             raise WorkbenchError(f"no logit-lens records for text {text}")
-        return _heatmap(rows, lambda r: r["position"], metric,
+        return _heatmap(rows, lambda r: (r["position"],), lambda r: str(r["position"]), metric,
                         f"logit lens of the VAE decoder: {metric} of the final output's tokens", height)
 
 
