@@ -38,7 +38,7 @@ class ActivationCache(dict):
     def __init__(self, fingerprint: str, run: dict):
         super().__init__()
         self.fingerprint = fingerprint
-        self.run = run   # prompts, knobs, batch, blocks, prefix latents: what patching checks against
+        self.run = run   # provenance: prompts, sample ids, knobs, blocks, context latents per prompt
 
     def subset(self, names_filter: NamesFilter) -> "ActivationCache":
         """The tensors whose names match (same provenance), e.g. as a patch source."""
