@@ -86,12 +86,22 @@ def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return mask[:, None]
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """softmax(q k^T / sqrt(hd) + mask) v; q (B, H, Lq, hd), k/v (B, Hk, Lk, hd) with Hk | H."""
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, tap=None) -> torch.Tensor:
+    """softmax(q k^T / sqrt(hd) + mask) v; q (B, H, Lq, hd), k/v (B, Hk, Lk, hd) with Hk | H.
+
+    The pattern (B, H, Lq, Lk) is materialised only when ``tap`` (a :class:`cola_core.hook_points.Tap`)
+    wants ``attn.pattern``; a replaced pattern is applied as ``pattern @ v``, otherwise SDPA runs as usual.
+    """
     if k.shape[1] != q.shape[1]:
         k = k.expand(-1, q.shape[1], -1, -1)
         v = v.expand(-1, q.shape[1], -1, -1)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype))
+    mask = mask.to(q.dtype)
+    if tap is not None and tap.wants("attn.pattern"):
+        pattern = (q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5 + mask).softmax(dim=-1)
+        patched = tap("attn.pattern", pattern)
+        if patched is not pattern:
+            return patched @ v
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from .attention import AttentionContext, CacheView, KVCache, apply_rope_interleaved, attend, build_context
 from .config import DiTConfig
+from .hook_points import NO_TAP, Tap, model_taps
 
 TIMESTEP_FEATURES = 256
 
@@ -85,15 +86,16 @@ class DiTAttention(nn.Module):
         self.norm_k = nn.LayerNorm(cfg.head_dim, eps=cfg.norm_eps)
         self.rope = _RopeHolder(cfg)
 
-    def forward(self, x: torch.Tensor, ctx: AttentionContext, layer: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, ctx: AttentionContext, layer: int, tap: Tap = NO_TAP) -> torch.Tensor:
         cfg = self.cfg
         batch, lq, _ = x.shape
         qkv = self.proj_qkv(x).view(batch, lq, 3, cfg.heads, cfg.head_dim)
         q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))   # (B, H, Lq, hd)
         q, k = self.norm_q(q), self.norm_k(k)
         q, k = apply_rope_interleaved(q, ctx.rotation), apply_rope_interleaved(k, ctx.rotation)
+        q, k, v = tap("attn.q", q), tap("attn.k", k), tap("attn.v", v)
         k, v = ctx.keys_and_values(layer, k, v)
-        out = attend(q, k, v, ctx.mask)
+        out = tap("attn.z", attend(q, k, v, ctx.mask, tap))
         return self.proj_out(out.transpose(1, 2).reshape(batch, lq, cfg.inner_dim))
 
 
@@ -103,8 +105,8 @@ class DiTMLP(nn.Module):
         self.proj_in = nn.Linear(cfg.txt_dim, cfg.expand_ratio * cfg.txt_dim)
         self.proj_out = nn.Linear(cfg.expand_ratio * cfg.txt_dim, cfg.txt_dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj_out(F.gelu(self.proj_in(x), approximate="tanh"))
+    def forward(self, x: torch.Tensor, tap: Tap = NO_TAP) -> torch.Tensor:
+        return self.proj_out(tap("mlp.hidden", F.gelu(self.proj_in(x), approximate="tanh")))
 
 
 class AdaLN(nn.Module):
@@ -125,14 +127,20 @@ class DiTBlock(nn.Module):
         self.mlp = DiTMLP(cfg)
         self.ada = AdaLN(cfg)
 
-    def forward(self, x: torch.Tensor, emb: "RowEmbedding", ctx: AttentionContext, layer: int) -> torch.Tensor:
-        """x (B, Lq, D) -> (B, Lq, D), modulated by the per-row timestep embedding."""
+    def forward(self, x: torch.Tensor, emb: "RowEmbedding", ctx: AttentionContext, layer: int,
+                tap: Tap = NO_TAP) -> torch.Tensor:
+        """x (B, Lq, D) -> (B, Lq, D), modulated by the per-row timestep embedding; ``tap`` sees each point."""
+        x = tap("resid_pre", x)
         shift, scale = emb.project(self.ada.msa_in).chunk(2, dim=-1)
-        h = F.layer_norm(x, x.shape[-1:], eps=self.eps) * (1 + scale) + shift
-        x = emb.project(self.ada.msa_out) * self.msa(h, ctx, layer) + x
+        shift, scale = tap("ada.shift_msa", shift), tap("ada.scale_msa", scale)
+        gate = tap("ada.gate_msa", emb.project(self.ada.msa_out))
+        h = tap("attn_in", F.layer_norm(x, x.shape[-1:], eps=self.eps) * (1 + scale) + shift)
+        x = tap("resid_mid", tap("attn_out", gate * self.msa(h, ctx, layer, tap)) + x)
         shift, scale = emb.project(self.ada.mlp_in).chunk(2, dim=-1)
-        h = F.layer_norm(x, x.shape[-1:], eps=self.eps) * (1 + scale) + shift
-        return emb.project(self.ada.mlp_out) * self.mlp(h) + x
+        shift, scale = tap("ada.shift_mlp", shift), tap("ada.scale_mlp", scale)
+        gate = tap("ada.gate_mlp", emb.project(self.ada.mlp_out))
+        h = tap("mlp_in", F.layer_norm(x, x.shape[-1:], eps=self.eps) * (1 + scale) + shift)
+        return tap("resid_post", tap("mlp_out", gate * self.mlp(h, tap)) + x)
 
 
 class OutputAdaLN(nn.Module):
@@ -166,8 +174,9 @@ class ColaDiT(nn.Module):
         x (B, Lq, C); t (B, Lq) timesteps on [0, T]; lengths (B,) real query rows per sample.
         With ``cache`` the rows follow each sample's cached history; ``update_cache`` keeps them.
         ``positions`` (B, Lq) and ``allowed`` (B, Lq, Lq) override positions and mask (training).
-        Returns (B, Lq, C_out).
+        Returns (B, Lq, C_out). Hook points (``cola_core.hook_points``) see every activation when a caller listens.
         """
+        tap = model_taps("dit")
         h = self.txt_in(x)
         dtype = h.dtype
         emb = RowEmbedding.of(self.emb_in, t, dtype)
@@ -175,12 +184,16 @@ class ColaDiT(nn.Module):
         ctx = build_context(lengths, x.shape[1], self.config.block_size, dtype, freqs, cache=cache,
                             positions=positions, allowed=allowed)
         for layer, block in enumerate(self.blocks):
-            h = block(h, emb, ctx, layer)
+            h = block(h, emb, ctx, layer, tap.at(f"layer.{layer}"))
         shift, scale = emb.project(self.txt_out_ada.out_in).chunk(2, dim=-1)
-        out = self.txt_out(self.txt_out_norm(h) * (1 + scale) + shift)
+        out = tap("velocity", self.head(h, tap("final.shift", shift), tap("final.scale", scale)))
         if cache is not None and update_cache:
             cache.commit(lengths)
         return out
+
+    def head(self, h: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """Residual (B, L, D) -> velocity (B, L, C_out) under the output modulation (the x0-lens reads any layer so)."""
+        return self.txt_out(self.txt_out_norm(h) * (1 + scale) + shift)
 
 
 class RowEmbedding:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from .checkpoint import ColaModel
+from .hook_points import row_groups
 
 
 def bf16_round(x: torch.Tensor) -> torch.Tensor:
@@ -35,8 +36,13 @@ class PriorContext:
                              cache=self.cache.view(rows), update_cache=update)
 
     def velocities(self, z: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """z (B, bs, C) fp32, t (B, bs) -> (v_cond over the cached context, v_uncond over the block alone)."""
-        out = self._dit(torch.cat([z, z]), torch.cat([t, t]), slice(0, 2 * self.batch), update=False)
+        """z (B, bs, C) fp32, t (B, bs) -> (v_cond over the cached context, v_uncond over the block alone).
+
+        Hook points inside this forward are named ``dit.cond.*`` (rows [0, B)) and ``dit.uncond.*`` (rows [B, 2B)).
+        """
+        batch = self.batch
+        with row_groups(cond=slice(0, batch), uncond=slice(batch, 2 * batch)):
+            out = self._dit(torch.cat([z, z]), torch.cat([t, t]), slice(0, 2 * batch), update=False)
         return out[:self.batch], out[self.batch:]
 
     def prefill(self, prefix: torch.Tensor, lengths: torch.Tensor) -> None:

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from .attention import AttentionContext, CacheView, KVCache, apply_rope_half, attend, build_context, pad_rows
 from .config import VAEConfig
+from .hook_points import NO_TAP, Tap, model_taps
 
 
 def vae_rope_frequencies(head_dim: int, theta: float, device: torch.device) -> torch.Tensor:
@@ -44,7 +45,7 @@ class VAEBlock(nn.Module):
         ffn_hidden = cfg.ffn_dim // 2 if cfg.act == "swiglu" else cfg.ffn_dim
         self.ffn_out = nn.Linear(ffn_hidden, cfg.dim, bias=cfg.bias)
 
-    def attn(self, x: torch.Tensor, ctx: AttentionContext, layer: int) -> torch.Tensor:
+    def attn(self, x: torch.Tensor, ctx: AttentionContext, layer: int, tap: Tap = NO_TAP) -> torch.Tensor:
         """Fused-QKV attention, whole-width q/k LayerNorm, split-half RoPE; x (B, Lq, D)."""
         cfg = self.cfg
         batch, lq, _ = x.shape
@@ -59,11 +60,12 @@ class VAEBlock(nn.Module):
         k = k.view(batch, lq, -1, hd).transpose(1, 2)       # (B, Hk, Lq, hd)
         v = v.view(batch, lq, -1, hd).transpose(1, 2)
         q, k = apply_rope_half(q, ctx.rotation), apply_rope_half(k, ctx.rotation)
+        q, k, v = tap("attn.q", q), tap("attn.k", k), tap("attn.v", v)
         k, v = ctx.keys_and_values(layer, k, v)
-        out = attend(q, k, v, ctx.mask)                     # (B, H, Lq, hd)
+        out = tap("attn.z", attend(q, k, v, ctx.mask, tap))   # (B, H, Lq, hd)
         return self.attn_out_proj(out.transpose(1, 2).reshape(batch, lq, cfg.dim))
 
-    def ffn(self, h: torch.Tensor) -> torch.Tensor:
+    def ffn(self, h: torch.Tensor, tap: Tap = NO_TAP) -> torch.Tensor:
         h = self.ffn_proj(h)
         if self.cfg.act == "swiglu":
             up, gate = h.chunk(2, dim=-1)
@@ -72,14 +74,16 @@ class VAEBlock(nn.Module):
             h = F.silu(h)
         else:
             h = F.gelu(h)
-        return self.ffn_out(h)
+        return self.ffn_out(tap("mlp.hidden", h))
 
-    def forward(self, x: torch.Tensor, ctx: AttentionContext, layer: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, ctx: AttentionContext, layer: int, tap: Tap = NO_TAP) -> torch.Tensor:
+        x = tap("resid_pre", x)
         if self.cfg.post_norm:
-            x = self.norm_attn(x) + self.attn(x, ctx, layer)
-            return x + self.norm_ffn(self.ffn(x))
-        x = x + self.attn(self.norm_attn(x), ctx, layer)
-        return x + self.ffn(self.norm_ffn(x))
+            x = tap("resid_mid", tap("norm_attn", self.norm_attn(x)) + tap("attn_out", self.attn(x, ctx, layer, tap)))
+            return tap("resid_post", x + tap("mlp_out", self.norm_ffn(self.ffn(x, tap))))
+        h = tap("norm_attn", self.norm_attn(x))
+        x = tap("resid_mid", x + tap("attn_out", self.attn(h, ctx, layer, tap)))
+        return tap("resid_post", x + tap("mlp_out", self.ffn(self.norm_ffn(x), tap)))
 
 
 class VAEEncoder(nn.Module):
@@ -155,14 +159,15 @@ class ColaTextVAE(nn.Module):
         """
         cfg = self.config
         enc = self.encoder
+        tap = model_taps("encode")
         if mask_token_ids is not None:
             ids = ids.masked_fill(mask_token_ids, cfg.vocab_size)
-        x = enc.wte(ids)                                           # (B, L, D)
+        x = tap("embed", enc.wte(ids))                             # (B, L, D)
         x = enc.patch_embedder(x.transpose(1, 2)).transpose(1, 2)  # (B, n, D)
         n_lengths = torch.div(lengths, cfg.patch_size, rounding_mode="floor")
         ctx = build_context(n_lengths, x.shape[1], self.mask_block_size, x.dtype, self.rope_frequencies(x.device))
         for layer, block in enumerate(enc.blocks):
-            x = block(x, ctx, layer)
+            x = block(x, ctx, layer, tap.at(f"layer.{layer}"))
         out = enc.final_layer(x)
         if cfg.use_variation:
             mean, logvar = out.chunk(2, dim=-1)
@@ -172,6 +177,7 @@ class ColaTextVAE(nn.Module):
         else:
             mean = _layer_norm(out, cfg.layer_norm_eps)
             logvar = torch.full_like(mean, -30.0)
+        mean, logvar = tap("mean", mean), tap("logvar", logvar)
         valid = torch.arange(x.shape[1], device=x.device)[None] < n_lengths[:, None]
         return Posterior(mean=mean, logvar=logvar, valid=valid)
 
@@ -186,20 +192,26 @@ class ColaTextVAE(nn.Module):
 
         With a cache, the rows continue each sample's history; ``update_cache`` keeps them.
         """
-        cfg = self.config
         dec = self.decoder
+        tap = model_taps("decode")
         x = dec.in_layer(z)
         ctx = build_context(lengths, x.shape[1], self.mask_block_size, x.dtype, self.rope_frequencies(x.device),
                             cache=cache)
         for layer, block in enumerate(dec.blocks):
-            x = block(x, ctx, layer)
-        batch, n, dim = x.shape
-        x = dec.unpatch_layer(x)                                   # (B, n, P*D), channel-major
-        x = x.view(batch, n, dim, cfg.patch_size).transpose(2, 3).reshape(batch, n * cfg.patch_size, dim)
-        logits = dec.final_layer(dec.final_norm(x))
+            x = block(x, ctx, layer, tap.at(f"layer.{layer}"))
+        logits = self.decoder_head(x, tap)
         if cache is not None and update_cache:
             cache.commit(lengths)
         return logits
+
+    def decoder_head(self, x: torch.Tensor, tap: Tap = NO_TAP) -> torch.Tensor:
+        """Decoder residual (B, n, D) -> logits (B, n*P, V): unpatch, final norm, vocabulary projection
+        (the logit lens applies it to any decoder layer)."""
+        dec, patch = self.decoder, self.config.patch_size
+        batch, n, dim = x.shape
+        x = dec.unpatch_layer(x)                                   # (B, n, P*D), channel-major
+        x = x.view(batch, n, dim, patch).transpose(2, 3).reshape(batch, n * patch, dim)
+        return tap("logits", dec.final_layer(dec.final_norm(tap("unpatched", x))))
 
     # -- official NA-layout entry points (parity with the reference API) ---------------------------
     def encode(self, ids_list: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

@@ -23,6 +23,9 @@ EXPECTED = {
     "likelihood.py": "bits/dim, log p =",
     "projection.py": "overlay paths on",
     "guidance_sweep.py": "run folder:",
+    "activation_patching.py": "patching sweep over",
+    "x0_lens.py": "x0-lens:",
+    "cross_block_influence.py": "influence of",
 }
 
 
@@ -31,6 +34,7 @@ def test_every_example_is_covered():
     assert not missing, f"add {sorted(missing)} to EXPECTED with a line each prints"
 
 
+@pytest.mark.heavy   # a subprocess per script
 @pytest.mark.parametrize("script", sorted(EXPECTED))
 def test_example_runs(script):
     # One intra-op thread: the tiny model is far faster without thread hand-offs on shared cores.

@@ -6,7 +6,8 @@ from .hooks import (HOOK_POINTS, Callback, HookHandle, clamp_latents, guidance_c
 from .latents import (Latents, analogy, apply_direction, attribute_direction, block_noise, combine, interpolate,
                       mean_latent, noise_to, replace_blocks, slerp, splice)
 from .sampler_session import SamplerSession
-from .session import Decoded, DecodedText, Roundtrip, Workbench, names_predicate
+from .inside.names import names_predicate
+from .session import Decoded, DecodedText, Roundtrip, Workbench
 from .trajectory import StepState, Trajectory
 
 __all__ = [

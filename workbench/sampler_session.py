@@ -7,14 +7,15 @@ step into a :class:`~workbench.trajectory.StepState`. With no hooks it produces 
 """
 from __future__ import annotations
 
-from typing import Callable, Iterator, Mapping, Sequence
-
-import torch
+import contextlib
+from typing import Iterator, Mapping, Sequence
 
 from cola_core.generate import BlockwiseSampler, Generation, SamplerState
+from cola_core.hook_points import tapping
 from cola_core.sampler import predicted_clean
 
 from .hooks import HookFn
+from .inside.cache import ActivationCache, CallTaps
 from .trajectory import StepState, Trajectory
 
 
@@ -24,9 +25,10 @@ class SamplerSession:
     (the loop's own state, e.g. ``session.live.z``) before the next ``step()``."""
 
     def __init__(self, sampler: BlockwiseSampler, hooks: Mapping[str, Sequence[HookFn]] | None = None,
-                 preview: bool = False, record: bool = False, keep: Callable[[str], bool] | None = None):
+                 preview: bool = False, record: bool = False, taps: CallTaps | None = None):
         """``hooks``: hook point -> functions run in order; ``preview`` decodes every step's ``x0_pred``;
-        ``record`` keeps every step in ``trajectory``; ``keep`` names extra tensors to keep (``block.{b}.logits``)."""
+        ``record`` keeps every step in ``trajectory``; ``taps`` records and patches named tensors (after the
+        hooks of each event, and inside the models) for ``run_with_cache``."""
         self.sampler = sampler
         self.config = sampler.config
         self.hooks = dict(hooks or {})
@@ -34,8 +36,7 @@ class SamplerSession:
         self.trajectory = Trajectory(prompts=list(sampler.prepared.texts), sample_ids=list(sampler.sample_ids),
                                      config=dict(self.config.__dict__), fingerprint=sampler.model.fingerprint
                                      ) if record else None
-        self.extra: dict[str, torch.Tensor] = {}   # logits kept by run_with_cache when named
-        self._keep_logits = keep is not None and any(keep(f"block.{b}.logits") for b in range(self.num_blocks))
+        self.taps = taps
         self._events = sampler.events()
         self._pending: StepState | None = None
         self.live: SamplerState | None = None
@@ -46,18 +47,36 @@ class SamplerSession:
     def num_blocks(self) -> int:
         return self.sampler.num_blocks
 
+    @property
+    def cache(self) -> ActivationCache | None:
+        """Tensors recorded so far by name (with ``names_filter``), None when the session caches nothing."""
+        return None if self.taps is None else self.taps.cache
+
     # -- driving the loop --------------------------------------------------------------------------
     def step(self) -> StepState | None:
         """Run to the end of the next solver step; None once generation has finished."""
-        for event, state in self._events:
+        return self._run(stop_at_step=True)
+
+    def _run(self, stop_at_step: bool) -> StepState | None:
+        """Drive the loop: hooks, then taps, at each event; step snapshots only when a step or trajectory needs them."""
+        snapshots = stop_at_step or self.trajectory is not None
+        while (item := self._next()) is not None:
+            event, state = item
             self.event, self.live = event, state
             for fn in self.hooks.get(event, ()):
                 fn(state)
-            snapshot = self._record(event, state)
-            if snapshot is not None:
+            if self.taps is not None:
+                self.taps.on_event(event, state)
+            snapshot = self._record(event, state) if snapshots else None
+            if snapshot is not None and stop_at_step:
                 return snapshot
         self.done = True
         return None
+
+    def _next(self) -> tuple[str, SamplerState] | None:
+        """Resume the loop to its next event; its model calls run under the taps (hooks and previews do not)."""
+        with tapping(self.taps) if self.taps is not None else contextlib.nullcontext():
+            return next(self._events, None)
 
     def __iter__(self) -> Iterator[StepState]:
         while (state := self.step()) is not None:
@@ -65,8 +84,7 @@ class SamplerSession:
 
     def result(self) -> list[Generation]:
         """Finish the run (if needed) and return what ``cola_core.generate.generate`` returns."""
-        while self.step() is not None:
-            pass
+        self._run(stop_at_step=False)
         generations = self.sampler.result()
         if self.trajectory is not None:
             self.trajectory.generations = generations
@@ -103,9 +121,6 @@ class SamplerSession:
             traj.z_init[b] = state.z.clone()
         elif traj is not None and event == "block_end":
             traj.z_final[b] = state.z.clone()
-        elif event == "decoded":
-            if traj is not None:
-                traj.token_ids[b] = state.token_ids.clone()
-            if self._keep_logits:
-                self.extra[f"block.{b}.logits"] = state.logits
+        elif traj is not None and event == "decoded":
+            traj.token_ids[b] = state.token_ids.clone()
         return None

@@ -7,10 +7,9 @@ model runs: every problem raises :class:`WorkbenchError` (a ``ValueError``) nami
 from __future__ import annotations
 
 import contextlib
-from fnmatch import fnmatchcase
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 
@@ -19,12 +18,15 @@ from cola_core.attention import pad_rows
 from cola_core.config import MAX_POSITIONS
 from cola_core.constants import LN2
 from cola_core.generate import BlockwiseSampler, Generation, GenerationConfig
+from cola_core.hook_points import tapping
 from cola_core.pocket import default_checkpoint
 from cola_core.text_codec import decode_logits, decode_text, encode_tokens, token_slots
 
 from .diagnostics import Diagnosis, diagnose
 from .errors import WorkbenchError, as_workbench_error
 from .hooks import Callback, HookFn, HookHandle, HookRegistry, Hooks
+from .inside.cache import ActivationCache, CallTaps, PatchValue
+from .inside.names import NamesFilter, RunNames, generation_names, sampler_stages, vae_names
 from .latents import Latents, block_noise
 from .likelihood import text_log_likelihood
 from .projection import Projection, fit_projection
@@ -213,15 +215,18 @@ class Workbench:
             return GenerationConfig().with_knobs(**knobs)
 
     def sampler(self, prompts: str | Sequence[str], sample_ids: Sequence[int] | None = None, preview: bool = False,
-                record: bool = False, hooks: Hooks = None, **knobs) -> SamplerSession:
+                record: bool = False, hooks: Hooks = None, names_filter: NamesFilter = None,
+                patches: Mapping[str, PatchValue] | None = None, to: str | None = None, **knobs) -> SamplerSession:
         """A steppable generation run with the registered hooks, then ``hooks`` for this call only
         (Callbacks, or ``{hook point: fn}``).
 
         ``preview=True`` adds a greedy text of ``x0_pred`` to every step (decoded without the prefix
         context, by a separate decoder call that never touches the sampler's caches);
-        ``record=True`` keeps every step in ``session.trajectory``.
+        ``record=True`` keeps every step in ``session.trajectory``. ``names_filter`` fills
+        ``session.cache`` step by step and ``patches`` replace tensors, as in :meth:`run_with_cache`.
         """
-        return self._session(prompts, sample_ids, hooks, knobs, preview=preview, record=record)
+        keep = None if names_filter is None else (lambda run: run.select(names_filter))
+        return self._session(prompts, sample_ids, hooks, knobs, keep, patches, to, preview=preview, record=record)
 
     def generate(self, prompts: str | Sequence[str], sample_ids: Sequence[int] | None = None, hooks: Hooks = None,
                  **knobs) -> list[Generation]:
@@ -236,22 +241,93 @@ class Workbench:
         return session.trajectory
 
     def run_with_cache(self, prompts: str | Sequence[str], names_filter: NamesFilter = None,
-                       sample_ids: Sequence[int] | None = None, hooks: Hooks = None, **knobs
-                       ) -> tuple[list[Generation], dict[str, torch.Tensor]]:
-        """Generate and return ``(generations, cache)``: tensors by stable dotted name
-        (``block.3.step.7.v_uncond``; see :mod:`workbench.trajectory`), filtered by ``names_filter``
-        (None = all, a name or glob pattern, a list of names/patterns, or ``fn(name) -> bool``)."""
-        keep = names_predicate(names_filter)
-        session = self._session(prompts, sample_ids, hooks, knobs, record=True,
-                                keep=None if names_filter is None else keep)
+                       sample_ids: Sequence[int] | None = None, hooks: Hooks = None, to: str | None = None,
+                       patches: Mapping[str, PatchValue] | None = None, **knobs
+                       ) -> tuple[list[Generation], ActivationCache]:
+        """Generate and return ``(generations, cache)``: tensors by stable dotted name, sampler-level
+        (``block.3.step.7.v_uncond``) or inside the models (``block.3.step.7.dit.cond.layer.1.resid_post``;
+        see :mod:`workbench.inside.names`).
+
+        ``names_filter``: a name, a glob (``*`` one segment, ``**`` any), a list of them, or ``fn(name) -> bool``;
+        None keeps the sampler's trajectory (every step field, ``z_init``, ``z_final``, ``token_ids``).
+        Only matching tensors are copied, when they are produced (``to="cpu"`` moves them off the device);
+        a filter that matches no name of the run is an error before any model call. ``patches`` replace
+        tensors while the run goes (see :meth:`run_with_patches`).
+        """
+        keep = (lambda run: run.trajectory()) if names_filter is None else (lambda run: run.select(names_filter))
+        session = self._session(prompts, sample_ids, hooks, knobs, keep, patches, to)
         generations = session.result()
-        cache = {k: v for k, v in session.trajectory.named_tensors().items() if keep(k)}
-        cache.update(session.extra)
-        return generations, cache
+        session.taps.warn_unused()
+        return generations, session.cache
+
+    def run_with_patches(self, prompts: str | Sequence[str], patches: Mapping[str, PatchValue],
+                         sample_ids: Sequence[int] | None = None, hooks: Hooks = None, **knobs) -> list[Generation]:
+        """Generate with named tensors replaced as they are produced: ``{name: tensor}`` (e.g. a cache
+        from another run, :meth:`ActivationCache.subset`) or ``{name or glob: fn(x) -> x'}``. Shapes,
+        names and the checkpoint are checked before any model call."""
+        session = self._session(prompts, sample_ids, hooks, knobs, patches=patches)
+        generations = session.result()
+        session.taps.warn_unused()
+        return generations
+
+    def encode_with_cache(self, texts: str | Sequence[str], names_filter: NamesFilter = None, to: str | None = None,
+                          patches: Mapping[str, PatchValue] | None = None, sample: bool = False,
+                          seed: int | None = None) -> tuple[Latents, ActivationCache]:
+        """:meth:`encode` with the encoder's points cached (``encode.layer.1.resid_post``; None = all).
+        Texts are padded to the longest, so one encoder forward holds them all (cache rows = texts)."""
+        texts = check_texts(texts)
+        run = vae_names(self.model, len(texts), encode_latents=self._latent_width(texts))
+        return self._vae_with_cache(run, names_filter, to, patches, lambda: self.encode(
+            texts, pad_to="longest", sample=sample, seed=seed, batch_size=len(texts)))
+
+    def decode_with_cache(self, latents: Latents, names_filter: NamesFilter = None, to: str | None = None,
+                          patches: Mapping[str, PatchValue] | None = None) -> tuple[Decoded, ActivationCache]:
+        """:meth:`decode` with the decoder's points cached (``decode.layer.0.attn.pattern``, ``decode.logits``)."""
+        self.check_latents(latents)
+        run = vae_names(self.model, len(latents), decode_latents=max(z.shape[0] for z in latents.z) * self.block_size)
+        return self._vae_with_cache(run, names_filter, to, patches,
+                                    lambda: self.decode(latents, batch_size=len(latents)))
+
+    def roundtrip_with_cache(self, texts: str | Sequence[str], names_filter: NamesFilter = None,
+                             to: str | None = None, patches: Mapping[str, PatchValue] | None = None
+                             ) -> tuple[Roundtrip, ActivationCache]:
+        """encode -> decode with ``encode.*`` and ``decode.*`` points cached (texts padded to the longest)."""
+        texts = check_texts(texts)
+        width = self._latent_width(texts)
+        run = vae_names(self.model, len(texts), encode_latents=width, decode_latents=width)
+
+        def roundtrip() -> Roundtrip:
+            latents = self.encode(texts, pad_to="longest", batch_size=len(texts))
+            decoded = self.decode(latents, batch_size=len(texts))
+            return Roundtrip(latents, decoded, token_accuracy(latents, decoded))
+
+        return self._vae_with_cache(run, names_filter, to, patches, roundtrip)
+
+    # -- the plumbing of cached and patched calls ----------------------------------------------------------
+    def _latent_width(self, texts: list[str]) -> int:
+        """Latents per text when ``texts`` are padded to the longest."""
+        return int(tokenize(self.model, texts, "longest").latent_lengths.max())
+
+    def _vae_with_cache(self, run: RunNames, names_filter: NamesFilter, to: str | None,
+                        patches: Mapping[str, PatchValue] | None, verb: Callable[[], object]):
+        """Run a VAE verb under a listener for ``encode.*`` / ``decode.*`` (None keeps every point)."""
+        keep = run.select("**" if names_filter is None else names_filter)
+        taps = CallTaps.build(run, keep, patches, self.fingerprint, to)
+        taps.scope = ""
+        with tapping(taps):
+            out = verb()
+        return out, taps.cache
+
+    def run_names(self, prompts: str | Sequence[str], sample_ids: Sequence[int] | None = None, **knobs) -> RunNames:
+        """Every name (with its shape) that generating from ``prompts`` with ``knobs`` produces; no model runs.
+        ``list(wb.run_names(p, steps=4))``, ``.shape(name)``, ``.select(filter)``."""
+        return sampler_names(self.model, self._session(prompts, sample_ids, None, knobs).sampler)
 
     def _session(self, prompts: str | Sequence[str], sample_ids: Sequence[int] | None, hooks: Hooks, knobs: dict,
-                 **options) -> SamplerSession:
-        """Knobs, hooks and prompts checked (context length included) before any model call."""
+                 keep: Callable[[RunNames], set[str]] | None = None, patches: Mapping[str, PatchValue] | None = None,
+                 to: str | None = None, **options) -> SamplerSession:
+        """Knobs, hooks, prompts (context length included), names and patches checked before any model call;
+        ``keep`` picks the names to cache from the run's names."""
         config = self.config(**knobs)
         table = self.registry.snapshot(hooks)
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
@@ -260,7 +336,12 @@ class Workbench:
                 raise WorkbenchError(f"prompt {i} is not a string: {p!r}")
         with as_workbench_error():
             sampler = BlockwiseSampler(self.model, prompts, config, sample_ids)
-        return SamplerSession(sampler, table, **options)
+        session = SamplerSession(sampler, table, **options)
+        if keep is not None or patches is not None:
+            run = sampler_names(self.model, sampler)
+            session.taps = CallTaps.build(run, set() if keep is None else keep(run), patches, self.fingerprint, to,
+                                          run_facts(sampler))
+        return session
 
     # -- diagnostics and projections (thin delegations; see their modules) ---------------------------
     def diagnose(self, texts: str | Sequence[str], **options) -> Diagnosis:
@@ -291,14 +372,14 @@ class Workbench:
         self.registry.clear()
 
 
-NamesFilter = str | Sequence[str] | Callable[[str], bool] | None
+def sampler_names(model: ColaModel, sampler: BlockwiseSampler) -> RunNames:
+    """The names a (not yet started) sampler's run will produce."""
+    return generation_names(model, len(sampler.sample_ids), sampler.num_blocks, sampler.config.steps,
+                            sampler_stages(sampler.config.solver), int(sampler.prepared.prefix_lengths.max()))
 
 
-def names_predicate(names_filter: NamesFilter) -> Callable[[str], bool]:
-    """None -> everything; str or list -> exact names or fnmatch patterns; callable -> itself."""
-    if names_filter is None:
-        return lambda name: True
-    if callable(names_filter):
-        return names_filter
-    patterns = [names_filter] if isinstance(names_filter, str) else list(names_filter)
-    return lambda name: any(fnmatchcase(name, p) for p in patterns)
+def run_facts(sampler: BlockwiseSampler) -> dict:
+    """Where a cache came from: prompts, sample ids, knobs, blocks, context latents."""
+    return {"prompts": list(sampler.prepared.texts), "sample_ids": list(sampler.sample_ids),
+            "config": dict(sampler.config.__dict__), "num_blocks": sampler.num_blocks,
+            "prefix_latents": sampler.prepared.prefix_lengths.tolist()}
