@@ -164,12 +164,17 @@ def test_another_checkpoint_or_device_is_said_plainly(ctx, root, tmp_path_factor
     meta["checkpoint"] = {"fingerprint": "f" * 64, "source": "ByteDance-Seed/Cola-DLM"}
     meta["device"], meta["dtype"] = "cuda", "bfloat16"
     (folder / "bench.json").write_text(json.dumps(meta))
+    records = jsonl(folder / "generations" / "lambada.jsonl")
+    records[0]["token_ids"] = records[0]["token_ids"][:2] + [-1] * (len(records[0]["token_ids"]) - 2)
+    (folder / "generations" / "lambada.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     out = loaded(ctx, folder)
     assert "⚠ made by checkpoint ByteDance\\-Seed/Cola\\-DLM (fingerprint `ffffffffffff`)" in out["status"]
     assert "opening a sample re-runs it on a different model, so its tokens will differ" in out["status"]
     assert "made on cuda / bfloat16, this app runs on cpu / float32" in out["status"]
-    first = next(bench.open_sample(ctx, out["run"], "lambada", "1", False, "auto", "2-D"))
-    assert "different model" in first["traj_origin"].value
+    updates = list(bench.open_sample(ctx, out["run"], "lambada", str(records[0]["id"]), False, "auto", "2-D"))
+    assert "different model" in updates[0]["traj_origin"].value
+    note = updates[-1]["traj_origin"].value
+    assert "✗ **The re-run differs from the bench's tokens from token 2 on**" in note and "re-run's text: " in note
 
 
 def test_a_folder_scored_without_a_run_opens_with_the_official_knobs(ctx, root):

@@ -160,7 +160,7 @@ def comparison(ctx: AppContext, bench: BenchFolder, generation: dict | None, run
         return f"✓ **The re-run reproduces the bench's {len(expected)} tokens exactly.**"
     first = next((i for i, (a, b) in enumerate(zip(got, expected)) if a != b), min(len(got), len(expected)))
     return (f"✗ **The re-run differs from the bench's tokens from token {first} on** ({len(expected)} bench tokens, "
-            f"{len(got)} re-run tokens).")
+            f"{len(got)} re-run tokens); re-run's text: {md(display_text(run['text']))}")
 
 
 def origin_note(bench: BenchFolder, sample: Sample, form: dict[str, Any], reasons: list[str]) -> str:
@@ -238,12 +238,12 @@ def build(ctx: AppContext) -> TabComponents:
                                 label="Bench output folder",
                                 info=f"written by cola-workbench bench run / bench score, under "
                                      f"{roots_text(ctx.bench_roots)} (serve --bench-root adds folders)")
-        ui.load = gr.Button("Load", variant="primary", scale=1)
+        ui.load = gr.Button("Load folder", variant="primary", scale=1)
     ui.status = gr.Markdown("Load a bench output folder to see its table, plot and samples.")
     with gr.Row():
-        with gr.Column(scale=2, min_width=360):
+        with gr.Column(scale=1, min_width=420):
             ui.table = gr.Dataframe(headers=TABLE_HEADERS, interactive=False, label="Accuracy per task")
-        with gr.Column(scale=3, min_width=480):
+        with gr.Column(scale=1, min_width=480):
             ui.figure = gr.Plot(empty_figure("accuracy per task appears here", HEIGHT), label="Accuracy")
     with gr.Row():
         ui.task = gr.Dropdown([], label="Task")
