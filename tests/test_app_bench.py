@@ -71,6 +71,7 @@ def test_load_shows_the_table_the_plot_and_how_the_run_was_made(ctx, root, wb):
     assert f"`{wb.fingerprint[:12]}`" in status and "⚠" not in status      # made by the app's own checkpoint
     assert out["task"].choices == [(t, t) for t in BENCH_ITEMS] and out["task"].value == "lambada"
     assert out["verdict"] == "wrong" and isinstance(ctx.store.get(out["run"], "bench").payload, bench.BenchFolder)
+    assert {str(root / "bench"), str(root / "completion" / "bench")} <= {c[0] for c in out["folder"].choices}
 
 
 def test_filter_by_verdict_in_item_order_with_the_scorers_answers(ctx, root):
