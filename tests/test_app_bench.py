@@ -24,7 +24,7 @@ from workbench.bench import SUMMARY_FORMAT  # noqa: E402
 
 @pytest.fixture(scope="module")
 def root(tiny_model, tmp_path_factory) -> Path:
-    """The allowed root: a bench run (official protocol) in bench/, and a completion-protocol one in completion/bench."""
+    """The allowed root: a bench run (official protocol) in bench/, a completion-protocol one in completion/bench."""
     root = tmp_path_factory.mktemp("bench_root")
     bench_output(root, tiny_model)
     bench_output(root / "completion", tiny_model, protocol="completion")

@@ -320,12 +320,8 @@ def test_bench_tab_loads_filters_and_re_runs_a_sample_to_the_benchs_tokens(app, 
     # the Trajectories tab holds the opened run: scrub it
     assert c.predict(0, 1, "PCA", "2-D", api_name="/trajectory_scrub")[0]["step"] == 1
     # the same values through /trajectory_generate give the same tokens
-    form = dict(zip(("prompt", "steps", "guidance", "max_new_tokens", "seed", "solver", "schedule", "sample_id",
-                     "temperature", "top_k", "top_p", "repetition_penalty", "stop_at_eos"), outputs[1:14]))
-    again = c.predict(*[form[k] for k in ("prompt", "steps", "guidance", "max_new_tokens", "seed", "solver", "schedule")],
-                      False, "auto", "2-D", *[form[k] for k in ("sample_id", "temperature", "top_k", "top_p",
-                                                                 "repetition_penalty", "stop_at_eos")],
-                      api_name="/trajectory_generate")[9]
+    form = outputs[1:14]        # prompt ... schedule, then sample id ... stop at EOS: the Trajectories form's order
+    again = c.predict(*form[:7], False, "auto", "2-D", *form[7:], api_name="/trajectory_generate")[9]
     assert again["token_ids"] == run_summary["token_ids"]
 
 

@@ -49,8 +49,8 @@ def knobs_line(config: BenchConfig) -> str:
     sampling = ("greedy" if config.temperature == 0 else
                 f"temperature {config.temperature:g}, top-k {config.top_k}, top-p {config.top_p:g}")
     return (f"{config.steps} steps · guidance {config.guidance:g} · {config.max_new_tokens} new tokens · "
-            f"seed {config.seed} · {config.solver} · {sampling} · repetition penalty {config.repetition_penalty:g} · "
-            f"protocol {config.protocol}")
+            f"seed {config.seed} · {config.solver} · {sampling} · "
+            f"repetition penalty {config.repetition_penalty:g} · protocol {config.protocol}")
 
 
 def warnings(ctx: AppContext, bench: BenchFolder) -> list[str]:
@@ -171,7 +171,8 @@ def origin_note(bench: BenchFolder, sample: Sample, form: dict[str, Any], reason
              f"from {md(str(bench.path))}",
              f"Extracted answer **{md(display_text(answer)) or '(none)'}** · ground truth **{md(gold) or '(none)'}**",
              f"Bench's generated text: {md(display_text(sample.generated))}",
-             f"Noise: seed {form['seed']} + 1000 × sample id {form['sample_id']} (from the id) + 10^7 × block · "
+             f"Noise: seed {form['seed']} + 1000 × sample id {form['sample_id']} "
+             f"({'from the id' if sample.id is not None else 'the item has no id: its position'}) + 10^7 × block · "
              f"knobs: {knobs_line(bench.config)}"]
     return "  \n".join(lines + [f"⚠ {r}" for r in reasons])
 
