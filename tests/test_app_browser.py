@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("gradio")
 sync_api = pytest.importorskip("playwright.sync_api")
 
-from app_server import hold_at, running_app, stop_signal  # noqa: E402
+from app_server import bench_output, hold_at, running_app, stop_signal  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -29,14 +29,19 @@ pytestmark = [pytest.mark.heavy,
 
 @pytest.fixture(scope="module")
 def page(tmp_path_factory):
-    """One browser page on the running app; records every request that leaves 127.0.0.1."""
+    """One browser page on the running app (with a tiny bench run it may read); records every request that
+    leaves 127.0.0.1."""
     SHOTS.mkdir(parents=True, exist_ok=True)
-    with running_app(tmp_path_factory.mktemp("projections")) as (ctx, url), sync_api.sync_playwright() as pw:
+    bench_root = tmp_path_factory.mktemp("bench_root")
+    bench_output(bench_root)
+    with running_app(tmp_path_factory.mktemp("projections"), bench_root=[bench_root]) as (ctx, url), \
+            sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
         pg = browser.new_page(viewport={"width": 1400, "height": 1000})
         pg.set_default_timeout(TIMEOUT_MS)
         pg.external = []
         pg.ctx = ctx
+        pg.bench = bench_root / "bench"
 
         def guard(route):
             host = urlparse(route.request.url).hostname
@@ -70,7 +75,7 @@ def open_tab(pg, name: str) -> None:
 def test_status_bar_and_tabs(page):
     assert page.get_by_text("cpu", exact=True).count() >= 1
     assert [t.inner_text() for t in page.get_by_role("tab").all()] == ["Trajectories", "Diagnostics", "Guidance lab",
-                                                                     "Latent lab"]
+                                                                     "Latent lab", "Bench"]
 
 
 def test_trajectories_tab_streams_and_plots(page):
@@ -139,6 +144,29 @@ def test_latent_lab_encode_and_interpolate(page):
     page.get_by_text('"alpha": 0.9').wait_for()
     assert page.get_by_label("Decoded", exact=True).input_value() != ""
     page.screenshot(path=str(SHOTS / "latent_lab.png"), full_page=True)
+
+
+def test_bench_tab_loads_filters_and_opens_a_sample_in_trajectories(page):
+    open_tab(page, "Bench")
+    folder = page.get_by_label("Bench output folder")
+    folder.fill(str(page.bench))
+    folder.press("Enter")
+    page.get_by_role("button", name="Load folder").click()
+    page.get_by_text("protocol official").wait_for()
+    wait_plots(page, 1)
+    assert page.locator(".js-plotly-plot .barlayer .point").count() >= 4      # 3 tasks + the average
+    page.get_by_role("combobox", name="Task").click()
+    page.get_by_role("option", name="squad").click()
+    page.get_by_label("all", exact=True).check()
+    page.get_by_text("all of 2 squad samples").wait_for()
+    page.screenshot(path=str(SHOTS / "bench.png"), full_page=True)
+    page.get_by_role("button", name="Open in Trajectories (re-run)").click()
+    page.get_by_text("The re-run reproduces the bench's").wait_for()
+    assert page.get_by_role("tab", name="Trajectories").get_attribute("aria-selected") == "true"
+    assert page.get_by_label("Prompt", exact=True).input_value().startswith("Context: The Normans")
+    assert page.get_by_text("Bench sample squad").is_visible()                  # score and answer beside it
+    wait_plots(page, 2)                                                          # the trajectory plots
+    page.screenshot(path=str(SHOTS / "bench_opened.png"), full_page=True)
 
 
 def test_nothing_was_fetched_from_outside(page):

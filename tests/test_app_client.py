@@ -12,6 +12,7 @@ import json
 import math
 import re
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -21,7 +22,7 @@ gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
-from app_server import TIMEOUT_S, hold_at, running_app, stop_signal, wait_for  # noqa: E402
+from app_server import TIMEOUT_S, bench_output, hold_at, running_app, stop_signal, wait_for  # noqa: E402
 from apps.gradio_app import guidance  # noqa: E402
 from workbench import Workbench, interpolate, invert, regenerate_from  # noqa: E402
 from workbench.diagnostics import diagnose  # noqa: E402
@@ -31,13 +32,23 @@ pytestmark = pytest.mark.heavy
 KNOBS = dict(steps=4, guidance=7.0, max_new_tokens=8, seed=3, solver="euler", schedule="linear")
 ENDPOINTS = {"/trajectory_generate", "/trajectory_stop", "/trajectory_scrub", "/diagnose", "/guidance_grid",
              "/guidance_stop", "/latent_encode", "/latent_interpolate", "/latent_path", "/latent_direction",
-             "/latent_regenerate", "/latent_invert", "/status", "/status_tick"}
+             "/latent_regenerate", "/latent_invert", "/status", "/status_tick", "/bench_load", "/bench_filter",
+             "/bench_page", "/bench_open"}
 UPLOAD_CAP = 4096
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory):
-    with running_app(tmp_path_factory.mktemp("projections"), max_upload_bytes=UPLOAD_CAP) as (ctx, url):
+def bench_root(tmp_path_factory) -> Path:
+    """A folder the Bench tab may read, holding a tiny bench run in bench/."""
+    root = tmp_path_factory.mktemp("bench_root")
+    bench_output(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory, bench_root):
+    with running_app(tmp_path_factory.mktemp("projections"), bench_root=[bench_root],
+                     max_upload_bytes=UPLOAD_CAP) as (ctx, url):
         yield ctx, url
 
 
@@ -284,3 +295,41 @@ def test_latent_lab_endpoints_match_the_workbench(app, wb):
     assert iinfo["max_abs_error"] == pytest.approx(inv.max_abs_error[0], rel=1e-6)
     assert iinfo["token_agreement"] == pytest.approx(inv.token_agreement[0])
     assert inv_text == wb.decode(inv.reconstruction)[0].text
+
+
+def test_bench_tab_loads_filters_and_re_runs_a_sample_to_the_benchs_tokens(app, bench_root):
+    c = client(app)
+    folder = bench_root / "bench"
+    status, table, plot, task, verdict, choices, page, samples, info, sample = \
+        c.predict(str(folder), api_name="/bench_load")
+    summary = json.loads((folder / "summary.json").read_text())
+    assert [row[0] for row in table["data"]] == list(summary["tasks"]) + ["average"]
+    assert figure(plot)["data"][0]["y"][:3] == [r["accuracy"] for r in summary["tasks"].values()]
+    assert "protocol **official**" in status and task["value"] == "lambada" and verdict == "wrong"
+    squad = [json.loads(line) for line in (folder / "squad.jsonl").read_text().splitlines()]
+    page, samples, info, sample = c.predict("squad", "all", api_name="/bench_filter")
+    assert [row[0] for row in samples["data"]] == [r["id"] for r in squad] and sample["value"] == squad[0]["id"]
+    assert c.predict("squad", "all", 1, api_name="/bench_page")[1] == samples
+    stored = {r["id"]: r for r in map(json.loads, (folder / "generations" / "squad.jsonl").read_text().splitlines())}
+    outputs = c.predict("squad", squad[1]["id"], api_name="/bench_open")
+    opened_status, prompt, *_ = outputs
+    run_summary, note = outputs[-1], outputs[14]["value"]
+    assert "Trajectories" in opened_status and prompt == squad[1]["few_shot_prefix"] + squad[1]["prompt"]
+    assert run_summary["token_ids"] == stored[squad[1]["id"]]["token_ids"] and run_summary["status"] == "finished"
+    assert "reproduces the bench's" in note and "score " in note
+    # the Trajectories tab holds the opened run: scrub it
+    assert c.predict(0, 1, "PCA", "2-D", api_name="/trajectory_scrub")[0]["step"] == 1
+    # the same values through /trajectory_generate give the same tokens
+    form = outputs[1:14]        # prompt ... schedule, then sample id ... stop at EOS: the Trajectories form's order
+    again = c.predict(*form[:7], False, "auto", "2-D", *form[7:], api_name="/trajectory_generate")[9]
+    assert again["token_ids"] == run_summary["token_ids"]
+
+
+def test_bench_bad_input_is_one_message(app, bench_root):
+    c = client(app)
+    fails("is outside the folders this app may read", c.predict, "/etc", api_name="/bench_load")
+    fails("holds no summary.json", c.predict, str(bench_root / "tasks"), api_name="/bench_load")
+    fails("no bench result", c.predict, "lambada", "all", api_name="/bench_filter")
+    c.predict(str(bench_root / "bench"), api_name="/bench_load")
+    fails("no sample with id 'nope' in lambada", c.predict, "lambada", "nope", api_name="/bench_open")
+    fails("page must be from 1 to 1, got 5", c.predict, "obqa", "all", 5, api_name="/bench_page")

@@ -26,7 +26,8 @@ from workbench.diagnostics import diagnose  # noqa: E402
 KNOBS = dict(steps=4, guidance=7.0, max_new_tokens=8, seed=3, solver="euler", schedule="linear")
 ENDPOINTS = {"trajectory_generate", "trajectory_stop", "trajectory_scrub", "diagnose", "guidance_grid",
              "guidance_stop", "latent_encode", "latent_interpolate", "latent_path", "latent_direction",
-             "latent_regenerate", "latent_invert", "status", "status_tick"}
+             "latent_regenerate", "latent_invert", "status", "status_tick", "bench_load", "bench_filter", "bench_page",
+             "bench_open"}
 
 
 @pytest.fixture(scope="module")

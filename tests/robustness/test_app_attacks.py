@@ -28,7 +28,8 @@ from workbench import WorkbenchError  # noqa: E402
 UPLOAD_CAP = 4096
 RUN, PAIR = "<trajectory run id>", "<latents run id>"     # replaced by the ids of stored runs
 TRAJECTORY = dict(prompt="a cat", steps=4, guidance=7.0, max_new_tokens=8, seed=0, solver="euler", schedule="linear",
-                  preview=True, method="auto", dims="2-D")
+                  preview=True, method="auto", dims="2-D", sample_id=0, temperature=0.0, top_k=50, top_p=0.9,
+                  repetition_penalty=1.1, stop_at_eos=True)
 SCRUB = dict(run_id=RUN, block=0, step=0, method="auto", dims="2-D")
 DIAGNOSE = dict(texts="a cat", upload=None, samples=1, draws=1, t_points=3, seed=0, likelihood=False, ode_steps=8)
 GRID = dict(prompts="a cat", guidance="1, 7", axis="steps", ys="4", steps=4, seed=0, max_new_tokens=8, solver="euler",
@@ -90,7 +91,12 @@ CASES = [
         ({"solver": "e" * 10**5}, "solver must be one of"), ({"preview": "yes"}, "preview must be true or false"),
         ({"method": "tsne"}, "projection must be one of auto, PCA, UMAP"), ({"dims": "4-D"}, "view must be one of"),
         ({"prompt": 123}, "prompt must be text"), ({"prompt": ["a"]}, "prompt must be text"),
-        ({"prompt": "x" * 2001}, "prompt has 2001 characters; at most 2000")]],
+        ({"prompt": "x" * 32_001}, "prompt has 32001 characters; at most 32000"),
+        ({"sample_id": -1}, "sample id must be from 0"), ({"sample_id": 2**53}, "sample id must be from 0 to"),
+        ({"temperature": float("nan")}, "temperature must be from 0 to 10"), ({"top_k": 2.5}, "top k must be a whole"),
+        ({"top_p": 0}, "top p must be above 0 and at most 1, got 0"), ({"top_p": 1.5}, "top p must be from 0 to 1"),
+        ({"repetition_penalty": 0.0}, "repetition penalty must be above 0"),
+        ({"stop_at_eos": "yes"}, "stop at EOS must be true or false")]],
     *[Case("trajectory_scrub", change, message) for change, message in [
         ({"run_id": None}, "no trajectory result"), ({"run_id": ""}, "no trajectory result"),
         ({"run_id": "../../etc/passwd"}, "no trajectory result"), ({"run_id": 12345}, "no trajectory result"),
