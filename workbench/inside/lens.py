@@ -23,6 +23,7 @@ from cola_core.text_codec import decode_logits, decode_text
 
 from ..errors import WorkbenchError
 from ..latents import Latents
+from .cache import ActivationCache
 
 if TYPE_CHECKING:
     from ..session import Workbench
@@ -85,10 +86,19 @@ class X0Lens:
                         metric, f"x0-lens ({self.mode}): {metric} of the run's final tokens, by depth and step", height)
 
 
+def x0_lens_names(blocks: Sequence[int] | None = None, steps: Sequence[int] | None = None) -> list[str]:
+    """The names :func:`x0_lens` reads from a run (``None``: every block / step), so another run that caches
+    more can include them in its ``names_filter`` and hand its cache to ``x0_lens(..., cache=)``."""
+    blocks_, steps_ = ["*"] if blocks is None else blocks, ["*"] if steps is None else steps
+    points = [f"block.{b}.step.{s}.dit.*.{p}" for b in blocks_ for s in steps_
+              for p in ("layer.*.resid_post", "layer.0.resid_pre", "final.*")]
+    return points + [f"block.*.step.*.{f}" for f in ("z", "t", "guidance")] + ["block.*.z_final", "block.*.token_ids"]
+
+
 @torch.no_grad()
 def x0_lens(wb: "Workbench", prompts: str | Sequence[str], blocks: Sequence[int] | None = None,
             at_steps: Sequence[int] | None = None, mode: str = "guided", sample_ids: Sequence[int] | None = None,
-            **knobs) -> X0Lens:
+            cache: ActivationCache | None = None, **knobs) -> X0Lens:
     """Decode every DiT layer's prediction of the clean block at every step (first solver stage) of
     ``blocks`` and ``at_steps`` (default: all); ``knobs`` are generation knobs (steps, guidance, seed, ...).
 
@@ -97,6 +107,9 @@ def x0_lens(wb: "Workbench", prompts: str | Sequence[str], blocks: Sequence[int]
     ``sample, block, step, t, layer`` (-1 = input), the decoded ``text`` and ``token_ids`` of the block,
     ``p_final`` (mean probability of the run's final tokens), ``agreement`` (share of them the lens
     picks) and ``x0_distance`` (L2 to the block's final latent, generated rows).
+
+    ``cache``: the cache of a run of these prompts and knobs that already holds :func:`x0_lens_names`
+    (e.g. one that also cached attention patterns); then no generation runs here.
     """
     if mode not in MODES:
         raise WorkbenchError(f"x0-lens mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -108,17 +121,22 @@ def x0_lens(wb: "Workbench", prompts: str | Sequence[str], blocks: Sequence[int]
     for what, chosen, count in (("block", blocks, n_blocks), ("step", steps, n_steps)):
         if not chosen or any(not 0 <= i < count for i in chosen):
             raise WorkbenchError(f"x0-lens {what}s {chosen} out of range 0-{count - 1}")
-    points = [f"block.{b}.step.{s}.dit.*.{p}" for b in blocks for s in steps
-              for p in ("layer.*.resid_post", "layer.0.resid_pre", "final.*")]
-    fields = [f"block.*.step.*.{f}" for f in ("z", "t", "guidance")] + ["block.*.z_final", "block.*.token_ids"]
     session = wb.sampler(prompts, sample_ids, **knobs)
-    _, cache = wb.run_with_cache(prompts, names_filter=points + fields, sample_ids=sample_ids, **knobs)
+    if cache is None:
+        _, cache = wb.run_with_cache(prompts, names_filter=x0_lens_names(blocks, steps), sample_ids=sample_ids,
+                                     **knobs)
+    else:
+        _check_source(cache, session.sampler, wb.fingerprint)
     prep, T = session.sampler.prepared, wb.config(**knobs).T
     dit, layers = wb.model.dit, wb.model.dit_config.num_layers
     records, x0_by_block = [], {}
     for b in blocks:
         if f"block.{b}.z_final" not in cache:
-            break   # generation ended early (EOS)
+            break   # generation ended early (EOS, or the run was interrupted)
+        needed = run.select(x0_lens_names([b], steps))
+        missing = sorted(n for n in needed if n.startswith(f"block.{b}.") and n not in cache)
+        if missing:
+            raise WorkbenchError(f"the cache lacks {missing[0]}; cache the run with names_filter=x0_lens_names()")
         final_ids, z_final = cache[f"block.{b}.token_ids"], cache[f"block.{b}.z_final"]
         x0 = []   # per (step, depth): (B, bs, C)
         for s in steps:
@@ -149,6 +167,16 @@ def x0_lens(wb: "Workbench", prompts: str | Sequence[str], blocks: Sequence[int]
                     "agreement": float((stats["top"][k] == final_ids[i]).float().mean()),
                     "x0_distance": float((x0[k, i][free] - z_final[i][free]).norm())})
     return X0Lens(records=records, mode=mode, x0=x0_by_block)
+
+
+def _check_source(cache: ActivationCache, sampler, fingerprint: str) -> None:
+    """A cache handed to :func:`x0_lens` must come from this checkpoint and from these prompts and knobs."""
+    from ..session import run_facts   # the session module imports this package
+    if cache.fingerprint != fingerprint:
+        raise WorkbenchError(f"the cache was recorded on another checkpoint (fingerprint {cache.fingerprint[:12]})")
+    if cache.run != run_facts(sampler):
+        raise WorkbenchError("the cache comes from another run (prompts, sample ids or knobs differ); pass the "
+                             "prompts and knobs it was made with")
 
 
 # -- the logit lens -----------------------------------------------------------------------------------
