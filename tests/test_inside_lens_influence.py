@@ -40,7 +40,7 @@ def test_x0_lens_reads_the_cache_of_a_run_that_cached_more(wb):
     with pytest.raises(WorkbenchError, match="comes from another run"):
         x0_lens(wb, PROMPTS, cache=cache, **dict(KNOBS, seed=1))
     _, thin = wb.run_with_cache(PROMPTS, names_filter=x0_lens_names(steps=[0]), **KNOBS)
-    with pytest.raises(WorkbenchError, match="the cache lacks block.0.step.1.dit.cond.final.scale"):
+    with pytest.raises(WorkbenchError, match="the cache lacks block.0.step.1.dit.cond.layer.0.resid_pre"):
         x0_lens(wb, PROMPTS, cache=thin, **KNOBS)
 
 

@@ -13,7 +13,7 @@ the last depth reproduces the model's own output exactly (tested).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 import torch
 
@@ -128,26 +128,18 @@ def x0_lens(wb: "Workbench", prompts: str | Sequence[str], blocks: Sequence[int]
     else:
         _check_source(cache, session.sampler, wb.fingerprint)
     prep, T = session.sampler.prepared, wb.config(**knobs).T
-    dit, layers = wb.model.dit, wb.model.dit_config.num_layers
+    layers = wb.model.dit_config.num_layers
     records, x0_by_block = [], {}
     for b in blocks:
         if f"block.{b}.z_final" not in cache:
             break   # generation ended early (EOS, or the run was interrupted)
-        needed = run.select(x0_lens_names([b], steps))
-        missing = sorted(n for n in needed if n.startswith(f"block.{b}.") and n not in cache)
-        if missing:
-            raise WorkbenchError(f"the cache lacks {missing[0]}; cache the run with names_filter=x0_lens_names()")
-        final_ids, z_final = cache[f"block.{b}.token_ids"], cache[f"block.{b}.z_final"]
-        x0 = []   # per (step, depth): (B, bs, C)
-        for s in steps:
-            step = f"block.{b}.step.{s}"
-            velocity = {g: [dit.head(h, cache[f"{step}.dit.{g}.final.shift"], cache[f"{step}.dit.{g}.final.scale"])
-                            for h in _residuals(cache, f"{step}.dit.{g}", layers)] for g in ("cond", "uncond")}
-            scale = cache[f"{step}.guidance"].to(velocity["cond"][0].dtype)[:, None, None]
-            for vc, vu in zip(velocity["cond"], velocity["uncond"]):
-                v = guided_velocity(vc, vu, scale) if mode == "guided" else vc if mode == "cond" else vu
-                x0.append(predicted_clean(cache[f"{step}.z"], v.float(), cache[f"{step}.t"], T))
-        x0 = torch.stack(x0)                                           # (S*depths, B, bs, C)
+        try:
+            final_ids, z_final = cache[f"block.{b}.token_ids"], cache[f"block.{b}.z_final"]
+            x0 = torch.stack([x for s in steps                           # (S*depths, B, bs, C)
+                              for x in _x0_by_depth(wb, cache, f"block.{b}.step.{s}", mode, T)])
+        except KeyError as missing:   # a cache handed in without what the lens reads
+            raise WorkbenchError(f"the cache lacks {missing.args[0]}; cache the run with "
+                                 f"names_filter=x0_lens_names()") from None
         x0_by_block[b] = x0.view(len(steps), layers + 1, *x0.shape[1:])
         context = [torch.cat([prep.prefix[i, :int(prep.prefix_lengths[i])]]
                              + [cache[f"block.{k}.z_final"][i] for k in range(b)]) for i in range(x0.shape[1])]
@@ -167,6 +159,18 @@ def x0_lens(wb: "Workbench", prompts: str | Sequence[str], blocks: Sequence[int]
                     "agreement": float((stats["top"][k] == final_ids[i]).float().mean()),
                     "x0_distance": float((x0[k, i][free] - z_final[i][free]).norm())})
     return X0Lens(records=records, mode=mode, x0=x0_by_block)
+
+
+def _x0_by_depth(wb: "Workbench", cache: Mapping[str, torch.Tensor], step: str, mode: str, T: float
+                 ) -> list[torch.Tensor]:
+    """x0_pred (B, bs, C) at every depth of one solver step (``block.{b}.step.{s}``) of a cached run."""
+    dit, layers = wb.model.dit, wb.model.dit_config.num_layers
+    velocity = {g: [dit.head(h, cache[f"{step}.dit.{g}.final.shift"], cache[f"{step}.dit.{g}.final.scale"])
+                    for h in _residuals(cache, f"{step}.dit.{g}", layers)] for g in ("cond", "uncond")}
+    scale = cache[f"{step}.guidance"].to(velocity["cond"][0].dtype)[:, None, None]
+    guided = [guided_velocity(vc, vu, scale) for vc, vu in zip(velocity["cond"], velocity["uncond"])]
+    chosen = guided if mode == "guided" else velocity[mode]
+    return [predicted_clean(cache[f"{step}.z"], v.float(), cache[f"{step}.t"], T) for v in chosen]
 
 
 def _check_source(cache: ActivationCache, sampler, fingerprint: str) -> None:
