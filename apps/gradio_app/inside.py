@@ -209,6 +209,8 @@ def lens_figure(run: InsideRun, v: View) -> go.Figure:
                                                     height=max(HEIGHT, 140 + 44 * layers))
     fig.add_shape(type="rect", x0=v.step - 0.5, x1=v.step + 0.5, y0=v.layer + 0.5, y1=v.layer + 1.5,
                   line=dict(color="#d62728", width=3))
+    fig.update_traces(textfont=dict(size=9), hovertemplate="%{x}, %{y}<br>%{text}<br>" + v.metric +
+                      " %{z:.3f}<extra></extra>")
     fig.update_layout(xaxis_title=f"block {v.block}: solver step (t from T to 0)", yaxis_title="DiT depth (residual)",
                       margin=dict(l=80, r=20, t=60, b=60))
     return fig
@@ -370,6 +372,8 @@ def patch_figure(sweep: PatchingSweep, metric: str) -> go.Figure:
         return empty_figure("the sweep was stopped before its first cell")
     fig = sweep.figure(metric, height=max(HEIGHT, 160 + 40 * len({r["layer"] for r in sweep.records})))
     base = sweep.baseline
+    values = [r[metric] for r in sweep.records] + [base["target"][metric], base["source"][metric]]
+    fig.update_traces(zmin=min(values), zmax=max(values))      # the colour scale spans corrupted .. clean
     passes = "both passes" if sweep.group == "*" else f"the {sweep.group} pass"
     return fig.update_layout(title=f"{metric} after patching the clean run's {sweep.point} ({passes}) into the "
                                    f"corrupted run<br><sub>unpatched: corrupted {base['target'][metric]:.3g}, "
@@ -475,14 +479,15 @@ def build(ctx: AppContext) -> TabComponents:
                 ui.layer = locked_slider(cfg.num_layers, "Layer")
                 ui.head = locked_slider(cfg.heads, "Head")
             ui.group = gr.Radio(list(GROUPS), value="cond", label="Pass",
-                                info="cond: with the cached prompt and finished blocks; uncond: the block alone")
+                                info="cond: with the cached prompt and finished blocks; uncond: the block alone",
+                                elem_id="inside-pass")
             ui.scope = gr.Radio(list(SCOPES), value="all blocks", label="Query rows")
         with gr.Column(scale=2, min_width=480):
             ui.attention = gr.Plot(empty_figure("the attention pattern appears here", ATTENTION_HEIGHT),
-                                   label="Attention pattern")
+                                   label="Attention pattern", elem_id="inside-attention")
     with gr.Row():
         with gr.Column(scale=2, min_width=480):
-            ui.lens = gr.Plot(empty_figure("the x0-lens appears here"), label="x0-lens")
+            ui.lens = gr.Plot(empty_figure("the x0-lens appears here"), label="x0-lens", elem_id="inside-lens")
         with gr.Column(scale=1, min_width=320):
             ui.metric = gr.Radio(list(LENS_METRICS), value="p_final", label="x0-lens colour",
                                  info="p_final: probability of the run's final tokens; agreement: share of them "
@@ -497,7 +502,8 @@ def build(ctx: AppContext) -> TabComponents:
             ui.point = gr.Dropdown(list(PATCH_POINTS), value="resid_post", label="Patched point")
             ui.patch_group = gr.Radio(list(PATCH_GROUPS), value="both", label="Patched pass")
             ui.layers = gr.Textbox(label="Layers (empty = all)", placeholder=f"0-{cfg.num_layers - 1}")
-            ui.patch_blocks = gr.Textbox(label="Blocks (empty = all)", placeholder="0, 2 or 0-3")
+            ui.patch_blocks = gr.Textbox(label="Blocks (empty = all)", placeholder="0, 2 or 0-3",
+                                         info="each cell is one whole generation: pick a few for a quick look")
             ui.per_step = gr.Checkbox(False, label="One cell per step")
         with gr.Row():
             ui.patch_go = gr.Button("Run patching sweep", variant="primary")
@@ -507,7 +513,8 @@ def build(ctx: AppContext) -> TabComponents:
         ui.patch_metric = gr.Radio(list(PATCH_METRICS), value=PATCH_METRICS[0], label="Heatmap",
                                    info="target_logprob: log p of the clean run's tokens (nats/token, higher = "
                                         "recovered); final_latent_distance: L2 to the clean run's last latent")
-        ui.patching = gr.Plot(empty_figure("the patching heatmap appears here"), label="Patching heatmap")
+        ui.patching = gr.Plot(empty_figure("the patching heatmap appears here"), label="Patching heatmap",
+                              elem_id="inside-patching")
         ui.patch_records = gr.Dataframe(headers=["layer", "block", "step", *PATCH_METRICS], label="Cells",
                                         interactive=False)
     with gr.Accordion("Downloads", open=False):
