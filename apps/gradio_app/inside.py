@@ -30,6 +30,7 @@ from .context import AppContext
 from .display import display_text
 from .errors import InputError
 from .events import LOCAL_SESSION, Progress, TabComponents, Update, no_progress, on, run_state
+from .forms import prompt_and_knobs
 from .plots import HEIGHT, empty_figure
 from .store import session_key
 from .trajectories import scrub_slider
@@ -123,15 +124,6 @@ class View:
         return cls(block, step, inputs.integer("layer", layer, 0, cfg.num_layers - 1),
                    inputs.integer("head", head, 0, cfg.heads - 1), inputs.choice("pass", group, GROUPS),
                    inputs.choice("rows", scope, SCOPES), inputs.choice("x0-lens colour", metric, LENS_METRICS))
-
-
-def knobs_of(ctx: AppContext, steps, guidance, max_new_tokens, seed) -> dict:
-    """The sampler knobs of a run or a sweep (the rest stay at GenerationConfig()'s defaults)."""
-    lim = ctx.limits
-    return {"steps": inputs.integer("steps", steps, 1, lim.max_steps),
-            "guidance": inputs.number("guidance", guidance, 0.0, lim.max_guidance),
-            "max_new_tokens": inputs.integer("max new tokens", max_new_tokens, 1, lim.max_new_tokens),
-            "seed": inputs.seed("seed", seed)}
 
 
 def piece(ctx: AppContext, ids: list[int]) -> str:
@@ -294,7 +286,7 @@ def cache_run(ctx: AppContext, prompt, steps, guidance, max_new_tokens, seed, bl
     """Generate once with the attention patterns and the lens's residuals cached; show the chosen view."""
     lim = ctx.limits
     prompt = inputs.text("prompt", "" if prompt is None else prompt, lim, allow_empty=True)
-    knobs = knobs_of(ctx, steps, guidance, max_new_tokens, seed)
+    knobs = inputs.sampler_knobs(lim, steps, guidance, max_new_tokens, seed)
     block = inputs.integer("block", block, 0, lim.max_new_tokens)
     step = inputs.integer("step", step, 0, lim.max_steps)
     v = View.of(ctx, block, step, layer, head, group, scope, metric)
@@ -387,7 +379,7 @@ def patch(ctx: AppContext, clean, corrupted, steps, guidance, max_new_tokens, se
     lim, cfg = ctx.limits, ctx.model.dit_config
     clean = inputs.text("clean prompt", clean, lim)
     corrupted = inputs.text("corrupted prompt", corrupted, lim)
-    knobs = knobs_of(ctx, steps, guidance, max_new_tokens, seed)
+    knobs = inputs.sampler_knobs(lim, steps, guidance, max_new_tokens, seed)
     point = inputs.choice("patched point", point, PATCH_POINTS)
     group = PATCH_GROUPS[inputs.choice("patched pass", group, tuple(PATCH_GROUPS))]
     per_step, metric = inputs.flag("one cell per step", per_step), inputs.choice("heatmap", metric, PATCH_METRICS)
@@ -452,20 +444,11 @@ def locked_slider(count: int, label: str, **options) -> gr.Slider:
 
 def build(ctx: AppContext) -> TabComponents:
     """The tab's layout (inside a ``gr.Tab``); knob defaults are GenerationConfig()'s."""
-    lim, ui, cfg = ctx.limits, TabComponents(), ctx.model.dit_config
+    ui, cfg = TabComponents(), ctx.model.dit_config
     ui.run, ui.patch = run_state(ctx), run_state(ctx)
     with gr.Row():
         with gr.Column(scale=1, min_width=320):
-            ui.prompt = gr.Textbox(label="Prompt", lines=2, value="a small animal that",
-                                   placeholder="leave empty for unconditional generation")
-            with gr.Row():
-                ui.steps = gr.Slider(1, lim.max_steps, value=inputs.DEFAULTS.steps, step=1, label="Steps per block")
-                ui.guidance = gr.Slider(0, lim.max_guidance, value=inputs.DEFAULTS.guidance, step=0.5,
-                                        label="Guidance")
-            with gr.Row():
-                ui.max_new_tokens = gr.Slider(1, lim.max_new_tokens, value=inputs.DEFAULTS.max_new_tokens, step=1,
-                                              label="Max new tokens")
-                ui.seed = gr.Number(0, precision=0, label="Seed", minimum=0, maximum=inputs.MAX_SEED)
+            prompt_and_knobs(ctx, ui)
             with gr.Row():
                 ui.go = gr.Button("Run and cache", variant="primary")
                 ui.stop = gr.Button("Stop", variant="stop")

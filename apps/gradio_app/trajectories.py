@@ -23,6 +23,7 @@ from .context import METHODS, AppContext
 from .display import display_text
 from .errors import InputError
 from .events import LOCAL_SESSION, Progress, TabComponents, Update, no_progress, on, run_state
+from .forms import prompt_and_knobs
 from .plots import Overlay, color, empty_figure, projection_figure
 from .store import session_key
 
@@ -238,10 +239,7 @@ def generate(ctx: AppContext, prompt, steps, guidance, max_new_tokens, seed, sol
              dims, *, session: str = LOCAL_SESSION, progress: Progress = no_progress) -> Iterator[Update]:
     """Generate from one prompt with the workbench sampler, streaming its steps; end with the whole run."""
     lim = ctx.limits
-    knobs = {"steps": inputs.integer("steps", steps, 1, lim.max_steps),
-             "guidance": inputs.number("guidance", guidance, 0.0, lim.max_guidance),
-             "max_new_tokens": inputs.integer("max new tokens", max_new_tokens, 1, lim.max_new_tokens),
-             "seed": inputs.seed("seed", seed),
+    knobs = {**inputs.sampler_knobs(lim, steps, guidance, max_new_tokens, seed),
              "solver": inputs.choice("solver", solver, SOLVERS),
              "schedule": inputs.choice("schedule", schedule, SCHEDULES)}
     prompt = inputs.text("prompt", "" if prompt is None else prompt, lim, allow_empty=True)
@@ -318,20 +316,11 @@ def scrub(ctx: AppContext, run_id, block, step, method, dims) -> Update:
 # -- layout and events ------------------------------------------------------------------------------------
 def build(ctx: AppContext) -> TabComponents:
     """The tab's layout (inside a ``gr.Tab``); knob defaults are GenerationConfig()'s."""
-    lim, ui = ctx.limits, TabComponents()
+    ui = TabComponents()
     ui.run = run_state(ctx)
     with gr.Row():
         with gr.Column(scale=1, min_width=300):
-            ui.prompt = gr.Textbox(label="Prompt", lines=2, placeholder="leave empty for unconditional generation",
-                                   value="a small animal that")
-            with gr.Row():
-                ui.steps = gr.Slider(1, lim.max_steps, value=inputs.DEFAULTS.steps, step=1, label="Steps per block")
-                ui.guidance = gr.Slider(0, lim.max_guidance, value=inputs.DEFAULTS.guidance, step=0.5,
-                                        label="Guidance")
-            with gr.Row():
-                ui.max_new_tokens = gr.Slider(1, lim.max_new_tokens, value=inputs.DEFAULTS.max_new_tokens, step=1,
-                                              label="Max new tokens")
-                ui.seed = gr.Number(0, precision=0, label="Seed", minimum=0, maximum=inputs.MAX_SEED)
+            prompt_and_knobs(ctx, ui)
             with gr.Row():
                 ui.solver = gr.Dropdown(list(SOLVERS), value=inputs.DEFAULTS.solver, label="Solver")
                 ui.schedule = gr.Dropdown(list(SCHEDULES), value=inputs.DEFAULTS.schedule, label="Schedule")
