@@ -23,7 +23,7 @@ CLEAN, CORRUPTED = "the cat sat on", "the dog sat on"
 
 @pytest.fixture(scope="module")
 def ctx(wb, tmp_path_factory):
-    context = app_context(tmp_path_factory.mktemp("projections"), workbench=wb, backdrop_texts=50)   # no projection here
+    context = app_context(tmp_path_factory.mktemp("projections"), workbench=wb, backdrop_texts=50)   # no projections
     yield context
     context.close()
 
@@ -65,8 +65,10 @@ def stored(ctx):
 # -- one run, many views -----------------------------------------------------------------------------------
 def test_the_run_caches_what_the_workbench_caches(ctx, wb, stored):
     generated = wb.generate(PROMPT, **KNOBS)[0]
-    assert stored["text"] == PROMPT + generated.text and stored["status"].startswith("**Done** — 2 block(s) × 4 steps")
-    assert (stored["block"].maximum, stored["block"].value, stored["step"].maximum, stored["step"].value) == (1, 1, 3, 2)
+    assert stored["text"] == PROMPT + generated.text
+    assert stored["status"].startswith("**Done** — 2 block(s) × 4 steps")
+    sliders = stored["block"], stored["step"]
+    assert [(s.maximum, s.value) for s in sliders] == [(1, 1), (3, 2)] and all(s.interactive for s in sliders)
     summary = stored["summary"]
     assert (summary["blocks"], summary["context_latents"], summary["block_size"]) == (2, 8, 4)
     assert summary["lens_cells"] == 2 * 4 * (wb.model.dit_config.num_layers + 1)
@@ -157,7 +159,7 @@ def test_bad_runs_are_refused_before_the_model(ctx, monkeypatch):
     with pytest.raises(InputError, match="head must be from 0 to 3"):
         cache_run(ctx, head=9)
     monkeypatch.setattr(inside, "MAX_RUN_BYTES", 50_000)
-    with pytest.raises(InputError, match=r"this run would cache 109.4 KiB .* \(2 blocks × 4 steps\); at most 48.8 KiB"):
+    with pytest.raises(InputError, match=r"would cache 109.4 KiB .* \(2 blocks × 4 steps\); at most 48.8 KiB"):
         cache_run(ctx)
 
 
@@ -173,7 +175,8 @@ def test_stop_ends_the_run_after_the_step_in_progress(ctx, wb, monkeypatch):
         thread.join(TIMEOUT_S)
     assert result["status"] == "**Stopped** by the user: showing the 1 finished block(s)."
     assert result["summary"]["status"] == "stopped" and result["block"].maximum == 1 and not result["block"].interactive
-    assert "no x0-lens" not in result["cell"] and inside.stop(ctx, session="alice")["status"] == "Nothing is running."
+    assert result["cell"].startswith("block 0, step 2") and inside.stop(ctx, session="alice")["status"] == \
+        "Nothing is running."
 
 
 # -- the patching sweep --------------------------------------------------------------------------------------

@@ -21,3 +21,9 @@ def prompt_and_knobs(ctx: AppContext, ui: TabComponents) -> None:
         ui.max_new_tokens = gr.Slider(1, lim.max_new_tokens, value=inputs.DEFAULTS.max_new_tokens, step=1,
                                       label="Max new tokens")
         ui.seed = gr.Number(0, precision=0, label="Seed", minimum=0, maximum=inputs.MAX_SEED)
+
+
+def position_slider(last: int, value: int = 0, **options) -> gr.Slider:
+    """A 0..last slider of positions (Gradio needs minimum < maximum: a single position shows as a locked
+    0..1 slider); as a component, or as an update of one."""
+    return gr.Slider(minimum=0, maximum=max(last, 1), value=value, step=1, interactive=last > 0, **options)

@@ -30,10 +30,9 @@ from .context import AppContext
 from .display import display_text
 from .errors import InputError
 from .events import LOCAL_SESSION, Progress, TabComponents, Update, no_progress, on, run_state
-from .forms import prompt_and_knobs
+from .forms import position_slider, prompt_and_knobs
 from .plots import HEIGHT, empty_figure
 from .store import session_key
-from .trajectories import scrub_slider
 
 TITLE, TAB_ID = "Inside", "inside"
 GROUPS = ("cond", "uncond")
@@ -100,9 +99,9 @@ class InsideRun:
             out += [("prompt, pinned" if b == 0 and self.pinned[r] else f"block {b}", t) for r, t in enumerate(rows)]
         return out[:count]
 
-    def lens_cell(self, block: int, step: int, layer: int) -> dict | None:
-        return next((r for r in self.lens.records if (r["block"], r["step"], r["layer"]) == (block, step, layer)),
-                    None)
+    def lens_cell(self, block: int, step: int, layer: int) -> dict:
+        """The x0-lens record of one (block, step, layer): the lens covers every finished block."""
+        return next(r for r in self.lens.records if (r["block"], r["step"], r["layer"]) == (block, step, layer))
 
 
 @dataclass(frozen=True)
@@ -194,8 +193,6 @@ def attention_figure(run: InsideRun, v: View) -> go.Figure:
 def lens_figure(run: InsideRun, v: View) -> go.Figure:
     """The x0-lens of the chosen block (depth × step, decoded text in each cell), the chosen cell outlined."""
     records = [r | {"text": display_text(r["text"])} for r in run.lens.records if r["block"] == v.block]
-    if not records:
-        return empty_figure(f"no x0-lens for block {v.block}: the run was stopped before it was computed")
     layers = len({r["layer"] for r in records})
     fig = X0Lens(records, run.lens.mode, {}).figure(block=v.block, metric=v.metric,
                                                     height=max(HEIGHT, 140 + 44 * layers))
@@ -211,8 +208,6 @@ def lens_figure(run: InsideRun, v: View) -> go.Figure:
 def cell_text(run: InsideRun, v: View) -> str:
     """The x0-lens cell at the chosen block, step and layer, in words."""
     r = run.lens_cell(v.block, v.step, v.layer)
-    if r is None:
-        return f"no x0-lens for block {v.block} (the run was stopped before it was computed)"
     return (f"block {v.block}, step {v.step} (t = {r['t']:.0f}), residual after layer {v.layer}: "
             f"{display_text(r['text'])!r}\np_final {r['p_final']:.3f} · agreement {r['agreement']:.2f} · "
             f"x0 distance {r['x0_distance']:.3f}")
@@ -307,11 +302,11 @@ def cache_run(ctx: AppContext, prompt, steps, guidance, max_new_tokens, seed, bl
     started = time.monotonic()
     try:
         progress((0, total), desc="generating, caching what the views read")
-        sampler = ctx.workbench.sampler(prompt, names_filter=[PATTERNS, *x0_lens_names()], to="cpu",
-                                        hooks={"post_update": step_done}, **knobs)
-        sampler.result()
+        generation = ctx.workbench.sampler(prompt, names_filter=[PATTERNS, *x0_lens_names()], to="cpu",
+                                           hooks={"post_update": step_done}, **knobs)
+        generation.result()
         progress(0.95, desc="x0-lens: decoding every layer's prediction")
-        stored = collect(ctx, prompt, knobs, sampler, flag.is_set(), time.monotonic() - started)
+        stored = collect(ctx, prompt, knobs, generation, flag.is_set(), time.monotonic() - started)
     finally:
         ctx.stops.release(key, flag)
     if stored is None:
@@ -319,7 +314,7 @@ def cache_run(ctx: AppContext, prompt, steps, guidance, max_new_tokens, seed, bl
     run_id = ctx.store.put("model-internals", stored)
     v = dataclasses.replace(v, block=min(v.block, stored.blocks - 1), step=min(v.step, stored.steps - 1))
     return {"status": status_line(stored, nbytes), "text": display_text(prompt + stored.text), **render(stored, v),
-            "block": scrub_slider(stored.blocks - 1, v.block), "step": scrub_slider(stored.steps - 1, v.step),
+            "block": position_slider(stored.blocks - 1, v.block), "step": position_slider(stored.steps - 1, v.step),
             "summary": summary(run_id, stored), "files": write_downloads(ctx, run_id, stored, v), "run": run_id}
 
 
@@ -437,11 +432,6 @@ def patch_stop(ctx: AppContext, *, session: str = LOCAL_SESSION) -> Update:
 
 
 # -- layout and events ------------------------------------------------------------------------------------
-def locked_slider(count: int, label: str, **options) -> gr.Slider:
-    """A 0..count-1 slider (one position: a locked 0..1 slider, as Gradio needs minimum < maximum)."""
-    return gr.Slider(0, max(count - 1, 1), value=0, step=1, label=label, interactive=count > 1, **options)
-
-
 def build(ctx: AppContext) -> TabComponents:
     """The tab's layout (inside a ``gr.Tab``); knob defaults are GenerationConfig()'s."""
     ui, cfg = TabComponents(), ctx.model.dit_config
@@ -456,11 +446,11 @@ def build(ctx: AppContext) -> TabComponents:
                                     "and what the x0-lens reads; the selectors then re-render from it.")
             ui.text = gr.Textbox(label="Prompt + generated text", lines=2, interactive=False)
             with gr.Row():
-                ui.block = gr.Slider(0, 1, value=0, step=1, label="Block", interactive=False)
-                ui.step = gr.Slider(0, 1, value=0, step=1, label="Step", interactive=False)
+                ui.block = position_slider(0, label="Block")           # ranges set by each run
+                ui.step = position_slider(0, label="Step")
             with gr.Row():
-                ui.layer = locked_slider(cfg.num_layers, "Layer")
-                ui.head = locked_slider(cfg.heads, "Head")
+                ui.layer = position_slider(cfg.num_layers - 1, label="Layer")
+                ui.head = position_slider(cfg.heads - 1, label="Head")
             ui.group = gr.Radio(list(GROUPS), value="cond", label="Pass",
                                 info="cond: with the cached prompt and finished blocks; uncond: the block alone",
                                 elem_id="inside-pass")

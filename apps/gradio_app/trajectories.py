@@ -23,7 +23,7 @@ from .context import METHODS, AppContext
 from .display import display_text
 from .errors import InputError
 from .events import LOCAL_SESSION, Progress, TabComponents, Update, no_progress, on, run_state
-from .forms import prompt_and_knobs
+from .forms import position_slider, prompt_and_knobs
 from .plots import Overlay, color, empty_figure, projection_figure
 from .store import session_key
 
@@ -216,11 +216,6 @@ def write_downloads(ctx: AppContext, run_id: str, run: TrajectoryRun, view: View
     return files
 
 
-def scrub_slider(last: int, value: int) -> gr.Slider:
-    """A 0..last slider (Gradio needs minimum < maximum: a single position shows as a locked 0..1 slider)."""
-    return gr.Slider(minimum=0, maximum=max(last, 1), value=value, step=1, interactive=last > 0)
-
-
 def run_view(ctx: AppContext, run_id: str, run: TrajectoryRun, view: View) -> Update:
     """Everything a finished (or stopped) run shows, scrubbed to its last step."""
     pick = len(run.rows) - 1 if run.rows else None
@@ -228,8 +223,8 @@ def run_view(ctx: AppContext, run_id: str, run: TrajectoryRun, view: View) -> Up
     update = {"status": status_line(run), "text": display_text(run.prompt + run.text),
               "info": {}, "step_preview": "",
               "norms": norms_figure(run.rows, run.steps, pick), "projection": trajectory_figure(ctx, run, view, pick),
-              "block": scrub_slider(last_block, last_block),
-              "step": scrub_slider(run.steps - 1, run.rows[pick]["step"] if pick is not None else 0),
+              "block": position_slider(last_block, last_block),
+              "step": position_slider(run.steps - 1, run.rows[pick]["step"] if pick is not None else 0),
               "files": write_downloads(ctx, run_id, run, view), "summary": summary(run_id, run, view), "run": run_id}
     return update | (step_view(run, pick) if pick is not None else {})
 
