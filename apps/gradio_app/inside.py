@@ -181,7 +181,7 @@ def attention_figure(run: InsideRun, v: View) -> go.Figure:
     t = run.times[v.block][v.step]
     rows = "every block (its own step)" if len(shown) > 1 else f"block {v.block}"
     fig.update_layout(
-        height=int(min(900, max(ATTENTION_HEIGHT, 200 + 14 * len(query_text)))), plot_bgcolor="#eeeeee",
+        height=min(900, max(360, 190 + 22 * len(query_text))), plot_bgcolor="#eeeeee",
         title=f"Attention: layer {v.layer}, head {v.head}, {v.group} pass, step {v.step} (t = {t:.0f}), {rows}",
         xaxis=dict(title="key position (prompt | finished blocks | the block itself)", tickangle=-60,
                    tickfont=dict(size=9), **ticks(key_text)),
