@@ -39,6 +39,8 @@ def test_x0_lens_reads_the_cache_of_a_run_that_cached_more(wb):
     assert shared.records == own.records and torch.equal(shared.x0[1], own.x0[1])
     with pytest.raises(WorkbenchError, match="comes from another run"):
         x0_lens(wb, PROMPTS, cache=cache, **dict(KNOBS, seed=1))
+    with pytest.raises(WorkbenchError, match="cache must be a run's ActivationCache"):
+        x0_lens(wb, PROMPTS, cache=dict(cache), **KNOBS)
     _, thin = wb.run_with_cache(PROMPTS, names_filter=x0_lens_names(steps=[0]), **KNOBS)
     with pytest.raises(WorkbenchError, match="the cache lacks block.0.step.1.dit.cond.layer.0.resid_pre"):
         x0_lens(wb, PROMPTS, cache=thin, **KNOBS)

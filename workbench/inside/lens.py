@@ -168,14 +168,17 @@ def _x0_by_depth(wb: "Workbench", cache: Mapping[str, torch.Tensor], step: str, 
     velocity = {g: [dit.head(h, cache[f"{step}.dit.{g}.final.shift"], cache[f"{step}.dit.{g}.final.scale"])
                     for h in _residuals(cache, f"{step}.dit.{g}", layers)] for g in ("cond", "uncond")}
     scale = cache[f"{step}.guidance"].to(velocity["cond"][0].dtype)[:, None, None]
-    guided = [guided_velocity(vc, vu, scale) for vc, vu in zip(velocity["cond"], velocity["uncond"])]
-    chosen = guided if mode == "guided" else velocity[mode]
+    chosen = ([guided_velocity(vc, vu, scale) for vc, vu in zip(velocity["cond"], velocity["uncond"])]
+              if mode == "guided" else velocity[mode])
     return [predicted_clean(cache[f"{step}.z"], v.float(), cache[f"{step}.t"], T) for v in chosen]
 
 
 def _check_source(cache: ActivationCache, sampler, fingerprint: str) -> None:
     """A cache handed to :func:`x0_lens` must come from this checkpoint and from these prompts and knobs."""
     from ..session import run_facts   # the session module imports this package
+    if not isinstance(cache, ActivationCache):
+        raise WorkbenchError(f"cache must be a run's ActivationCache (from run_with_cache or a session), got "
+                             f"{type(cache).__name__}")
     if cache.fingerprint != fingerprint:
         raise WorkbenchError(f"the cache was recorded on another checkpoint (fingerprint {cache.fingerprint[:12]})")
     if cache.run != run_facts(sampler):
