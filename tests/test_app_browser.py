@@ -7,6 +7,7 @@ artifacts/screenshots/ (git-ignored). Skips when Playwright or /usr/bin/chromium
 """
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -73,9 +74,10 @@ def open_tab(pg, name: str) -> None:
 
 
 def test_status_bar_and_tabs(page):
+    page.get_by_role("tab", name="Inside").wait_for()
     assert page.get_by_text("cpu", exact=True).count() >= 1
     assert [t.inner_text() for t in page.get_by_role("tab").all()] == ["Trajectories", "Diagnostics", "Guidance lab",
-                                                                     "Latent lab", "Bench"]
+                                                                     "Latent lab", "Inside", "Bench"]
 
 
 def test_trajectories_tab_streams_and_plots(page):
@@ -167,6 +169,64 @@ def test_bench_tab_loads_filters_and_opens_a_sample_in_trajectories(page):
     assert page.get_by_text("Bench sample squad").is_visible()                  # score and answer beside it
     wait_plots(page, 2)                                                          # the trajectory plots
     page.screenshot(path=str(SHOTS / "bench_opened.png"), full_page=True)
+def shown(pg, label: str):
+    """The visible field labelled ``label`` (other tabs have fields of the same name)."""
+    return pg.get_by_label(label).filter(visible=True)
+
+
+def wait_heatmap(pg, elem_id: str, title: str) -> None:
+    """Wait until the plot ``elem_id`` has drawn a heatmap under a title containing ``title``."""
+    plot = pg.locator(f"#{elem_id} .js-plotly-plot")
+    plot.locator(".main-svg .hm image").first.wait_for()
+    plot.locator(".gtitle", has_text=title).wait_for()
+
+
+def test_inside_tab_attention_lens_and_patching(page):
+    open_tab(page, "Inside")
+    tokens = shown(page, "number input for Max new tokens")
+    tokens.fill("8")
+    tokens.press("Enter")
+    page.get_by_role("button", name="Run and cache").click()
+    page.get_by_text("Done — 2 block(s)").wait_for()
+    wait_heatmap(page, "inside-attention", "Attention: layer 0, head 0, cond pass, step 0")
+    wait_heatmap(page, "inside-lens", "x0-lens (guided)")
+    attention = page.locator("#inside-attention")
+    assert attention.locator(".annotation-text", has_text="prompt").count() == 1        # position kinds labelled
+    assert attention.locator(".annotation-text", has_text="block 0 (current)").count() == 1
+    assert page.locator("#inside-lens .hm image").count() == 1
+    assert shown(page, "x0-lens at the chosen block, step and layer").input_value().startswith("block 0, step 0 (t = ")
+    head = shown(page, "number input for Head")
+    head.fill("3")
+    head.press("Enter")
+    page.locator("#inside-pass").get_by_text("uncond", exact=True).click()
+    wait_heatmap(page, "inside-attention", "head 3, uncond pass")
+    page.screenshot(path=str(SHOTS / "inside.png"), full_page=True)
+    page.get_by_label("Layers (empty = all)").fill("1")
+    page.get_by_role("button", name="Run patching sweep").click()
+    page.get_by_text("Done — 2 patched runs").wait_for()
+    wait_heatmap(page, "inside-patching", "target_logprob after patching")
+    page.locator("#inside-patching").scroll_into_view_if_needed()
+    page.screenshot(path=str(SHOTS / "inside_patching.png"), full_page=True)
+    corrupted = page.get_by_label("Corrupted prompt (activations patched into)")
+    corrupted.fill("a small animal that")
+    page.get_by_role("button", name="Run patching sweep").click()
+    page.get_by_text("must fill the same number of context latents").first.wait_for()
+    corrupted.fill("the dog sat on")
+
+
+def test_inside_stop_ends_a_long_run(page, monkeypatch):
+    """The sampler is held in block 1 until the Stop click has set the run's stop flag."""
+    stopped, held = stop_signal(page.ctx, monkeypatch), threading.Event()
+    open_tab(page, "Inside")
+    tokens = shown(page, "number input for Max new tokens")
+    tokens.fill("64")
+    tokens.press("Enter")
+    with page.ctx.workbench.hooks(post_update=hold_at(1, 0, stopped, held)):
+        page.get_by_role("button", name="Run and cache").click()
+        assert held.wait(TIMEOUT_MS / 1000)
+        page.get_by_role("button", name="Stop", exact=True).filter(visible=True).click()
+        page.get_by_text("Stopped by the user: showing the 1 finished block(s).").wait_for()
+    wait_heatmap(page, "inside-attention", "Attention")
 
 
 def test_nothing_was_fetched_from_outside(page):

@@ -8,7 +8,7 @@ import torch
 
 from cola_core.sampler import predicted_clean
 from workbench import WorkbenchError
-from workbench.inside import cross_block_influence, logit_lens, x0_lens
+from workbench.inside import cross_block_influence, logit_lens, x0_lens, x0_lens_names
 
 PROMPTS = ["the cat sat on", "once upon a time there was a"]
 KNOBS = dict(seed=0, steps=3, max_new_tokens=8, stop_at_eos=False, repetition_penalty=1.0)
@@ -29,6 +29,21 @@ def test_x0_lens_last_layer_is_the_samplers_x0_pred(wb):
     assert torch.allclose(cond.x0[1][0, -1], predicted_clean(step.z, step.v_cond, step.t), atol=1e-6)
     fig = lens.figure(sample=1, block=1, height=300)
     assert fig.layout.height == 300 and len(fig.data[0].y) == layers + 1 and len(fig.data[0].x) == 3
+
+
+def test_x0_lens_reads_the_cache_of_a_run_that_cached_more(wb):
+    names = x0_lens_names() + ["block.*.step.*.dit.*.layer.*.attn.pattern"]
+    _, cache = wb.run_with_cache(PROMPTS, names_filter=names, **KNOBS)
+    shared = x0_lens(wb, PROMPTS, blocks=[1], cache=cache, **KNOBS)
+    own = x0_lens(wb, PROMPTS, blocks=[1], **KNOBS)
+    assert shared.records == own.records and torch.equal(shared.x0[1], own.x0[1])
+    with pytest.raises(WorkbenchError, match="comes from another run"):
+        x0_lens(wb, PROMPTS, cache=cache, **dict(KNOBS, seed=1))
+    with pytest.raises(WorkbenchError, match="cache must be a run's ActivationCache"):
+        x0_lens(wb, PROMPTS, cache=dict(cache), **KNOBS)
+    _, thin = wb.run_with_cache(PROMPTS, names_filter=x0_lens_names(steps=[0]), **KNOBS)
+    with pytest.raises(WorkbenchError, match="the cache lacks block.0.step.1.dit.cond.layer.0.resid_pre"):
+        x0_lens(wb, PROMPTS, cache=thin, **KNOBS)
 
 
 def test_x0_lens_bad_input(wb):

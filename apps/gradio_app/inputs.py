@@ -78,6 +78,14 @@ def seed(name: str, value: Any) -> int:
     return integer(name, value, 0, MAX_SEED)
 
 
+def sampler_knobs(limits: Limits, steps: Any, guidance: Any, max_new_tokens: Any, sampler_seed: Any) -> dict:
+    """The knobs every generating form has, checked in this order (the others stay at their defaults)."""
+    return {"steps": integer("steps", steps, 1, limits.max_steps),
+            "guidance": number("guidance", guidance, 0.0, limits.max_guidance),
+            "max_new_tokens": integer("max new tokens", max_new_tokens, 1, limits.max_new_tokens),
+            "seed": seed("seed", sampler_seed)}
+
+
 def flag(name: str, value: Any) -> bool:
     """A checkbox: True or False, nothing else."""
     if not isinstance(value, bool):

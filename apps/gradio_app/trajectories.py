@@ -23,6 +23,7 @@ from .context import METHODS, AppContext
 from .display import display_text
 from .errors import InputError
 from .events import LOCAL_SESSION, Progress, TabComponents, Update, no_progress, on, run_state
+from .forms import position_slider, prompt_and_knobs
 from .plots import Overlay, color, empty_figure, projection_figure
 from .store import session_key
 
@@ -222,11 +223,6 @@ def write_downloads(ctx: AppContext, run_id: str, run: TrajectoryRun, view: View
     return files
 
 
-def scrub_slider(last: int, value: int) -> gr.Slider:
-    """A 0..last slider (Gradio needs minimum < maximum: a single position shows as a locked 0..1 slider)."""
-    return gr.Slider(minimum=0, maximum=max(last, 1), value=value, step=1, interactive=last > 0)
-
-
 def run_view(ctx: AppContext, run_id: str, run: TrajectoryRun, view: View) -> Update:
     """Everything a finished (or stopped) run shows, scrubbed to its last step."""
     pick = len(run.rows) - 1 if run.rows else None
@@ -234,8 +230,8 @@ def run_view(ctx: AppContext, run_id: str, run: TrajectoryRun, view: View) -> Up
     update = {"status": status_line(run), "text": display_text(run.prompt + run.text),
               "info": {}, "step_preview": "",
               "norms": norms_figure(run.rows, run.steps, pick), "projection": trajectory_figure(ctx, run, view, pick),
-              "block": scrub_slider(last_block, last_block),
-              "step": scrub_slider(run.steps - 1, run.rows[pick]["step"] if pick is not None else 0),
+              "block": position_slider(last_block, last_block),
+              "step": position_slider(run.steps - 1, run.rows[pick]["step"] if pick is not None else 0),
               "files": write_downloads(ctx, run_id, run, view), "summary": summary(run_id, run, view), "run": run_id}
     return update | (step_view(run, pick) if pick is not None else {})
 
@@ -248,10 +244,7 @@ def generate(ctx: AppContext, prompt, steps, guidance, max_new_tokens, seed, sol
              progress: Progress = no_progress) -> Iterator[Update]:
     """Generate from one prompt with the workbench sampler, streaming its steps; end with the whole run."""
     lim = ctx.limits
-    knobs = {"steps": inputs.integer("steps", steps, 1, lim.max_steps),
-             "guidance": inputs.number("guidance", guidance, 0.0, lim.max_guidance),
-             "max_new_tokens": inputs.integer("max new tokens", max_new_tokens, 1, lim.max_new_tokens),
-             "seed": inputs.seed("seed", seed),
+    knobs = {**inputs.sampler_knobs(lim, steps, guidance, max_new_tokens, seed),
              "solver": inputs.choice("solver", solver, SOLVERS),
              "schedule": inputs.choice("schedule", schedule, SCHEDULES),
              "temperature": inputs.number("temperature", temperature, 0.0, MAX_TEMPERATURE),
@@ -336,20 +329,11 @@ def scrub(ctx: AppContext, run_id, block, step, method, dims) -> Update:
 # -- layout and events ------------------------------------------------------------------------------------
 def build(ctx: AppContext) -> TabComponents:
     """The tab's layout (inside a ``gr.Tab``); knob defaults are GenerationConfig()'s."""
-    lim, ui = ctx.limits, TabComponents()
+    ui = TabComponents()
     ui.run = run_state(ctx)
     with gr.Row():
         with gr.Column(scale=1, min_width=300):
-            ui.prompt = gr.Textbox(label="Prompt", lines=2, placeholder="leave empty for unconditional generation",
-                                   value="a small animal that")
-            with gr.Row():
-                ui.steps = gr.Slider(1, lim.max_steps, value=inputs.DEFAULTS.steps, step=1, label="Steps per block")
-                ui.guidance = gr.Slider(0, lim.max_guidance, value=inputs.DEFAULTS.guidance, step=0.5,
-                                        label="Guidance")
-            with gr.Row():
-                ui.max_new_tokens = gr.Slider(1, lim.max_new_tokens, value=inputs.DEFAULTS.max_new_tokens, step=1,
-                                              label="Max new tokens")
-                ui.seed = gr.Number(0, precision=0, label="Seed", minimum=0, maximum=inputs.MAX_SEED)
+            prompt_and_knobs(ctx, ui)
             with gr.Row():
                 ui.solver = gr.Dropdown(list(SOLVERS), value=inputs.DEFAULTS.solver, label="Solver")
                 ui.schedule = gr.Dropdown(list(SCHEDULES), value=inputs.DEFAULTS.schedule, label="Schedule")
