@@ -1,6 +1,7 @@
 """Probability-flow ODE likelihood: analytic Gaussian flows, and Hutchinson vs exact on the tiny DiT."""
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -107,10 +108,10 @@ def _z0(model, texts=TEXTS):
 
 def test_hutchinson_matches_exact_divergence_on_the_tiny_dit(tiny_model):
     z0, lengths = _z0(tiny_model)
-    exact = prior_log_likelihood(tiny_model, z0, lengths, steps=1, exact_divergence=True)
-    hutch = prior_log_likelihood(tiny_model, z0, lengths, steps=1, probes=32, seed=1)
+    exact = prior_log_likelihood(tiny_model, z0, lengths, solver="rk4", steps=1, exact_divergence=True)
+    hutch = prior_log_likelihood(tiny_model, z0, lengths, solver="rk4", steps=1, probes=32, seed=1)
     assert exact.nfe == hutch.nfe == 4   # rk4: 4 evaluations per step
-    se = hutch.stderr_blocks.nan_to_num(0).pow(2).sum(-1).sqrt()
+    se = hutch.stderr
     assert (se > 0).all()
     assert ((exact.logp - hutch.logp).abs() < 4 * se + 0.05).all()
     assert torch.allclose(exact.z1, hutch.z1, atol=1e-5)     # same path, only the divergence is estimated
@@ -118,7 +119,7 @@ def test_hutchinson_matches_exact_divergence_on_the_tiny_dit(tiny_model):
 
 def test_tiny_dit_likelihood_bookkeeping(tiny_model):
     z0, lengths = _z0(tiny_model)
-    res = prior_log_likelihood(tiny_model, z0, lengths, steps=2, exact_divergence=True)
+    res = prior_log_likelihood(tiny_model, z0, lengths, solver="rk4", steps=2, exact_divergence=True)
     channels, bs = tiny_model.vae_config.latent_dim, tiny_model.block_size
     assert res.dims.tolist() == (lengths * channels).tolist()
     n_blocks = (lengths // bs).tolist()
@@ -133,23 +134,28 @@ def test_tiny_dit_likelihood_bookkeeping(tiny_model):
 
 
 def test_likelihood_of_a_text_does_not_depend_on_the_batch(tiny_model):
-    together = text_log_likelihood(tiny_model, TEXTS, steps=1, exact_divergence=True)
-    alone = [text_log_likelihood(tiny_model, [t], steps=1, exact_divergence=True)[0] for t in TEXTS]
-    for a, b in zip(together, alone):
-        assert a["logp_nats"] == pytest.approx(b["logp_nats"], abs=2e-3)
+    options = dict(solver="rk4", steps=2, probes=2, seed=5)
+    together = text_log_likelihood(tiny_model, TEXTS, **options)
+    alone = [text_log_likelihood(tiny_model, [t], **options)[0] for t in TEXTS]
+    reordered = text_log_likelihood(tiny_model, [TEXTS[2], "a neighbour of another length", TEXTS[0], TEXTS[1]],
+                                    **options)
+    for a, b, c in zip(together, alone, [reordered[2], reordered[3], reordered[0]]):
+        a, b, c = (json.dumps({k: v for k, v in r.items() if k != "index"}, sort_keys=True) for r in (a, b, c))
+        assert a == b == c   # bit for bit (json also compares NaN fields)
 
 
 def test_guidance_one_equals_the_conditional_field(tiny_model):
     z0, lengths = _z0(tiny_model, TEXTS[:1])
-    plain = prior_log_likelihood(tiny_model, z0, lengths, steps=2, exact_divergence=True)
-    guided = prior_log_likelihood(tiny_model, z0, lengths, steps=2, exact_divergence=True, guidance=3.0)
+    plain = prior_log_likelihood(tiny_model, z0, lengths, solver="rk4", steps=2, exact_divergence=True)
+    guided = prior_log_likelihood(tiny_model, z0, lengths, solver="rk4", steps=2, exact_divergence=True,
+                                  guidance=3.0)
     assert guided.logp_blocks[0, 0] == pytest.approx(float(plain.logp_blocks[0, 0]), abs=1e-3)  # block 0: no prefix
     assert not torch.allclose(guided.logp, plain.logp)
 
 
 def test_diagnose_with_likelihood_reports_prior_bits(tiny_model):
     diag = diagnose(tiny_model, TEXTS[:2], likelihood=True, t_grid=[0.5],
-                    likelihood_options={"steps": 2, "exact_divergence": True})
+                    likelihood_options={"solver": "rk4", "steps": 2, "exact_divergence": True})
     for row in diag.per_text:
         assert math.isfinite(row.prior_bits_per_dim) and math.isfinite(row.elbo_prior_bits_per_token)
     rows = diag.per_text

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from cola_core.vae import Posterior
-from workbench.diagnostics import active_units, diagnose, token_nll
+from workbench.bounds import token_nll
+from workbench.diagnostics import active_units, diagnose
 from workbench.errors import WorkbenchError
 
 TEXTS = ["The cat sat on the mat.", "A river ran across the hill under the sun", "tea",
@@ -117,14 +118,16 @@ def test_real_model_numbers_are_consistent(tiny_model):
     assert diag.dataset.tokens == sum(r.tokens for r in diag.per_text)
 
 
-def test_elbo_is_recon_plus_kl_for_texts_without_padding(tiny_model):
+def test_elbo_is_recon_plus_rate_for_texts_without_padding(tiny_model):
     tok, chunk = tiny_model.tokenizer, tiny_model.block_size * tiny_model.patch_size
     texts = [t for t in ["the sun.", "the sun and the hill.", "A cat."] if len(tok.encode(t)) % chunk == 0]
     assert len(texts) == 3, "these texts fill whole blocks"
     diag = diagnose(tiny_model, texts, prior=False, samples=3)
     for row in diag.per_text:
-        assert row.elbo_bits_per_token == pytest.approx(row.recon_bits_per_token_sampled + row.kl_bits_per_token,
+        assert row.elbo_bits_per_token == pytest.approx(row.recon_bits_per_token_sampled + row.rate_bits_per_token,
                                                         rel=1e-6)
+        # the Monte-Carlo rate estimates the closed-form KL (3 draws: within a few nats of it)
+        assert row.rate_bits_per_token == pytest.approx(row.kl_bits_per_token, rel=0.5)
 
 
 def test_per_text_numbers_do_not_depend_on_the_batch(tiny_model):
