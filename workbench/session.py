@@ -28,6 +28,7 @@ from .errors import WorkbenchError, as_workbench_error
 from .hooks import Callback, HookFn, HookHandle, HookRegistry, Hooks
 from .latents import Latents, block_noise
 from .likelihood import text_log_likelihood
+from .monitor import data_norm
 from .projection import Projection, fit_projection
 from .sampler_session import SamplerSession
 from .textbatch import check_texts, length_groups, tokenize
@@ -277,6 +278,15 @@ class Workbench:
     def log_likelihood(self, texts: str | Sequence[str], **options) -> list[dict]:
         """Prior log-likelihood of the texts' latents via the probability-flow ODE, per text."""
         return text_log_likelihood(self.model, texts, **options)
+
+    def data_norm(self, texts: Sequence[str] | None = None) -> float:
+        """Mean latent norm of encoded texts (default: the bundled reference corpus), cached: the yardstick of
+        the off-manifold monitor (``Trajectory.norm_records(wb.data_norm())``)."""
+        return data_norm(self.model, texts)
+
+    def display(self, token_ids: Sequence[int], stop_at_eos: bool = True) -> str:
+        """Token ids as text for people: special tokens as markers (``⟨eos⟩``), cut after the first EOS / im_end."""
+        return display_text(token_ids, self.tokenizer, stop_at_eos)
 
     def projection(self, texts: Sequence[str], method: str = "pca", n_components: int = 2, **options) -> Projection:
         """PCA/UMAP fitted on the texts' latents (cached on disk by checkpoint and corpus)."""

@@ -22,6 +22,7 @@ import torch
 from cola_core.generate import Generation
 
 from .io import load_bundle, save_bundle
+from .monitor import norm_records
 
 FORMAT_VERSION = 1
 STEP_FIELDS = ("t", "t_next", "dt", "guidance", "z", "v_cond", "v_uncond", "v_guided", "x0_pred", "z_next")
@@ -93,6 +94,13 @@ class Trajectory:
         blocks = sorted({s.block for s in self.steps})
         return torch.stack([torch.stack([torch.as_tensor(getattr(s, name)) for s in self.block(b)])
                             for b in blocks])
+
+    def norm_records(self, reference: float) -> list[dict]:
+        """Off-manifold monitor per sample and finished block: latent norm, its ratio to the encoded data's
+        ``reference`` norm (``workbench.monitor.data_norm``), the off-manifold flag and ``after_eos``."""
+        blocks = sorted(self.z_final)
+        return norm_records([self.z_final[b] for b in blocks], reference,
+                            [self.after_eos.get(b, torch.zeros(len(self.prompts), dtype=torch.bool)) for b in blocks])
 
     def named_tensors(self) -> dict[str, torch.Tensor]:
         """All tensors under their stable dotted names (see the module docstring)."""
