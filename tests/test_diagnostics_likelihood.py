@@ -10,7 +10,8 @@ import torch
 from cola_core.text_codec import encode_tokens
 from workbench.diagnostics import diagnose
 from workbench.errors import WorkbenchError
-from workbench.likelihood import ode_log_density, prior_log_likelihood, text_log_likelihood
+from workbench.likelihood import (EXACT_DIVERGENCE_MAX_DIMS, default_exact, ode_log_density,
+                                  prior_log_likelihood, text_log_likelihood)
 from workbench.textbatch import tokenize
 
 TEXTS = ["The cat sat on the mat.", "tea", "A river ran across the hill under the sun"]
@@ -161,3 +162,103 @@ def test_diagnose_with_likelihood_reports_prior_bits(tiny_model):
     rows = diag.per_text
     expected = sum(r.prior_bits_per_dim * r.latents for r in rows) / sum(r.latents for r in rows)
     assert diag.dataset.prior_bits_per_dim == pytest.approx(expected)
+
+
+# -- every estimate carries its error ------------------------------------------------------------------------
+def test_one_probe_has_no_standard_error_and_the_exact_divergence_has_none_to_report(tiny_model):
+    z0, lengths = _z0(tiny_model, TEXTS[:2])
+    one = prior_log_likelihood(tiny_model, z0, lengths, solver="rk4", steps=1, probes=1, ode_error=False)
+    assert one.stderr.isnan().all() and all(math.isnan(r["stderr_nats"]) for r in one.records())
+    assert one.divergence == "hutchinson (1 probes)"
+    two = prior_log_likelihood(tiny_model, z0, lengths, solver="rk4", steps=1, probes=2, ode_error=False)
+    assert (two.stderr > 0).all()
+    exact = prior_log_likelihood(tiny_model, z0, lengths, solver="rk4", steps=1, exact_divergence=True,
+                                 ode_error=False)
+    assert (exact.stderr == 0).all() and exact.divergence == "exact"
+    assert one.ode_error.isnan().all()                        # not asked for: NaN, never a silent 0
+
+
+def test_exact_divergence_is_the_default_when_it_costs_at_most_16_probes(tiny_model, pocket_model):
+    assert pocket_model.block_size * pocket_model.vae_config.latent_dim <= EXACT_DIVERGENCE_MAX_DIMS
+    assert default_exact(pocket_model) and not default_exact(tiny_model)     # 1 x 8 vs 4 x 8 coordinates
+    z0, lengths = _z0(tiny_model, TEXTS[:1])
+    assert prior_log_likelihood(tiny_model, z0, lengths, solver="rk4", steps=1,
+                                ode_error=False).divergence == "hutchinson (16 probes)"
+
+
+def test_the_ode_error_estimate_covers_the_true_error_of_an_analytic_flow():
+    """rk4 (vs half the steps) and dopri5 (vs 10x looser tolerances) on a smooth flow. Low-order solvers far
+    from their asymptotic regime can undershoot (Euler at 8 steps here by 2x), hence 'estimate'."""
+    sigma = _rotated_covariance([0.05, 0.3, 2.0], seed=6)
+    dist = torch.distributions.MultivariateNormal(torch.zeros(3, dtype=torch.float64), sigma)
+    z0 = dist.sample((4,)).float()
+    truth = dist.log_prob(z0.double())
+    for solver, steps in (("rk4", 4), ("rk4", 8)):
+        flow = ode_log_density(gaussian_flow(sigma), z0, steps=steps, solver=solver, exact=True, ode_error=True)
+        error = (flow.logp[:, 0].double() - truth).abs()
+        assert (error <= flow.ode_error.double() + 1e-4).all(), (solver, error, flow.ode_error)
+    adaptive = ode_log_density(gaussian_flow(sigma), z0, solver="dopri5", rtol=1e-6, atol=1e-6, exact=True,
+                               ode_error=True)
+    error = (adaptive.logp[:, 0].double() - truth).abs()
+    assert (error < 1e-3).all() and (error <= adaptive.ode_error.double() + 1e-4).all()
+    assert adaptive.nfe > 0
+
+
+def test_likelihood_records_put_the_value_beside_its_errors(tiny_model):
+    rec = text_log_likelihood(tiny_model, TEXTS[:1], solver="rk4", steps=4, probes=4)[0]
+    for key in ("stderr_nats", "ode_error_nats", "divergence", "solver", "sample_stderr_nats"):
+        assert key in rec
+    assert rec["ode_error_nats"] > 0 and rec["stderr_nats"] > 0 and rec["solver"] == "rk4, 4 steps"
+
+
+def test_posterior_samples_by_default_and_the_mean_is_labelled(tiny_model):
+    options = dict(solver="rk4", steps=2, probes=2, seed=1)
+    sampled = text_log_likelihood(tiny_model, TEXTS[:2], samples=3, **options)
+    mean = text_log_likelihood(tiny_model, TEXTS[:2], latent="mean", **options)
+    for s, m in zip(sampled, mean):
+        assert s["latent"] == "posterior samples (K=3)" and m["latent"] == "posterior mean"
+        assert len(s["logp_samples"]) == 3 and s["logp_nats"] == pytest.approx(sum(s["logp_samples"]) / 3)
+        assert s["sample_stderr_nats"] > 0 and math.isfinite(s["iw_bound_bits_per_token"])
+        assert s["logp_nats"] != m["logp_nats"] and "iw_bound_bits_per_token" not in m
+    assert math.isnan(text_log_likelihood(tiny_model, TEXTS[:1], **options)[0]["sample_stderr_nats"])   # K = 1
+
+
+def test_both_elbos_share_one_estimator_and_honour_samples(tiny_model):
+    options = {"solver": "rk4", "steps": 2, "probes": 2}
+    rows = {k: diagnose(tiny_model, TEXTS, samples=k, prior=False, likelihood=True, likelihood_options=options,
+                        seed=2).per_text for k in (1, 3)}
+    for k, per_text in rows.items():
+        for r in per_text:
+            # same draws, same decoder term: the ELBOs differ by their rates only
+            assert r.elbo_prior_bits_per_token - r.elbo_bits_per_token == pytest.approx(
+                r.rate_prior_bits_per_token - r.rate_bits_per_token, abs=1e-9)
+            # the importance-weighted bound is never looser than the ELBO, and equals it for one draw
+            assert r.iw_prior_bits_per_token <= r.elbo_prior_bits_per_token + 1e-9
+            if k == 1:
+                assert r.iw_prior_bits_per_token == pytest.approx(r.elbo_prior_bits_per_token, rel=1e-6)
+    assert [r.elbo_prior_bits_per_token for r in rows[1]] != [r.elbo_prior_bits_per_token for r in rows[3]]
+    assert [r.rate_bits_per_token for r in rows[1]] != [r.rate_bits_per_token for r in rows[3]]
+
+
+def test_log_likelihood_and_diagnose_agree_on_the_prior_fit(tiny_model):
+    """Both score the same posterior draws (seeded per text), so the two entry points give one number."""
+    options = {"solver": "rk4", "steps": 2, "probes": 2}
+    diag = diagnose(tiny_model, TEXTS, samples=2, prior=False, likelihood=True, likelihood_options=options, seed=4)
+    direct = text_log_likelihood(tiny_model, TEXTS, samples=2, seed=4, **options)
+    for row, rec in zip(diag.per_text, direct):
+        assert row.prior_bits_per_dim == pytest.approx(rec["bits_per_dim"], rel=1e-6)
+        assert row.iw_prior_bits_per_token == pytest.approx(rec["iw_bound_bits_per_token"], rel=1e-6)
+        assert row.prior_ode_error_nats == pytest.approx(rec["ode_error_nats"], rel=1e-6)
+
+
+def test_the_likelihood_benchmark_reference_is_finer_than_every_row(monkeypatch):
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "likelihood_bench.py"
+    monkeypatch.syspath_prepend(str(path.parent))
+    spec = importlib.util.spec_from_file_location("likelihood_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    reference = bench.REFERENCE   # finer than the finest row the benchmark runs by default (dopri5 at 1e-5)
+    assert reference["solver"] == "dopri5" and reference["rtol"] <= 1e-7 and reference["atol"] <= 1e-7
+    assert reference["probes"] >= 64 and reference["exact_divergence"] in (None, True)

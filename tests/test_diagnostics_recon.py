@@ -170,3 +170,25 @@ def test_bad_settings_fail_before_work(tiny_model):
         diagnose(tiny_model, TEXTS, t_grid=[0.5, 1.5])
     with pytest.raises(WorkbenchError, match="samples"):
         diagnose(tiny_model, TEXTS, samples=0)
+
+
+def test_informative_units_flag_an_encoder_whose_means_ignore_the_input(tiny_model, monkeypatch):
+    """Active units cannot fail for LayerNormed means (pooled over positions, every channel varies); an
+    encoder that reads only the position (each latent sees a fixed token) still has 8/8 active units, and
+    the informative-units measure flags it with 0."""
+    healthy = diagnose(tiny_model, TEXTS, prior=False)
+    channels = tiny_model.vae_config.latent_dim
+    assert healthy.dataset.informative_units == channels
+    assert all(d.text_variance_ratio > 0.3 for d in healthy.per_dimension)
+    real = tiny_model.vae.encode_ids
+
+    def ignore_the_text(ids, lengths, mask_token_ids=None):
+        positions = 10 + torch.arange(ids.shape[1]).expand_as(ids)       # a fixed ordinary token per position
+        return real(positions, lengths)
+
+    monkeypatch.setattr(tiny_model.vae, "encode_ids", ignore_the_text)
+    collapsed = diagnose(tiny_model, TEXTS, prior=False)
+    assert collapsed.dataset.active_units == channels                  # the old measure sees nothing wrong
+    assert collapsed.dataset.informative_units == 0
+    assert all(d.text_variance_ratio < 1e-6 and not d.informative for d in collapsed.per_dimension)
+    assert "0/8 informative units" in collapsed.figures()["compression"].layout.title.text

@@ -69,12 +69,13 @@ class DrawTerms:
 
 
 def draw_terms(model: ColaModel, batch: TokenBatch, post: Posterior, draws: torch.Tensor) -> DrawTerms:
-    """Decoder NLL, log q and log N(0, I) of each VAE-space draw (K, B, n, C) of one batch."""
+    """Decoder NLL, log q and log N(0, I) of each VAE-space draw (K, B, n, C) of one batch (float64 sums, so
+    bounds built from the same draws compare exactly)."""
     valid = post.valid[..., None]
     nll = torch.stack([decoder_nll(model, model.vae.to_dit_space(z), batch)[0] for z in draws])
-    return DrawTerms(nll_tokens=nll.cpu(),
-                     log_q=torch.stack([(gaussian_log_density(z, post) * valid).sum((1, 2)) for z in draws]).cpu(),
-                     log_normal=torch.stack([(standard_normal_log_density(z) * valid).sum((1, 2)) for z in draws]).cpu())
+    log_q = torch.stack([(gaussian_log_density(z, post) * valid).double().sum((1, 2)) for z in draws])
+    log_normal = torch.stack([(standard_normal_log_density(z) * valid).double().sum((1, 2)) for z in draws])
+    return DrawTerms(nll_tokens=nll.double().cpu(), log_q=log_q.cpu(), log_normal=log_normal.cpu())
 
 
 def vae_space_log_prior(model: ColaModel, log_p_dit: torch.Tensor, dims: torch.Tensor) -> torch.Tensor:

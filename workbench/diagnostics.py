@@ -296,7 +296,7 @@ def _diagnose_batch(model: ColaModel, chunk: list[str], indices: list[int], samp
                        per_cell((~fm.loss.isnan()).long())))
     if likelihood_options is not None:
         results = draw_log_likelihoods(model, draws, lengths, seed, sample_ids, likelihood_options)
-        log_p = vae_space_log_prior(model, torch.stack([r.logp for r in results]), results[0].dims)   # (K, B)
+        log_p = vae_space_log_prior(model, torch.stack([r.logp for r in results]).double(), results[0].dims)
         rate_prior = rate_nats(terms.log_q, log_p)
         iw_prior = iw_bound_nats(terms.nll, terms.log_q, log_p)
     records = []

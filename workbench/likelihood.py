@@ -57,7 +57,8 @@ class FlowLogDensity:
     logp: torch.Tensor     # (R, G) mean over probes
     stderr: torch.Tensor   # (R, G) standard error over probes (0 when exact, NaN with one probe)
     z1: torch.Tensor       # (R, *S) the end of the flow (noise)
-    nfe: int               # velocity evaluations (each one batched over probes)
+    nfe: int               # velocity evaluations of this solve (each one batched over probes)
+    ode_error: torch.Tensor | None = None   # (R,) |sum_G logp - the coarser solve's| (None: not estimated)
 
 
 def check_solver(solver: str, steps: int, rtol: float, atol: float) -> None:
@@ -73,8 +74,8 @@ def check_solver(solver: str, steps: int, rtol: float, atol: float) -> None:
 def ode_log_density(velocity: VelocityField, z0: torch.Tensor, *, steps: int = 16, solver: str = "rk4",
                     group_size: int | None = None, mask: torch.Tensor | None = None, probes: int = 1,
                     exact: bool = False, generator: torch.Generator | None = None,
-                    probe_vectors: torch.Tensor | None = None, rtol: float = 1e-4, atol: float = 1e-4
-                    ) -> FlowLogDensity:
+                    probe_vectors: torch.Tensor | None = None, rtol: float = 1e-4, atol: float = 1e-4,
+                    ode_error: bool = False) -> FlowLogDensity:
     """Integrate the flow from s=0 to 1 and return ``log p0`` per group of ``group_size`` coordinates.
 
     ``z0`` (R, *S); coordinates are flattened and split into consecutive groups whose Jacobian
@@ -82,6 +83,8 @@ def ode_log_density(velocity: VelocityField, z0: torch.Tensor, *, steps: int = 1
     (padding is frozen and excluded). ``exact`` uses ``group_size`` one-hot probes; otherwise
     ``probe_vectors`` (K, R, D) or ``probes`` Rademacher vectors from ``generator``. ``solver`` is a
     fixed-step one (``steps`` steps) or ``dopri5`` (adaptive, tolerances ``rtol``/``atol``).
+    ``ode_error`` solves again at the coarser accuracy (half the steps; 10x looser tolerances) with the
+    same probes and reports ``|difference|`` per row (not estimated for one fixed step).
     """
     check_solver(solver, steps, rtol, atol)
     if probes < 1:
@@ -102,6 +105,10 @@ def ode_log_density(velocity: VelocityField, z0: torch.Tensor, *, steps: int = 1
         signs = torch.randint(0, 2, (probes, rows, dims), generator=generator,
                               device=generator.device if generator else device)
         eps = signs.to(device).float() * 2 - 1
+    if ode_error:
+        coarse = ode_log_density(velocity, z0, steps=max(steps // 2, 1), solver=solver, group_size=group_size,
+                                 mask=mask, exact=exact, probe_vectors=None if exact else eps,
+                                 probes=eps.shape[0], rtol=rtol * LOOSER, atol=atol * LOOSER)
     eps = eps * keep                                                                      # (K, R, D)
     k = eps.shape[0]
     eps_flat = eps.reshape(k * rows, dims)
@@ -140,7 +147,12 @@ def ode_log_density(velocity: VelocityField, z0: torch.Tensor, *, steps: int = 1
         stderr = per_probe.std(0) / math.sqrt(per_probe.shape[0])
     else:
         stderr = torch.full_like(log_p1, float("nan"))
-    return FlowLogDensity(logp=per_probe.mean(0), stderr=stderr, z1=z.view(rows, *shape), nfe=nfe)
+    logp = per_probe.mean(0)
+    error = None
+    if ode_error:
+        error = ((logp.sum(-1) - coarse.logp.sum(-1)).abs() if solver == "dopri5" or steps >= 2
+                 else torch.full((rows,), float("nan"), device=device))
+    return FlowLogDensity(logp=logp, stderr=stderr, z1=z.view(rows, *shape), nfe=nfe, ode_error=error)
 
 
 def _fixed_steps(field: Callable, z: torch.Tensor, integral: torch.Tensor, steps: int, solver: str
@@ -247,14 +259,12 @@ def prior_log_likelihood(model: ColaModel, z0: torch.Tensor, n_lengths: torch.Te
                                                          [sample_ids[i] for i in rows], probe_stream, k,
                                                          rademacher=True)
                                               for k in range(probes)]).flatten(2)
-        solve = dict(group_size=bs * channels, exact=exact, probe_vectors=eps, probes=probes)
-        flow = ode_log_density(velocity, z, steps=steps, solver=solver, rtol=rtol, atol=atol, **solve)
+        flow = ode_log_density(velocity, z, steps=steps, solver=solver, rtol=rtol, atol=atol, group_size=bs * channels,
+                               exact=exact, probe_vectors=eps, probes=probes, ode_error=ode_error)
         logp[rows, :width // bs], stderr[rows, :width // bs] = flow.logp.cpu(), flow.stderr.cpu()
         z1[rows, :width], nfe = flow.z1.cpu(), max(nfe, flow.nfe)
-        if ode_error and (solver == "dopri5" or steps >= 2):
-            coarse = ode_log_density(velocity, z, steps=max(steps // 2, 1), solver=solver, rtol=rtol * LOOSER,
-                                     atol=atol * LOOSER, **solve)
-            error[rows] = (flow.logp.sum(-1) - coarse.logp.sum(-1)).abs().cpu()
+        if flow.ode_error is not None:
+            error[rows] = flow.ode_error.cpu()
     divergence = "exact" if exact else f"hutchinson ({probes} probes)"
     how = f"dopri5, rtol={rtol:g} atol={atol:g}" if solver == "dopri5" else f"{solver}, {steps} steps"
     return LikelihoodResult(logp_blocks=logp, stderr_blocks=stderr, ode_error=error,
@@ -304,7 +314,7 @@ def _chunk_log_likelihood(model: ColaModel, chunk: list[str], sample_ids: list[i
         return [{**rec, "latent": "posterior mean"} for rec in result.records()]
     draws = posterior_draws(post, lengths, samples, seed, sample_ids)                      # (K, B, n, C)
     results = draw_log_likelihoods(model, draws, lengths, seed, sample_ids, options)
-    log_p = torch.stack([r.logp for r in results])                                           # (K, B) DiT space
+    log_p = torch.stack([r.logp for r in results]).double()                                  # (K, B) DiT space
     terms = draw_terms(model, batch, post, draws)
     bound = iw_bound_nats(terms.nll, terms.log_q, vae_space_log_prior(model, log_p, results[0].dims))
     tokens = batch.token_lengths.cpu()
