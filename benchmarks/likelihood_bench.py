@@ -5,7 +5,8 @@ each configuration against a truly finer reference, next to the error it reports
     python benchmarks/likelihood_bench.py --checkpoint tests/fixtures/visible_a
     python benchmarks/likelihood_bench.py --preset small --steps 4 8 16 --tolerances 1e-3 1e-4 --json out.json
 
-Every configuration scores the same posterior draws (one per text, seeded per text). ``err`` is the
+Every configuration scores the same posterior draws (one per text, seeded per text); the reference
+also scores the posterior means, for comparison (the DiT was trained on draws). ``err`` is the
 mean |log p - reference| in nats, where the reference is the adaptive dopri5 solver at rtol = atol =
 1e-7 (``REFERENCE``), far finer than any row; ``ode_error`` is the row's own estimate of that error
 (a coarser solve), ``stderr`` its Hutchinson standard error. The divergence is exact when a block has
@@ -36,12 +37,13 @@ from workbench.textbatch import tokenize
 REFERENCE = {"solver": "dopri5", "rtol": 1e-7, "atol": 1e-7, "exact_divergence": None, "probes": 64}
 
 
-def latents(model, texts: list[str], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    """DiT-space posterior draws (one per text, seeded per text), their lengths and sample ids."""
+def latents(model, texts: list[str], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
+    """DiT-space posterior draws (one per text, seeded per text), the posterior means, lengths and sample ids."""
     batch = tokenize(model, texts)
     ids = [text_sample_id(t) for t in texts]
-    draws = posterior_draws(encode_tokens(model, batch), batch.latent_lengths, 1, seed, ids)[0]
-    return model.vae.to_dit_space(draws), batch.latent_lengths, ids
+    post = encode_tokens(model, batch)
+    draws = posterior_draws(post, batch.latent_lengths, 1, seed, ids)[0]
+    return model.vae.to_dit_space(draws), model.vae.to_dit_space(post.mean), batch.latent_lengths, ids
 
 
 def time_config(model, z0, lengths, ids, repeats: int, sync, **options):
@@ -83,8 +85,9 @@ def main() -> int:
         label, model = Path(args.checkpoint).name, load_pretrained(args.checkpoint, device=args.device)
     sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
     texts = texts_for(Workbench(model), args.texts, args.words, synthetic=args.checkpoint is None)
-    z0, lengths, ids = latents(model, texts)
+    z0, means, lengths, ids = latents(model, texts)
     ref_s, reference = time_config(model, z0, lengths, ids, 0, sync, ode_error=False, **REFERENCE)
+    _, at_mean = time_config(model, means, lengths, ids, 0, sync, ode_error=False, **REFERENCE)
     configs = [{"solver": s, "steps": n} for s in args.solvers for n in args.steps]
     configs += [{"solver": "dopri5", "rtol": tol, "atol": tol} for tol in args.tolerances]
     rows = []
@@ -100,10 +103,15 @@ def main() -> int:
               "latents": int(lengths.sum()), "block_dims": int(model.block_size * model.vae_config.latent_dim),
               "repeats": args.repeats, "reference": {**REFERENCE, "divergence": reference.divergence,
                                                       "nfe": reference.nfe, "seconds": ref_s,
-                                                      "logp_nats": float(reference.logp.mean())}, "rows": rows}
+                                                      "logp_nats": float(reference.logp.mean()),
+                                                      "bits_per_dim": float(reference.bits_per_dim.mean()),
+                                                      "bits_per_dim_at_mean": float(at_mean.bits_per_dim.mean())},
+              "rows": rows}
     print(f"{label}: {result['device']}, {result['threads']} threads; {len(texts)} texts, {result['latents']} latents, "
           f"block of {result['block_dims']} dims; reference dopri5 rtol=atol=1e-7 ({reference.divergence}): "
-          f"mean log p {result['reference']['logp_nats']:.3f} nats ({ref_s:.1f} s)")
+          f"mean log p {result['reference']['logp_nats']:.3f} nats ({ref_s:.1f} s); "
+          f"{result['reference']['bits_per_dim']:.3f} bits/dim for posterior draws vs "
+          f"{result['reference']['bits_per_dim_at_mean']:.3f} at the posterior means")
     print(f"  {'solver':<8} {'steps/tol':>9} {'NFE':>5} {'s/text':>8} {'log p':>9} {'err':>7} {'ode_err':>8} "
           f"{'stderr':>7}")
     for r in rows:

@@ -91,3 +91,12 @@ def test_time_scale_is_checked(wb):
     with pytest.raises(WorkbenchError, match="T must be the DiT's training time scale"):
         wb.generate(["x"], T=500.0)
     assert torch.tensor(wb.config().T) == 1000.0
+
+
+def test_readme_guidance_table_is_the_scripts_output():
+    import guidance_norms
+    saved = json.loads((RESULTS / "guidance_norms_pocket.json").read_text())
+    assert guidance_norms.markdown_table(saved) in (ROOT / "README.md").read_text()
+    by = {(r["rescale"], r["guidance"]): r for r in saved["rows"]}
+    assert by[(0.0, 7.0)]["norm_ratio"] > 1.5 > by[(0.0, 1.0)]["norm_ratio"]     # guidance 7 leaves the data
+    assert by[(0.7, 7.0)]["norm_ratio"] < by[(0.0, 7.0)]["norm_ratio"]           # CFG-rescale pulls it back
