@@ -100,3 +100,15 @@ def test_readme_guidance_table_is_the_scripts_output():
     by = {(r["rescale"], r["guidance"]): r for r in saved["rows"]}
     assert by[(0.0, 7.0)]["norm_ratio"] > 1.5 > by[(0.0, 1.0)]["norm_ratio"]     # guidance 7 leaves the data
     assert by[(0.7, 7.0)]["norm_ratio"] < by[(0.0, 7.0)]["norm_ratio"]           # CFG-rescale pulls it back
+
+
+def test_readme_likelihood_table_is_the_benchmarks_output(monkeypatch):
+    import likelihood_bench
+    saved = json.loads((RESULTS / "likelihood_pocket_checkpoint_cpu.json").read_text())
+    readme = (ROOT / "README.md").read_text()
+    assert likelihood_bench.markdown_table(saved) in readme
+    reference = saved["reference"]
+    assert f"{reference['bits_per_dim']:.3f} bits/dim for posterior draws vs {reference['bits_per_dim_at_mean']:.3f}" \
+        in readme
+    finest = min(r.get("rtol", 1.0) for r in saved["rows"])
+    assert reference["rtol"] < finest / 10                      # the reference is truly finer than every row
