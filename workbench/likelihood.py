@@ -128,7 +128,7 @@ def ode_log_density(velocity: VelocityField, z0: torch.Tensor, *, steps: int = 1
 
     z = z0.detach().reshape(rows, dims).float()
     if solver == "dopri5":
-        from torchdiffeq import odeint   # noqa: PLC0415 (the adaptive solver is an optional extra)
+        from torchdiffeq import odeint   # noqa: PLC0415 (imported on first use: keeps `import workbench` light)
 
         span = torch.tensor([0.0, 1.0], device=device)
         zs, integrals = odeint(lambda s, state: field(state[0], float(s)), (z, torch.zeros(k, rows, groups,
