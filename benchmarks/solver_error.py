@@ -68,8 +68,8 @@ def main() -> int:
     for label, path in targets.items():
         wb = Workbench(load_pretrained(path))
         rows = [row for g in GUIDANCE for row in solver_rows(wb, TEXTS, tuple(args.steps), guidance=g)]
-        result = {"label": label, "checkpoint": wb.fingerprint, "texts": TEXTS, "blocks": wb.encode(TEXTS[0]).n_blocks[0],
-                  "torch": torch.__version__, "rows": rows}
+        result = {"label": label, "checkpoint": wb.fingerprint, "texts": TEXTS,
+                  "blocks": wb.encode(TEXTS, pad_to="longest").n_blocks[0], "torch": torch.__version__, "rows": rows}
         for g in GUIDANCE:
             print(f"\n{label}, guidance {g:g}: relative round-trip error of invert, free-running / true prefix held "
                   f"(worst of {len(TEXTS)} texts, {result['blocks']} blocks)\n")

@@ -63,8 +63,9 @@ class GenerationConfig:
             (0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p!r}"),
             (math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0,
              f"repetition_penalty must be finite and > 0, got {self.repetition_penalty!r}"),
-            (self.T == TIME_SCALE, f"T must be the DiT's training time scale {TIME_SCALE:g} (it was trained on t in "
-                                   f"[0, {TIME_SCALE:g}]; another T would integrate only part of the path), got {self.T!r}"),
+            (self.T == TIME_SCALE, f"T must be the DiT's training time scale {TIME_SCALE:g} (it was trained on "
+                                   f"t in [0, {TIME_SCALE:g}]; another T would integrate only part of the path), "
+                                   f"got {self.T!r}"),
             (self.solver in SOLVERS, f"solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}"),
             (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"),
             (math.isfinite(self.schedule_shift) and self.schedule_shift > 0,

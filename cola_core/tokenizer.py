@@ -94,7 +94,8 @@ class ColaTokenizer:
 
 # -- text for people ------------------------------------------------------------------------------
 def special_markers(tokenizer: ColaTokenizer) -> dict[int, str]:
-    """id -> visible marker of every special token: ``⟨eos⟩``, ``⟨im_end⟩``, ``⟨im_start⟩``, ``⟨pad⟩``, else ``⟨name⟩``."""
+    """id -> visible marker of every special token: ``⟨eos⟩``, ``⟨im_end⟩``, ``⟨im_start⟩``, ``⟨pad⟩``, or
+    ``⟨name⟩`` for another ``<|name|>``."""
     own = {tokenizer.eos_id: "⟨eos⟩", tokenizer.im_end_id: "⟨im_end⟩", tokenizer.im_start_id: "⟨im_start⟩",
            tokenizer.pad_id: "⟨pad⟩"}
     markers = {}

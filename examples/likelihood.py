@@ -9,7 +9,7 @@ parser = argparse.ArgumentParser(description=__doc__)
 parser.add_argument("--checkpoint", default=None, help="checkpoint folder (default: the pocket checkpoint)")
 parser.add_argument("--samples", type=int, default=2, help="posterior draws per text (the DiT was trained on draws)")
 parser.add_argument("--solver", default="rk4", help="rk4, heun, euler (fixed steps) or dopri5 (adaptive, the library default)")
-parser.add_argument("--steps", type=int, default=16, help="steps of a fixed-step solver")
+parser.add_argument("--steps", type=int, default=8, help="steps of a fixed-step solver")
 parser.add_argument("--probes", type=int, default=8, help="Hutchinson probes (blocks too large for the exact divergence)")
 args = parser.parse_args()
 

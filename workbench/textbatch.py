@@ -77,4 +77,5 @@ def length_groups(n_blocks: Sequence[int], batch_size: int) -> Iterator[list[int
 
 def block_counts(model: ColaModel, texts: Sequence[str]) -> list[int]:
     """Whole blocks each text needs (texts already checked)."""
-    return [block_count(len(row), model.block_size, model.patch_size) for row in model.tokenizer.encode_batch(list(texts))]
+    rows = model.tokenizer.encode_batch(list(texts))
+    return [block_count(len(row), model.block_size, model.patch_size) for row in rows]

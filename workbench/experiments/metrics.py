@@ -65,7 +65,8 @@ def population_metrics(texts: Sequence[str]) -> dict:
     """
     tokens = [words(t) for t in texts]
     pairs = list(itertools.combinations(range(len(texts)), 2))
-    return {"population": len(texts), "distinct_1_pooled": distinct_n(texts, 1), "distinct_2_pooled": distinct_n(texts, 2),
+    return {"population": len(texts), "distinct_1_pooled": distinct_n(texts, 1),
+            "distinct_2_pooled": distinct_n(texts, 2),
             "self_bleu": (sum(bleu(tokens[i], tokens[:i] + tokens[i + 1:]) for i in range(len(tokens))) / len(tokens)
                           if len(tokens) > 1 else None),
             "pairwise_overlap": sum(_jaccard(tokens[i], tokens[j]) for i, j in pairs) / len(pairs) if pairs else None}
