@@ -187,13 +187,16 @@ def test_exact_divergence_is_the_default_when_it_costs_at_most_16_probes(tiny_mo
 
 
 def test_the_ode_error_estimate_covers_the_true_error_of_an_analytic_flow():
-    """rk4 (vs half the steps) and dopri5 (vs 10x looser tolerances) on a smooth flow. Low-order solvers far
-    from their asymptotic regime can undershoot (Euler at 8 steps here by 2x), hence 'estimate'."""
+    """rk4 (vs half the steps) and dopri5 (vs 10x looser tolerances) on a smooth flow. Far from their
+    asymptotic regime estimates can undershoot (Euler at 8 steps by 2x; rk4 at 4 steps for 2 of 30 draws
+    of these points), hence 'estimate'."""
     sigma = _rotated_covariance([0.05, 0.3, 2.0], seed=6)
     dist = torch.distributions.MultivariateNormal(torch.zeros(3, dtype=torch.float64), sigma)
-    z0 = dist.sample((4,)).float()
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        z0 = dist.sample((4,)).float()
     truth = dist.log_prob(z0.double())
-    for solver, steps in (("rk4", 4), ("rk4", 8)):
+    for solver, steps in (("rk4", 8), ("rk4", 16)):
         flow = ode_log_density(gaussian_flow(sigma), z0, steps=steps, solver=solver, exact=True, ode_error=True)
         error = (flow.logp[:, 0].double() - truth).abs()
         assert (error <= flow.ode_error.double() + 1e-4).all(), (solver, error, flow.ode_error)
