@@ -20,6 +20,7 @@ from .attention import CacheView
 from .checkpoint import ColaModel
 from .config import MAX_POSITIONS
 from .errors import GenerationError
+from .tokenizer import display_text
 from .vae import Posterior
 
 
@@ -120,9 +121,10 @@ def decode_logits(model: ColaModel, z: torch.Tensor, lengths: torch.Tensor, cach
 
 
 def decode_text(model: ColaModel, ids: Sequence[int]) -> str:
-    """Text of decoded token ids, pad tokens dropped (they only fill whole blocks)."""
+    """Text of decoded token ids for display: pad tokens dropped (they only fill whole blocks), other special
+    tokens as visible markers (``tokenizer.display_text``)."""
     pad = model.tokenizer.pad_id
-    return model.tokenizer.decode([i for i in ids if i != pad])
+    return display_text([i for i in ids if i != pad], model.tokenizer, stop_at_eos=False)
 
 
 def greedy_texts(model: ColaModel, z: torch.Tensor) -> list[str]:

@@ -25,6 +25,7 @@ from gradio_client.exceptions import AppError  # noqa: E402
 from app_server import TIMEOUT_S, bench_output, hold_at, running_app, stop_signal, wait_for  # noqa: E402
 from apps.gradio_app import guidance  # noqa: E402
 from workbench import Workbench, interpolate, invert, regenerate_from  # noqa: E402
+from cola_core.sampler import text_sample_id  # noqa: E402
 from workbench.inside import patching_sweep, x0_lens  # noqa: E402
 from workbench.diagnostics import diagnose  # noqa: E402
 
@@ -227,7 +228,8 @@ def test_guidance_grid_runs_the_experiment_runner(app, wb):
     rows = table["data"]
     assert len(rows) == 4
     for prompt, g, steps, seed, text, *_ in rows:
-        expected = wb.generate(["a small animal that"], guidance=g, steps=steps, seed=seed, max_new_tokens=8)[0].text
+        expected = wb.generate(["a small animal that"], guidance=g, steps=steps, seed=seed, max_new_tokens=8,
+                               sample_ids=[text_sample_id("a small animal that")])[0].completion   # the sweep's rule
         assert text == expected and seed == 0
         assert expected.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;") in grid
     assert {(r[1], r[2]) for r in rows} == {(1.0, 2), (1.0, 3), (5.0, 2), (5.0, 3)}

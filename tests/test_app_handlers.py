@@ -22,6 +22,7 @@ from apps.gradio_app.events import TabComponents  # noqa: E402
 from cola_core.generate import GenerationConfig  # noqa: E402
 from workbench import interpolate, invert, regenerate_from  # noqa: E402
 from workbench.diagnostics import diagnose  # noqa: E402
+from cola_core.sampler import text_sample_id  # noqa: E402
 
 KNOBS = dict(steps=4, guidance=7.0, max_new_tokens=8, seed=3, solver="euler", schedule="linear")
 ENDPOINTS = {"trajectory_generate", "trajectory_stop", "trajectory_scrub", "diagnose", "guidance_grid",
@@ -206,8 +207,9 @@ def test_guidance_grid_runs_the_experiment_runner(ctx, wb):
     assert out["status"].startswith("**Done**") and "4 cells" in out["status"]
     assert {(r[1], r[2]) for r in out["records"]} == {(1.0, 2), (1.0, 3), (5.0, 2), (5.0, 3)}
     for _, g, steps, seed, text, *_ in out["records"]:
-        expected = wb.generate(["a small animal that"], guidance=g, steps=steps, seed=seed, max_new_tokens=8)[0]
-        assert text == expected.text
+        expected = wb.generate(["a small animal that"], guidance=g, steps=steps, seed=seed, max_new_tokens=8,
+                               sample_ids=[text_sample_id("a small animal that")])[0]   # the sweep's sample-id rule
+        assert text == expected.completion
     assert {t["name"] for t in figure(out["metrics"])["data"]} == {"steps=2", "steps=3"}
     assert sorted(p.rsplit("/", 1)[-1] for p in out["files"]) == ["guidance_grid.csv", "guidance_grid.json",
                                                                   "report.html"]

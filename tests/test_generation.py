@@ -98,6 +98,12 @@ def test_empty_prompt_generates_unconditionally(tiny_model):
     (dict(guidance=-1.0), "guidance must be"), (dict(max_new_tokens=0), "max_new_tokens"),
     (dict(top_p=0.0), "top_p"), (dict(top_p=1.5), "top_p"), (dict(solver="rk4"), "solver"),
     (dict(bogus=1), "unknown generation option"),
+    # T is the DiT's training time scale: any other value integrated only part of the path
+    (dict(T=500.0), "T must be the DiT's training time scale 1000"), (dict(T=1.0), "T must be"),
+    (dict(guidance_rescale=1.5), "guidance_rescale must be"), (dict(guidance_rescale=-0.1), "guidance_rescale"),
+    (dict(guidance_interval=(0.8, 0.2)), "guidance_interval must satisfy"),
+    (dict(guidance_interval=(0.2, 1.5)), "guidance_interval must satisfy"),
+    (dict(guidance_interval=(0.5,)), "guidance_interval must be two numbers"),
 ])
 def test_bad_knobs_raise_clear_errors(tiny_model, knobs, message):
     with pytest.raises(GenerationError, match=message):
