@@ -57,7 +57,7 @@ def test_logit_lens_last_layer_is_the_decoder_output(wb):
     texts = ["the cat sat on the mat", "a dog"]
     lens = logit_lens(wb, texts)
     layers = wb.model.vae_config.decoder_num_blocks
-    decoded = wb.decode(wb.encode(texts, pad_to="longest"))
+    decoded = wb.decode(wb.encode(texts, pad_to="longest"), all_slots=True)   # the lens reads every slot
     last = [r for r in lens.records if r["layer"] == layers - 1]
     assert all(r["rank_final"] == 0 and r["p_final"] == pytest.approx(r["p_top"]) for r in last)
     ids = [[r["token_id"] for r in last if r["text_index"] == i] for i in range(2)]
