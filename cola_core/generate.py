@@ -21,7 +21,8 @@ from .constants import TIME_SCALE
 from .errors import GenerationError
 from .prior_context import PriorContext
 from .sampler import (SCHEDULES, SOLVERS, check_guidance_interval, guided_velocity, interval_guidance,
-                      predicted_clean, rounds_dit_inputs, sample_tokens, seeded_noise, solver_updates, timestep_grid)
+                      predicted_clean, rounds_dit_inputs, sample_tokens, seeded_noise, solver_updates,
+                      timestep_grid, token_seed)
 from .text_codec import (block_count, check_positions, context_latents, decode_logits, encode_tokens, greedy_texts,
                          latent_count, pad_to_blocks)
 from .seeds import is_valid_seed, seed_error
@@ -202,7 +203,9 @@ class BlockwiseSampler:
         self.context: list[torch.Tensor] = []   # per block (B, bs*P) token ids
         self.finished = torch.zeros(len(prompts), dtype=torch.bool)
         self.end_block: list[int | None] = [None] * len(prompts)   # block of each sample's first EOS / im_end
-        self._rng = torch.Generator().manual_seed(self.config.seed) if self.config.seed is not None else None
+        # token sampling (temperature > 0): one CPU generator per sample, so sampled tokens are batch-independent
+        self._token_rngs = None if self.config.seed is None else [
+            torch.Generator().manual_seed(token_seed(self.config.seed, sid)) for sid in self.sample_ids]
 
     @property
     def blocks_done(self) -> int:
@@ -302,7 +305,7 @@ class BlockwiseSampler:
                        for b in range(batch)]
             state.token_ids = sample_tokens(state.logits, [h.to(state.logits.device) for h in history],
                                             cfg.temperature, cfg.top_k, cfg.top_p, cfg.repetition_penalty,
-                                            generator=self._rng).cpu()
+                                            generator=self._token_rngs).cpu()
             yield "decoded", state
             self.context.append(state.token_ids.cpu())   # a hook may have replaced them
             if self.eos_ids.numel():

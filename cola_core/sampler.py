@@ -39,6 +39,12 @@ def noise_seed(seed: int, sample_id: int, block: int) -> int:
     return seed + 1000 * sample_id + 10_000_000 * block
 
 
+def token_seed(seed: int, sample_id: int) -> int:
+    """Seed of a sample's token-sampling generator (temperature > 0): seed + 1000*sample_id + 500, never a
+    noise seed (those are seed + 1000*sample_id + 10^7*block), so sampled tokens too depend on the sample alone."""
+    return seed + 1000 * sample_id + 500
+
+
 def text_sample_id(text: str) -> int:
     """The official evaluation's sample id for an item identified by a string: the unsigned CRC-32 of its
     UTF-8 form, so the item's noise depends on neither its position nor its neighbours."""
@@ -166,8 +172,11 @@ def apply_repetition_penalty(logits: torch.Tensor, history: list[torch.Tensor], 
 
 def sample_tokens(logits: torch.Tensor, history: list[torch.Tensor], temperature: float = 0.0, top_k: int = 50,
                   top_p: float = 0.9, repetition_penalty: float = 1.1,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
-    """logits (B, R, V) -> token ids (B, R): the reference's ``sample_with_strategies``."""
+                  generator: torch.Generator | Sequence[torch.Generator] | None = None) -> torch.Tensor:
+    """logits (B, R, V) -> token ids (B, R): the reference's ``sample_with_strategies``.
+
+    ``generator`` is one generator for the batch (as the reference), or one per sample (row b draws from
+    ``generator[b]`` on its device), so a sample's draws do not depend on the other rows."""
     logits = torch.nan_to_num(logits.float(), nan=0.0, posinf=1e4, neginf=-1e4)
     logits = apply_repetition_penalty(logits, history, repetition_penalty)
     if temperature < 1e-5:
@@ -184,5 +193,8 @@ def sample_tokens(logits: torch.Tensor, history: list[torch.Tensor], temperature
         drop_sorted[..., 0] = False
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
-    probs = logits.softmax(dim=-1).reshape(-1, logits.shape[-1])
-    return torch.multinomial(probs, 1, generator=generator).view(logits.shape[:-1])
+    probs = logits.softmax(dim=-1)                                      # (B, R, V)
+    if isinstance(generator, Sequence):
+        return torch.stack([torch.multinomial(row.to(gen.device), 1, generator=gen)[:, 0].to(probs.device)
+                            for row, gen in zip(probs, generator)])
+    return torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=generator).view(logits.shape[:-1])

@@ -217,3 +217,14 @@ def test_cli_unknown_dtype_exits_2(capsys):
     with pytest.raises(SystemExit) as done:
         cli_main(["generate", "--dtype", "int8", "x"])
     assert done.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
+def test_sampled_tokens_do_not_depend_on_the_batch(tiny_model):
+    """With a seed and temperature > 0, each sample draws from its own generator (seed + 1000*id + 500)."""
+    knobs = dict(steps=2, guidance=3.0, max_new_tokens=8, seed=5, temperature=1.0, top_k=0, top_p=1.0,
+                 stop_at_eos=False)
+    batch = generate(tiny_model, PROMPTS, sample_ids=[7, 8, 9], **knobs)
+    alone = [generate(tiny_model, [p], sample_ids=[sid], **knobs)[0] for p, sid in zip(PROMPTS, [7, 8, 9])]
+    assert [g.token_ids for g in batch] == [g.token_ids for g in alone]
+    greedy = generate(tiny_model, PROMPTS, sample_ids=[7, 8, 9], **{**knobs, "temperature": 0.0})
+    assert [g.token_ids for g in batch] != [g.token_ids for g in greedy]   # the draws really sample
