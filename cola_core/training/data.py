@@ -44,6 +44,19 @@ class Batch:
         return Batch(self.ids[index], self.lengths[index], self.real[index])
 
 
+@dataclass
+class ChatBatch(Batch):
+    """A batch of rendered conversations; ``response`` (B, L) bool marks answer tokens (SFT noises these)."""
+
+    response: torch.Tensor
+
+    def to(self, device: torch.device) -> "ChatBatch":
+        return ChatBatch(self.ids.to(device), self.lengths.to(device), self.real.to(device), self.response.to(device))
+
+    def rows(self, index: slice) -> "ChatBatch":
+        return ChatBatch(self.ids[index], self.lengths[index], self.real[index], self.response[index])
+
+
 class TokenDataset:
     """One split as token id lists (text + eos, cut to max_tokens)."""
 
@@ -78,11 +91,18 @@ class TokenDataset:
             real[b, :len(row)] = True
         return Batch(ids, torch.tensor(lengths, dtype=torch.long), real)
 
+    def take(self, indices: list[int]) -> Batch:
+        """The batch of the given rows."""
+        return self.collate([self.rows[i] for i in indices])
+
 
 class BatchOrder:
-    """Deterministic batches of dataset indices: ``batch(k)`` depends only on (seed, k)."""
+    """Deterministic batches of dataset indices: ``batch(k)`` depends only on (seed, k).
 
-    def __init__(self, dataset: TokenDataset, batch_size: int, seed: int, bucketing: bool = True):
+    ``dataset`` is any split with ``rows`` (token id lists) and ``take(indices) -> Batch``.
+    """
+
+    def __init__(self, dataset, batch_size: int, seed: int, bucketing: bool = True):
         if batch_size > len(dataset):
             raise ValueError(f"batch_size {batch_size} exceeds the {len(dataset)} texts of the split")
         self.dataset, self.batch_size, self.seed, self.bucketing = dataset, batch_size, seed, bucketing
@@ -111,14 +131,14 @@ class BatchOrder:
         return self._batches[offset]
 
     def batch(self, k: int) -> Batch:
-        return self.dataset.collate([self.dataset.rows[i] for i in self.indices(k).tolist()])
+        return self.dataset.take(self.indices(k).tolist())
 
 
-def fixed_batches(dataset: TokenDataset, batch_size: int, limit: int | None = None) -> list[Batch]:
+def fixed_batches(dataset, batch_size: int, limit: int | None = None) -> list[Batch]:
     """The split in file order as batches (validation / evaluation); ``limit`` caps their number."""
     batches = []
     for start in range(0, len(dataset), batch_size):
         if limit is not None and len(batches) >= limit:
             break
-        batches.append(dataset.collate(dataset.rows[start:start + batch_size]))
+        batches.append(dataset.take(list(range(start, min(start + batch_size, len(dataset))))))
     return batches

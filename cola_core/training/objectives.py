@@ -146,13 +146,25 @@ def flow_matching_2l(dit: ColaDiT, z0: torch.Tensor, z1: torch.Tensor, t: torch.
     zt = (1 - t_tok[..., None]) * z0 + t_tok[..., None] * z1
     if prompt is not None:
         zt = torch.where(clean[..., None], prompt.to(zt.dtype), zt)
-    target = z1 - z0
+    allowed = two_l_allowed(n_lengths, n, dit.config.block_size)
+    v = two_l_velocity(dit, z0, zt, t_tok, n_lengths, allowed)
+    weight = (torch.arange(n, device=device)[None] < n_lengths[:, None]) & ~clean
+    return velocity_terms(v, z1 - z0, weight)
+
+
+def two_l_velocity(dit: ColaDiT, z0: torch.Tensor, zt: torch.Tensor, t_tok: torch.Tensor, n_lengths: torch.Tensor,
+                   allowed: torch.Tensor) -> torch.Tensor:
+    """The DiT's velocity on the noisy half of [z0 | z_t]: z0, zt (B, n, C); t_tok (B, n) in [0, 1];
+    allowed (B, 2n, 2n) the 2L visibility. Timesteps t*T are cast to bf16, as the official recipe does."""
+    batch, n, _ = z0.shape
     x = torch.cat([z0, zt], 1)
     timestep = torch.cat([torch.zeros_like(t_tok), t_tok * T_SCALE], 1).to(torch.bfloat16).float()
-    positions = torch.arange(n, device=device).repeat(2)[None].expand(batch, -1)
-    allowed = two_l_allowed(n_lengths, n, dit.config.block_size)
-    v = dit(x, timestep, 2 * n_lengths, positions=positions, allowed=allowed)[:, n:]
-    weight = (torch.arange(n, device=device)[None] < n_lengths[:, None]) & ~clean
+    positions = torch.arange(n, device=z0.device).repeat(2)[None].expand(batch, -1)
+    return dit(x, timestep, 2 * n_lengths, positions=positions, allowed=allowed)[:, n:]
+
+
+def velocity_terms(v: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> Terms:
+    """``fm``: mean_c (v - target)^2 over the weighted latents; ``zero_velocity``: the same for v = 0."""
     mse = (v.float() - target.float()).pow(2).mean(-1)
     return {"fm": ((mse * weight).sum(), weight.sum()),
             "zero_velocity": ((target.float().pow(2).mean(-1) * weight).sum(), weight.sum())}

@@ -5,7 +5,7 @@ import argparse
 
 from cola_core import ColaModel, load_pretrained
 from cola_core.checkpoint import parse_device, parse_dtype
-from cola_core.pocket import default_checkpoint
+from cola_core.pocket import NAMED_CHECKPOINTS, resolve_checkpoint
 
 
 class UsageError(ValueError):
@@ -31,13 +31,14 @@ PORT = int_in_range(0, 65535)
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", default=None,
-                        help="checkpoint folder (release root or cola_dlm folder); default: the pocket checkpoint")
+                        help="checkpoint folder (release root or cola_dlm folder) or a shipped name "
+                             f"({', '.join(NAMED_CHECKPOINTS)}); default: the pocket checkpoint")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
                         help="weight dtype (default float32; on CUDA the forward runs in bf16 autocast)")
 
 
 def load_model(args: argparse.Namespace) -> ColaModel:
-    """Load ``--checkpoint`` (or the pocket checkpoint), validating device and dtype first."""
+    """Load ``--checkpoint`` (a folder or shipped name; default the pocket), validating device and dtype first."""
     device, dtype = parse_device(args.device), parse_dtype(args.dtype)
-    return load_pretrained(args.checkpoint or default_checkpoint(), device=device, dtype=dtype)
+    return load_pretrained(resolve_checkpoint(args.checkpoint), device=device, dtype=dtype)

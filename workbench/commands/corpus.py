@@ -1,9 +1,11 @@
-"""``cola-workbench corpus``: build train/val/test JSONL corpora (WordNet 3.0 or a user file)."""
+"""``cola-workbench corpus``: build train/val/test JSONL corpora (WordNet 3.0, the pocket mix, WordNet
+dialogues for SFT, or a user file)."""
 from __future__ import annotations
 
 import argparse
 
-from cola_core.training.corpus import build_wordnet_corpus, read_corpus, split_corpus, write_jsonl
+from cola_core.training.corpus import build_pocket_corpus, build_wordnet_corpus, read_corpus, split_corpus, write_jsonl
+from cola_core.training.wordnet_dialogues import build_wordnet_dialogues
 
 
 def register(subparsers) -> None:
@@ -15,6 +17,14 @@ def register(subparsers) -> None:
     wn.add_argument("--out", required=True, help="output folder")
     wn.add_argument("--wordnet-dir", default="/usr/share/wordnet", help="WordNet data folder")
     wn.set_defaults(func=run_wordnet)
+    pocket = sources.add_parser("pocket", help="WordNet + fortunes (Debian fortunes) for training; test = WordNet's "
+                                "test split; ood = The Devil's Dictionary (Debian dict-devil), never trained on")
+    pocket.add_argument("--out", required=True, help="output folder")
+    pocket.set_defaults(func=run_pocket)
+    chat = sources.add_parser("dialogues", help="WordNet chat data for `train sft`: questions about a word answered "
+                              "from its first sense; test words are held out")
+    chat.add_argument("--out", required=True, help="output folder")
+    chat.set_defaults(func=run_dialogues)
     user = sources.add_parser("file", help="a .txt (one document per line) or .jsonl (text field) corpus")
     user.add_argument("path", help="corpus file (.txt or .jsonl)")
     user.add_argument("--out", required=True, help="output folder")
@@ -29,6 +39,16 @@ def _report(out: str, sizes: dict[str, int]) -> None:
 
 def run_wordnet(args: argparse.Namespace) -> int:
     _report(args.out, build_wordnet_corpus(args.out, wordnet_dir=args.wordnet_dir))
+    return 0
+
+
+def run_pocket(args: argparse.Namespace) -> int:
+    _report(args.out, build_pocket_corpus(args.out))
+    return 0
+
+
+def run_dialogues(args: argparse.Namespace) -> int:
+    _report(args.out, build_wordnet_dialogues(args.out))
     return 0
 
 

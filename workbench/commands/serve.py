@@ -5,7 +5,7 @@ import argparse
 import os
 
 from cola_core.checkpoint import parse_device, parse_dtype
-from cola_core.pocket import default_checkpoint
+from cola_core.pocket import resolve_checkpoint
 
 from .common import PORT, UsageError, add_model_args, int_in_range
 
@@ -38,7 +38,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     parse_device(args.device), parse_dtype(args.dtype)   # bad values fail before gradio or weights load
-    checkpoint = args.checkpoint or default_checkpoint()  # a missing pocket checkpoint fails here too
+    checkpoint = resolve_checkpoint(args.checkpoint)  # a missing pocket checkpoint fails here too
     if args.corpus is not None and not os.path.isfile(args.corpus):
         raise UsageError(f"--corpus: file not found: {args.corpus}")
     try:
