@@ -11,7 +11,7 @@ import sys
 from cola_core.errors import ColaError
 
 # Each module exposes ``register(subparsers)`` which adds its parser and sets ``func``.
-COMMAND_MODULES = ["generate", "api", "corpus", "tokenizer", "train", "evaluate", "evaluate_chat", "run", "serve"]
+COMMAND_MODULES = ["generate", "api", "corpus", "tokenizer", "train", "evaluate", "run", "serve"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,4 @@
-"""``cola-workbench evaluate``: recon accuracy, flow-matching loss and sample quality on a test split."""
+"""``cola-workbench evaluate`` and ``evaluate-chat``: a checkpoint measured on held-out data."""
 from __future__ import annotations
 
 import argparse
@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from cola_core.generate import GenerationConfig
+from cola_core.training.chat_eval import ChatEvalConfig, evaluate_chat, format_chat_table
 from cola_core.training.evaluate import EvalConfig, evaluate, format_table
 
 from .common import add_model_args, load_model
@@ -19,32 +20,62 @@ def register(subparsers) -> None:
                                           "zero velocity, and for generated samples (half prompted by the first "
                                           "2-3 words of test sentences, half unprompted): in-vocab word rate, "
                                           "distinct-1/2, word-bigram perplexity next to real test text.")
-    add_model_args(p)
     p.add_argument("--corpus", required=True, help="corpus folder with train.jsonl and test.jsonl")
-    p.add_argument("--samples", type=int, default=200, help="generated samples (200)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
+    _shared_args(p, samples=200, minimum=2)
     p.add_argument("--steps", type=int, default=DEFAULTS.steps)
     p.add_argument("--guidance", type=float, default=DEFAULTS.guidance)
     p.add_argument("--max-new-tokens", type=int, default=DEFAULTS.max_new_tokens)
     p.add_argument("--temperature", type=float, default=DEFAULTS.temperature)
     p.add_argument("--repetition-penalty", type=float, default=DEFAULTS.repetition_penalty)
-    p.add_argument("--out", default=None, help="write the full results (with samples) as JSON here")
     p.set_defaults(func=run)
+    chat = subparsers.add_parser("evaluate-chat", help="measure a chat checkpoint on held-out WordNet questions",
+                                 description="Asks \"What does 'w' mean?\" for held-out words (test.jsonl of "
+                                             "`corpus dialogues`) in the checkpoint's chat template, official "
+                                             "sampler defaults: share of non-empty answers and content-word F1 "
+                                             "against the true gloss, next to a baseline answering with the gloss "
+                                             "of the most similarly spelled training word.")
+    chat.add_argument("--dialogues", required=True, help="folder from `cola-workbench corpus dialogues`")
+    _shared_args(chat, samples=200, minimum=1)
+    chat.set_defaults(func=run_chat, checkpoint="pocket-chat")
+
+
+def _shared_args(p: argparse.ArgumentParser, samples: int, minimum: int) -> None:
+    add_model_args(p)
+    p.add_argument("--samples", type=int, default=samples, help=f"generated samples ({samples})")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="write the full results (with samples) as JSON here")
+    p.set_defaults(min_samples=minimum)
+
+
+def _report(args: argparse.Namespace, results: dict, table: str) -> int:
+    print(table)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _check_samples(args: argparse.Namespace) -> None:
+    if args.samples < args.min_samples:
+        raise ValueError(f"--samples must be >= {args.min_samples}, got {args.samples}")
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.samples < 2:
-        raise ValueError(f"--samples must be >= 2, got {args.samples}")
+    _check_samples(args)
     generation = GenerationConfig(steps=args.steps, guidance=args.guidance, max_new_tokens=args.max_new_tokens,
                                   temperature=args.temperature, repetition_penalty=args.repetition_penalty,
                                   seed=args.seed)
     generation.validate()
     config = EvalConfig(samples=args.samples, batch_size=args.batch_size, seed=args.seed, generation=generation)
     results = evaluate(load_model(args), args.corpus, config)
-    print(format_table(results))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
-        print(f"wrote {args.out}")
-    return 0
+    return _report(args, results, format_table(results))
+
+
+def run_chat(args: argparse.Namespace) -> int:
+    _check_samples(args)
+    config = ChatEvalConfig(samples=args.samples, batch_size=args.batch_size, seed=args.seed,
+                            generation=GenerationConfig(seed=args.seed))
+    results = evaluate_chat(load_model(args), args.dialogues, config)
+    return _report(args, results, format_chat_table(results))
