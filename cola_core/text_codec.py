@@ -11,8 +11,8 @@ The encoder's posterior lives in VAE space; the DiT and the decoder read DiT spa
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
-from typing import Sequence
+from dataclasses import dataclass, fields, replace
+from typing import Callable, Sequence
 
 import torch
 
@@ -57,13 +57,18 @@ class TokenBatch:
     real: torch.Tensor      # (B, L) bool: the rows' own tokens (not block padding)
     patch_size: int
 
+    def _map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "TokenBatch":
+        """The same batch with ``fn`` applied to every tensor field (subclasses' fields too)."""
+        return replace(self, **{f.name: fn(getattr(self, f.name)) for f in fields(self)
+                                if isinstance(getattr(self, f.name), torch.Tensor)})
+
     def to(self, device: torch.device | str) -> "TokenBatch":
-        return replace(self, ids=self.ids.to(device), lengths=self.lengths.to(device), real=self.real.to(device))
+        return self._map(lambda x: x.to(device))
 
     def rows(self, index: slice | Sequence[int]) -> "TokenBatch":
         """A sub-batch of rows (same width)."""
         index = index if isinstance(index, slice) else torch.as_tensor(index, dtype=torch.long)
-        return replace(self, ids=self.ids[index], lengths=self.lengths[index], real=self.real[index])
+        return self._map(lambda x: x[index])
 
     @property
     def token_lengths(self) -> torch.Tensor:

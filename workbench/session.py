@@ -19,7 +19,6 @@ from cola_core.config import MAX_POSITIONS
 from cola_core.constants import LN2
 from cola_core.generate import BlockwiseSampler, Generation, GenerationConfig
 from cola_core.hook_points import tapping
-from cola_core.pocket import default_checkpoint
 from cola_core.text_codec import decode_logits, decode_text, encode_tokens, token_slots
 from cola_core.tokenizer import display_text
 
@@ -101,9 +100,9 @@ class Workbench:
     @classmethod
     def load(cls, checkpoint: str | Path | None = None, device: str | torch.device | None = None,
              dtype: str | torch.dtype | None = None) -> "Workbench":
-        """Load a checkpoint folder (None: the pocket checkpoint) on ``device`` (None: cpu)."""
-        path = default_checkpoint() if checkpoint is None else checkpoint
-        return cls(load_pretrained(path, device=device or "cpu", dtype=dtype))
+        """Load a checkpoint (a folder, ``pocket``/``pocket-chat``, a Hub id; None: the pocket) on ``device``
+        (None: cpu)."""
+        return cls(load_pretrained(checkpoint, device=device or "cpu", dtype=dtype))
 
     # -- facts about the checkpoint ---------------------------------------------------------------
     @property

@@ -35,7 +35,6 @@ from tqdm import tqdm
 from cola_core import ColaModel, load_pretrained
 from cola_core.errors import GenerationError
 from cola_core.generate import GenerationConfig, generate
-from cola_core.pocket import default_checkpoint
 from cola_core.sampler import noise_seed
 
 from ..distributed import barrier, local_device, on_rank0, process_group
@@ -202,7 +201,7 @@ def run_bench(tasks_dir: str | Path, out: str | Path, config: BenchConfig | None
     rank, world, created = process_group()
     try:
         on_rank0(rank, world, lambda: check_out(out, tasks_dir, _identity(config)))   # before loading weights
-        model = model or load_pretrained(checkpoint or default_checkpoint(), device=local_device(device), dtype=dtype)
+        model = model or load_pretrained(checkpoint, device=local_device(device), dtype=dtype)
         meta = {**_identity(config, model), "tasks_dir": str(tasks_dir), "max_samples": max_samples}
         on_rank0(rank, world, lambda: _claim(out, tasks_dir, meta))
         timings = {t: _generate_task(model, out, t, task_items, config, batch_size, rank, world, progress)

@@ -34,7 +34,6 @@ import torch.distributed as dist
 
 from cola_core import ColaModel, load_pretrained
 from cola_core.files import read_json_object, write_text_atomic
-from cola_core.pocket import default_checkpoint
 from cola_core.tensorfile import load_tensor_file, save_tensor_file
 
 from ..distributed import barrier, local_device, on_rank0, process_group
@@ -109,7 +108,7 @@ def default_out(spec: Spec) -> Path:
 
 
 def _load_model(spec: Spec, checkpoint: str | Path | None, device: str | None, dtype: str | None) -> ColaModel:
-    path = checkpoint or spec["checkpoint"] or default_checkpoint()
+    path = checkpoint or spec["checkpoint"]   # None: the pocket checkpoint
     return load_pretrained(path, device=local_device(device or spec["device"]), dtype=dtype or spec["dtype"])
 
 

@@ -42,12 +42,12 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cola_core.checkpoint import parse_device, parse_dtype
-    from cola_core.pocket import default_checkpoint
+    from cola_core.pocket import resolve_checkpoint
 
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     parse_device(args.device), parse_dtype(args.dtype)   # bad values fail before gradio or weights load
     apply_threads(args)
-    checkpoint = args.checkpoint or default_checkpoint()  # a missing pocket checkpoint fails here too
+    checkpoint = resolve_checkpoint(args.checkpoint)   # a missing or unknown checkpoint fails here, before Gradio
     if args.corpus is not None and not os.path.isfile(args.corpus):
         raise UsageError(f"--corpus: file not found: {args.corpus}")
     for root in args.bench_root:
