@@ -17,6 +17,11 @@ class GenerationError(ColaError, ValueError):
     """Bad input to the text path: prompts or texts the model cannot take, generation knobs, device."""
 
 
+class ConversationError(ColaError, ValueError):
+    """A chat conversation the model cannot take: an unknown role, content that is not text, an empty message,
+    or a last message longer than the context."""
+
+
 class TensorFileError(CheckpointError):
     """A safetensors file is unreadable, malformed or truncated."""
 

@@ -40,6 +40,14 @@ def context_latents(n_tokens: int, block_size: int, patch_size: int) -> int:
     return block_size * (latent_count(n_tokens, patch_size) // block_size)
 
 
+def prompt_token_budget(max_new_tokens: int, block_size: int, patch_size: int) -> int:
+    """The most prompt tokens a call generating ``max_new_tokens`` can take under :func:`check_positions`:
+    the largest n with ``context_latents(n) + block_count(max_new_tokens) * bs <= MAX_POSITIONS`` (a prompt's
+    last partial block rides in the first generated block)."""
+    whole = (MAX_POSITIONS - block_count(max_new_tokens, block_size, patch_size) * block_size) // block_size
+    return max(0, patch_size * (block_size * (whole + 1) - 1)) if whole >= 0 else 0
+
+
 def check_positions(needed: int, what: str, detail: str) -> None:
     """The context-length rule: one call holds at most ``MAX_POSITIONS`` latents (raises GenerationError)."""
     if needed > MAX_POSITIONS:
@@ -132,7 +140,18 @@ def decode_text(model: ColaModel, ids: Sequence[int]) -> str:
     return display_text([i for i in ids if i != pad], model.tokenizer, stop_at_eos=False)
 
 
+def decode_alone(model: ColaModel, z: torch.Tensor) -> torch.Tensor:
+    """fp32 logits (B, n*P, V) of DiT-space latents (B, n, C), each row decoded on its own (no context)."""
+    return decode_logits(model, z, torch.full((z.shape[0],), z.shape[1], dtype=torch.long))
+
+
+def greedy_tokens(model: ColaModel, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy tokens of DiT-space latents (B, n, C) decoded alone, with the decoder's probability of each:
+    ids (B, n*P) long and probs (B, n*P) fp32, on the CPU (a confidence view of a preview)."""
+    probs, ids = decode_alone(model, z).softmax(dim=-1).max(dim=-1)
+    return ids.cpu(), probs.cpu()
+
+
 def greedy_texts(model: ColaModel, z: torch.Tensor) -> list[str]:
     """Greedy text of DiT-space latents (B, n, C), each row decoded on its own (no context)."""
-    lengths = torch.full((z.shape[0],), z.shape[1], dtype=torch.long)
-    return [decode_text(model, row) for row in decode_logits(model, z, lengths).argmax(dim=-1).tolist()]
+    return [decode_text(model, row) for row in decode_alone(model, z).argmax(dim=-1).tolist()]

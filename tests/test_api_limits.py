@@ -82,9 +82,9 @@ class ThreadRecordingBackend(GenerationBackend):
 
     threads: list = field(default_factory=list)
 
-    def chat_prompt(self, messages):
+    def chat_prompt(self, messages, max_new_tokens):
         self.threads.append(threading.current_thread().name)
-        return super().chat_prompt(messages)
+        return super().chat_prompt(messages, max_new_tokens)
 
 
 def test_chat_prompts_are_tokenised_in_a_worker_thread_not_on_the_event_loop(tiny_model):

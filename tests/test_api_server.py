@@ -50,7 +50,7 @@ def expected(model, prompts: list[str | list[int]], n: int = 1, seed: int = 7, m
 
 
 def chat_prompt(model, content: str) -> list[int]:
-    return GenerationBackend(model).chat_prompt([("user", content)])[0]
+    return GenerationBackend(model).chat_prompt([("user", content)], MAX_TOKENS).ids
 
 
 # -- happy paths ---------------------------------------------------------------------------------------

@@ -203,8 +203,17 @@ def test_bad_generation_input(wb):
         wb.generate(PROMPTS, solver="rk4")
     with pytest.raises(WorkbenchError, match="prompt 0 is too long"):
         wb.generate(["a b " * 40000])
-    with pytest.raises(WorkbenchError, match="not a string"):
+    with pytest.raises(WorkbenchError, match="neither a string nor a list of token ids"):
         wb.generate([None])
+    with pytest.raises(WorkbenchError, match=r"prompt 0 is neither a string nor a list of token ids in \[0, 512\)"):
+        wb.generate([[1, 10**9]])
+
+
+def test_prompts_may_be_token_ids(wb):
+    ids = wb.tokenizer.encode(PROMPTS[0])
+    by_ids, by_text = wb.generate([ids], seed=1, steps=2, max_new_tokens=8), wb.generate([PROMPTS[0]], seed=1,
+                                                                                          steps=2, max_new_tokens=8)
+    assert by_ids[0].token_ids == by_text[0].token_ids and by_ids[0].prompt == by_text[0].prompt
 
 
 def test_session_delegates_to_diagnostics_likelihood_and_projection(wb, tiny_model, tmp_path):

@@ -221,11 +221,11 @@ class Workbench:
         with as_workbench_error():
             return GenerationConfig().with_knobs(**knobs)
 
-    def sampler(self, prompts: str | Sequence[str], sample_ids: Sequence[int] | None = None, preview: bool = False,
+    def sampler(self, prompts: str | Sequence[str | Sequence[int]], sample_ids: Sequence[int] | None = None, preview: bool = False,
                 record: bool = False, hooks: Hooks = None, names_filter: NamesFilter = None,
                 patches: Mapping[str, PatchValue] | None = None, to: str | None = None, **knobs) -> SamplerSession:
         """A steppable generation run with the registered hooks, then ``hooks`` for this call only
-        (Callbacks, or ``{hook point: fn}``).
+        (Callbacks, or ``{hook point: fn}``). A prompt is a text or a list of token ids (e.g. a chat template's).
 
         ``preview=True`` adds a greedy text of ``x0_pred`` to every step (decoded without the prefix
         context, by a separate decoder call that never touches the sampler's caches);
@@ -330,7 +330,7 @@ class Workbench:
         ``list(wb.run_names(p, steps=4))``, ``.shape(name)``, ``.select(filter)``."""
         return sampler_names(self.model, self._session(prompts, sample_ids, None, knobs).sampler)
 
-    def _session(self, prompts: str | Sequence[str], sample_ids: Sequence[int] | None, hooks: Hooks, knobs: dict,
+    def _session(self, prompts: str | Sequence[str | Sequence[int]], sample_ids: Sequence[int] | None, hooks: Hooks, knobs: dict,
                  keep: Callable[[RunNames], set[str]] | None = None, patches: Mapping[str, PatchValue] | None = None,
                  to: str | None = None, **options) -> SamplerSession:
         """Knobs, hooks, prompts (context length included), names and patches checked before any model call;
@@ -338,9 +338,9 @@ class Workbench:
         config = self.config(**knobs)
         table = self.registry.snapshot(hooks)
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        for i, p in enumerate(prompts):   # "" is the unconditional prompt
-            if not isinstance(p, str):
-                raise WorkbenchError(f"prompt {i} is not a string: {p!r}")
+        for i, p in enumerate(prompts):   # "" is the unconditional prompt; token ids are used as given
+            if not isinstance(p, str) and not (isinstance(p, Sequence) and all(type(t) is int for t in p)):
+                raise WorkbenchError(f"prompt {i} is neither a string nor a list of token ids: {str(p)[:60]}")
         with as_workbench_error():
             sampler = BlockwiseSampler(self.model, prompts, config, sample_ids)
         session = SamplerSession(sampler, table, **options)

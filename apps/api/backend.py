@@ -17,14 +17,15 @@ from typing import Iterator, Sequence, Union
 import torch
 
 from cola_core import ColaModel
+from cola_core.chat_template import REPLACEMENT, ChatPrompt, ChatTemplate
 from cola_core.config import MAX_POSITIONS
 from cola_core.generate import BlockwiseSampler, GenerationConfig
+from cola_core.text_codec import prompt_token_budget
 from cola_core.tokenizer import ColaTokenizer
 
 from .stops import StopScanner, StopStrings
 
-REPLACEMENT = "\ufffd"   # what a decoder prints for an incomplete UTF-8 sequence
-PLAIN_ROLES = {"system": "System", "user": "User", "assistant": "Assistant"}
+API_ROLES = {"developer": "system"}      # OpenAI roles the chat template knows by another name
 
 
 @dataclass(frozen=True)
@@ -124,13 +125,15 @@ class ChoiceText:
 class Run:
     """A started generation: iterate :meth:`updates` once (in a worker thread)."""
 
-    def __init__(self, sampler: BlockwiseSampler, stops: StopStrings, max_tokens: int, prompt_tokens: list[int]):
+    def __init__(self, sampler: BlockwiseSampler, stops: StopStrings, max_tokens: int, prompt_tokens: list[int],
+                 notices: Sequence[str] = ()):
         self.sampler = sampler
         tokenizer = sampler.model.tokenizer
         stop_ids = frozenset(sampler.eos_ids.tolist())
         self.choices = [ChoiceText(tokenizer, trim, stop_ids, StopScanner(stops), max_tokens)
                         for trim in sampler.prepared.trim]
         self.prompt_tokens = prompt_tokens          # per prompt, not per choice
+        self.notices = list(notices)                # e.g. oldest chat messages left out to fit the context
         self._ids: list[list[int]] = [[] for _ in self.choices]
 
     def updates(self, cancel: threading.Event | None = None) -> Iterator[list[ChoiceUpdate]]:
@@ -192,35 +195,37 @@ class GenerationBackend:
         longest = max(len(token.encode("utf-8")) for token in backend.get_vocab(with_added_tokens=True))
         return self.max_prompt_tokens * longest
 
-    def chat_prompt(self, messages: Sequence[tuple[str, str]]) -> tuple[str | list[int], tuple[str, ...]]:
-        """(prompt, default stop strings): ChatML token ids when the tokenizer has im_start/im_end, else a
-        plain transcript. The ids are built turn by turn, so special-token strings typed into a message stay
-        text and cannot open or close a turn."""
-        tok = self.tokenizer
-        messages = [("system" if role == "developer" else role, content) for role, content in messages]
-        if tok.has_chat_tokens:
-            ids: list[int] = []
-            for role, content in messages:
-                ids += [tok.im_start_id, *tok.encode_literal(f"{role}\n{content}"), tok.im_end_id,
-                        *tok.encode_literal("\n")]
-            return ids + [tok.im_start_id, *tok.encode_literal("assistant\n")], ()
-        lines = "".join(f"{PLAIN_ROLES[role]}: {content}\n" for role, content in messages)
-        return f"{lines}Assistant:", ("\nUser:",)
+    @cached_property
+    def template(self) -> ChatTemplate:
+        """The served checkpoint's chat template (``cola_core.chat_template``: sft_* fields win, else the official
+        chat CLI's ``text``/``■`` when the tokenizer has ``■``, else ``plain``)."""
+        return ChatTemplate.for_model(self.model)
 
-    def prompt_ids(self, prompt: Prompt) -> tuple[list[int], tuple[str, ...]]:
-        """(token ids, default stop strings) of one prompt: texts as the official code tokenises them."""
+    def chat_prompt(self, messages: Sequence[tuple[str, str]], max_new_tokens: int) -> ChatPrompt:
+        """The ids that ask for the next answer, by the checkpoint's chat template (special-token strings typed
+        into a message stay text), within the context left by ``max_new_tokens``: the oldest turns are left out
+        when the chat is longer, with a notice."""
+        messages = [(API_ROLES.get(role, role), content) for role, content in messages]
+        budget = prompt_token_budget(max_new_tokens, self.model.block_size, self.model.patch_size)
+        return self.template.fit(self.tokenizer, messages, budget)
+
+    def prompt_ids(self, prompt: Prompt, max_new_tokens: int) -> ChatPrompt:
+        """One prompt's ids and what ends its answer: a chat by its template; texts as the official code
+        tokenises them and token ids as given, both ending at EOS / im_end."""
         if isinstance(prompt, Chat):
-            rendered, stops = self.chat_prompt(prompt.messages)
-            return (self.tokenizer.encode(rendered) if isinstance(rendered, str) else rendered), stops
-        return (self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)), ()
+            return self.chat_prompt(prompt.messages, max_new_tokens)
+        ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        return ChatPrompt(ids, frozenset(self.tokenizer.stop_ids), ())
 
     def open(self, job: Job) -> Run:
         """Tokenise, then build this request's own sampler (raises GenerationError for prompts the model
         cannot take). Row order: the ``n`` choices of a prompt are adjacent."""
-        prompts, extra_stops = zip(*(self.prompt_ids(prompt) for prompt in job.prompts))
-        rows = [ids for ids in prompts for _ in range(job.n)]
-        sample_ids = [sample_id(ids, choice) for ids in prompts for choice in range(job.n)]
+        prompts = [self.prompt_ids(prompt, job.config.max_new_tokens) for prompt in job.prompts]
+        rows = [p.ids for p in prompts for _ in range(job.n)]
+        sample_ids = [sample_id(p.ids, choice) for p in prompts for choice in range(job.n)]
         with torch.no_grad():
-            sampler = BlockwiseSampler(self.model, rows, job.config, sample_ids=sample_ids)
-        stops = StopStrings(job.stops + tuple(s for stops in extra_stops for s in stops))
-        return Run(sampler, stops, job.max_tokens, [len(ids) for ids in prompts])
+            sampler = BlockwiseSampler(self.model, rows, job.config, sample_ids=sample_ids,
+                                       eos_ids=sorted(frozenset().union(*(p.stop_ids for p in prompts))))
+        stops = StopStrings(job.stops + tuple(s for p in prompts for s in p.stop_strings))
+        return Run(sampler, stops, job.max_tokens, [len(p.ids) for p in prompts],
+                   [p.notice for p in prompts if p.notice])

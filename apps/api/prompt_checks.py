@@ -26,8 +26,8 @@ def check_text_length(backend: GenerationBackend, chars: int, param: str) -> Non
 def check_prompts(backend: GenerationBackend, prompts: list[Prompt], param: str) -> None:
     """Every prompt of a request: token ids in the vocabulary and not too many, texts not surely too long."""
     for prompt in prompts:
-        if isinstance(prompt, Chat):
-            check_text_length(backend, sum(len(content) for _, content in prompt.messages), param)
+        if isinstance(prompt, Chat):     # older messages are left out when the chat is long; the newest must fit
+            check_text_length(backend, max(len(content) for _, content in prompt.messages), param)
         elif isinstance(prompt, str):
             check_text_length(backend, len(prompt), param)
         elif len(prompt) > backend.max_prompt_tokens:

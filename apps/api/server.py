@@ -135,7 +135,7 @@ def create_app(model_or_loader: Source, api_key: str | None = None, *, max_body_
             first = await queue.get()
             if isinstance(first, BaseException):
                 raise _as_api_error(first)
-            shape = _Shape(chat, backend)
+            shape = _Shape(chat, backend, first.notices)
             if not body.stream:
                 return JSONResponse(shape.completion(first, *await _collect(queue, len(first.choices))))
         finally:
@@ -261,10 +261,11 @@ def _as_api_error(exc: BaseException) -> APIError:
 class _Shape:
     """Chat vs text completion: ids, object names, choice layout, usage."""
 
-    def __init__(self, chat: bool, backend: GenerationBackend):
+    def __init__(self, chat: bool, backend: GenerationBackend, notices: list[str]):
         self.chat = chat
         self.meta = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}", "created": int(time.time()),
                      "model": backend.model_id, "system_fingerprint": f"fp_{backend.fingerprint}"}
+        self.notice = {"notice": " ".join(notices)} if notices else {}   # e.g. chat turns left out (a Cola extra)
 
     def choice(self, index: int, text: str, finish_reason: str | None, chunk: bool) -> dict:
         if not self.chat:
@@ -281,7 +282,7 @@ class _Shape:
     def completion(self, run: Run, texts: list[str], reasons: list[str | None]) -> dict:
         choices = [self.choice(i, text, reason, chunk=False) for i, (text, reason) in enumerate(zip(texts, reasons))]
         return {**self.meta, "object": "chat.completion" if self.chat else "text_completion", "choices": choices,
-                "usage": self.usage(run)}
+                "usage": self.usage(run), **self.notice}
 
     def chunk(self, choices: list[dict], **extra: Any) -> str:
         body = {**self.meta, "object": "chat.completion.chunk" if self.chat else "text_completion",
@@ -295,7 +296,8 @@ class _Shape:
             try:
                 if self.chat:
                     yield self.chunk([{"index": i, "delta": {"role": "assistant", "content": ""},
-                                       "finish_reason": None, "logprobs": None} for i in range(len(run.choices))])
+                                       "finish_reason": None, "logprobs": None} for i in range(len(run.choices))],
+                                     **self.notice)
                 async for updates in _drain(queue):
                     if updates:
                         yield self.chunk([self.choice(u.index, u.text, u.finish_reason, chunk=True) for u in updates])
