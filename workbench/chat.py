@@ -24,6 +24,7 @@ from typing import Iterator
 
 from cola_core.chat_template import Answer, ChatPrompt, ChatTemplate, Message, check_messages
 from cola_core.errors import ConversationError
+from cola_core.generate import GenerationConfig
 from cola_core.seeds import check_seed
 from cola_core.text_codec import greedy_tokens, prompt_token_budget
 from cola_core.tokenizer import display_tokens
@@ -82,7 +83,9 @@ class ChatAnswer:
     notice: str | None = None
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """JSON-ready, the text under ``answer``."""
+        out = asdict(self)
+        return {"answer": out.pop("text"), **out}
 
 
 class ChatTurn:
@@ -93,7 +96,8 @@ class ChatTurn:
         if not isinstance(preview_every, int) or preview_every < 0:
             raise ConversationError(f"preview_every must be an integer >= 0, got {preview_every!r}")
         self.chat, self.message, self.prompt, self.preview_every = chat, message, prompt, preview_every
-        self.seed, self.knobs = chat.seed, dict(chat.knobs)
+        self.seed = chat.seed
+        self.knobs = {name: value for name, value in asdict(chat.config).items() if name != "seed"}   # every knob
         own = [Callback("pre_model", self._check_stop, "chat_stop"), Callback("decoded", self._on_block, "chat_answer")]
         self.session = chat.wb.sampler([prompt.ids], sample_ids=[SAMPLE_ID], seed=self.seed,
                                        hooks=[*(Callback(e, fn) for e, fn in hook_pairs(hooks)), *own], **self.knobs)
@@ -178,8 +182,8 @@ class ChatSession:
     """A conversation with one checkpoint: history, system message, seed, knobs and the context budget.
 
     ``knobs`` are :class:`cola_core.generate.GenerationConfig` fields (steps, guidance, max_new_tokens,
-    temperature, ...; ``max_new_tokens`` defaults to 128, the official chat CLI's); ``context_tokens``
-    caps the prompt below the model's own limit (None: the model's).
+    temperature, ...; ``max_new_tokens`` defaults to 128, the official chat CLI's), ``config`` all of them in
+    effect; ``context_tokens`` caps the prompt below the model's own limit (None: the model's).
     """
 
     wb: Workbench
@@ -189,6 +193,7 @@ class ChatSession:
     template: ChatTemplate | None = None
     history: list[Message] = field(default_factory=list)
     knobs: dict = field(default_factory=dict)
+    config: GenerationConfig = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.template = self.template or ChatTemplate.for_model(self.wb.model)
@@ -208,7 +213,7 @@ class ChatSession:
             if name in knobs:
                 raise ConversationError(f"{name} is fixed in a chat (answers end at the template's stop)")
         merged = {**self.knobs, **knobs}
-        self.wb.config(seed=seed, **merged)       # raises WorkbenchError naming a bad knob
+        self.config = self.wb.config(seed=seed, **merged)       # raises WorkbenchError naming a bad knob
         self.seed, self.knobs = seed, merged
 
     def set_system(self, text: str | None) -> None:

@@ -9,10 +9,10 @@ import argparse
 import sys
 from importlib.metadata import PackageNotFoundError, version
 
-from .commands import api, bench, corpus, evaluate, generate, run, serve, tokenizer, train
+from .commands import api, bench, chat, corpus, evaluate, generate, run, serve, tokenizer, train
 from .commands.common import UsageError
 
-COMMANDS = (generate, api, serve, run, bench, evaluate, corpus, tokenizer, train)
+COMMANDS = (generate, chat, api, serve, run, bench, evaluate, corpus, tokenizer, train)
 
 
 def package_version() -> str:

@@ -10,8 +10,10 @@ from .common import PORT, UsageError, add_command, add_model_args, int_in_range,
 def register(subparsers) -> None:
     p = add_command(subparsers, "api", help="serve an OpenAI-compatible HTTP API (FastAPI + uvicorn)",
                               description="OpenAI-compatible /v1/chat/completions and /v1/completions with "
-                                          "streaming. An API key is required unless the host is loopback.")
-    add_model_args(p)
+                                          "streaming. An API key is required unless the host is loopback. "
+                                          "Without --checkpoint it serves pocket-chat (chat requests get answers; "
+                                          "--checkpoint pocket serves the base model).")
+    add_model_args(p, default="pocket-chat (a chat front-end)")
     p.add_argument("--host", default="127.0.0.1", help="bind address")
     p.add_argument("--port", type=PORT, default=8000, help="port")
     p.add_argument("--api-key", default=os.environ.get("COLA_API_KEY"),
@@ -32,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise UsageError(f"the API server needs FastAPI and uvicorn ({exc}); pip install fastapi uvicorn") from None
     check_bind(args.host, args.api_key)          # before loading any weights
-    serve(load_model(args), host=args.host, port=args.port, api_key=args.api_key, log_level=args.log_level,
+    serve(load_model(args, chat=True), host=args.host, port=args.port, api_key=args.api_key, log_level=args.log_level,
           model_id=args.model_name, concurrency=args.concurrency, queue_size=args.queue_size,
           max_tokens_cap=args.max_tokens_cap, max_body_bytes=args.max_body_bytes)
     return 0

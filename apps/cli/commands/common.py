@@ -67,15 +67,53 @@ def SEED(text: str) -> int:   # noqa: N802 (an argparse type, named like the oth
     return value
 
 
-def add_model_args(parser: argparse.ArgumentParser) -> None:
+def add_model_args(parser: argparse.ArgumentParser, default: str = "pocket") -> None:
     parser.add_argument("--checkpoint", default=None,
                         help="checkpoint: a folder (release root or cola_dlm folder), a shipped name (pocket, "
-                             "pocket-chat) or a Hugging Face id OWNER/NAME[@REV]; none: the pocket checkpoint")
+                             f"pocket-chat) or a Hugging Face id OWNER/NAME[@REV]; none: {default}")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
                         help="weight dtype (none: float32; on CUDA the forward runs in bf16 autocast)")
     parser.add_argument("--threads", type=int_in_range(1), default=None,
                         help="CPU threads for torch (none: torch's default; on a busy machine 1 is often fastest)")
+
+
+def interval(text: str) -> tuple[float, float]:
+    """argparse type: ``LO,HI`` -> (lo, hi) (the range itself is checked with the other knobs)."""
+    try:
+        lo, hi = (float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected two numbers LO,HI such as 0.2,0.8, got {text!r}") from None
+    return lo, hi
+
+
+SAMPLING_KNOBS = ("steps", "guidance", "max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty",
+                  "guidance_rescale", "guidance_interval")
+
+
+def add_sampling_args(parser: argparse.ArgumentParser, **defaults) -> None:
+    """The sampler's flags, defaulting to ``GenerationConfig()``'s knobs (``defaults`` overrides some)."""
+    from cola_core.generate import GenerationConfig
+    d = {**GenerationConfig().__dict__, **defaults}
+    parser.add_argument("--steps", type=int, default=d["steps"], help="flow-matching steps per block")
+    parser.add_argument("--guidance", type=float, default=d["guidance"], help="classifier-free guidance scale")
+    parser.add_argument("--guidance-rescale", type=float, default=d["guidance_rescale"], metavar="PHI",
+                        help="CFG-rescale: pull the guided velocity's std toward the conditional one's "
+                             "(0 = off, 1 = full)")
+    parser.add_argument("--guidance-interval", type=interval, default=None, metavar="LO,HI",
+                        help="guide only while t/T is in [LO, HI] (e.g. 0.2,0.8); elsewhere the conditional "
+                             "velocity (none: guide at every step)")
+    parser.add_argument("--max-new-tokens", type=int, default=d["max_new_tokens"], help="tokens to generate")
+    parser.add_argument("--temperature", type=float, default=d["temperature"], help="token sampling; 0 = greedy")
+    parser.add_argument("--top-k", type=int, default=d["top_k"], help="top-k filter when sampling (0 = off)")
+    parser.add_argument("--top-p", type=float, default=d["top_p"], help="nucleus filter when sampling (1 = off)")
+    parser.add_argument("--repetition-penalty", type=float, default=d["repetition_penalty"],
+                        help="divide logits of tokens already generated (1 = off)")
+
+
+def sampling_knobs(args: argparse.Namespace) -> dict:
+    """The sampler flags of :func:`add_sampling_args` as GenerationConfig knobs."""
+    return {name: getattr(args, name) for name in SAMPLING_KNOBS}
 
 
 def add_seed_arg(parser: argparse.ArgumentParser, help: str = "noise seed (official per-sample seeding)") -> None:
@@ -105,13 +143,14 @@ def _prepare(args: argparse.Namespace):
     return parse_device(args.device), parse_dtype(args.dtype)
 
 
-def load_model(args: argparse.Namespace) -> "ColaModel":
-    """Load ``--checkpoint`` (or the pocket checkpoint)."""
-    return load_workbench(args).model
+def load_model(args: argparse.Namespace, chat: bool = False) -> "ColaModel":
+    """Load ``--checkpoint`` (or the pocket checkpoint; ``pocket-chat`` for a chat front-end)."""
+    return load_workbench(args, chat).model
 
 
-def load_workbench(args: argparse.Namespace) -> "Workbench":
-    """A Workbench over ``--checkpoint`` (or the pocket checkpoint)."""
+def load_workbench(args: argparse.Namespace, chat: bool = False) -> "Workbench":
+    """A Workbench over ``--checkpoint`` (or the pocket checkpoint; ``pocket-chat`` for a chat front-end)."""
+    from cola_core.pocket import resolve_checkpoint
     from workbench import Workbench
     device, dtype = _prepare(args)
-    return Workbench.load(args.checkpoint, device=device, dtype=dtype)
+    return Workbench.load(resolve_checkpoint(args.checkpoint, chat=chat), device=device, dtype=dtype)
