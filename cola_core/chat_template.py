@@ -8,7 +8,8 @@ config as ``sft_chat_format``, ``sft_stop_token_id`` and ``sft_pad_with_stop``:
 * ``chatml``: ``<|im_start|>{role}\\n{content}<|im_end|>\\n`` per turn (the answer's ``<|im_end|>`` is
   its stop token).
 * ``plain``: the template of a checkpoint without chat training: the ``text`` transcript with no stop
-  token, so the model simply continues ``... Assistant: `` and a front-end cuts at ``\\nUser:``.
+  token, so the model simply continues ``... Assistant:`` (no trailing space: plain text puts the space
+  in the next word's token) and a front-end cuts at ``\\nUser:``.
 
 Which template a checkpoint gets (:meth:`ChatTemplate.for_model`, the one rule of every front-end):
 the ``sft_*`` fields of its DiT config win; else, when ``■`` is a single token of its tokenizer (the
@@ -161,9 +162,11 @@ class ChatTemplate:
                           budget=budget)
 
     def _assistant_header(self, tokenizer: ColaTokenizer) -> list[int]:
+        """``Assistant: `` as SFT trained it; ``Assistant:`` in plain text, where the answer's first word brings
+        its own space (a base model ends at once after a lone space token, which plain text never has)."""
         if self.format == "chatml":
             return [self._im(tokenizer, "start"), *tokenizer.encode_literal("assistant\n")]
-        return tokenizer.encode_literal("Assistant: ")
+        return tokenizer.encode_literal("Assistant: " if self.chat_trained else "Assistant:")
 
     def _turn(self, tokenizer: ColaTokenizer, out: Rendered, role: str, content: str) -> None:
         encode = tokenizer.encode_literal
@@ -175,7 +178,8 @@ class ChatTemplate:
         elif role == "assistant":
             out.add(self._assistant_header(tokenizer), False)
             stop = [] if self.stop_token_id is None else [self.stop_token_id]
-            out.add([*encode(content), *stop, *encode("\n")], self.chat_trained)
+            body = content if self.chat_trained else f" {content}"
+            out.add([*encode(body), *stop, *encode("\n")], self.chat_trained)
         else:
             out.add(encode(f"User: {content}\n"), False)
 
@@ -243,7 +247,8 @@ class ChatPrompt:
 
     def answer(self, tokenizer: ColaTokenizer, ids: Sequence[int], max_tokens: int) -> Answer:
         """Generated ``ids`` (after the prompt) up to the first stop token, at most ``max_tokens`` of them, decoded
-        without special tokens and cut at the first stop string."""
+        without special tokens, cut at the first stop string, leading whitespace dropped (a plain transcript's
+        answer starts with the space after ``Assistant:``)."""
         ids = list(ids)
         cut = next((i for i, token in enumerate(ids) if token in self.stop_ids), None)
         reason = None
@@ -251,7 +256,7 @@ class ChatPrompt:
             ids, reason = ids[:cut], "stop"
         if len(ids) >= max_tokens:
             ids, reason = ids[:max_tokens], reason or "length"
-        text = tokenizer.decode(ids, skip_special_tokens=True)
+        text = tokenizer.decode(ids, skip_special_tokens=True).lstrip()
         hits = [text.find(stop) for stop in self.stop_strings if stop in text]
         if hits:
             text, reason = text[:min(hits)], "stop"

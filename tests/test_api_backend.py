@@ -89,7 +89,7 @@ def test_chat_prompt_is_the_checkpoint_template_fitted_to_the_context(tiny_model
     template = ChatTemplate.for_model(tiny_model)
     assert template.format == "plain"      # no sft_* fields and no single-token ■: the plain transcript
     assert prompt.ids == template.prompt(tiny_model.tokenizer, [("system", "Be brief."), ("user", "Hi")])
-    assert tiny_model.tokenizer.decode(prompt.ids) == "User: Be brief.\n\nHi\nAssistant: "
+    assert tiny_model.tokenizer.decode(prompt.ids) == "User: Be brief.\n\nHi\nAssistant:"
     assert prompt.stop_strings == ("\nUser:",) and prompt.stop_ids == frozenset(tiny_model.tokenizer.stop_ids)
     assert prompt.dropped == 0 and prompt.notice is None
 

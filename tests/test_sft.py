@@ -76,7 +76,7 @@ def test_template_comes_from_the_dit_config_and_plain_without_one(tokenizer):
     plain = ChatTemplate()
     assert not plain.chat_trained and plain.stop_strings == ("\nUser:",)
     assert tokenizer.decode(plain.prompt(tokenizer, [("user", "What does 'river' mean?")])) == \
-        "User: What does 'river' mean?\nAssistant: "
+        "User: What does 'river' mean?\nAssistant:"
     assert not any(plain.render(tokenizer, [("user", "a"), ("assistant", "b")]).response)
     fields = ChatTemplate("chatml", 4, pad_with_stop=False).config_fields()
     assert fields == {"sft_chat_format": "chatml", "sft_stop_token_id": 4, "sft_pad_with_stop": False}

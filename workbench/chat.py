@@ -17,7 +17,6 @@ ends an answer early and keeps what was generated.
 """
 from __future__ import annotations
 
-import dataclasses
 import threading
 from dataclasses import asdict, dataclass, field
 from typing import Iterator
@@ -133,9 +132,7 @@ class ChatTurn:
             state.interrupt = True
 
     def _current(self) -> Answer:
-        """The answer so far (leading whitespace dropped: the template's ``Assistant: `` already spaces it)."""
-        answer = self.prompt.answer(self.chat.wb.tokenizer, self._ids[self._trim:], self.knobs["max_new_tokens"])
-        return dataclasses.replace(answer, text=answer.text.lstrip())
+        return self.prompt.answer(self.chat.wb.tokenizer, self._ids[self._trim:], self.knobs["max_new_tokens"])
 
     def _on_block(self, state) -> None:
         """A decoded block: its answer text becomes a delta; the run ends once the answer has."""

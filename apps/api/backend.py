@@ -82,6 +82,7 @@ class ChoiceText:
     stop_ids: frozenset[int]
     scanner: StopScanner
     max_tokens: int
+    lstrip: bool = False             # a chat answer: leading whitespace dropped (``ChatPrompt.answer``'s rule)
     sent: str = ""
     scanned: str = ""                # the text the scanner has read
     tokens: int = 0                  # completion tokens counted for usage
@@ -98,6 +99,7 @@ class ChoiceText:
         if len(ids) > self.max_tokens or (cut is None and len(ids) == self.max_tokens):
             ids, self.finish_reason = ids[:self.max_tokens], "length"
         text = self.tokenizer.decode(ids)
+        text = text.lstrip() if self.lstrip else text
         ending = final or self.finish_reason is not None
         stable = len(text) if ending else len(text.rstrip(REPLACEMENT))
         hit = self._scan(text, stable)
@@ -126,11 +128,11 @@ class Run:
     """A started generation: iterate :meth:`updates` once (in a worker thread)."""
 
     def __init__(self, sampler: BlockwiseSampler, stops: StopStrings, max_tokens: int, prompt_tokens: list[int],
-                 notices: Sequence[str] = ()):
+                 notices: Sequence[str] = (), chat: bool = False):
         self.sampler = sampler
         tokenizer = sampler.model.tokenizer
         stop_ids = frozenset(sampler.eos_ids.tolist())
-        self.choices = [ChoiceText(tokenizer, trim, stop_ids, StopScanner(stops), max_tokens)
+        self.choices = [ChoiceText(tokenizer, trim, stop_ids, StopScanner(stops), max_tokens, lstrip=chat)
                         for trim in sampler.prepared.trim]
         self.prompt_tokens = prompt_tokens          # per prompt, not per choice
         self.notices = list(notices)                # e.g. oldest chat messages left out to fit the context
@@ -228,4 +230,4 @@ class GenerationBackend:
                                        eos_ids=sorted(frozenset().union(*(p.stop_ids for p in prompts))))
         stops = StopStrings(job.stops + tuple(s for p in prompts for s in p.stop_strings))
         return Run(sampler, stops, job.max_tokens, [len(p.ids) for p in prompts],
-                   [p.notice for p in prompts if p.notice])
+                   [p.notice for p in prompts if p.notice], chat=any(isinstance(p, Chat) for p in job.prompts))
