@@ -29,7 +29,7 @@ ENDPOINTS = {"trajectory_generate", "trajectory_stop", "trajectory_scrub", "diag
              "guidance_stop", "latent_encode", "latent_interpolate", "latent_path", "latent_direction",
              "latent_regenerate", "latent_invert", "inside_run", "inside_stop", "inside_view", "inside_patch",
              "inside_patch_stop", "inside_patch_view", "status", "status_tick", "bench_load", "bench_filter", "bench_page",
-             "bench_open"}
+             "bench_open", "chat_send", "chat_stop", "chat_clear", "chat_open"}
 
 
 @pytest.fixture(scope="module")

@@ -103,7 +103,7 @@ class ChatTurn:
         self._trim = self.session.sampler.prepared.trim[0]
         self._ids: list[int] = []            # the sampler's ids so far, prompt tail included
         self._pending: list[AnswerDelta] = []
-        self._stop = threading.Event()
+        self.stopped = threading.Event()     # set by stop(): the answer ends at the next model call
         self.sent = ""                       # answer text yielded so far
         self.blocks = 0
         self.answer: ChatAnswer | None = None
@@ -113,12 +113,12 @@ class ChatTurn:
             yield from self._flush()
             if self.preview_every and (state.step + 1) % self.preview_every == 0:
                 yield self._preview(state)
-        self._finish(interrupted=self._stop.is_set())
+        self._finish(interrupted=self.stopped.is_set())
         yield from self._flush()
 
     def stop(self) -> None:
         """Ask the answer to end at the sampler's next model call (thread-safe)."""
-        self._stop.set()
+        self.stopped.set()
 
     def interrupt(self) -> ChatAnswer:
         """End the answer now (after a KeyboardInterrupt inside the loop), keeping what was decoded."""
@@ -128,7 +128,7 @@ class ChatTurn:
 
     # -- hooks and events -------------------------------------------------------------------------
     def _check_stop(self, state) -> None:
-        if self._stop.is_set():
+        if self.stopped.is_set():
             state.interrupt = True
 
     def _current(self) -> Answer:

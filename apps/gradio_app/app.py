@@ -18,13 +18,14 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")   # before gradio is 
 
 import gradio as gr  # noqa: E402
 
-from . import bench, diagnostics, guidance, inside, latent_lab, trajectories  # noqa: E402
+from . import bench, chat, diagnostics, guidance, inside, latent_lab, trajectories  # noqa: E402
 from .context import AppContext  # noqa: E402
 from .disk import Sweeper  # noqa: E402
 from .events import Tab, TabComponents, Update, log, on  # noqa: E402
 
 TITLE = "Cola Workbench"
-TABS: tuple[Tab, ...] = (trajectories, diagnostics, guidance, latent_lab, inside, bench)   # a new tab: a module, named here
+TABS: tuple[Tab, ...] = (trajectories, diagnostics, guidance, latent_lab, inside, bench,
+                         chat)   # a new tab: a module, named here
 STATUS_EVERY_S = 5.0
 CACHE_SWEEP_S = 60       # Gradio removes its files for this app older than the run TTL this often
 CSS = """

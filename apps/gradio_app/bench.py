@@ -19,12 +19,13 @@ from cola_core.seeds import MAX_SEED
 from workbench.bench import BenchConfig
 from workbench.bench.report import HEIGHT, accuracy_figure
 
-from . import inputs, trajectories
+from . import inputs
 from .bench_folder import BenchFolder, Sample, find_folders, find_sample, roots_text
 from .context import AppContext
 from .display import display_text
 from .errors import InputError
 from .events import LOCAL_SESSION, Progress, TabComponents, Update, no_progress, on, run_state
+from .handoff import OUTPUTS, VIEW_INPUTS, attach, open_in_trajectories
 from .plots import empty_figure
 
 TITLE, TAB_ID = "Bench", "bench"
@@ -34,9 +35,6 @@ TABLE_HEADERS = ["task", "accuracy %", "95 % CI", "correct / total", "mean score
 SAMPLE_HEADERS = ["id", "verdict", "extracted answer", "ground truth", "score", "generated text"]
 PAGE_OUTPUTS = ("page", "samples", "page_info", "sample")
 LOAD_OUTPUTS = ("run", "status", "table", "figure", "task", "verdict", "folder") + PAGE_OUTPUTS
-TRAJECTORY_VIEW = ("preview", "method", "dims")     # how the opened run is shown: the Trajectories tab's choices
-OPEN_OUTPUTS = ("status", "tabs", *(f"traj_{name}" for name in (*trajectories.FORM, "origin",
-                                                                *trajectories.RUN_OUTPUTS)))
 
 
 # -- what the tab shows -------------------------------------------------------------------------------------
@@ -178,11 +176,6 @@ def origin_note(bench: BenchFolder, sample: Sample, form: dict[str, Any], reason
 
 
 # -- handlers ---------------------------------------------------------------------------------------------
-def traj(update: Update) -> Update:
-    """A Trajectories tab update, keyed by the names its components have in this tab (``traj_*``)."""
-    return {f"traj_{k}": v for k, v in update.items()}
-
-
 def load(ctx: AppContext, folder) -> Update:
     """Read a bench output folder: its table, plot, setup, and the first page of its first task's wrong samples."""
     bench = BenchFolder.read(folder, ctx.bench_roots)
@@ -212,21 +205,10 @@ def open_sample(ctx: AppContext, run_id, task, sample, preview, method, dims, *,
     task = inputs.choice("task", task, bench.tasks)
     picked = find_sample(bench.samples(task), sample)
     generation, form = bench.generation(picked), rerun_form(bench.config, picked)
-    note = origin_note(bench, picked, form, warnings(ctx, bench))
-    runs = trajectories.generate(ctx, **form, preview=preview, method=method, dims=dims, session=session,
-                                 progress=progress)
-    try:
-        update = next(runs)           # the Trajectories tab's own checks pass before anything changes
-        opened = {"status": f"Opened {task} sample {md(picked.label)} in the **Trajectories** tab.",
-                  "tabs": gr.Tabs(selected=trajectories.TAB_ID), **traj(form)}
-        yield {**opened, "traj_origin": gr.Markdown(note, visible=True), **traj(update)}
-        for update in runs:
-            if "summary" not in update:       # streamed steps; the run's final view comes once, below
-                yield traj(update)
-    finally:
-        runs.close()                  # cancelled by the UI: the run is marked stopped at once
-    checked = f"{note}  \n{comparison(ctx, bench, generation, update['summary'])}"
-    yield {**opened, **traj(update), "traj_origin": gr.Markdown(checked, visible=True)}   # the whole picture, for API
+    yield from open_in_trajectories(
+        ctx, form, (preview, method, dims), f"Opened {task} sample {md(picked.label)} in the **Trajectories** tab.",
+        origin_note(bench, picked, form, warnings(ctx, bench)),
+        lambda summary: comparison(ctx, bench, generation, summary), session=session, progress=progress)
 
 
 # -- layout and events ------------------------------------------------------------------------------------
@@ -269,9 +251,7 @@ def wire(ctx: AppContext, ui: TabComponents) -> None:
 
 def link(ctx: AppContext, tabs: dict[str, TabComponents], selector: gr.Tabs) -> None:
     """Open: the Trajectories tab's form, view choices and outputs join this tab's components as ``traj_*``."""
-    ui, traj = tabs[TAB_ID], tabs[trajectories.TAB_ID]
-    ui.tabs = selector
-    for name in (*trajectories.FORM, *TRAJECTORY_VIEW, "origin", *trajectories.RUN_OUTPUTS):
-        setattr(ui, f"traj_{name}", getattr(traj, name))
-    on(ctx, ui, ui.open.click, open_sample, ("run", "task", "sample", *(f"traj_{n}" for n in TRAJECTORY_VIEW)),
-       OPEN_OUTPUTS, api_name="bench_open", heavy=True, show_progress="full", show_progress_on=[traj.block, traj.step])
+    ui = tabs[TAB_ID]
+    target = attach(ui, tabs, selector)
+    on(ctx, ui, ui.open.click, open_sample, ("run", "task", "sample", *VIEW_INPUTS), OUTPUTS, api_name="bench_open",
+       heavy=True, show_progress="full", show_progress_on=[target.block, target.step])

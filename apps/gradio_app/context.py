@@ -137,16 +137,22 @@ class AppContext:
     concurrency: int = 2
     backdrop_source: str = "bundled sample"
     bench_roots: tuple[Path, ...] = ()    # the Bench tab reads output folders under these only
+    chat: Workbench | None = None         # the Chat tab's checkpoint when it is not ``workbench``'s
 
     @classmethod
     def create(cls, checkpoint: str | Path | None = None, device: str | None = None, dtype: str | None = None,
                corpus: str | Path | None = None, limits: Limits | None = None, umap: bool = True,
                cache_dir: str | Path | None = None, concurrency: int = 2,
-               workbench: Workbench | None = None, bench_root: Sequence[str | Path] = ()) -> "AppContext":
+               workbench: Workbench | None = None, bench_root: Sequence[str | Path] = (),
+               chat_checkpoint: str | Path | None = None) -> "AppContext":
         """Load the checkpoint (or take ``workbench``), fit PCA on the backdrop, start the UMAP warm-up;
-        ``bench_root``: folders the Bench tab may read besides ``runs/`` and ``artifacts/``."""
+        ``bench_root``: folders the Bench tab may read besides ``runs/`` and ``artifacts/``;
+        ``chat_checkpoint``: the Chat tab's checkpoint, loaded when it is another folder (None: the app's)."""
         limits = limits or Limits()
         wb = workbench or Workbench.load(checkpoint, device=device, dtype=dtype)
+        chat = None
+        if chat_checkpoint is not None and Path(chat_checkpoint).resolve() != Path(wb.model.source).resolve():
+            chat = Workbench.load(chat_checkpoint, device=device, dtype=dtype)
         texts = load_backdrop(corpus, limits.backdrop_texts)
         cache = Path(cache_dir) if cache_dir is not None else None
         projections = Projections(wb, texts, cache, umap=umap)
@@ -156,7 +162,7 @@ class AppContext:
                          max_entries=limits.max_runs, max_bytes=limits.max_store_bytes)
         return cls(workbench=wb, projections=projections, store=store, stops=StopFlags(), limits=limits,
                    concurrency=concurrency, backdrop_source=str(corpus) if corpus is not None else "bundled sample",
-                   bench_roots=bench_roots(bench_root))
+                   bench_roots=bench_roots(bench_root), chat=chat)
 
     def close(self) -> None:
         """Remove everything the app wrote (its run store); the server calls this on shutdown."""
@@ -165,6 +171,11 @@ class AppContext:
     @property
     def model(self):
         return self.workbench.model
+
+    @property
+    def chat_workbench(self) -> Workbench:
+        """The workbench the Chat tab talks to (``pocket-chat`` when the app serves the default checkpoint)."""
+        return self.chat or self.workbench
 
     def status(self) -> dict:
         """Facts for the status bar."""

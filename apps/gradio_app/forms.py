@@ -11,15 +11,20 @@ from .events import TabComponents
 def prompt_and_knobs(ctx: AppContext, ui: TabComponents) -> None:
     """``ui.prompt`` and the knobs every generating form has (``steps``, ``guidance``, ``max_new_tokens``,
     ``seed``), at GenerationConfig()'s defaults and within the app's limits."""
-    lim = ctx.limits
     ui.prompt = gr.Textbox(label="Prompt", lines=2, placeholder="leave empty for unconditional generation",
                            value="a small animal that")
+    sampler_knobs(ctx, ui)
+
+
+def sampler_knobs(ctx: AppContext, ui: TabComponents, max_new_tokens: int = inputs.DEFAULTS.max_new_tokens) -> None:
+    """``ui.steps``, ``ui.guidance``, ``ui.max_new_tokens`` and ``ui.seed`` at GenerationConfig()'s defaults (or
+    ``max_new_tokens``), within the app's limits."""
+    lim = ctx.limits
     with gr.Row():
         ui.steps = gr.Slider(1, lim.max_steps, value=inputs.DEFAULTS.steps, step=1, label="Steps per block")
         ui.guidance = gr.Slider(0, lim.max_guidance, value=inputs.DEFAULTS.guidance, step=0.5, label="Guidance")
     with gr.Row():
-        ui.max_new_tokens = gr.Slider(1, lim.max_new_tokens, value=inputs.DEFAULTS.max_new_tokens, step=1,
-                                      label="Max new tokens")
+        ui.max_new_tokens = gr.Slider(1, lim.max_new_tokens, value=max_new_tokens, step=1, label="Max new tokens")
         ui.seed = gr.Number(0, precision=0, label="Seed", minimum=0, maximum=inputs.MAX_SEED)
 
 

@@ -16,7 +16,7 @@ import plotly.graph_objects as go
 import torch
 
 from cola_core.sampler import SCHEDULES, SOLVERS
-from workbench import SamplerSession, StepState, Trajectory
+from workbench import SamplerSession, StepState, Trajectory, Workbench
 
 from . import exports, inputs
 from .context import METHODS, AppContext
@@ -241,8 +241,12 @@ def generate(ctx: AppContext, prompt, steps, guidance, max_new_tokens, seed, sol
              dims, sample_id=0, temperature=inputs.DEFAULTS.temperature, top_k=inputs.DEFAULTS.top_k,
              top_p=inputs.DEFAULTS.top_p, repetition_penalty=inputs.DEFAULTS.repetition_penalty,
              stop_at_eos=inputs.DEFAULTS.stop_at_eos, *, session: str = LOCAL_SESSION,
-             progress: Progress = no_progress) -> Iterator[Update]:
-    """Generate from one prompt with the workbench sampler, streaming its steps; end with the whole run."""
+             progress: Progress = no_progress, workbench: Workbench | None = None,
+             prompt_ids: list[int] | None = None) -> Iterator[Update]:
+    """Generate from one prompt with the workbench sampler, streaming its steps; end with the whole run.
+
+    Another tab may run it on its own ``workbench`` (the Chat tab's checkpoint) from ``prompt_ids`` (a chat
+    template's token ids, used as given; ``prompt`` is then their text, for display)."""
     lim = ctx.limits
     knobs = {**inputs.sampler_knobs(lim, steps, guidance, max_new_tokens, seed),
              "solver": inputs.choice("solver", solver, SOLVERS),
@@ -258,8 +262,9 @@ def generate(ctx: AppContext, prompt, steps, guidance, max_new_tokens, seed, sol
     preview, view = inputs.flag("preview", preview), View.of(method, dims)
     stop = threading.Event()
     stop_hook = {"pre_model": lambda state: setattr(state, "interrupt", True) if stop.is_set() else None}
-    sampler = ctx.workbench.sampler([prompt], sample_ids=[sample_id], preview=preview, record=True, hooks=stop_hook,
-                                    **knobs)
+    sampler = (workbench or ctx.workbench).sampler([prompt if prompt_ids is None else prompt_ids],
+                                                   sample_ids=[sample_id], preview=preview, record=True,
+                                                   hooks=stop_hook, **knobs)
     run = TrajectoryRun(prompt=prompt, knobs=knobs, trajectory=sampler.trajectory, planned_blocks=sampler.num_blocks,
                         sample_id=sample_id, session=sampler)
     run_id = ctx.store.put("trajectory", run)

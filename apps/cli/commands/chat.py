@@ -25,9 +25,9 @@ if TYPE_CHECKING:
     from workbench.chat import ChatAnswer, ChatSession, StepPreview
     from workbench.hooks import Hooks
 
-HELP = ("commands: /reset (forget the history) · /system TEXT (set; /system alone clears it) · /seed N · /steps N · "
-        "/guidance X (alone: show the value) · /help · /quit. Start a message with // to send one that begins "
-        "with /. Ctrl-C stops an answer; Ctrl-D leaves.")
+HELP = ("commands: /reset (forget the history) · /system TEXT (set; /system alone clears it) · /seed N · "
+        "/steps N · /guidance X (alone: show the value) · /help · /quit. Start a message with // to send one "
+        "that begins with /. Ctrl-C stops an answer; Ctrl-D leaves.")
 KNOB_COMMANDS = {"seed": int, "steps": int, "guidance": float}    # /name VALUE -> chat.set(name=type(VALUE))
 DIM, RESET, ERASE = "\x1b[2m", "\x1b[0m", "\x1b[K"
 CONFIDENCE_COLOURS = ((0.8, "\x1b[32m"), (0.4, "\x1b[33m"), (0.0, "\x1b[31m"))   # green, yellow, red
@@ -36,8 +36,9 @@ CONFIDENCE_COLOURS = ((0.8, "\x1b[32m"), (0.4, "\x1b[33m"), (0.0, "\x1b[31m"))  
 def register(subparsers) -> None:
     p = add_command(subparsers, "chat", help="chat with a checkpoint in the terminal (multi-turn, streamed)",
                     description="Multi-turn chat: one message per line from stdin, answers streamed per block. "
-                                f"{HELP} Templates: the checkpoint's sft_* fields, else the official chat CLI's "
-                                "(text, stop ■) when its tokenizer has ■, else a plain User:/Assistant: transcript.")
+                                f"{HELP} Templates: the checkpoint's sft_* fields, else the official chat "
+                                "CLI's (text, stop ■) when its tokenizer has ■, else a plain User:/Assistant: "
+                                "transcript.")
     add_model_args(p, default="pocket-chat (the chat-tuned pocket checkpoint)")
     add_sampling_args(p, max_new_tokens=128)
     add_seed_arg(p, help="noise seed of every answer (block b: seed + 10^7*b)")

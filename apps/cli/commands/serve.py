@@ -1,4 +1,5 @@
-"""``cola-workbench serve``: the Gradio workbench app (trajectories, diagnostics, guidance lab, latent lab, bench).
+"""``cola-workbench serve``: the Gradio workbench app (trajectories, diagnostics, guidance lab, latent lab, inside,
+bench, chat).
 
 Prints its URL, one line per bad input a user sends, and on Ctrl-C (or SIGTERM) removes every file it wrote.
 """
@@ -20,7 +21,9 @@ def _auth(text: str) -> tuple[str, str]:
 def register(subparsers) -> None:
     p = add_command(subparsers, "serve", help="serve the Gradio workbench app in the browser",
                               description="Gradio app: trajectories (streamed), diagnostics, guidance lab, "
-                                          "latent lab and bench results over one checkpoint. Runs fully offline.")
+                                          "latent lab, inside, bench results and chat over one checkpoint (the Chat "
+                                          "tab talks to pocket-chat when --checkpoint is not given). Runs fully "
+                                          "offline.")
     add_model_args(p)
     p.add_argument("--host", default="127.0.0.1", help="bind address")
     p.add_argument("--port", type=PORT, default=7860, help="port (0: the first free one from 7860)")
@@ -48,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     parse_device(args.device), parse_dtype(args.dtype)   # bad values fail before gradio or weights load
     apply_threads(args)
     checkpoint = resolve_checkpoint(args.checkpoint)   # a missing or unknown checkpoint fails here, before Gradio
+    chat_checkpoint = resolve_checkpoint(args.checkpoint, chat=True)   # the Chat tab's: pocket-chat by default
     if args.corpus is not None and not os.path.isfile(args.corpus):
         raise UsageError(f"--corpus: file not found: {args.corpus}")
     for root in args.bench_root:
@@ -59,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"the app needs Gradio ({exc}); pip install 'gradio>=5'") from None
     limits = Limits(max_upload_bytes=args.max_upload_kib << 10, max_store_bytes=args.max_store_mib << 20)
     ctx = AppContext.create(checkpoint, device=args.device, dtype=args.dtype, corpus=args.corpus, limits=limits,
-                            umap=not args.no_umap, concurrency=args.concurrency, bench_root=args.bench_root)
+                            umap=not args.no_umap, concurrency=args.concurrency, bench_root=args.bench_root,
+                            chat_checkpoint=chat_checkpoint)
     try:
         app = create_app(ctx)
     except BaseException:
