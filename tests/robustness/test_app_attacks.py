@@ -22,12 +22,13 @@ pytest.importorskip("gradio")
 from gradio.utils import get_upload_folder  # noqa: E402
 
 from app_server import app_context, running_app  # noqa: E402
-from apps.gradio_app import diagnostics, guidance, inside, latent_lab, trajectories  # noqa: E402
+from apps.gradio_app import chat, diagnostics, guidance, inside, latent_lab, trajectories  # noqa: E402
 from workbench import WorkbenchError  # noqa: E402
 
 UPLOAD_CAP = 4096
 RUN, PAIR = "<trajectory run id>", "<latents run id>"     # replaced by the ids of stored runs
 INSIDE, PATCHING = "<model-internals run id>", "<patching run id>"
+CHAT, CHAT_CLEARED = "<chat run id>", "<chat run id to clear>"
 TRAJECTORY = dict(prompt="a cat", steps=4, guidance=7.0, max_new_tokens=8, seed=0, solver="euler", schedule="linear",
                   preview=True, method="auto", dims="2-D", sample_id=0, temperature=0.0, top_k=50, top_p=0.9,
                   repetition_penalty=1.1, stop_at_eos=True)
@@ -45,6 +46,8 @@ INSIDE_RUN = dict(prompt="a cat", steps=4, guidance=7.0, max_new_tokens=8, seed=
 INSIDE_VIEW = dict(run_id=INSIDE, block=0, step=0, layer=0, head=0, group="cond", scope="all blocks", metric="p_final")
 PATCH = dict(clean="the cat sat on", corrupted="the dog sat on", steps=4, guidance=7.0, max_new_tokens=8, seed=0,
              point="resid_post", group="both", layers="", blocks="", per_step=False, metric="target_logprob")
+CHAT_SEND = dict(run_id=None, message="hi", system="", steps=4, guidance=7.0, max_new_tokens=8, seed=0)
+CHAT_OPEN = dict(run_id=CHAT, preview=True, method="auto", dims="2-D")
 HANDLERS = {"trajectory_generate": (trajectories.generate, TRAJECTORY), "trajectory_scrub": (trajectories.scrub, SCRUB),
             "trajectory_stop": (trajectories.stop, dict(method="auto", dims="2-D")),
             "diagnose": (diagnostics.diagnose, DIAGNOSE), "guidance_grid": (guidance.run_grid, GRID),
@@ -53,7 +56,9 @@ HANDLERS = {"trajectory_generate": (trajectories.generate, TRAJECTORY), "traject
             "latent_regenerate": (latent_lab.regenerate, REGENERATE), "latent_invert": (latent_lab.inversion, INVERT),
             "inside_run": (inside.cache_run, INSIDE_RUN), "inside_view": (inside.view, INSIDE_VIEW),
             "inside_patch": (inside.patch, PATCH),
-            "inside_patch_view": (inside.patch_view, dict(patch_id=PATCHING, metric="final_latent_distance"))}
+            "inside_patch_view": (inside.patch_view, dict(patch_id=PATCHING, metric="final_latent_distance")),
+            "chat_send": (chat.send, CHAT_SEND), "chat_clear": (chat.clear, dict(run_id=CHAT_CLEARED)),
+            "chat_open": (chat.open_answer, CHAT_OPEN)}
 
 
 @dataclass(frozen=True)
@@ -186,6 +191,20 @@ CASES = [
     *[Case("inside_patch_view", change, message) for change, message in [
         ({"patch_id": None}, "no patching result"), ({"patch_id": INSIDE}, "holds a model-internals result"),
         ({"metric": 1}, "heatmap must be one of")]],
+    # chat: the message, the system message, the knobs, forged conversations
+    *[Case("chat_send", change, message) for change, message in [
+        ({"message": "  \n"}, "message is empty"), ({"message": None}, "message must be text"),
+        ({"message": ["hi"]}, "message must be text"), ({"message": "x" * 2001}, "message has 2001 characters"),
+        ({"system": 5}, "system message must be text"), ({"system": "x" * 2001}, "system message has 2001 characters"),
+        ({"steps": 0}, "steps must be from 1 to 200"), ({"guidance": float("nan")}, "guidance must be from 0 to 30"),
+        ({"max_new_tokens": 10**6}, "max new tokens must be from 1 to 512"), ({"seed": 2**53}, "seed must be from 0"),
+        ({"run_id": CHAT, "steps": "x"}, "steps must be a whole number")]],
+    *[Case("chat_clear", change, message) for change, message in [
+        ({"run_id": "../../etc/passwd"}, "no chat result"), ({"run_id": 12345}, "no chat result"),
+        ({"run_id": PAIR}, "holds a latents result, not a chat result")]],
+    *[Case("chat_open", change, message) for change, message in [
+        ({"run_id": None}, "no answer to open yet"), ({"run_id": "f" * 32}, "no chat result"),
+        ({"run_id": RUN}, "holds a trajectory result, not a chat result"), ({"dims": "4-D"}, "view must be one of")]],
 ]
 
 
@@ -204,10 +223,11 @@ def stored(wb, tmp_path_factory):
     run = list(trajectories.generate(ctx, **TRAJECTORY))[-1]["run"]
     pair = latent_lab.encode(ctx, **ENCODE)["pair"]
     internals, patching = inside.cache_run(ctx, **INSIDE_RUN)["run"], inside.patch(ctx, **PATCH)["patch"]
+    talk, cleared = (list(chat.send(ctx, **CHAT_SEND))[-1]["chat"] for _ in range(2))
     store_file = ctx.store.folder(pair) / "results.jsonl"
     store_file.write_text('{"text": "a stored run\'s record"}\n')
     uploads = files(tmp_path_factory.mktemp("uploads")) | {"store": str(store_file)}
-    yield ctx, {RUN: run, PAIR: pair, INSIDE: internals, PATCHING: patching}, uploads
+    yield ctx, {RUN: run, PAIR: pair, INSIDE: internals, PATCHING: patching, CHAT: talk, CHAT_CLEARED: cleared}, uploads
     ctx.close()
 
 
@@ -287,6 +307,8 @@ LIVE_CASES = [
     ("inside_view", [0, 0, 0, 0, "cond", "all blocks", "p_final"], "no model-internals result"),
     ("inside_patch", [*PATCH.values()][:1] + ["a small animal that"] + [*PATCH.values()][2:],
      "same number of context latents"),
+    ("chat_send", ["   ", "", 4, 7.0, 8, 0], "message is empty"),
+    ("chat_open", [True, "auto", "2-D"], "no answer to open yet"),
 ]
 
 
