@@ -17,6 +17,7 @@ pytest.importorskip("gradio")
 sync_api = pytest.importorskip("playwright.sync_api")
 
 from app_server import bench_output, hold_at, running_app, stop_signal  # noqa: E402
+from cola_core.pocket import resolve_checkpoint  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -30,12 +31,13 @@ pytestmark = [pytest.mark.heavy,
 
 @pytest.fixture(scope="module")
 def page(tmp_path_factory):
-    """One browser page on the running app (with a tiny bench run it may read); records every request that
-    leaves 127.0.0.1."""
+    """One browser page on the running app (with a tiny bench run it may read, and the Chat tab on pocket-chat, as
+    `serve` runs it by default); records every request that leaves 127.0.0.1."""
     SHOTS.mkdir(parents=True, exist_ok=True)
     bench_root = tmp_path_factory.mktemp("bench_root")
     bench_output(bench_root)
-    with running_app(tmp_path_factory.mktemp("projections"), bench_root=[bench_root]) as (ctx, url), \
+    with running_app(tmp_path_factory.mktemp("projections"), bench_root=[bench_root],
+                     chat_checkpoint=resolve_checkpoint(None, chat=True)) as (ctx, url), \
             sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
         pg = browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -77,7 +79,7 @@ def test_status_bar_and_tabs(page):
     page.get_by_role("tab", name="Inside").wait_for()
     assert page.get_by_text("cpu", exact=True).count() >= 1
     assert [t.inner_text() for t in page.get_by_role("tab").all()] == ["Trajectories", "Diagnostics", "Guidance lab",
-                                                                     "Latent lab", "Inside", "Bench"]
+                                                                     "Latent lab", "Inside", "Bench", "Chat"]
 
 
 def test_trajectories_tab_streams_and_plots(page):
@@ -227,6 +229,60 @@ def test_inside_stop_ends_a_long_run(page, monkeypatch):
         page.get_by_role("button", name="Stop", exact=True).filter(visible=True).click()
         page.get_by_text("Stopped by the user: showing the 1 finished block(s).").wait_for()
     wait_heatmap(page, "inside-attention", "Attention")
+
+
+def wait_held(pg, held: threading.Event) -> None:
+    """Wait for a hook the test holds, letting the page run meanwhile (its requests pass the route guard only
+    while Playwright is called)."""
+    for _ in range(TIMEOUT_MS // 50):
+        if held.is_set():
+            return
+        pg.wait_for_timeout(50)
+    raise AssertionError("the sampler never reached the held step")
+
+
+def test_chat_tab_streams_the_denoising_block_and_opens_the_answer(page):
+    """pocket-chat answers while the test holds its sampler in block 1: the live view shows coloured x0 tokens."""
+    held, release = threading.Event(), threading.Event()
+    open_tab(page, "Chat")
+    page.get_by_text("User:/Assistant: turns").wait_for()                 # pocket-chat's text template
+    box = page.get_by_label("Message", exact=True)
+    box.fill("What does 'river' mean?")
+    with page.ctx.chat_workbench.hooks(post_update=hold_at(1, 3, release, held)):
+        box.press("Enter")
+        wait_held(page, held)
+        page.locator("#cola-chat-live .tok").first.wait_for()          # the block's tokens, coloured, while it runs
+        assert "background:hsl(" in page.locator("#cola-chat-live .tok").first.get_attribute("style")
+        page.get_by_text("Block 2 · step").wait_for()                    # the held block (index 1)
+        page.screenshot(path=str(SHOTS / "chat_live.png"), full_page=True)
+        release.set()
+    page.get_by_text("Answered").wait_for()
+    answer = page.locator("#cola-chat-conversation .message-row").last.inner_text()
+    assert any(c.isalpha() for c in answer)
+    page.screenshot(path=str(SHOTS / "chat.png"), full_page=True)
+    box.fill("   ")
+    box.press("Enter")
+    page.get_by_text("message is empty; type some text").first.wait_for()
+    page.get_by_role("button", name="Open last answer in Trajectories").click()
+    page.get_by_text("The re-run reproduces the answer's").wait_for()
+    assert page.get_by_role("tab", name="Trajectories").get_attribute("aria-selected") == "true"
+    assert page.get_by_label("Prompt", exact=True).input_value().startswith("User: What does 'river' mean?")
+    wait_plots(page, 2)
+    page.screenshot(path=str(SHOTS / "chat_opened.png"), full_page=True)
+
+
+def test_chat_stop_keeps_what_was_said(page, monkeypatch):
+    stopped, held = stop_signal(page.ctx, monkeypatch), threading.Event()
+    open_tab(page, "Chat")
+    box = page.get_by_label("Message", exact=True)
+    box.fill("tell me more")
+    with page.ctx.chat_workbench.hooks(post_update=hold_at(1, 0, stopped, held)):
+        box.press("Enter")
+        wait_held(page, held)
+        page.get_by_role("button", name="Stop", exact=True).filter(visible=True).click()
+        page.get_by_text("Stopped").first.wait_for()
+    page.get_by_role("button", name="New conversation").click()
+    page.get_by_text("New conversation.").wait_for()
 
 
 def test_nothing_was_fetched_from_outside(page):

@@ -25,6 +25,7 @@ from gradio_client.exceptions import AppError  # noqa: E402
 from app_server import TIMEOUT_S, bench_output, hold_at, running_app, stop_signal, wait_for  # noqa: E402
 from apps.gradio_app import guidance  # noqa: E402
 from workbench import Workbench, interpolate, invert, regenerate_from  # noqa: E402
+from workbench.chat import ChatSession  # noqa: E402
 from cola_core.sampler import text_sample_id  # noqa: E402
 from workbench.inside import patching_sweep, x0_lens  # noqa: E402
 from workbench.diagnostics import diagnose  # noqa: E402
@@ -36,7 +37,7 @@ ENDPOINTS = {"/trajectory_generate", "/trajectory_stop", "/trajectory_scrub", "/
              "/guidance_stop", "/latent_encode", "/latent_interpolate", "/latent_path", "/latent_direction",
              "/latent_regenerate", "/latent_invert", "/inside_run", "/inside_stop", "/inside_view", "/inside_patch",
              "/inside_patch_stop", "/inside_patch_view", "/status", "/status_tick", "/bench_load", "/bench_filter",
-             "/bench_page", "/bench_open"}
+             "/bench_page", "/bench_open", "/chat_send", "/chat_stop", "/chat_clear", "/chat_open"}
 UPLOAD_CAP = 4096
 
 
@@ -393,3 +394,38 @@ def test_inside_stop_ends_the_run(app, wb, monkeypatch):
         status, *_, summary, files = job.result(timeout=TIMEOUT_S)
     assert status.startswith("**Stopped** by the user: showing the 1 finished block(s)")
     assert summary["status"] == "stopped" and summary["blocks"] == 1
+
+
+# -- chat ------------------------------------------------------------------------------------------------------
+def test_chat_answers_go_on_and_reopen_in_trajectories(app, wb):
+    c = client(app)
+    conversation, live, status, summary, message = c.predict("the cat sat", "Be brief.", 4, 7.0, 8, 3,
+                                                             api_name="/chat_send")
+    expected = ChatSession(wb, system="Be brief.", seed=3, knobs={"steps": 4, "max_new_tokens": 8})
+    first = expected.reply("the cat sat")
+    assert summary["answer"] == first.text and summary["token_ids"] == first.token_ids and message == ""
+    assert [m["role"] for m in conversation] == ["user", "assistant"] and status.startswith("**Answered**")
+    second = c.predict("go on", "Be brief.", 4, 7.0, 8, 3, api_name="/chat_send")[3]       # the session's history
+    assert second["prompt_ids"] == expected.prompt("go on").ids and second["answer"] == expected.reply("go on").text
+    outputs = c.predict(True, "auto", "2-D", api_name="/chat_open")
+    assert "Trajectories" in outputs[0] and outputs[-1]["token_ids"][:len(second["token_ids"])] == second["token_ids"]
+    assert "reproduces the answer's" in outputs[14]["value"]
+    cleared = c.predict(api_name="/chat_clear")
+    assert cleared[0] == [] and cleared[2] == "New conversation."
+    fails("message is empty", c.predict, "  ", "", 4, 7.0, 8, 3, api_name="/chat_send")
+    fails("no answer to open yet", client(app).predict, True, "auto", "2-D", api_name="/chat_open")
+
+
+def test_chat_streams_the_denoising_block_and_stops(app, wb, monkeypatch):
+    c = client(app)
+    held, stopped = threading.Event(), stop_signal(app[0], monkeypatch)
+    with wb.hooks(post_update=hold_at(2, 0, stopped, held)):       # held in block 2 until Stop
+        job = c.submit("a long story", "", 4, 7.0, 64, 1, api_name="/chat_send")
+        assert held.wait(TIMEOUT_S)
+        wait_for(lambda: any('class="tok"' in str(out[1]) for out in job.outputs()), "a streamed step preview")
+        growing = [out[0][-1]["content"][0]["text"] for out in job.outputs() if isinstance(out[0], list) and out[0]]
+        assert growing and growing[-1].endswith("▍")                  # the answer grows while it is generated
+        assert c.predict(api_name="/chat_stop").startswith("**Stopping**")
+        conversation, live, status, summary, message = job.result(timeout=TIMEOUT_S)
+    assert summary["finish_reason"] == "interrupted" and summary["blocks"] == 2
+    assert status.startswith("**Stopped**") and c.predict(api_name="/chat_stop") == "Nothing is running."

@@ -19,6 +19,7 @@ from typing import Iterator
 import gradio as gr
 
 from cola_core.chat_template import ChatTemplate
+from cola_core.tokenizer import display_tokens
 from workbench import Workbench
 from workbench.chat import CHAT_DEFAULTS, AnswerDelta, ChatAnswer, ChatSession, ChatTurn, StepPreview
 
@@ -33,7 +34,8 @@ from .store import session_key
 from .trajectories import Every
 
 TITLE, TAB_ID = "Chat", "chat"
-LIVE_EVERY_S = 0.1          # step previews are streamed at most this often (every decoded block goes out at once)
+LIVE_EVERY_S = 0.1          # step previews are streamed at most this often (a block's first step and every
+                            # decoded block go out at once)
 CONVERSATION_HEIGHT = 460
 CURSOR = "▍"
 SEND_INPUTS = ("chat", "message", "system", "steps", "guidance", "max_new_tokens", "seed")
@@ -84,9 +86,10 @@ def live_html(answer: str = "", preview: StepPreview | None = None, note: str = 
         head = (f"Block {preview.block + 1} · step {preview.step + 1}/{preview.steps} · t = {preview.t:.0f}: "
                 f"the block's x0 prediction, decoded alone")
         body = token_spans(preview)
-    return (f'<div id="cola-chat-live-view" style="font-size:14px">'
+    return (f'<div id="cola-chat-live-view" style="border:1px solid var(--border-color-primary);border-radius:8px;'
+            f'padding:8px 12px;min-height:72px">'
             f'<div style="font-size:12px;color:var(--body-text-color-subdued)">{head}</div>'
-            f'<div style="white-space:pre-wrap;line-height:1.8"><span style="opacity:.65">'
+            f'<div style="white-space:pre-wrap;line-height:1.9;font-size:16px"><span style="opacity:.65">'
             f'{html.escape(display_text(answer))}</span>{body}</div>{legend}</div>')
 
 
@@ -101,7 +104,7 @@ def messages(chat: ChatSession, pending: str | None = None, partial: str = "") -
 def about(wb: Workbench) -> str:
     """Which checkpoint and template the tab talks to."""
     template, tok = ChatTemplate.for_model(wb.model), wb.tokenizer
-    stop = "" if template.stop_token_id is None else f", stop {tok.id_to_token(template.stop_token_id)}"
+    stop = "" if template.stop_token_id is None else f", stop {display_tokens([template.stop_token_id], tok)[0]}"
     rule = {"plain": "a checkpoint without chat training: a plain User:/Assistant: transcript, cut at \\nUser:",
             "text": "User:/Assistant: turns", "chatml": "<|im_start|> turns"}[template.format]
     return (f"**Checkpoint** `{wb.model.source}`  \n**Template** `{template.format}`{html.escape(stop)} "
@@ -161,7 +164,7 @@ def send(ctx: AppContext, run_id, message, system, steps, guidance, max_new_toke
         for event in turn:
             if isinstance(event, AnswerDelta):
                 yield {"conversation": messages(run.chat, message, turn.sent), "live": live_html(turn.sent)}
-            elif isinstance(event, StepPreview) and due():
+            elif isinstance(event, StepPreview) and (due() or event.step == 0):    # every block shows at once
                 yield {"live": live_html(turn.sent, event)}
     finally:
         answer = turn.answer or turn.interrupt()       # an event the UI cancelled ends as interrupted
