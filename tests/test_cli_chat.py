@@ -133,6 +133,32 @@ def test_bad_input_is_one_line_and_exit_2(capsys, argv, message):
     assert message in err and len(err.splitlines()) == 1
 
 
+def test_a_history_file_is_continued_and_a_malformed_one_names_its_line(wb, tmp_path, capsys):
+    good = tmp_path / "chat.jsonl"
+    good.write_text(json.dumps({"messages": [{"role": "system", "content": "Be brief."},
+                                             {"role": "user", "content": "hello"},
+                                             {"role": "assistant", "content": "hi there"}]}) + "\n")
+    assert main(["chat", *FLAGS, "--history", str(good), "--prompt", "and then?", "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    expected = ChatSession(wb, system="Be brief.", history=[("user", "hello"), ("assistant", "hi there")],
+                           seed=4, knobs=KNOBS).prompt("and then?")
+    assert answer["prompt_ids"] == expected.ids
+    for line, message in [({"messages": [{"content": "hi"}]}, "line 2: message 0: missing \"role\""),
+                          ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": " "}]},
+                           "line 2: message 1: empty assistant turn"),
+                          ({"messages": [{"role": "user", "content": 5}]}, 'line 2: message 0: "content" must be a'),
+                          ("not json", "line 2: malformed JSON")]:
+        bad = tmp_path / "bad.jsonl"
+        bad.write_text(good.read_text() + (line if isinstance(line, str) else json.dumps(line)) + "\n")
+        assert main(["chat", *FLAGS, "--history", str(bad), "--prompt", "hi"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert f"{bad}, {message}" in err and len(err.splitlines()) == 1, err
+    two = tmp_path / "two.jsonl"
+    two.write_text(good.read_text() * 2)
+    assert main(["chat", *FLAGS, "--history", str(two), "--prompt", "hi"]) == 2
+    assert "holds 2 conversations" in capsys.readouterr().err
+
+
 def test_the_default_chat_answers_in_words(capsys):
     """The issue's check: `cola-workbench chat --prompt "What does 'river' mean?"` on the default install."""
     assert main(["chat", "--prompt", "What does 'river' mean?", "--seed", "0", "--json"]) == 0

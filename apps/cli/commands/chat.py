@@ -48,6 +48,9 @@ def register(subparsers) -> None:
                         "(none: the model's context)")
     p.add_argument("--stream-steps", type=int_in_range(0), default=0, metavar="N",
                    help="show the current block's x0 preview every N solver steps, in place (0 = off)")
+    p.add_argument("--history", default=None, metavar="FILE",
+                   help="continue a conversation: a .jsonl file holding one {\"messages\": [{role, content}, ...]} "
+                        "line, the SFT format (a leading system message is the system message unless --system)")
     p.add_argument("--prompt", default=None, help="answer this one message and exit")
     p.add_argument("--json", action="store_true",
                    help="one JSON object per answer (answer, finish_reason, seed, knobs, token_ids, blocks, ...)")
@@ -61,8 +64,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--prompt is empty; type some text")
     from workbench.chat import ChatSession
 
-    chat = ChatSession(load_workbench(args, chat=True), system=args.system, context_tokens=args.context_tokens,
-                       knobs=knobs)
+    system, history = read_history(args.history) if args.history else (None, [])
+    chat = ChatSession(load_workbench(args, chat=True), system=args.system or system, history=history,
+                       context_tokens=args.context_tokens, knobs=knobs)
     if args.prompt is not None:
         chat.prompt(args.prompt)                   # a message the model cannot take fails before the seed line
     chat.set(seed=resolve_seed(args.seed))
@@ -71,6 +75,20 @@ def run(args: argparse.Namespace) -> int:
         answer = term.answer(chat, args.prompt)
         return 130 if answer.finish_reason == "interrupted" else 0
     return converse(chat, sys.stdin, term)
+
+
+def read_history(path: str) -> tuple[str | None, list]:
+    """(system message, turns) of a --history file: one conversation in the SFT data format, checked as SFT
+    checks it (a malformed line is an error naming the file and the line)."""
+    from cola_core.training.conversations import read_conversations
+
+    conversations = read_conversations(path)
+    if len(conversations) != 1:
+        raise UsageError(f"--history {path}: holds {len(conversations)} conversations; give a file with one")
+    messages = conversations[0]
+    if messages[0][0] == "system":
+        return messages[0][1], messages[1:]
+    return None, messages
 
 
 def converse(chat: "ChatSession", lines: TextIO, term: "Terminal", hooks: "Hooks" = None) -> int:
