@@ -113,6 +113,14 @@ def test_chat_messages_cannot_inject_turns(tiny_model):
     assert tok.im_start_id not in plain and tok.im_end_id not in plain and attack in tok.decode(plain)
 
 
+def test_a_chat_answer_drops_special_tokens_and_leading_space(tiny_model):
+    tok = tiny_model.tokenizer
+    ids = [*tok.encode(" a cat"), tok.pad_id, *tok.encode(" sat")]
+    answer = ChoiceText(tok, 0, frozenset(tok.stop_ids), StopScanner(StopStrings(())), 100, answer=True)
+    assert "".join(_feed(answer, ids)) == tok.decode(ids, skip_special_tokens=True).lstrip()
+    assert "".join(_feed(_choice(tok), ids)) == tok.decode(ids)        # completions keep the official text
+
+
 def test_a_chat_stops_at_the_template_stop_token(tiny_model):
     stop = 77
     run = GenerationBackend(_chat_trained(tiny_model, "text", stop)).open(

@@ -82,7 +82,8 @@ class ChoiceText:
     stop_ids: frozenset[int]
     scanner: StopScanner
     max_tokens: int
-    lstrip: bool = False             # a chat answer: leading whitespace dropped (``ChatPrompt.answer``'s rule)
+    answer: bool = False             # a chat answer: special tokens and leading whitespace dropped, as
+                                     # ``cola_core.chat_template.ChatPrompt.answer`` does
     sent: str = ""
     scanned: str = ""                # the text the scanner has read
     tokens: int = 0                  # completion tokens counted for usage
@@ -98,8 +99,8 @@ class ChoiceText:
             ids, self.finish_reason = ids[:cut], "stop"
         if len(ids) > self.max_tokens or (cut is None and len(ids) == self.max_tokens):
             ids, self.finish_reason = ids[:self.max_tokens], "length"
-        text = self.tokenizer.decode(ids)
-        text = text.lstrip() if self.lstrip else text
+        text = self.tokenizer.decode(ids, skip_special_tokens=self.answer)
+        text = text.lstrip() if self.answer else text
         ending = final or self.finish_reason is not None
         stable = len(text) if ending else len(text.rstrip(REPLACEMENT))
         hit = self._scan(text, stable)
@@ -132,7 +133,7 @@ class Run:
         self.sampler = sampler
         tokenizer = sampler.model.tokenizer
         stop_ids = frozenset(sampler.eos_ids.tolist())
-        self.choices = [ChoiceText(tokenizer, trim, stop_ids, StopScanner(stops), max_tokens, lstrip=chat)
+        self.choices = [ChoiceText(tokenizer, trim, stop_ids, StopScanner(stops), max_tokens, answer=chat)
                         for trim in sampler.prepared.trim]
         self.prompt_tokens = prompt_tokens          # per prompt, not per choice
         self.notices = list(notices)                # e.g. oldest chat messages left out to fit the context
