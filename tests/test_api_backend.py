@@ -1,7 +1,6 @@
 """The API's generation adapter: safe text deltas, cuts, chat templates, per-request samplers, bind check."""
 from __future__ import annotations
 
-import copy
 import dataclasses
 import threading
 

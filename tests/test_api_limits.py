@@ -94,3 +94,18 @@ def test_chat_prompts_are_tokenised_in_a_worker_thread_not_on_the_event_loop(tin
                                                               "messages": [{"role": "user", "content": "Hi"}]})
     assert response.status_code == 200
     assert len(backend.threads) == 1 and backend.threads[0].startswith("cola-api")
+
+
+def test_a_long_chat_answers_with_a_notice_of_what_it_left_out(tiny_model):
+    long = "the cat sat on the mat " * 1200
+    messages = [{"role": "user", "content": long}, {"role": "assistant", "content": long},
+                {"role": "user", "content": "Hi"}]
+    body = {"model": "cola-dlm", "max_tokens": 4, "steps": 1, "seed": 0, "messages": messages}
+    with TestClient(create_app(tiny_model)) as client:
+        answer = client.post("/v1/chat/completions", json=body).json()
+        with client.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as response:
+            first = json.loads(next(line for line in response.iter_lines() if line.startswith("data: {"))[6:])
+        short = client.post("/v1/chat/completions", json={**body, "messages": messages[2:]}).json()
+    assert "its 2 oldest message(s) were left out" in answer["notice"] and first["notice"] == answer["notice"]
+    assert answer["choices"][0]["message"]["content"] == short["choices"][0]["message"]["content"]
+    assert "notice" not in short and answer["usage"]["prompt_tokens"] == short["usage"]["prompt_tokens"]

@@ -63,3 +63,14 @@ def test_the_openai_client_example_answers(http, monkeypatch, capsys):
     assert reply.choices[0].finish_reason in ("stop", "length")
     assert re.search(r"[A-Za-z]{2,}", reply.choices[0].message.content), reply.choices[0].message.content
     assert capsys.readouterr().out.startswith(reply.choices[0].message.content)
+
+
+def test_the_api_command_serves_pocket_chat_without_a_checkpoint(monkeypatch):
+    import apps.api
+    from apps.cli.main import main
+
+    served = {}
+    monkeypatch.setattr(apps.api, "serve", lambda model, **options: served.update(model=model, **options))
+    assert main(["api"]) == 0
+    assert served["model"].source == str(resolve_checkpoint("pocket-chat")) and served["model_id"] == "cola-dlm"
+    assert main(["api", "--checkpoint", "pocket"]) == 0 and served["model"].source == str(resolve_checkpoint("pocket"))
