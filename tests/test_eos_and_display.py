@@ -45,6 +45,17 @@ def test_generation_end_block_and_completion_ids(pocket_traj, pocket_model):
     assert ended >= 2, "the pocket ends most samples with EOS at these knobs"
 
 
+def test_the_end_is_tracked_without_stop_at_eos_too(pocket_model, pocket_traj):
+    """stop_at_eos=False (the bench's official protocol) runs every block; the blocks past a sample's first EOS
+    are still marked, and the generation still knows where its text ended."""
+    run_on = Workbench(pocket_model).trajectory(PROMPTS[:1], sample_ids=[5], stop_at_eos=False, **KNOBS)
+    gen, stopped = run_on.generations[0], pocket_traj.generations[0]
+    assert gen.end_block == stopped.end_block is not None and not gen.stopped_at_eos
+    assert gen.completion_ids == stopped.completion_ids and run_on.num_blocks == KNOBS["max_new_tokens"]
+    assert [bool(run_on.after_eos[b][0]) for b in range(run_on.num_blocks)] == [
+        b > gen.end_block for b in range(run_on.num_blocks)]
+
+
 def test_trajectory_marks_blocks_past_each_samples_end(pocket_traj, tmp_path):
     traj = pocket_traj
     for b in range(traj.num_blocks):
