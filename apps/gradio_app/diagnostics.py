@@ -8,6 +8,8 @@ divergence-estimate standard error and its discretisation error), and the collap
 """
 from __future__ import annotations
 
+import math
+
 import gradio as gr
 import plotly.graph_objects as go
 import torch
@@ -159,11 +161,16 @@ def units_figure(diag: Diagnosis) -> go.Figure:
     return fig
 
 
+def estimate(value: float) -> str:
+    """An error estimate for people ("not estimated" where the workbench could not, e.g. one ODE step)."""
+    return f"{value:.3f}" if math.isfinite(value) else "not estimated"
+
+
 def likelihood_line(d) -> str:
     """The prior log-likelihood with its errors: ± the divergence estimate's standard error, and the ODE's."""
     return (f"| prior log-likelihood (posterior draws) | {d.prior_bits_per_dim:.3f} ± "
-            f"{d.prior_stderr_bits_per_dim:.3f} bits/dim (divergence estimate; 0 when exact), ODE error ≈ "
-            f"{d.prior_ode_error_bits_per_dim:.3f} |")
+            f"{estimate(d.prior_stderr_bits_per_dim)} bits/dim (divergence estimate; 0 when exact), ODE error ≈ "
+            f"{estimate(d.prior_ode_error_bits_per_dim)} |")
 
 
 def summary_markdown(diag: Diagnosis) -> str:

@@ -222,8 +222,9 @@ def run_grid(ctx: AppContext, prompts, guidance, axis, ys, steps, seed, max_new_
     fixed = ({"seed": [inputs.seed("seed", seed)]} if axis == "steps"
              else {"steps": [inputs.integer("steps", steps, 1, lim.max_steps)]})
     variants = inputs.guidance_variants(guidance_rescale, interval_lo, interval_hi)
-    if variants["guidance_interval"] is None:
-        del variants["guidance_interval"]                  # the spec's default: guide at every t
+    interval = variants.pop("guidance_interval")
+    if interval is not None:                               # left out: the spec's default, guide at every t
+        variants["guidance_interval"] = list(interval)
     spec = parse_spec({"kind": "guidance_sweep", "name": "gradio-guidance-lab", "prompts": prompt_list,
                        "guidance": g_values, axis: y_values, **fixed,
                        "max_new_tokens": inputs.integer("max new tokens", max_new_tokens, 1, lim.max_new_tokens),
