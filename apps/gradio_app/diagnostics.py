@@ -188,7 +188,8 @@ def summary_markdown(diag: Diagnosis) -> str:
              likelihood_line(d) if d.prior_bits_per_dim is not None else "",
              f"| ELBO with the DiT prior | {d.elbo_prior_bits_per_token:.3f} bits/token |"
              if d.elbo_prior_bits_per_token is not None else "",
-             f"| importance-weighted bound, DiT prior ({diag.settings['samples']} draws) | "
+             f"| importance-weighted bound, DiT prior ({diag.settings['samples']} draw"
+             f"{'s' if diag.settings['samples'] > 1 else ''}) | "
              f"{d.iw_prior_bits_per_token:.3f} bits/token |" if d.iw_prior_bits_per_token is not None else ""]
     return "\n".join(line for line in lines if line)
 

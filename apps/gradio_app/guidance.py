@@ -319,10 +319,11 @@ def build(ctx: AppContext) -> TabComponents:
             ui.grid = gr.HTML(label="Outputs", value="<p>The grid of outputs appears here.</p>")
     ui.monitor = gr.Plot(label="Off-manifold monitor", elem_id="guidance-monitor")
     ui.metrics = gr.Plot(label="Sweep metrics")
-    ui.gaps = gr.Plot(label="Velocity gap per step")
     ui.population = gr.Dataframe(headers=POPULATION_COLUMNS, interactive=False, wrap=True,
-                                 label="Population metrics across seeds (pooled distinct-n, self-BLEU, pairwise "
-                                       "overlap of the completions; 1 = all alike)")
+                                 label="Population metrics of the completions across seeds (Y = seed): pooled "
+                                       "distinct-n (1 = no n-gram repeats), self-BLEU and pairwise word overlap "
+                                       "(1 = all alike)")
+    ui.gaps = gr.Plot(label="Velocity gap per step")
     ui.records = gr.Dataframe(headers=TABLE_COLUMNS, label="Records", interactive=False, wrap=True)
     ui.files = gr.File(label="Downloads: JSON / CSV / HTML report", file_count="multiple", interactive=False)
     ui.run = run_state(ctx)

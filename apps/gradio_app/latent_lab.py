@@ -53,10 +53,11 @@ class LatentPair:
         return self.latents[SOURCES.index(inputs.choice("source", which, SOURCES))]
 
     def sampled(self, ctx: AppContext, which, seed: int) -> Latents:
-        """A posterior sample of text A or B (padded as the pair; the noise of text i is the per-sample draw of
-        (seed, i, block)), where the prior was trained."""
+        """A posterior sample of text A or B over its own blocks (no padding to the pair's length): the noise of
+        its block k is the per-sample draw of (seed, sample id 0 for A or 1 for B, k). The prior was trained on
+        such samples."""
         index = SOURCES.index(inputs.choice("source", which, SOURCES))
-        return ctx.workbench.encode(self.texts, pad_to="longest", sample=True, seed=seed)[index]
+        return ctx.workbench.encode([self.texts[index]], sample=True, seed=seed, sample_ids=[index])
 
     def blocks(self, name: str, picked) -> list[int] | None:
         """Ticked block indices of these latents (None: none ticked, meaning all)."""

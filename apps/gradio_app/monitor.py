@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 
 from workbench import OFF_MANIFOLD_RATIO
 
-HEIGHT = 320
+HEIGHT = 360
 ON, OFF, PAST_EOS = "#1f77b4", "#d62728", "#c7c7c7"
 
 
@@ -32,13 +32,14 @@ def completion_flag(records: list[dict]) -> str:
     return flag([r["block"] for r in off], max((r["ratio"] for r in off), default=0.0))
 
 
-def reference_lines(fig: go.Figure, **where) -> None:
-    """The encoded data's norm (ratio 1) and the off-manifold threshold, as horizontal lines."""
+def reference_lines(fig: go.Figure, outside: bool = False, **where) -> None:
+    """The encoded data's norm (ratio 1) and the off-manifold threshold, as horizontal lines labelled inside the
+    plot's right end, or ``outside`` it (the figure then needs a right margin)."""
     fig.add_hline(y=1.0, line_dash="dot", line_color="#888", annotation_text="encoded data",
-                  annotation_position="bottom right", **where)
+                  annotation_position="right" if outside else "bottom right", **where)
     fig.add_hline(y=OFF_MANIFOLD_RATIO, line_dash="dash", line_color=OFF,
-                  annotation_text=f"off-manifold above {OFF_MANIFOLD_RATIO:g}×", annotation_position="top right",
-                  **where)
+                  annotation_text=f"off-manifold: {OFF_MANIFOLD_RATIO:g}×",
+                  annotation_position="right" if outside else "top right", **where)
 
 
 def blocks_figure(records: list[dict], data_norm: float, highlight: int | None = None) -> go.Figure:
@@ -50,11 +51,14 @@ def blocks_figure(records: list[dict], data_norm: float, highlight: int | None =
                     line=dict(width=[3 if r["block"] == highlight else 0 for r in records], color="#000")),
         customdata=[[r["norm"], " (after EOS: not part of the text)" if r["after_eos"] else ""] for r in records],
         hovertemplate=f"block %{{x}}: norm %{{customdata[0]:.2f}} = %{{y:.2f}}× the data's {data_norm:.2f}"
-                      f"%{{customdata[1]}}<extra></extra>", name="norm / data norm"))
-    reference_lines(fig)
+                      f"%{{customdata[1]}}<extra></extra>", showlegend=False))
+    for name, colour, hatch in (("on the manifold", ON, ""), ("off-manifold", OFF, ""),
+                                ("after EOS (not part of the text)", PAST_EOS, "/")):
+        fig.add_trace(go.Bar(x=[None], y=[None], name=name, marker=dict(color=colour, pattern=dict(shape=hatch))))
+    reference_lines(fig, outside=True)
     words = completion_flag(records).replace("**", "")
     fig.update_layout(height=HEIGHT, title=words or "Off-manifold monitor: latent norm per block / encoded data's norm",
                       title_font=dict(color=OFF if words else None, size=13), xaxis_title="block",
                       yaxis=dict(title="norm ratio", rangemode="tozero"), xaxis=dict(dtick=1),
-                      margin=dict(l=50, r=20, t=50, b=40), showlegend=False)
+                      legend=dict(orientation="h", y=-0.3), margin=dict(l=50, r=120, t=50, b=40))
     return fig
