@@ -294,10 +294,10 @@ LIVE_CASES = [
      "guidance must be a number, got 'seven'"),
     ("trajectory_scrub", [0, 0, "auto", "2-D"], "no trajectory result"),
     ("diagnose", ["x", None, 0, 1, 3, 0, False, 8], "posterior samples must be from 1 to 8"),
-    ("guidance_grid", ["p", "1-9", "seed", "0-9", 4, 0, 8, "euler", "off"], "at most 64"),
+    ("guidance_grid", ["p", "1-9", "seed", "0-9", 4, 0, 8, "euler", "off", *VARIANTS.values()], "at most 64"),
     ("latent_encode", ["   ", "b", 0.5, "lerp"], "text A is empty"),
     ("latent_interpolate", [0.5, "lerp", []], "no latents result"),
-    ("latent_invert", ["A", 4, "heun"], "no latents result"),
+    ("latent_invert", ["A", 4, "heun", 0], "no latents result"),     # raw HTTP sends every input
     ("inside_view", [0, 0, 0, 0, "cond", "all blocks", "p_final"], "no model-internals result"),
     ("inside_patch", [*PATCH.values()][:1] + ["a small animal that"] + [*PATCH.values()][2:],
      "same number of context latents"),
