@@ -186,7 +186,8 @@ class BlockwiseSampler:
             raise GenerationError(f"{len(self.sample_ids)} sample ids for {len(prompts)} prompts")
         if eos_ids is None:
             eos_ids = sorted(model.tokenizer.stop_ids) if self.config.stop_at_eos else []
-        self.eos_ids = torch.tensor(list(eos_ids), dtype=torch.long)
+        self.eos_ids = torch.tensor(list(eos_ids), dtype=torch.long)           # stop the loop (stop_at_eos)
+        self.end_ids = torch.tensor(sorted(model.tokenizer.stop_ids), dtype=torch.long)   # where a text ends
         bs, patch, max_new = model.block_size, model.patch_size, self.config.max_new_tokens
         texts = [p for p in prompts if isinstance(p, str)]
         encoded = iter(model.tokenizer.encode_batch(texts) if texts else [])
@@ -201,8 +202,9 @@ class BlockwiseSampler:
                             f"{len(ids)} tokens plus max_new_tokens={max_new}")
         self.prepared = prepare_prompts(model, list(prompts), prompt_ids)
         self.context: list[torch.Tensor] = []   # per block (B, bs*P) token ids
-        self.finished = torch.zeros(len(prompts), dtype=torch.bool)
-        self.end_block: list[int | None] = [None] * len(prompts)   # block of each sample's first EOS / im_end
+        self.finished = torch.zeros(len(prompts), dtype=torch.bool)   # emitted one of eos_ids (the loop's stop)
+        self.ended = torch.zeros(len(prompts), dtype=torch.bool)      # emitted EOS / im_end, stop_at_eos or not
+        self.end_block: list[int | None] = [None] * len(prompts)      # block of each sample's first EOS / im_end
         # token sampling (temperature > 0): one CPU generator per sample, so sampled tokens are batch-independent
         self._token_rngs = None if self.config.seed is None else [
             torch.Generator().manual_seed(token_seed(self.config.seed, sid)) for sid in self.sample_ids]
@@ -249,7 +251,7 @@ class BlockwiseSampler:
                 guidance = guidance.masked_fill(empty_prefix, 1.0).to(torch.bfloat16).float()
             state = SamplerState(block=block, steps=cfg.steps, z=self._noise(block), guidance=guidance.to(device),
                                  free=~pinned if first else torch.ones_like(pinned), decode_preview=preview, T=cfg.T,
-                                 ended=self.finished.clone())
+                                 ended=self.ended.clone())
             if first:
                 state.z = torch.where(pinned[..., None], clean, state.z)
             yield "block_start", state
@@ -308,11 +310,12 @@ class BlockwiseSampler:
                                             generator=self._token_rngs).cpu()
             yield "decoded", state
             self.context.append(state.token_ids.cpu())   # a hook may have replaced them
+            ending = torch.isin(state.token_ids, self.end_ids).any(dim=1)
+            for b in (ending & ~self.ended).nonzero().flatten().tolist():
+                self.end_block[b] = block
+            self.ended |= ending
             if self.eos_ids.numel():
-                stopped = torch.isin(state.token_ids, self.eos_ids).any(dim=1)
-                for b in (stopped & ~self.finished).nonzero().flatten().tolist():
-                    self.end_block[b] = block
-                self.finished |= stopped
+                self.finished |= torch.isin(state.token_ids, self.eos_ids).any(dim=1)
             if state.interrupt or bool(self.finished.all()):
                 return
             if block + 1 < self.num_blocks:   # commit the finished block into the DiT cache (t = 0)
