@@ -20,6 +20,7 @@ from .checkpoint import ColaModel
 from .constants import TIME_SCALE
 from .errors import GenerationError
 from .prior_context import PriorContext
+from .static_prior import StaticPriorContext
 from .sampler import (SCHEDULES, SOLVERS, guided_velocity, predicted_clean, sample_tokens, seeded_noise,
                       solver_updates, timestep_grid)
 from .text_codec import (block_count, check_positions, context_latents, decode_logits, encode_tokens, greedy_texts,
@@ -151,9 +152,15 @@ class BlockwiseSampler:
     """One generation call: owns its KV caches, noise and outputs. Iterate :meth:`events`."""
 
     def __init__(self, model: ColaModel, prompts: Sequence[str | Sequence[int]], config: GenerationConfig | None = None,
-                 sample_ids: Sequence[int] | None = None, eos_ids: Sequence[int] | None = None):
-        """``prompts``: texts, or token-id lists used as given (e.g. a chat template built from ids)."""
+                 sample_ids: Sequence[int] | None = None, eos_ids: Sequence[int] | None = None, fast: bool = True):
+        """``prompts``: texts, or token-id lists used as given (e.g. a chat template built from ids).
+
+        ``fast`` runs the DiT through :class:`~cola_core.static_prior.StaticPriorContext` (static shapes, CUDA
+        graphs); False runs the eager :class:`PriorContext`. Both give the same tokens; a model-internal
+        listener makes the fast one run its passes eagerly anyway.
+        """
         self.model = model
+        self.fast = fast
         self.config = config or GenerationConfig()
         self.config.validate()
         if isinstance(prompts, str):
@@ -214,13 +221,25 @@ class BlockwiseSampler:
         ``v_cond``, ``v_uncond`` or ``guidance`` there shape ``v_guided``; ``guided`` comes after the
         combine, for edits of ``v_guided`` itself.
         """
+        batch = len(self.sample_ids)
+        if self.fast:
+            capacity = int(self.prepared.prefix_lengths.max()) + self.num_blocks * self.model.block_size
+            prior = StaticPriorContext(self.model, batch, capacity)
+        else:
+            prior = PriorContext(self.model, batch)
+        try:
+            yield from self._events(prior)
+        finally:
+            prior.release()
+
+    def _events(self, prior: PriorContext) -> Iterator[tuple[str, SamplerState]]:
         model, cfg, prep = self.model, self.config, self.prepared
         batch, bs, device = len(self.sample_ids), model.block_size, model.device
-        prior = PriorContext(model, batch)
         vae_cache = model.vae.new_cache(batch)
         if int(prep.prefix_lengths.max()) > 0:
             self._prefill(prior, vae_cache)
         grid = timestep_grid(cfg.steps, cfg.T, cfg.schedule, cfg.schedule_shift)   # host-side: no device syncs
+        prior.expect(grid)
         empty_prefix = prep.prefix_lengths == 0
         pinned, clean = prep.pinned.to(device), prep.clean_window.to(device)
         preview = functools.partial(greedy_texts, model)

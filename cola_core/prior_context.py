@@ -35,6 +35,12 @@ class PriorContext:
             return model.dit(bf16_round(z).to(model.dtype), bf16_round(t).float(), lengths,
                              cache=self.cache.view(rows), update_cache=update)
 
+    def expect(self, times: torch.Tensor) -> None:
+        """Told the times the call will use (a fast context prepares for them; nothing to do here)."""
+
+    def release(self) -> None:
+        """The call is over (a fast context gives its buffers back; nothing to do here)."""
+
     def velocities(self, z: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """z (B, bs, C) fp32, t (B, bs) -> (v_cond over the cached context, v_uncond over the block alone).
 

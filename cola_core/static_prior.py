@@ -1,0 +1,197 @@
+"""The fast DiT side of a generation call: static shapes, modulations once per time, CUDA graphs.
+
+:class:`StaticPriorContext` answers the same three calls as :class:`PriorContext` (``velocities``,
+``prefill``, ``commit``) with the same model maths, faster:
+
+- its KV cache is static (``KVCache.static``): a fixed capacity, lengths mirrored on the device, and
+  every pass attends over the whole capacity, masked, so a generation's passes all have one shape;
+- the AdaLN modulations come from a :class:`~cola_core.dit.ModulationTable` filled once per call with
+  the sampler's times, so the AdaLN weights (a third of the DiT's) are read once per call, not per pass;
+- on CUDA each pass shape (the guided pair ``(2B, bs)``, the commit ``(B, bs)``) is captured once as a
+  CUDA graph and replayed: one launch per pass instead of hundreds of kernels (the loop is launch-bound
+  at small batches).
+
+On a CPU the same code runs eagerly, by default reading only the keys each row holds (host-side
+lengths cost no sync there), which keeps results bit-identical to the eager path; ``static_keys=True``
+runs exactly the graphs' computation instead. The prefill (one variable-length pass per call) and any
+pass a :class:`~cola_core.hook_points.Taps` listener listens to run the eager forward on the same cache,
+so every hook point fires with its usual name and shape.
+
+Between calls the model keeps a few of these resources (``ColaModel.runtime``), keyed by batch size,
+capacity and the weights' storage: a call checks one out, :meth:`StaticPriorContext.release` empties
+its cache and puts it back, so graphs are captured once per shape, not once per call, and two calls
+running at once never share one. The per-call state is exactly the KV cache's row lengths.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import torch
+
+from .attention import KVCache
+from .checkpoint import ColaModel
+from .dit import ModulationTable, TableRows
+from .hook_points import NO_TAP, model_taps
+from .prior_context import PriorContext, bf16_round
+
+MIN_CAPACITY = 64     # static caches hold a power of two >= this many positions, so similar calls share one
+KEPT = 2              # resources a model keeps between calls
+GRAPH_WARMUP = 2      # eager runs on a side stream before a capture (allocations, library handles)
+
+
+def static_capacity(needed: int) -> int:
+    """Positions of a static cache for ``needed``: the next power of two, at least ``MIN_CAPACITY``."""
+    capacity = MIN_CAPACITY
+    while capacity < needed:
+        capacity *= 2
+    return capacity
+
+
+@dataclass
+class CapturedPass:
+    """One pass shape as a CUDA graph: its static inputs, and the output its replays overwrite."""
+
+    graph: "torch.cuda.CUDAGraph"
+    x: torch.Tensor        # (n, Lq, C) latents, model dtype
+    index: torch.Tensor    # (n*Lq,) modulation-table slots
+    out: torch.Tensor      # (n, Lq, C_out)
+
+
+@dataclass
+class StaticResources:
+    """What a static prior keeps between calls of one shape."""
+
+    batch: int
+    weights: tuple[int, ...]                  # storage of the DiT's parameters (graphs read them in place)
+    cache: KVCache                            # rows [0, B) cond context, [B, 2B) the uncond block
+    table: ModulationTable
+    graphs: dict[tuple, CapturedPass] | None  # None off CUDA
+    pool: object = None                       # the graphs' shared CUDA memory pool
+    captures: int = field(default=0)          # how many graphs were captured (diagnostics, tests)
+
+
+def _weights(model: ColaModel) -> tuple[int, ...]:
+    return tuple(p.data_ptr() for p in model.dit.parameters())
+
+
+def checkout(model: ColaModel, batch: int, capacity: int) -> StaticResources:
+    """Resources for a call of ``batch`` samples needing ``capacity`` positions: a kept one that fits
+    (smallest capacity first, its cache emptied), else new ones."""
+    shelf: list[StaticResources] = model.runtime.setdefault("static_prior", [])
+    weights = _weights(model)
+    fits = [r for r in list(shelf) if r.batch == batch and r.weights == weights and r.cache.capacity >= capacity]
+    for kept in sorted(fits, key=lambda r: r.cache.capacity):
+        try:
+            shelf.remove(kept)   # another thread may have taken it meanwhile
+        except ValueError:
+            continue
+        kept.cache.reset()
+        kept.table.reset()
+        return kept
+    cuda = model.device.type == "cuda"
+    return StaticResources(batch=batch, weights=weights,
+                           cache=model.dit.new_cache(2 * batch, capacity=static_capacity(capacity)),
+                           table=ModulationTable(model.dit, model.compute_dtype, model.device),
+                           graphs={} if cuda else None, pool=torch.cuda.graph_pool_handle() if cuda else None)
+
+
+def checkin(model: ColaModel, resources: StaticResources) -> None:
+    """Keep ``resources`` for a later call (the most recent ``KEPT`` are kept)."""
+    shelf: list[StaticResources] = model.runtime.setdefault("static_prior", [])
+    shelf.append(resources)
+    del shelf[:-KEPT]
+
+
+class StaticPriorContext(PriorContext):
+    """:class:`PriorContext` with static shapes, a modulation table and (on CUDA) graphed passes.
+
+    ``capacity``: the most positions any row will hold (prefix + generated blocks). Call :meth:`release`
+    when the call is over.
+    """
+
+    def __init__(self, model: ColaModel, batch: int, capacity: int, static_keys: bool | None = None):
+        """``static_keys``: attend over the whole capacity, masked (the shape graphs need; default: on CUDA).
+        Off, a pass reads the keys its rows hold (known on the host), which keeps bf16 results bit-identical
+        to the eager path; on, reduction order inside attention changes by a last bit or so."""
+        self.model = model
+        self.batch = batch
+        self.static_keys = model.device.type == "cuda" if static_keys is None else static_keys
+        self.resources = checkout(model, batch, capacity)
+        self.cache = self.resources.cache
+        self.table = self.resources.table
+        self.cache.device_offsets(model.device)   # the device mirror exists before any capture
+
+    def expect(self, times: torch.Tensor) -> None:
+        """Fill the modulation table with the call's times (rounded as the DiT sees them) in one batch."""
+        with torch.no_grad(), self.model.autocast:
+            self.table.add(bf16_round(times).float().reshape(-1).tolist() + [0.0])
+
+    def release(self) -> None:
+        """Give the resources back to the model for the next call (the cache is emptied then)."""
+        if self.resources is not None:
+            checkin(self.model, self.resources)
+            self.resources = None
+
+    @torch.no_grad()
+    def _dit(self, z: torch.Tensor, t: torch.Tensor, rows: slice, update: bool,
+             lengths: torch.Tensor | None = None) -> torch.Tensor:
+        if lengths is not None or model_taps("dit") is not NO_TAP:   # the prefill, or a listened pass: eager
+            return super()._dit(z, t, rows, update, lengths)
+        model = self.model
+        x, times = bf16_round(z).to(model.dtype), bf16_round(t).float()
+        with model.autocast:
+            self.table.add(times.reshape(-1).tolist())
+        if self.resources.graphs is not None and self.static_keys:
+            out = self._replay(x, times, rows)
+        else:
+            q = torch.full((x.shape[0],), x.shape[1], dtype=torch.long, device=model.device)
+            with model.autocast:
+                out = model.dit(x, times, q, cache=self.cache.view(rows), time=self.table.rows(times),
+                                static=self.static_keys)
+        if update:
+            self.cache.view(rows).commit(torch.full((x.shape[0],), x.shape[1], dtype=torch.long))
+        return out
+
+    # -- CUDA graphs -----------------------------------------------------------------------------------
+    def _replay(self, x: torch.Tensor, times: torch.Tensor, rows: slice) -> torch.Tensor:
+        """Run the pass through its graph (captured on first use); a fresh copy of the output."""
+        key = (rows.start, rows.stop, tuple(x.shape), x.dtype, self.table.version)
+        captured = self.resources.graphs.get(key)
+        if captured is None:
+            captured = self.resources.graphs[key] = self._capture(x, times, rows)
+        captured.x.copy_(x)
+        self.table.rows(times, out=captured.index)
+        captured.graph.replay()
+        return captured.out.clone()
+
+    def _capture(self, x: torch.Tensor, times: torch.Tensor, rows: slice) -> CapturedPass:
+        """Capture one pass shape (torch.cuda.graph): warm-up on a side stream, then record into the shared pool.
+
+        Inside the graph nothing reads back to the host and nothing allocates outside the pool: the cache
+        buffers, the device lengths and the modulation table exist before, and the autocast weight cache
+        is off (its copies would be freed after the capture).
+        """
+        model = self.model
+        static_x, static_t = x.clone(), times.clone()
+        index = self.table.rows(times).inverse.clone()
+        q = torch.full((x.shape[0],), x.shape[1], dtype=torch.long, device=model.device)
+        view, time = self.cache.view(rows), TableRows(self.table, index, times.shape)
+        autocast = (torch.autocast("cuda", dtype=model.compute_dtype, cache_enabled=False)
+                    if model.compute_dtype != model.dtype else contextlib.nullcontext())
+
+        def run() -> torch.Tensor:
+            with autocast:
+                return model.dit(static_x, static_t, q, cache=view, time=time, static=True)
+
+        stream = torch.cuda.Stream(model.device)
+        stream.wait_stream(torch.cuda.current_stream(model.device))
+        with torch.cuda.stream(stream):
+            for _ in range(GRAPH_WARMUP):
+                run()
+        torch.cuda.current_stream(model.device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.resources.pool):
+            out = run()
+        self.resources.captures += 1
+        return CapturedPass(graph, static_x, index, out)
