@@ -161,6 +161,7 @@ class BlockwiseSampler:
         """
         self.model = model
         self.fast = fast
+        self.prior_options: dict = {}   # extra StaticPriorContext options (static_keys, regroup) for tests and benchmarks
         self.config = config or GenerationConfig()
         self.config.validate()
         if isinstance(prompts, str):
@@ -224,7 +225,7 @@ class BlockwiseSampler:
         batch = len(self.sample_ids)
         if self.fast:
             capacity = int(self.prepared.prefix_lengths.max()) + self.num_blocks * self.model.block_size
-            prior = StaticPriorContext(self.model, batch, capacity)
+            prior = StaticPriorContext(self.model, batch, capacity, **self.prior_options)
         else:
             prior = PriorContext(self.model, batch)
         try:
@@ -364,13 +365,15 @@ def prepare_prompts(model: ColaModel, prompts: list[str], ids: list[list[int]] |
 
 
 def generate(model: ColaModel, prompts: Sequence[str | Sequence[int]] | str, config: GenerationConfig | None = None,
-             sample_ids: Sequence[int] | None = None, **knobs) -> list[Generation]:
+             sample_ids: Sequence[int] | None = None, fast: bool = True, **knobs) -> list[Generation]:
     """Generate continuations for prompts, texts or token-id lists (official algorithm unless knobs say otherwise).
 
-    ``knobs`` override fields of ``config`` (e.g. ``steps=8, guidance=3.0, seed=0``).
+    ``knobs`` override fields of ``config`` (e.g. ``steps=8, guidance=3.0, seed=0``); ``fast`` as in
+    :class:`BlockwiseSampler`.
     """
     config = (config or GenerationConfig()).with_knobs(**knobs)
-    sampler = BlockwiseSampler(model, [prompts] if isinstance(prompts, str) else list(prompts), config, sample_ids)
+    sampler = BlockwiseSampler(model, [prompts] if isinstance(prompts, str) else list(prompts), config, sample_ids,
+                               fast=fast)
     for _ in sampler.events():
         pass
     return sampler.result()

@@ -15,7 +15,8 @@ On a CPU the same code runs eagerly, by default reading only the keys each row h
 lengths cost no sync there), which keeps results bit-identical to the eager path; ``static_keys=True``
 runs exactly the graphs' computation instead. The prefill (one variable-length pass per call) and any
 pass a :class:`~cola_core.hook_points.Taps` listener listens to run the eager forward on the same cache,
-so every hook point fires with its usual name and shape.
+so every hook point fires with its usual name and shape: while a Taps listener is active
+(``cola_core.hook_points.tapping``), every pass is eager and unfused.
 
 Between calls the model keeps a few of these resources (``ColaModel.runtime``), keyed by batch size,
 capacity and the weights' storage: a call checks one out, :meth:`StaticPriorContext.release` empties
@@ -32,12 +33,23 @@ import torch
 from .attention import KVCache
 from .checkpoint import ColaModel
 from .dit import ModulationTable, TableRows
-from .hook_points import NO_TAP, model_taps
+from .hook_points import listening
 from .prior_context import PriorContext, bf16_round
 
 MIN_CAPACITY = 64     # static caches hold a power of two >= this many positions, so similar calls share one
 KEPT = 2              # resources a model keeps between calls
 GRAPH_WARMUP = 2      # eager runs on a side stream before a capture (allocations, library handles)
+
+
+def row_count_independent(model: ColaModel) -> bool:
+    """Whether the model's matrix products give a row the same bits whatever the number of rows.
+
+    The modulation table and the fused commits change row counts, so they are on by default only where
+    that is invisible or the kernels vary anyway: bf16 on a CPU (oneDNN; checked bit for bit on the
+    fixtures and at the release size) and CUDA. fp32 on a CPU (MKL) rounds by row count (~1e-6 on the
+    fixture), so there the fast path keeps the eager row counts and stays bit-identical to it.
+    """
+    return not (model.device.type == "cpu" and model.dtype == torch.float32)
 
 
 def static_capacity(needed: int) -> int:
@@ -104,26 +116,40 @@ def checkin(model: ColaModel, resources: StaticResources) -> None:
 
 
 class StaticPriorContext(PriorContext):
-    """:class:`PriorContext` with static shapes, a modulation table and (on CUDA) graphed passes.
+    """:class:`PriorContext` with static shapes, a modulation table, fused commits and (on CUDA) graphed passes.
 
     ``capacity``: the most positions any row will hold (prefix + generated blocks). Call :meth:`release`
     when the call is over.
+
+    ``prefill`` and ``commit`` only write the cache, so they wait for the next ``velocities`` call and run
+    in its forward: each cond row queries ``[pending rows (t=0) | the block]``, block-causally, so the block
+    sees them as it would see them cached and they see nothing of the block; the pending rows' K/V are kept.
+    That saves one pass of the weights per block (and the prefill's). While a Taps listener is active nothing
+    is deferred or fused, and every pass is the eager one.
     """
 
-    def __init__(self, model: ColaModel, batch: int, capacity: int, static_keys: bool | None = None):
+    def __init__(self, model: ColaModel, batch: int, capacity: int, static_keys: bool | None = None,
+                 regroup: bool | None = None):
         """``static_keys``: attend over the whole capacity, masked (the shape graphs need; default: on CUDA).
-        Off, a pass reads the keys its rows hold (known on the host), which keeps bf16 results bit-identical
-        to the eager path; on, reduction order inside attention changes by a last bit or so."""
+        Off, a pass reads the keys its rows hold (known on the host), which keeps CPU results bit-identical
+        to the eager path; on, reduction order inside attention changes by a last bit or so.
+        ``regroup``: use the modulation table and fuse prefill/commit into the next pass, which changes how
+        many rows each GEMM sees (default: where that changes no bits, see :func:`row_count_independent`)."""
         self.model = model
         self.batch = batch
         self.static_keys = model.device.type == "cuda" if static_keys is None else static_keys
+        self.regroup = row_count_independent(model) if regroup is None else regroup
         self.resources = checkout(model, batch, capacity)
         self.cache = self.resources.cache
         self.table = self.resources.table
         self.cache.device_offsets(model.device)   # the device mirror exists before any capture
+        self.pending: tuple[torch.Tensor, torch.Tensor] | None = None   # (B, P, C) fp32 rows at t=0, (B,) lengths
+        self.pending_is_commit = False   # a commit's fused pass has one shape every block (graphed); a prefill's not
 
     def expect(self, times: torch.Tensor) -> None:
         """Fill the modulation table with the call's times (rounded as the DiT sees them) in one batch."""
+        if not self.regroup:
+            return
         with torch.no_grad(), self.model.autocast:
             self.table.add(bf16_round(times).float().reshape(-1).tolist() + [0.0])
 
@@ -133,39 +159,79 @@ class StaticPriorContext(PriorContext):
             checkin(self.model, self.resources)
             self.resources = None
 
+    # -- the three calls ---------------------------------------------------------------------------------
+    def prefill(self, prefix: torch.Tensor, lengths: torch.Tensor) -> None:
+        self._defer(prefix.float(), lengths.cpu(), commit=False)
+
+    def commit(self, z: torch.Tensor) -> None:
+        self._defer(z.float(), torch.full((self.batch,), z.shape[1], dtype=torch.long), commit=True)
+
+    def velocities(self, z: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if listening():
+            self._flush()
+            return super().velocities(z, t)
+        batch, bs = self.batch, z.shape[1]
+        if self.pending is None:
+            out = self._pass(torch.cat([z, z]), torch.cat([t, t]), torch.full((2 * batch,), bs), graph=True)
+            return out[:batch], out[batch:]
+        rows, lengths = self.pending   # cond rows: [pending | block]; uncond rows: [block], padded
+        self.pending = None
+        width = rows.shape[1] + bs
+        at = lengths[:, None] + torch.arange(bs)                                        # (B, bs) block rows
+        x = torch.zeros(2 * batch, width, z.shape[2], device=z.device)
+        x[:batch, :rows.shape[1]] = rows.to(z.device)
+        x[:batch].scatter_(1, at.to(z.device)[..., None].expand(-1, -1, z.shape[2]), z)
+        x[batch:, :bs] = z
+        times = torch.zeros(2 * batch, width, device=t.device)
+        times[:batch].scatter_(1, at.to(t.device), t)
+        times[batch:, :bs] = t
+        out = self._pass(x, times, torch.cat([lengths + bs, torch.full((batch,), bs)]), graph=self.pending_is_commit)
+        self.cache.view(slice(0, batch)).commit(lengths)
+        v_cond = out[:batch].gather(1, at.to(out.device)[..., None].expand(-1, -1, out.shape[2]))
+        return v_cond, out[batch:, :bs]
+
+    def _defer(self, rows: torch.Tensor, lengths: torch.Tensor, commit: bool) -> None:
+        self._flush()
+        self.pending, self.pending_is_commit = (rows, lengths), commit
+        if listening() or not self.regroup:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Write a pending prefill or commit on its own (eager, so listeners see it)."""
+        if self.pending is not None:
+            rows, lengths = self.pending
+            self.pending = None
+            device = self.model.device
+            self._dit(rows.to(device), torch.zeros(rows.shape[:2], device=device), slice(0, self.batch), update=True,
+                      lengths=lengths.to(device))
+
     @torch.no_grad()
-    def _dit(self, z: torch.Tensor, t: torch.Tensor, rows: slice, update: bool,
-             lengths: torch.Tensor | None = None) -> torch.Tensor:
-        if lengths is not None or model_taps("dit") is not NO_TAP:   # the prefill, or a listened pass: eager
-            return super()._dit(z, t, rows, update, lengths)
-        model = self.model
+    def _pass(self, z: torch.Tensor, t: torch.Tensor, q_lengths: torch.Tensor, graph: bool) -> torch.Tensor:
+        """One forward over every cache row: z (2B, L, C) fp32, t (2B, L), q_lengths (2B,) host; lengths unchanged.
+        ``graph``: a shape that recurs every block, worth a CUDA graph (when graphs are on)."""
+        model, rows = self.model, slice(0, 2 * self.batch)
         x, times = bf16_round(z).to(model.dtype), bf16_round(t).float()
         with model.autocast:
-            self.table.add(times.reshape(-1).tolist())
-        if self.resources.graphs is not None and self.static_keys:
-            out = self._replay(x, times, rows)
-        else:
-            q = torch.full((x.shape[0],), x.shape[1], dtype=torch.long, device=model.device)
-            with model.autocast:
-                out = model.dit(x, times, q, cache=self.cache.view(rows), time=self.table.rows(times),
-                                static=self.static_keys)
-        if update:
-            self.cache.view(rows).commit(torch.full((x.shape[0],), x.shape[1], dtype=torch.long))
-        return out
+            if self.regroup:
+                self.table.add(times.reshape(-1).tolist())
+            if graph and self.resources.graphs is not None and self.static_keys and self.regroup:
+                return self._replay(x, times, q_lengths, rows)
+            return model.dit(x, times, q_lengths.to(model.device), cache=self.cache.view(rows),
+                             time=self.table.rows(times) if self.regroup else None, static=self.static_keys)
 
     # -- CUDA graphs -----------------------------------------------------------------------------------
-    def _replay(self, x: torch.Tensor, times: torch.Tensor, rows: slice) -> torch.Tensor:
+    def _replay(self, x: torch.Tensor, times: torch.Tensor, q_lengths: torch.Tensor, rows: slice) -> torch.Tensor:
         """Run the pass through its graph (captured on first use); a fresh copy of the output."""
-        key = (rows.start, rows.stop, tuple(x.shape), x.dtype, self.table.version)
+        key = (rows.start, rows.stop, tuple(x.shape), x.dtype, tuple(q_lengths.tolist()), self.table.version)
         captured = self.resources.graphs.get(key)
         if captured is None:
-            captured = self.resources.graphs[key] = self._capture(x, times, rows)
+            captured = self.resources.graphs[key] = self._capture(x, times, q_lengths, rows)
         captured.x.copy_(x)
         self.table.rows(times, out=captured.index)
         captured.graph.replay()
         return captured.out.clone()
 
-    def _capture(self, x: torch.Tensor, times: torch.Tensor, rows: slice) -> CapturedPass:
+    def _capture(self, x: torch.Tensor, times: torch.Tensor, q_lengths: torch.Tensor, rows: slice) -> CapturedPass:
         """Capture one pass shape (torch.cuda.graph): warm-up on a side stream, then record into the shared pool.
 
         Inside the graph nothing reads back to the host and nothing allocates outside the pool: the cache
@@ -175,7 +241,7 @@ class StaticPriorContext(PriorContext):
         model = self.model
         static_x, static_t = x.clone(), times.clone()
         index = self.table.rows(times).inverse.clone()
-        q = torch.full((x.shape[0],), x.shape[1], dtype=torch.long, device=model.device)
+        q = q_lengths.to(model.device)
         view, time = self.cache.view(rows), TableRows(self.table, index, times.shape)
         autocast = (torch.autocast("cuda", dtype=model.compute_dtype, cache_enabled=False)
                     if model.compute_dtype != model.dtype else contextlib.nullcontext())
