@@ -44,9 +44,9 @@ GRAPH_WARMUP = 2      # eager runs on a side stream before a capture (allocation
 def row_count_independent(model: ColaModel) -> bool:
     """Whether the model's matrix products give a row the same bits whatever the number of rows.
 
-    The modulation table and the fused commits change row counts, so they are on by default only where
-    that is invisible or the kernels vary anyway: bf16 on a CPU (oneDNN; checked bit for bit on the
-    fixtures and at the release size) and CUDA. fp32 on a CPU (MKL) rounds by row count (~1e-6 on the
+    The modulation table changes row counts, so it is on by default only where that is invisible or the
+    kernels vary anyway: bf16 on a CPU (oneDNN; checked bit for bit on the fixtures and at the release
+    size) and CUDA. fp32 on a CPU (MKL) rounds by row count (~1e-6 on the
     fixture), so there the fast path keeps the eager row counts and stays bit-identical to it.
     """
     return not (model.device.type == "cpu" and model.dtype == torch.float32)
@@ -98,8 +98,7 @@ def checkout(model: ColaModel, batch: int, capacity: int) -> StaticResources:
             shelf.remove(kept)   # another thread may have taken it meanwhile
         except ValueError:
             continue
-        kept.cache.reset()
-        kept.table.reset()
+        kept.table.reset()   # the weights may have changed in place since
         return kept
     cuda = model.device.type == "cuda"
     return StaticResources(batch=batch, weights=weights,
@@ -109,7 +108,8 @@ def checkout(model: ColaModel, batch: int, capacity: int) -> StaticResources:
 
 
 def checkin(model: ColaModel, resources: StaticResources) -> None:
-    """Keep ``resources`` for a later call (the most recent ``KEPT`` are kept)."""
+    """Keep ``resources``, emptied, for a later call (the most recent ``KEPT`` are kept)."""
+    resources.cache.reset()
     shelf: list[StaticResources] = model.runtime.setdefault("static_prior", [])
     shelf.append(resources)
     del shelf[:-KEPT]
@@ -129,16 +129,19 @@ class StaticPriorContext(PriorContext):
     """
 
     def __init__(self, model: ColaModel, batch: int, capacity: int, static_keys: bool | None = None,
-                 regroup: bool | None = None):
+                 table: bool | None = None, fuse: bool | None = None):
         """``static_keys``: attend over the whole capacity, masked (the shape graphs need; default: on CUDA).
         Off, a pass reads the keys its rows hold (known on the host), which keeps CPU results bit-identical
         to the eager path; on, reduction order inside attention changes by a last bit or so.
-        ``regroup``: use the modulation table and fuse prefill/commit into the next pass, which changes how
-        many rows each GEMM sees (default: where that changes no bits, see :func:`row_count_independent`)."""
+        ``table``: take the AdaLN modulations from the per-call table (default: where that changes no bits,
+        :func:`row_count_independent`). ``fuse``: run prefill/commit inside the next pass (default: on CUDA;
+        on a CPU it saves a pass per block but moves bf16 results by a last bit, attention seeing other
+        query counts). Graphs need both."""
         self.model = model
         self.batch = batch
         self.static_keys = model.device.type == "cuda" if static_keys is None else static_keys
-        self.regroup = row_count_independent(model) if regroup is None else regroup
+        self.use_table = row_count_independent(model) if table is None else table
+        self.fuse = model.device.type == "cuda" if fuse is None else fuse
         self.resources = checkout(model, batch, capacity)
         self.cache = self.resources.cache
         self.table = self.resources.table
@@ -148,7 +151,7 @@ class StaticPriorContext(PriorContext):
 
     def expect(self, times: torch.Tensor) -> None:
         """Fill the modulation table with the call's times (rounded as the DiT sees them) in one batch."""
-        if not self.regroup:
+        if not self.use_table:
             return
         with torch.no_grad(), self.model.autocast:
             self.table.add(bf16_round(times).float().reshape(-1).tolist() + [0.0])
@@ -193,7 +196,7 @@ class StaticPriorContext(PriorContext):
     def _defer(self, rows: torch.Tensor, lengths: torch.Tensor, commit: bool) -> None:
         self._flush()
         self.pending, self.pending_is_commit = (rows, lengths), commit
-        if listening() or not self.regroup:
+        if listening() or not self.fuse:
             self._flush()
 
     def _flush(self) -> None:
@@ -212,12 +215,12 @@ class StaticPriorContext(PriorContext):
         model, rows = self.model, slice(0, 2 * self.batch)
         x, times = bf16_round(z).to(model.dtype), bf16_round(t).float()
         with model.autocast:
-            if self.regroup:
+            if self.use_table:
                 self.table.add(times.reshape(-1).tolist())
-            if graph and self.resources.graphs is not None and self.static_keys and self.regroup:
+            if graph and self.resources.graphs is not None and self.static_keys and self.use_table:
                 return self._replay(x, times, q_lengths, rows)
             return model.dit(x, times, q_lengths.to(model.device), cache=self.cache.view(rows),
-                             time=self.table.rows(times) if self.regroup else None, static=self.static_keys)
+                             time=self.table.rows(times) if self.use_table else None, static=self.static_keys)
 
     # -- CUDA graphs -----------------------------------------------------------------------------------
     def _replay(self, x: torch.Tensor, times: torch.Tensor, q_lengths: torch.Tensor, rows: slice) -> torch.Tensor:
