@@ -1,12 +1,17 @@
-"""Cost of the probability-flow ODE log-likelihood: seconds per text and per velocity evaluation (NFE).
+"""Cost and accuracy of the probability-flow ODE log-likelihood: seconds per text, NFE, and the error of
+each configuration against a truly finer reference, next to the error it reports about itself.
 
     python benchmarks/likelihood_bench.py                          # pocket checkpoint, else random 'small'
     python benchmarks/likelihood_bench.py --checkpoint tests/fixtures/visible_a
-    python benchmarks/likelihood_bench.py --preset small --steps 2 4 8 --probes 1 4 --json out.json
+    python benchmarks/likelihood_bench.py --preset small --steps 4 8 16 --tolerances 1e-3 1e-4 --json out.json
 
-Every configuration integrates the same texts; ``err`` is the mean |bits/dim| difference to a
-reference run (RK4, the most steps given, exact divergence when block_size*C <= 64, else 16 probes).
-Timings are medians of ``--repeats`` runs after one warm-up.
+Every configuration scores the same posterior draws (one per text, seeded per text); the reference
+also scores the posterior means, for comparison (the DiT was trained on draws). ``err`` is the
+mean |log p - reference| in nats, where the reference is the adaptive dopri5 solver at rtol = atol =
+1e-7 (``REFERENCE``), far finer than any row; ``ode_error`` is the row's own estimate of that error
+(a coarser solve), ``stderr`` its Hutchinson standard error. The divergence is exact when a block has
+at most 16 coordinates (the default), else Hutchinson with ``--probes``. Timings are medians of
+``--repeats`` runs after one warm-up.
 """
 from __future__ import annotations
 
@@ -21,31 +26,52 @@ import torch
 
 from cola_core import load_pretrained
 from cola_core.pocket import POCKET_DIR
+from cola_core.sampler import text_sample_id
 from cola_core.text_codec import encode_tokens
 from trajectory_bench import random_model, texts_for
 from workbench import Workbench
-from workbench.likelihood import EVALS_PER_STEP, prior_log_likelihood
+from workbench.bounds import posterior_draws
+from workbench.likelihood import FIXED_STEP_SOLVERS, prior_log_likelihood
 from workbench.textbatch import tokenize
 
-EXACT_LIMIT = 64   # block_size * C up to which the reference uses the exact divergence
+REFERENCE = {"solver": "dopri5", "rtol": 1e-7, "atol": 1e-7, "exact_divergence": None, "probes": 64}
 
 
-def latents(model, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+def latents(model, texts: list[str], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
+    """DiT-space posterior draws (one per text, seeded per text), the posterior means, lengths and sample ids."""
     batch = tokenize(model, texts)
-    return model.vae.to_dit_space(encode_tokens(model, batch).mean), batch.latent_lengths
+    ids = [text_sample_id(t) for t in texts]
+    post = encode_tokens(model, batch)
+    draws = posterior_draws(post, batch.latent_lengths, 1, seed, ids)[0]
+    return model.vae.to_dit_space(draws), model.vae.to_dit_space(post.mean), batch.latent_lengths, ids
 
 
-def time_config(model, z0, lengths, repeats: int, sync, **options) -> tuple[float, torch.Tensor]:
-    """Median seconds of one batched likelihood call, and its bits/dim."""
-    result = prior_log_likelihood(model, z0, lengths, **options)
-    times = []
+def time_config(model, z0, lengths, ids, repeats: int, sync, **options):
+    """Median seconds of one likelihood call (value and error estimate) over ``repeats`` runs after a warm-up
+    (0: the first call's own time), and its result."""
+    sync()
+    start = time.perf_counter()
+    result = prior_log_likelihood(model, z0, lengths, sample_ids=ids, **options)
+    sync()
+    times = [time.perf_counter() - start] if repeats == 0 else []
     for _ in range(repeats):
         sync()
         start = time.perf_counter()
-        prior_log_likelihood(model, z0, lengths, **options)
+        prior_log_likelihood(model, z0, lengths, sample_ids=ids, **options)
         sync()
         times.append(time.perf_counter() - start)
-    return statistics.median(times), result.bits_per_dim
+    return statistics.median(times), result
+
+
+def markdown_table(result: dict) -> str:
+    """The README's table: each configuration's cost, its true error against the reference and its own estimate."""
+    lines = ["| solver | steps / tolerance | NFE | s per text | error vs reference (nats) "
+             "| reported ODE error (nats) |", "|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        how = f"{r['steps']} steps" if "steps" in r else f"rtol = atol = {r['rtol']:g}"
+        lines.append(f"| {r['solver']} | {how} | {r['nfe']} | {r['s_per_text']:.2f} | {r['err_nats']:.3f} | "
+                     f"{r['ode_error_nats']:.3f} |")
+    return "\n".join(lines)
 
 
 def main() -> int:
@@ -54,13 +80,15 @@ def main() -> int:
     src.add_argument("--checkpoint", help="checkpoint folder (default: the pocket checkpoint when installed)")
     src.add_argument("--preset", choices=["tiny", "small"], help="random-init size preset")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--texts", type=int, default=8)
-    parser.add_argument("--words", type=int, default=12, help="words per text")
-    parser.add_argument("--solvers", nargs="+", default=["heun", "rk4"], choices=list(EVALS_PER_STEP))
-    parser.add_argument("--steps", nargs="+", type=int, default=[2, 4, 8])
-    parser.add_argument("--probes", nargs="+", type=int, default=[1, 4])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--texts", type=int, default=4)
+    parser.add_argument("--words", type=int, default=8, help="words per text")
+    parser.add_argument("--solvers", nargs="+", default=["heun", "rk4"], choices=list(FIXED_STEP_SOLVERS))
+    parser.add_argument("--steps", nargs="+", type=int, default=[4, 8, 16, 32])
+    parser.add_argument("--tolerances", nargs="+", type=float, default=[1e-3, 1e-4, 1e-5],
+                        help="rtol = atol of the adaptive dopri5 rows")
+    parser.add_argument("--probes", type=int, default=16, help="Hutchinson probes when the divergence is not exact")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", default=None, help="output JSON (default benchmarks/results/likelihood_<label>.json)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -72,33 +100,39 @@ def main() -> int:
         label, model = Path(args.checkpoint).name, load_pretrained(args.checkpoint, device=args.device)
     sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
     texts = texts_for(Workbench(model), args.texts, args.words, synthetic=args.checkpoint is None)
-    z0, lengths = latents(model, texts)
-    dims = int(model.block_size * model.vae_config.latent_dim)
-    reference = dict(solver="rk4", steps=max(args.steps), exact_divergence=dims <= EXACT_LIMIT,
-                     probes=1 if dims <= EXACT_LIMIT else 16)
-    ref_s, ref_bits = time_config(model, z0, lengths, 1, sync, **reference)
+    z0, means, lengths, ids = latents(model, texts)
+    ref_s, reference = time_config(model, z0, lengths, ids, 0, sync, ode_error=False, **REFERENCE)
+    _, at_mean = time_config(model, means, lengths, ids, 0, sync, ode_error=False, **REFERENCE)
+    configs = [{"solver": s, "steps": n} for s in args.solvers for n in args.steps]
+    configs += [{"solver": "dopri5", "rtol": tol, "atol": tol} for tol in args.tolerances]
     rows = []
-    for solver in args.solvers:
-        for steps in args.steps:
-            for probes in args.probes:
-                seconds, bits = time_config(model, z0, lengths, args.repeats, sync, solver=solver, steps=steps,
-                                            probes=probes)
-                nfe = steps * EVALS_PER_STEP[solver]
-                rows.append({"solver": solver, "steps": steps, "probes": probes, "nfe": nfe, "seconds": seconds,
-                             "s_per_text": seconds / len(texts), "ms_per_text_nfe": 1000 * seconds / len(texts) / nfe,
-                             "bits_per_dim": float(bits.mean()),
-                             "err_bits_per_dim": float((bits - ref_bits).abs().mean())})
-    result = {"label": label, "device": str(model.device), "threads": torch.get_num_threads(), "texts": len(texts),
-              "latents": int(lengths.sum()), "block_dims": dims, "repeats": args.repeats,
-              "reference": {**reference, "seconds": ref_s, "bits_per_dim": float(ref_bits.mean())}, "rows": rows}
+    for config in configs:
+        seconds, result = time_config(model, z0, lengths, ids, args.repeats, sync, probes=args.probes, **config)
+        rows.append({**config, "divergence": result.divergence, "nfe": result.nfe, "seconds": seconds,
+                     "s_per_text": seconds / len(texts), "logp_nats": float(result.logp.mean()),
+                     "err_nats": float((result.logp - reference.logp).abs().mean()),
+                     "ode_error_nats": float(result.ode_error.mean()),
+                     "stderr_nats": float(result.stderr.mean()),
+                     "err_bits_per_dim": float((result.bits_per_dim - reference.bits_per_dim).abs().mean())})
+    result = {"label": label, "device": str(model.device), "threads": torch.get_num_threads(), "texts": texts,
+              "latents": int(lengths.sum()), "block_dims": int(model.block_size * model.vae_config.latent_dim),
+              "repeats": args.repeats, "reference": {**REFERENCE, "divergence": reference.divergence,
+                                                      "nfe": reference.nfe, "seconds": ref_s,
+                                                      "logp_nats": float(reference.logp.mean()),
+                                                      "bits_per_dim": float(reference.bits_per_dim.mean()),
+                                                      "bits_per_dim_at_mean": float(at_mean.bits_per_dim.mean())},
+              "rows": rows}
     print(f"{label}: {result['device']}, {result['threads']} threads; {len(texts)} texts, {result['latents']} latents, "
-          f"block of {dims} dims; reference {reference} = {result['reference']['bits_per_dim']:.4f} bits/dim "
-          f"({ref_s:.2f} s)")
-    print(f"  {'solver':<6} {'steps':>5} {'probes':>6} {'NFE':>4} {'s/text':>9} {'ms/text/NFE':>12} {'bits/dim':>9} "
-          f"{'err':>8}")
+          f"block of {result['block_dims']} dims; reference dopri5 rtol=atol=1e-7 ({reference.divergence}): "
+          f"mean log p {result['reference']['logp_nats']:.3f} nats ({ref_s:.1f} s); "
+          f"{result['reference']['bits_per_dim']:.3f} bits/dim for posterior draws vs "
+          f"{result['reference']['bits_per_dim_at_mean']:.3f} at the posterior means")
+    print(f"  {'solver':<8} {'steps/tol':>9} {'NFE':>5} {'s/text':>8} {'log p':>9} {'err':>7} {'ode_err':>8} "
+          f"{'stderr':>7}")
     for r in rows:
-        print(f"  {r['solver']:<6} {r['steps']:>5} {r['probes']:>6} {r['nfe']:>4} {r['s_per_text']:>9.4f} "
-              f"{r['ms_per_text_nfe']:>12.3f} {r['bits_per_dim']:>9.4f} {r['err_bits_per_dim']:>8.4f}")
+        how = f"{r['steps']}" if "steps" in r else f"{r['rtol']:g}"
+        print(f"  {r['solver']:<8} {how:>9} {r['nfe']:>5} {r['s_per_text']:>8.3f} {r['logp_nats']:>9.3f} "
+              f"{r['err_nats']:>7.3f} {r['ode_error_nats']:>8.3f} {r['stderr_nats']:>7.3f}")
     out = Path(args.json) if args.json else Path(__file__).parent / "results" / f"likelihood_{label}_{args.device}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

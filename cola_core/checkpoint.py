@@ -21,7 +21,7 @@ from .dit import ColaDiT, rope_frequencies
 from .errors import CheckpointError, ConfigError, NonFiniteWeightsWarning
 from .files import read_json_object
 from .tensorfile import TensorEntry, inspect_tensor_file, read_tensors, save_tensor_file
-from .hub import resolve_checkpoint
+from .pocket import resolve_checkpoint
 from .tokenizer import ColaTokenizer
 from .vae import ColaTextVAE
 
@@ -251,10 +251,11 @@ def checkpoint_fingerprint(paths: CheckpointPaths) -> str:
     return digest.hexdigest()[:16]
 
 
-def load_pretrained(path: str | Path, device: str | torch.device | None = "cpu",
+def load_pretrained(path: str | Path | None = None, device: str | torch.device | None = "cpu",
                     dtype: str | torch.dtype | None = None, nonfinite: str = "error",
                     **special_ids: int | None) -> ColaModel:
-    """Load a Cola DLM checkpoint folder (release root or the folder holding both model folders).
+    """Load a Cola DLM checkpoint: a folder (release root or the folder holding both model folders), a
+    shipped name (``pocket``, ``pocket-chat``), a Hugging Face id, or None for the pocket checkpoint.
 
     ``dtype`` None means float32 weights (on CUDA the forward runs under bf16 autocast, like the
     official code); ``bfloat16`` materialises bf16 weights directly. A NaN/inf weight is an error;
@@ -262,7 +263,7 @@ def load_pretrained(path: str | Path, device: str | torch.device | None = "cpu",
     """
     dev = parse_device(device)
     weight_dtype = parse_dtype(dtype) or torch.float32
-    path = resolve_checkpoint(path)   # a Hub id (OWNER/NAME[@REVISION]) becomes its cached snapshot
+    path = resolve_checkpoint(path)   # None, a shipped name or a Hub id becomes a local folder
     paths = CheckpointPaths.resolve(path)
     dit_cfg = DiTConfig.from_json(paths.dit / "config.json")
     vae_cfg = VAEConfig.from_json(paths.vae / "config.json")

@@ -20,9 +20,10 @@ from .checkpoint import ColaModel
 from .constants import TIME_SCALE
 from .errors import GenerationError
 from .prior_context import PriorContext
+from .sampler import (SCHEDULES, SOLVERS, check_guidance_interval, guided_velocity, interval_guidance,
+                      predicted_clean, rounds_dit_inputs, sample_tokens, seeded_noise, solver_updates,
+                      timestep_grid, token_seed)
 from .static_prior import StaticPriorContext
-from .sampler import (SCHEDULES, SOLVERS, guided_velocity, predicted_clean, sample_tokens, seeded_noise,
-                      solver_updates, timestep_grid)
 from .text_codec import (block_count, check_positions, context_latents, decode_logits, encode_tokens, greedy_texts,
                          latent_count, pad_to_blocks)
 from .seeds import is_valid_seed, seed_error
@@ -48,6 +49,8 @@ class GenerationConfig:
     schedule_shift: float = 3.0
     stop_at_eos: bool = True
     noise_device: str | None = None   # seeded noise is drawn here (None: the run device, as the reference)
+    guidance_rescale: float = 0.0     # CFG-rescale phi in [0, 1] (0: the official combine)
+    guidance_interval: tuple[float, float] | None = None   # guide only for t/T in [lo, hi] (None: always)
 
     def validate(self) -> None:
         """Raise GenerationError naming the first bad knob."""
@@ -63,7 +66,9 @@ class GenerationConfig:
             (0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p!r}"),
             (math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0,
              f"repetition_penalty must be finite and > 0, got {self.repetition_penalty!r}"),
-            (math.isfinite(self.T) and self.T > 0, f"T must be finite and > 0, got {self.T!r}"),
+            (self.T == TIME_SCALE, f"T must be the DiT's training time scale {TIME_SCALE:g} (it was trained on "
+                                   f"t in [0, {TIME_SCALE:g}]; another T would integrate only part of the path), "
+                                   f"got {self.T!r}"),
             (self.solver in SOLVERS, f"solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}"),
             (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"),
             (math.isfinite(self.schedule_shift) and self.schedule_shift > 0,
@@ -71,6 +76,9 @@ class GenerationConfig:
             (self.seed is None or is_valid_seed(self.seed), seed_error(self.seed)),
             (self.noise_device in (None, "cpu") or str(self.noise_device).startswith("cuda"),
              f"noise_device must be cpu, cuda or cuda:N, got {self.noise_device!r}"),
+            (isinstance(self.guidance_rescale, (int, float)) and 0.0 <= self.guidance_rescale <= 1.0,
+             f"guidance_rescale must be a number in [0, 1], got {self.guidance_rescale!r}"),
+            (check_guidance_interval(self.guidance_interval) is None, check_guidance_interval(self.guidance_interval)),
         ]
         for ok, message in checks:
             if not ok:
@@ -91,8 +99,11 @@ class GenerationConfig:
 class Generation:
     """One finished sample: text and ids after trimming the re-decoded prompt tail.
 
-    ``text``/``token_ids`` are what the official code returns (no truncation at EOS);
-    ``completion`` is the text up to the first EOS / im_end, without special tokens.
+    ``text``/``token_ids`` are what the official code returns (no truncation at EOS): in a batch a
+    sample keeps generating until every sample stopped, so they depend on the batch. ``completion``
+    (the text up to the first EOS / im_end, without special tokens) and ``completion_ids`` do not;
+    every metric and front-end uses them. ``end_block`` is the block holding that first EOS / im_end
+    (None if there is none): blocks after it were generated past the sample's end.
     """
 
     prompt: str
@@ -101,6 +112,8 @@ class Generation:
     untrimmed_ids: list[int]
     stopped_at_eos: bool
     completion: str = ""
+    completion_ids: list[int] = dataclasses.field(default_factory=list)
+    end_block: int | None = None
 
 
 @dataclass
@@ -136,6 +149,8 @@ class SamplerState:
     v_guided: torch.Tensor | None = None    # set after the "guidance" event, from the three fields above
     logits: torch.Tensor | None = None      # (B, bs*P, V) decoder logits of the finished block
     token_ids: torch.Tensor | None = None   # (B, bs*P) tokens chosen for the finished block
+    ended: torch.Tensor | None = None       # (B,) bool: the sample emitted EOS / im_end in an earlier block,
+                                            # so this block is generated past its end
     decode_preview: Callable[[torch.Tensor], list[str]] | None = None   # (B, n, C) -> greedy texts, no context
     T: float = TIME_SCALE
     interrupt: bool = False
@@ -195,7 +210,10 @@ class BlockwiseSampler:
         self.prepared = prepare_prompts(model, list(prompts), prompt_ids)
         self.context: list[torch.Tensor] = []   # per block (B, bs*P) token ids
         self.finished = torch.zeros(len(prompts), dtype=torch.bool)
-        self._rng = torch.Generator().manual_seed(self.config.seed) if self.config.seed is not None else None
+        self.end_block: list[int | None] = [None] * len(prompts)   # block of each sample's first EOS / im_end
+        # token sampling (temperature > 0): one CPU generator per sample, so sampled tokens are batch-independent
+        self._token_rngs = None if self.config.seed is None else [
+            torch.Generator().manual_seed(token_seed(self.config.seed, sid)) for sid in self.sample_ids]
 
     @property
     def blocks_done(self) -> int:
@@ -222,12 +240,12 @@ class BlockwiseSampler:
         ``v_cond``, ``v_uncond`` or ``guidance`` there shape ``v_guided``; ``guided`` comes after the
         combine, for edits of ``v_guided`` itself.
         """
-        batch = len(self.sample_ids)
+        batch, rounding = len(self.sample_ids), rounds_dit_inputs(self.config.solver)
         if self.fast:
             capacity = int(self.prepared.prefix_lengths.max()) + self.num_blocks * self.model.block_size
-            prior = StaticPriorContext(self.model, batch, capacity, **self.prior_options)
+            prior = StaticPriorContext(self.model, batch, capacity, round_inputs=rounding, **self.prior_options)
         else:
-            prior = PriorContext(self.model, batch)
+            prior = PriorContext(self.model, batch, round_inputs=rounding)
         try:
             yield from self._events(prior)
         finally:
@@ -250,12 +268,14 @@ class BlockwiseSampler:
             if first:   # CFG fallback for empty prefixes; the reference uses a bf16 per-row tensor here
                 guidance = guidance.masked_fill(empty_prefix, 1.0).to(torch.bfloat16).float()
             state = SamplerState(block=block, steps=cfg.steps, z=self._noise(block), guidance=guidance.to(device),
-                                 free=~pinned if first else torch.ones_like(pinned), decode_preview=preview, T=cfg.T)
+                                 free=~pinned if first else torch.ones_like(pinned), decode_preview=preview, T=cfg.T,
+                                 ended=self.finished.clone())
             if first:
                 state.z = torch.where(pinned[..., None], clean, state.z)
             yield "block_start", state
             if state.interrupt:
                 return
+            block_guidance = state.guidance
             for step in range(cfg.steps):
                 t = grid[step].expand(batch, bs).clone()
                 t_next = grid[step + 1].expand(batch, bs).clone()
@@ -270,6 +290,8 @@ class BlockwiseSampler:
                 request = next(updates)
                 while True:
                     state.z, state.t, state.stage = request
+                    if cfg.guidance_interval is not None:
+                        state.guidance = interval_guidance(block_guidance, state.t, cfg.T, cfg.guidance_interval)
                     yield "pre_model", state
                     if state.interrupt:
                         return
@@ -279,7 +301,7 @@ class BlockwiseSampler:
                     if state.interrupt:
                         return
                     scale = state.guidance.to(state.v_cond.dtype)[:, None, None]
-                    state.v_guided = guided_velocity(state.v_cond, state.v_uncond, scale)
+                    state.v_guided = guided_velocity(state.v_cond, state.v_uncond, scale, cfg.guidance_rescale)
                     yield "guided", state
                     if state.interrupt:
                         return
@@ -303,11 +325,14 @@ class BlockwiseSampler:
                        for b in range(batch)]
             state.token_ids = sample_tokens(state.logits, [h.to(state.logits.device) for h in history],
                                             cfg.temperature, cfg.top_k, cfg.top_p, cfg.repetition_penalty,
-                                            generator=self._rng).cpu()
+                                            generator=self._token_rngs).cpu()
             yield "decoded", state
             self.context.append(state.token_ids.cpu())   # a hook may have replaced them
             if self.eos_ids.numel():
-                self.finished |= torch.isin(state.token_ids, self.eos_ids).any(dim=1)
+                stopped = torch.isin(state.token_ids, self.eos_ids).any(dim=1)
+                for b in (stopped & ~self.finished).nonzero().flatten().tolist():
+                    self.end_block[b] = block
+                self.finished |= stopped
             if state.interrupt or bool(self.finished.all()):
                 return
             if block + 1 < self.num_blocks:   # commit the finished block into the DiT cache (t = 0)
@@ -331,7 +356,8 @@ class BlockwiseSampler:
             cut = next((i for i, token in enumerate(ids) if token in stops), len(ids))
             out.append(Generation(prompt=text, text=tok.decode(ids), token_ids=ids, untrimmed_ids=untrimmed,
                                   stopped_at_eos=bool(self.finished[b]),
-                                  completion=tok.decode(ids[:cut], skip_special_tokens=True)))
+                                  completion=tok.decode(ids[:cut], skip_special_tokens=True),
+                                  completion_ids=ids[:cut], end_block=self.end_block[b]))
         return out
 
 

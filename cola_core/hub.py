@@ -1,6 +1,6 @@
 """Checkpoints named by Hugging Face Hub id: ``OWNER/NAME`` or ``OWNER/NAME@REVISION``.
 
-``resolve_checkpoint`` turns such an id into a local snapshot folder: the Hub cache first
+``resolve_hub_id`` turns such an id into a local snapshot folder: the Hub cache first
 (``HF_HUB_CACHE``, default ``~/.cache/huggingface/hub``), then a download with huggingface_hub's
 progress bar, unless ``HF_HUB_OFFLINE=1``. A local path always wins over an id of the same spelling.
 Only the files a checkpoint needs are fetched (``*.json``, ``*.safetensors``).
@@ -28,7 +28,7 @@ def _offline() -> bool:
     return constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
 
 
-def resolve_checkpoint(spec: str | Path) -> Path:
+def resolve_hub_id(spec: str | Path) -> Path:
     """A local checkpoint folder for a path or a Hub id (downloading into the Hub cache if needed)."""
     path = Path(spec).expanduser()
     parsed = None if isinstance(spec, Path) or path.exists() else parse_hub_id(str(spec))

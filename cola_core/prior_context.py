@@ -18,11 +18,16 @@ def bf16_round(x: torch.Tensor) -> torch.Tensor:
 
 class PriorContext:
     """Per-call DiT state for B samples: cache rows [0, B) hold each sample's committed context;
-    rows [B, 2B) stay empty so the unconditional pass (block alone) runs in the same forward."""
+    rows [B, 2B) stay empty so the unconditional pass (block alone) runs in the same forward.
 
-    def __init__(self, model: ColaModel, batch: int):
+    ``round_inputs`` (the reference's numerics, used by its Euler loop) rounds latents and times to bf16
+    before every call; without it the DiT sees them in fp32 (``cola_core.sampler.rounds_dit_inputs``).
+    """
+
+    def __init__(self, model: ColaModel, batch: int, round_inputs: bool = True):
         self.model = model
         self.batch = batch
+        self.round_inputs = round_inputs
         self.cache = model.dit.new_cache(2 * batch)
 
     @torch.no_grad()
@@ -31,9 +36,15 @@ class PriorContext:
         model = self.model
         if lengths is None:
             lengths = torch.full((z.shape[0],), z.shape[1], dtype=torch.long, device=model.device)
+        x, t = self.inputs(z, t)
         with model.autocast:
-            return model.dit(bf16_round(z).to(model.dtype), bf16_round(t).float(), lengths,
-                             cache=self.cache.view(rows), update_cache=update)
+            return model.dit(x, t, lengths, cache=self.cache.view(rows), update_cache=update)
+
+    def inputs(self, z: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the DiT is fed: z in the model's dtype, t in fp32, both rounded to bf16 first when ``round_inputs``."""
+        if self.round_inputs:
+            z, t = bf16_round(z), bf16_round(t)
+        return z.to(self.model.dtype), t.float()
 
     def expect(self, times: torch.Tensor) -> None:
         """Told the times the call will use (a fast context prepares for them; nothing to do here)."""

@@ -128,8 +128,8 @@ class StaticPriorContext(PriorContext):
     is deferred or fused, and every pass is the eager one.
     """
 
-    def __init__(self, model: ColaModel, batch: int, capacity: int, static_keys: bool | None = None,
-                 table: bool | None = None, fuse: bool | None = None):
+    def __init__(self, model: ColaModel, batch: int, capacity: int, round_inputs: bool = True,
+                 static_keys: bool | None = None, table: bool | None = None, fuse: bool | None = None):
         """``static_keys``: attend over the whole capacity, masked (the shape graphs need; default: on CUDA).
         Off, a pass reads the keys its rows hold (known on the host), which keeps CPU results bit-identical
         to the eager path; on, reduction order inside attention changes by a last bit or so.
@@ -139,6 +139,7 @@ class StaticPriorContext(PriorContext):
         query counts). Graphs need both."""
         self.model = model
         self.batch = batch
+        self.round_inputs = round_inputs
         self.static_keys = model.device.type == "cuda" if static_keys is None else static_keys
         self.use_table = row_count_independent(model) if table is None else table
         self.fuse = model.device.type == "cuda" if fuse is None else fuse
@@ -154,7 +155,8 @@ class StaticPriorContext(PriorContext):
         if not self.use_table:
             return
         with torch.no_grad(), self.model.autocast:
-            self.table.add(bf16_round(times).float().reshape(-1).tolist() + [0.0])
+            times = bf16_round(times) if self.round_inputs else times
+            self.table.add(times.float().reshape(-1).tolist() + [0.0])
 
     def release(self) -> None:
         """Give the resources back to the model for the next call (the cache is emptied then)."""
@@ -213,7 +215,7 @@ class StaticPriorContext(PriorContext):
         """One forward over every cache row: z (2B, L, C) fp32, t (2B, L), q_lengths (2B,) host; lengths unchanged.
         ``graph``: a shape that recurs every block, worth a CUDA graph (when graphs are on)."""
         model, rows = self.model, slice(0, 2 * self.batch)
-        x, times = bf16_round(z).to(model.dtype), bf16_round(t).float()
+        x, times = self.inputs(z, t)
         with model.autocast:
             if self.use_table:
                 self.table.add(times.reshape(-1).tolist())

@@ -11,8 +11,8 @@ The encoder's posterior lives in VAE space; the DiT and the decoder read DiT spa
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
-from typing import Sequence
+from dataclasses import dataclass, fields, replace
+from typing import Callable, Sequence
 
 import torch
 
@@ -20,6 +20,7 @@ from .attention import CacheView
 from .checkpoint import ColaModel
 from .config import MAX_POSITIONS
 from .errors import GenerationError
+from .tokenizer import display_text
 from .vae import Posterior
 
 
@@ -56,13 +57,18 @@ class TokenBatch:
     real: torch.Tensor      # (B, L) bool: the rows' own tokens (not block padding)
     patch_size: int
 
+    def _map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "TokenBatch":
+        """The same batch with ``fn`` applied to every tensor field (subclasses' fields too)."""
+        return replace(self, **{f.name: fn(getattr(self, f.name)) for f in fields(self)
+                                if isinstance(getattr(self, f.name), torch.Tensor)})
+
     def to(self, device: torch.device | str) -> "TokenBatch":
-        return replace(self, ids=self.ids.to(device), lengths=self.lengths.to(device), real=self.real.to(device))
+        return self._map(lambda x: x.to(device))
 
     def rows(self, index: slice | Sequence[int]) -> "TokenBatch":
         """A sub-batch of rows (same width)."""
         index = index if isinstance(index, slice) else torch.as_tensor(index, dtype=torch.long)
-        return replace(self, ids=self.ids[index], lengths=self.lengths[index], real=self.real[index])
+        return self._map(lambda x: x[index])
 
     @property
     def token_lengths(self) -> torch.Tensor:
@@ -120,9 +126,10 @@ def decode_logits(model: ColaModel, z: torch.Tensor, lengths: torch.Tensor, cach
 
 
 def decode_text(model: ColaModel, ids: Sequence[int]) -> str:
-    """Text of decoded token ids, pad tokens dropped (they only fill whole blocks)."""
+    """Text of decoded token ids for display: pad tokens dropped (they only fill whole blocks), other special
+    tokens as visible markers (``tokenizer.display_text``)."""
     pad = model.tokenizer.pad_id
-    return model.tokenizer.decode([i for i in ids if i != pad])
+    return display_text([i for i in ids if i != pad], model.tokenizer, stop_at_eos=False)
 
 
 def greedy_texts(model: ColaModel, z: torch.Tensor) -> list[str]:

@@ -1,7 +1,10 @@
-"""Thin wrapper over ``tokenizers.Tokenizer`` that knows the special ids Cola generation needs."""
+"""Thin wrapper over ``tokenizers.Tokenizer`` that knows the special ids Cola generation needs, and the
+one rule for showing token ids to people (:func:`display_text`)."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Sequence
 
 from tokenizers import Tokenizer
 
@@ -14,6 +17,7 @@ PAD_NAMES = ("<|pad|>", "<pad>")
 EOS_NAMES = ("<|endoftext|>", "</s>", "<eos>")
 IM_START_NAMES = ("<|im_start|>",)
 IM_END_NAMES = ("<|im_end|>",)
+_NAMED = re.compile(r"^<\|?(?P<name>[^<>|]+)\|?>$")
 
 
 class ColaTokenizer:
@@ -92,3 +96,43 @@ class ColaTokenizer:
 
     def save(self, path: str | Path) -> None:
         self.backend.save(str(path))
+
+
+# -- text for people ------------------------------------------------------------------------------
+def special_markers(tokenizer: ColaTokenizer) -> dict[int, str]:
+    """id -> visible marker of every special token: ``⟨eos⟩``, ``⟨im_end⟩``, ``⟨im_start⟩``, ``⟨pad⟩``, or
+    ``⟨name⟩`` for another ``<|name|>``."""
+    own = {tokenizer.eos_id: "⟨eos⟩", tokenizer.im_end_id: "⟨im_end⟩", tokenizer.im_start_id: "⟨im_start⟩",
+           tokenizer.pad_id: "⟨pad⟩"}
+    markers = {}
+    for token_id, added in tokenizer.backend.get_added_tokens_decoder().items():
+        if added.special:
+            match = _NAMED.match(added.content)
+            markers[token_id] = f"⟨{match['name'] if match else added.content}⟩"
+    markers.update({i: m for i, m in own.items() if i is not None and i < tokenizer.vocab_size})
+    return markers
+
+
+def display_tokens(ids: Sequence[int], tokenizer: ColaTokenizer) -> list[str]:
+    """Each token's own text, special tokens as markers (for per-token views such as confidence colouring)."""
+    markers = special_markers(tokenizer)
+    return [markers[i] if i in markers else tokenizer.decode([i]) for i in ids]
+
+
+def display_text(ids: Sequence[int], tokenizer: ColaTokenizer, stop_at_eos: bool = True) -> str:
+    """Text of ``ids`` for people: special tokens never raw (``<|endoftext|>`` shows as ``⟨eos⟩``); with
+    ``stop_at_eos`` nothing after the first EOS / im_end, whose marker ends the text (so the reader sees
+    why it ended). Every front-end shows text through this; raw ids stay in JSON downloads."""
+    markers = special_markers(tokenizer)
+    stops = tokenizer.stop_ids if stop_at_eos else set()
+    parts: list[str] = []
+    run: list[int] = []
+    for token in ids:
+        if token not in markers:
+            run.append(token)
+            continue
+        parts += [tokenizer.decode(run), markers[token]]
+        run = []
+        if token in stops:
+            return "".join(parts)
+    return "".join(parts) + tokenizer.decode(run)

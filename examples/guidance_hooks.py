@@ -12,10 +12,10 @@ args = parser.parse_args()
 wb = Workbench.load(args.checkpoint)
 prompts = ["someone who migrates", "a kind of tree"]
 knobs = dict(seed=0, steps=8, max_new_tokens=12)
-print("plain:", [g.text for g in wb.generate(prompts, **knobs)])
-print("guidance ramp 1 -> 7:", [g.text for g in wb.generate(prompts, hooks=[guidance_ramp(1.0, 7.0)], **knobs)])
+print("plain:", [g.completion for g in wb.generate(prompts, **knobs)])
+print("guidance ramp 1 -> 7:", [g.completion for g in wb.generate(prompts, hooks=[guidance_ramp(1.0, 7.0)], **knobs)])
 with wb.hooks(guidance_cutoff(0.5)):   # scoped: every call inside the block, removed on exit
-    print("guidance cut off after half the steps:", [g.text for g in wb.generate(prompts, **knobs)])
+    print("guidance cut off after half the steps:", [g.completion for g in wb.generate(prompts, **knobs)])
 
 
 def halve_uncond(state):   # "guidance": edit the inputs of the CFG combine, v_guided follows
@@ -26,8 +26,8 @@ def damp_guided(state):    # "guided": edit the combined velocity itself, on gen
     state.v_guided = torch.where(state.free[..., None], 0.9 * state.v_guided, state.v_guided)
 
 
-print("halved v_uncond:", [g.text for g in wb.generate(prompts, hooks={"guidance": halve_uncond}, **knobs)])
-print("damped v_guided:", [g.text for g in wb.generate(prompts, hooks={"guided": damp_guided}, **knobs)])
+print("halved v_uncond:", [g.completion for g in wb.generate(prompts, hooks={"guidance": halve_uncond}, **knobs)])
+print("damped v_guided:", [g.completion for g in wb.generate(prompts, hooks={"guided": damp_guided}, **knobs)])
 print("hooks left registered:", len(wb.registry))
 
 # How far apart are the conditional and unconditional velocities, step by step?

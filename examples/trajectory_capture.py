@@ -20,7 +20,7 @@ for state in session:
           f"|x0_pred|={float(state.x0_pred.norm()):.2f} preview={state.preview[0]!r}")
     if state.block == 0 and state.step == 3:
         session.live.z = session.live.z * 0.9   # steer the live latent before the next step
-print("steered result:", session.result()[0].text)
+print("steered result:", session.result()[0].completion)   # up to the first EOS; .text is the official raw form
 
 traj = wb.trajectory(["a kind of tree", "someone who migrates"], **knobs)
 print(f"captured {len(traj.steps)} steps over {traj.num_blocks} blocks; "

@@ -12,23 +12,42 @@ from typing import Callable
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 FIXTURE = Path(__file__).parent / "fixtures" / "visible_a"
+RELEASE = Path(__file__).parent / "fixtures" / "cola-eval-release"
 TIMEOUT_S = 60      # a bound on waiting for an event the test controls, never a speed requirement
+BENCH_ITEMS = {"lambada": 3, "obqa": 4, "squad": 2}    # the first items of release files: int ids, choices, string ids
 
 
-def app_context(cache_dir: Path, workbench=None, **limits):
-    """An AppContext on the tiny fixture (or ``workbench``), PCA only; ``limits`` override Limits fields."""
+def bench_output(root: Path, model=None, protocol: str = "official") -> Path:
+    """A tiny ``bench run`` on the tiny fixture (2 steps, guidance 3, 8 new tokens) into ``root/bench``, its task
+    files (the first lines of some release files) in ``root/tasks``; returns the output folder."""
+    from cola_core import load_pretrained
+    from workbench.bench import BenchConfig, run_bench
+
+    tasks = root / "tasks"
+    tasks.mkdir(parents=True, exist_ok=True)
+    for task, n in BENCH_ITEMS.items():
+        lines = (RELEASE / f"{task}.jsonl").read_text().splitlines(keepends=True)[:n]
+        (tasks / f"{task}.jsonl").write_text("".join(lines))
+    config = BenchConfig(steps=2, guidance=3.0, max_new_tokens=8, protocol=protocol)
+    return run_bench(tasks, root / "bench", config, batch_size=3, model=model or load_pretrained(FIXTURE),
+                     progress=False).path
+
+
+def app_context(cache_dir: Path, workbench=None, bench_root=(), **limits):
+    """An AppContext on the tiny fixture (or ``workbench``), PCA only; ``limits`` override Limits fields;
+    ``bench_root``: folders the Bench tab may read besides ./runs and ./artifacts."""
     from apps.gradio_app import AppContext, Limits
 
     return AppContext.create(FIXTURE, cache_dir=cache_dir, umap=False, concurrency=2, workbench=workbench,
-                             limits=Limits(**limits) if limits else None)
+                             limits=Limits(**limits) if limits else None, bench_root=bench_root)
 
 
 @contextmanager
-def running_app(cache_dir: Path, **limits):
+def running_app(cache_dir: Path, bench_root=(), **limits):
     """Yield ``(ctx, url)`` for the app launched with ``prevent_thread_lock=True``; close it (and its files) after."""
     from apps.gradio_app import create_app, launch
 
-    ctx = app_context(cache_dir, **limits)
+    ctx = app_context(cache_dir, bench_root=bench_root, **limits)
     server = launch(create_app(ctx), ctx, host="127.0.0.1", port=None, prevent_thread_lock=True, quiet=True)
     try:
         yield ctx, server.local_url

@@ -43,6 +43,14 @@ def tiny_model():
 
 
 @pytest.fixture(scope="session")
+def pocket_model():
+    """The shipped pocket checkpoint (trained; it ends its samples with EOS, which the random fixtures never do)."""
+    from cola_core import load_pretrained
+    from cola_core.pocket import default_checkpoint
+    return load_pretrained(default_checkpoint())
+
+
+@pytest.fixture(scope="session")
 def patch2_model(tiny_model, tmp_path_factory):
     """Random weights with patch_size 2 (two tokens per latent) and block size 4, to exercise every path
     that depends on P (every release-format fixture has P = 1). Built from a seeded init with the tiny

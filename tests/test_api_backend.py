@@ -208,13 +208,13 @@ def test_token_id_prompts_answer_like_their_text(tiny_model):
 
 
 def test_sample_ids_differ_per_choice_and_keep_every_generator_seed_in_range():
-    from apps.api.backend import TOKEN_SEED_OFFSET
-    from apps.api.schemas import MAX_SEED
     from cola_core.config import MAX_POSITIONS
+    from cola_core.sampler import noise_seed, token_seed
+    from cola_core.seeds import MAX_SEED
 
     ids = list(range(300))
     assert len({sample_id(ids, choice) for choice in range(8)}) == 8
     assert sample_id(ids, 0) == sample_id(list(ids), 0) != sample_id(ids[:-1], 0)
-    largest = MAX_SEED + 1000 * (2 ** 32 - 1) + 10_000_000 * MAX_POSITIONS + TOKEN_SEED_OFFSET
+    largest = max(noise_seed(MAX_SEED, 2 ** 32 - 1, MAX_POSITIONS), token_seed(MAX_SEED, 2 ** 32 - 1))
     assert largest < 2 ** 63
     torch.Generator().manual_seed(largest)

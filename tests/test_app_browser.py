@@ -7,6 +7,7 @@ artifacts/screenshots/ (git-ignored). Skips when Playwright or /usr/bin/chromium
 """
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -15,7 +16,7 @@ import pytest
 pytest.importorskip("gradio")
 sync_api = pytest.importorskip("playwright.sync_api")
 
-from app_server import hold_at, running_app, stop_signal  # noqa: E402
+from app_server import bench_output, hold_at, running_app, stop_signal  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -29,14 +30,19 @@ pytestmark = [pytest.mark.heavy,
 
 @pytest.fixture(scope="module")
 def page(tmp_path_factory):
-    """One browser page on the running app; records every request that leaves 127.0.0.1."""
+    """One browser page on the running app (with a tiny bench run it may read); records every request that
+    leaves 127.0.0.1."""
     SHOTS.mkdir(parents=True, exist_ok=True)
-    with running_app(tmp_path_factory.mktemp("projections")) as (ctx, url), sync_api.sync_playwright() as pw:
+    bench_root = tmp_path_factory.mktemp("bench_root")
+    bench_output(bench_root)
+    with running_app(tmp_path_factory.mktemp("projections"), bench_root=[bench_root]) as (ctx, url), \
+            sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
         pg = browser.new_page(viewport={"width": 1400, "height": 1000})
         pg.set_default_timeout(TIMEOUT_MS)
         pg.external = []
         pg.ctx = ctx
+        pg.bench = bench_root / "bench"
 
         def guard(route):
             host = urlparse(route.request.url).hostname
@@ -68,9 +74,10 @@ def open_tab(pg, name: str) -> None:
 
 
 def test_status_bar_and_tabs(page):
+    page.get_by_role("tab", name="Inside").wait_for()
     assert page.get_by_text("cpu", exact=True).count() >= 1
     assert [t.inner_text() for t in page.get_by_role("tab").all()] == ["Trajectories", "Diagnostics", "Guidance lab",
-                                                                     "Latent lab"]
+                                                                     "Latent lab", "Inside", "Bench"]
 
 
 def test_trajectories_tab_streams_and_plots(page):
@@ -139,6 +146,87 @@ def test_latent_lab_encode_and_interpolate(page):
     page.get_by_text('"alpha": 0.9').wait_for()
     assert page.get_by_label("Decoded", exact=True).input_value() != ""
     page.screenshot(path=str(SHOTS / "latent_lab.png"), full_page=True)
+
+
+def test_bench_tab_loads_filters_and_opens_a_sample_in_trajectories(page):
+    open_tab(page, "Bench")
+    folder = page.get_by_label("Bench output folder")
+    folder.fill(str(page.bench))
+    folder.press("Enter")
+    page.get_by_role("button", name="Load folder").click()
+    page.get_by_text("protocol official").wait_for()
+    wait_plots(page, 1)
+    assert page.locator(".js-plotly-plot .barlayer .point").count() >= 4      # 3 tasks + the average
+    page.get_by_role("combobox", name="Task").click()
+    page.get_by_role("option", name="squad").click()
+    page.get_by_label("all", exact=True).check()
+    page.get_by_text("all of 2 squad samples").wait_for()
+    page.screenshot(path=str(SHOTS / "bench.png"), full_page=True)
+    page.get_by_role("button", name="Open in Trajectories (re-run)").click()
+    page.get_by_text("The re-run reproduces the bench's").wait_for()
+    assert page.get_by_role("tab", name="Trajectories").get_attribute("aria-selected") == "true"
+    assert page.get_by_label("Prompt", exact=True).input_value().startswith("Context: The Normans")
+    assert page.get_by_text("Bench sample squad").is_visible()                  # score and answer beside it
+    wait_plots(page, 2)                                                          # the trajectory plots
+    page.screenshot(path=str(SHOTS / "bench_opened.png"), full_page=True)
+def shown(pg, label: str):
+    """The visible field labelled ``label`` (other tabs have fields of the same name)."""
+    return pg.get_by_label(label).filter(visible=True)
+
+
+def wait_heatmap(pg, elem_id: str, title: str) -> None:
+    """Wait until the plot ``elem_id`` has drawn a heatmap under a title containing ``title``."""
+    plot = pg.locator(f"#{elem_id} .js-plotly-plot")
+    plot.locator(".main-svg .hm image").first.wait_for()
+    plot.locator(".gtitle", has_text=title).wait_for()
+
+
+def test_inside_tab_attention_lens_and_patching(page):
+    open_tab(page, "Inside")
+    tokens = shown(page, "number input for Max new tokens")
+    tokens.fill("8")
+    tokens.press("Enter")
+    page.get_by_role("button", name="Run and cache").click()
+    page.get_by_text("Done — 2 block(s)").wait_for()
+    wait_heatmap(page, "inside-attention", "Attention: layer 0, head 0, cond pass, step 0")
+    wait_heatmap(page, "inside-lens", "x0-lens (guided)")
+    attention = page.locator("#inside-attention")
+    assert attention.locator(".annotation-text", has_text="prompt").count() == 1        # position kinds labelled
+    assert attention.locator(".annotation-text", has_text="block 0 (current)").count() == 1
+    assert page.locator("#inside-lens .hm image").count() == 1
+    assert shown(page, "x0-lens at the chosen block, step and layer").input_value().startswith("block 0, step 0 (t = ")
+    head = shown(page, "number input for Head")
+    head.fill("3")
+    head.press("Enter")
+    page.locator("#inside-pass").get_by_text("uncond", exact=True).click()
+    wait_heatmap(page, "inside-attention", "head 3, uncond pass")
+    page.screenshot(path=str(SHOTS / "inside.png"), full_page=True)
+    page.get_by_label("Layers (empty = all)").fill("1")
+    page.get_by_role("button", name="Run patching sweep").click()
+    page.get_by_text("Done — 2 patched runs").wait_for()
+    wait_heatmap(page, "inside-patching", "target_logprob after patching")
+    page.locator("#inside-patching").scroll_into_view_if_needed()
+    page.screenshot(path=str(SHOTS / "inside_patching.png"), full_page=True)
+    corrupted = page.get_by_label("Corrupted prompt (activations patched into)")
+    corrupted.fill("a small animal that")
+    page.get_by_role("button", name="Run patching sweep").click()
+    page.get_by_text("must fill the same number of context latents").first.wait_for()
+    corrupted.fill("the dog sat on")
+
+
+def test_inside_stop_ends_a_long_run(page, monkeypatch):
+    """The sampler is held in block 1 until the Stop click has set the run's stop flag."""
+    stopped, held = stop_signal(page.ctx, monkeypatch), threading.Event()
+    open_tab(page, "Inside")
+    tokens = shown(page, "number input for Max new tokens")
+    tokens.fill("64")
+    tokens.press("Enter")
+    with page.ctx.workbench.hooks(post_update=hold_at(1, 0, stopped, held)):
+        page.get_by_role("button", name="Run and cache").click()
+        assert held.wait(TIMEOUT_MS / 1000)
+        page.get_by_role("button", name="Stop", exact=True).filter(visible=True).click()
+        page.get_by_text("Stopped by the user: showing the 1 finished block(s).").wait_for()
+    wait_heatmap(page, "inside-attention", "Attention")
 
 
 def test_nothing_was_fetched_from_outside(page):

@@ -12,6 +12,7 @@ import json
 import math
 import re
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -21,9 +22,11 @@ gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
-from app_server import TIMEOUT_S, hold_at, running_app, stop_signal, wait_for  # noqa: E402
+from app_server import TIMEOUT_S, bench_output, hold_at, running_app, stop_signal, wait_for  # noqa: E402
 from apps.gradio_app import guidance  # noqa: E402
 from workbench import Workbench, interpolate, invert, regenerate_from  # noqa: E402
+from cola_core.sampler import text_sample_id  # noqa: E402
+from workbench.inside import patching_sweep, x0_lens  # noqa: E402
 from workbench.diagnostics import diagnose  # noqa: E402
 
 pytestmark = pytest.mark.heavy
@@ -31,13 +34,24 @@ pytestmark = pytest.mark.heavy
 KNOBS = dict(steps=4, guidance=7.0, max_new_tokens=8, seed=3, solver="euler", schedule="linear")
 ENDPOINTS = {"/trajectory_generate", "/trajectory_stop", "/trajectory_scrub", "/diagnose", "/guidance_grid",
              "/guidance_stop", "/latent_encode", "/latent_interpolate", "/latent_path", "/latent_direction",
-             "/latent_regenerate", "/latent_invert", "/status", "/status_tick"}
+             "/latent_regenerate", "/latent_invert", "/inside_run", "/inside_stop", "/inside_view", "/inside_patch",
+             "/inside_patch_stop", "/inside_patch_view", "/status", "/status_tick", "/bench_load", "/bench_filter",
+             "/bench_page", "/bench_open"}
 UPLOAD_CAP = 4096
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory):
-    with running_app(tmp_path_factory.mktemp("projections"), max_upload_bytes=UPLOAD_CAP) as (ctx, url):
+def bench_root(tmp_path_factory) -> Path:
+    """A folder the Bench tab may read, holding a tiny bench run in bench/."""
+    root = tmp_path_factory.mktemp("bench_root")
+    bench_output(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory, bench_root):
+    with running_app(tmp_path_factory.mktemp("projections"), bench_root=[bench_root],
+                     max_upload_bytes=UPLOAD_CAP) as (ctx, url):
         yield ctx, url
 
 
@@ -214,7 +228,8 @@ def test_guidance_grid_runs_the_experiment_runner(app, wb):
     rows = table["data"]
     assert len(rows) == 4
     for prompt, g, steps, seed, text, *_ in rows:
-        expected = wb.generate(["a small animal that"], guidance=g, steps=steps, seed=seed, max_new_tokens=8)[0].text
+        expected = wb.generate(["a small animal that"], guidance=g, steps=steps, seed=seed, max_new_tokens=8,
+                               sample_ids=[text_sample_id("a small animal that")])[0].completion   # the sweep's rule
         assert text == expected and seed == 0
         assert expected.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;") in grid
     assert {(r[1], r[2]) for r in rows} == {(1.0, 2), (1.0, 3), (5.0, 2), (5.0, 3)}
@@ -284,3 +299,97 @@ def test_latent_lab_endpoints_match_the_workbench(app, wb):
     assert iinfo["max_abs_error"] == pytest.approx(inv.max_abs_error[0], rel=1e-6)
     assert iinfo["token_agreement"] == pytest.approx(inv.token_agreement[0])
     assert inv_text == wb.decode(inv.reconstruction)[0].text
+
+
+def test_bench_tab_loads_filters_and_re_runs_a_sample_to_the_benchs_tokens(app, bench_root):
+    c = client(app)
+    folder = bench_root / "bench"
+    status, table, plot, task, verdict, choices, page, samples, info, sample = \
+        c.predict(str(folder), api_name="/bench_load")
+    summary = json.loads((folder / "summary.json").read_text())
+    assert [row[0] for row in table["data"]] == list(summary["tasks"]) + ["average"]
+    assert figure(plot)["data"][0]["y"][:3] == [r["accuracy"] for r in summary["tasks"].values()]
+    assert "protocol **official**" in status and task["value"] == "lambada" and verdict == "wrong"
+    squad = [json.loads(line) for line in (folder / "squad.jsonl").read_text().splitlines()]
+    page, samples, info, sample = c.predict("squad", "all", api_name="/bench_filter")
+    assert [row[0] for row in samples["data"]] == [r["id"] for r in squad] and sample["value"] == squad[0]["id"]
+    assert c.predict("squad", "all", 1, api_name="/bench_page")[1] == samples
+    stored = {r["id"]: r for r in map(json.loads, (folder / "generations" / "squad.jsonl").read_text().splitlines())}
+    outputs = c.predict("squad", squad[1]["id"], api_name="/bench_open")
+    opened_status, prompt, *_ = outputs
+    run_summary, note = outputs[-1], outputs[14]["value"]
+    assert "Trajectories" in opened_status and prompt == squad[1]["few_shot_prefix"] + squad[1]["prompt"]
+    assert run_summary["token_ids"] == stored[squad[1]["id"]]["token_ids"] and run_summary["status"] == "finished"
+    assert "reproduces the bench's" in note and "score " in note
+    # the Trajectories tab holds the opened run: scrub it
+    assert c.predict(0, 1, "PCA", "2-D", api_name="/trajectory_scrub")[0]["step"] == 1
+    # the same values through /trajectory_generate give the same tokens
+    form = outputs[1:14]        # prompt ... schedule, then sample id ... stop at EOS: the Trajectories form's order
+    again = c.predict(*form[:7], False, "auto", "2-D", *form[7:], api_name="/trajectory_generate")[9]
+    assert again["token_ids"] == run_summary["token_ids"]
+
+
+def test_bench_bad_input_is_one_message(app, bench_root):
+    c = client(app)
+    fails("is outside the folders this app may read", c.predict, "/etc", api_name="/bench_load")
+    fails("holds no summary.json", c.predict, str(bench_root / "tasks"), api_name="/bench_load")
+    fails("no bench result", c.predict, "lambada", "all", api_name="/bench_filter")
+    c.predict(str(bench_root / "bench"), api_name="/bench_load")
+    fails("no sample with id 'nope' in lambada", c.predict, "lambada", "nope", api_name="/bench_open")
+    fails("page must be from 1 to 1, got 5", c.predict, "obqa", "all", 5, api_name="/bench_page")
+# -- inside ----------------------------------------------------------------------------------------------------
+INSIDE_KNOBS = (4, 7.0, 8, 3)      # steps, guidance, max new tokens, seed
+
+
+def test_inside_endpoints_match_the_workbench(app, wb):
+    c = client(app)
+    prompt = "a small animal that"
+    status, text, attention, lens, cell, block, step, summary, files = c.predict(
+        prompt, *INSIDE_KNOBS, 1, 2, 1, 3, "cond", "this block", "p_final", api_name="/inside_run")
+    knobs = dict(steps=4, guidance=7.0, max_new_tokens=8, seed=3)
+    assert status.startswith("**Done**") and text == prompt + wb.generate(prompt, **knobs)[0].text
+    assert (block["maximum"], block["value"], step["maximum"], step["value"]) == (1, 1, 3, 2)
+    name = "block.1.step.2.dit.cond.layer.1.attn.pattern"
+    pattern = wb.run_with_cache(prompt, names_filter=name, **knobs)[1][name][0, 3]
+    shown = figure(attention)["data"][0]["z"]                   # this block's rows: keys up to its own
+    assert [x for row in shown for x in row] == pytest.approx(pattern.flatten().tolist(), abs=1e-6)
+    record = next(r for r in x0_lens(wb, prompt, **knobs).records if (r["block"], r["step"], r["layer"]) == (1, 2, 1))
+    assert f"{record['text']!r}" in cell and figure(lens)["data"][0]["y"] == ["input", "layer 0", "layer 1"]
+    assert summary["blocks"] == 2 and len(files) == 4
+    # the selectors re-render from this session's stored run
+    attention0, lens0, cell0 = c.predict(0, 0, 0, 0, "uncond", "all blocks", "agreement", api_name="/inside_view")
+    assert figure(attention0)["layout"]["title"]["text"].startswith("Attention: layer 0, head 0, uncond pass, step 0")
+    assert len(figure(attention0)["data"][0]["z"]) == 2 * wb.block_size and cell0.startswith("block 0, step 0")
+    fails("block must be from 0 to 1, got 2", c.predict, 2, 0, 0, 0, "cond", "all blocks", "p_final",
+          api_name="/inside_view")
+    fails("no model-internals result", client(app).predict, 0, 0, 0, 0, "cond", "all blocks", "p_final",
+          api_name="/inside_view")                                        # another session has no run
+    assert c.predict(api_name="/inside_stop") == "Nothing is running."
+
+
+def test_inside_patching_sweep_and_its_errors(app, wb):
+    c = client(app)
+    status, heat, records, files = c.predict("the cat sat on", "the dog sat on", *INSIDE_KNOBS, "attn_out", "cond",
+                                             "0", "", False, "final_latent_distance", api_name="/inside_patch")
+    sweep = patching_sweep(wb, "the dog sat on", "the cat sat on", point="attn_out", group="cond", layers=[0],
+                           progress=False, steps=4, guidance=7.0, max_new_tokens=8, seed=3)
+    assert status.startswith("**Done** — 2 patched runs")
+    assert figure(heat)["data"][0]["z"][0] == pytest.approx([r["final_latent_distance"] for r in sweep.records])
+    assert [row[:2] for row in records["data"]] == [[0, 0], [0, 1]] and len(files) == 3
+    other = figure(c.predict("target_logprob", api_name="/inside_patch_view"))
+    assert other["data"][0]["z"][0] == pytest.approx([r["target_logprob"] for r in sweep.records])
+    fails("must fill the same number of context latents", c.predict, "the cat sat on", "a small animal that",
+          *INSIDE_KNOBS, "resid_post", "both", "", "", False, "target_logprob", api_name="/inside_patch")
+    assert c.predict(api_name="/inside_patch_stop") == "Nothing is running."
+
+
+def test_inside_stop_ends_the_run(app, wb, monkeypatch):
+    c = client(app)
+    held, stopped = threading.Event(), stop_signal(app[0], monkeypatch)
+    with wb.hooks(post_update=hold_at(1, 0, stopped, held)):
+        job = c.submit("stop me", 4, 7.0, 64, 0, 0, 0, 0, 0, "cond", "all blocks", "p_final", api_name="/inside_run")
+        assert held.wait(TIMEOUT_S)
+        assert c.predict(api_name="/inside_stop").startswith("Stopping")
+        status, *_, summary, files = job.result(timeout=TIMEOUT_S)
+    assert status.startswith("**Stopped** by the user: showing the 1 finished block(s)")
+    assert summary["status"] == "stopped" and summary["blocks"] == 1

@@ -17,16 +17,19 @@ pytest.importorskip("gradio")
 import gradio as gr  # noqa: E402
 
 from app_server import TIMEOUT_S, app_context, hold_at, stop_signal  # noqa: E402
-from apps.gradio_app import create_app, diagnostics, guidance, latent_lab, trajectories  # noqa: E402
+from apps.gradio_app import create_app, diagnostics, guidance, inside, latent_lab, trajectories  # noqa: E402
 from apps.gradio_app.events import TabComponents  # noqa: E402
 from cola_core.generate import GenerationConfig  # noqa: E402
 from workbench import interpolate, invert, regenerate_from  # noqa: E402
 from workbench.diagnostics import diagnose  # noqa: E402
+from cola_core.sampler import text_sample_id  # noqa: E402
 
 KNOBS = dict(steps=4, guidance=7.0, max_new_tokens=8, seed=3, solver="euler", schedule="linear")
 ENDPOINTS = {"trajectory_generate", "trajectory_stop", "trajectory_scrub", "diagnose", "guidance_grid",
              "guidance_stop", "latent_encode", "latent_interpolate", "latent_path", "latent_direction",
-             "latent_regenerate", "latent_invert", "status", "status_tick"}
+             "latent_regenerate", "latent_invert", "inside_run", "inside_stop", "inside_view", "inside_patch",
+             "inside_patch_stop", "inside_patch_view", "status", "status_tick", "bench_load", "bench_filter", "bench_page",
+             "bench_open"}
 
 
 @pytest.fixture(scope="module")
@@ -78,13 +81,15 @@ def test_wired_events_return_updates_by_component_and_bad_input_as_one_logged_li
 def test_forms_start_at_generation_config_defaults(ctx):
     defaults = GenerationConfig()
     with gr.Blocks():
-        traj, lab, grid = trajectories.build(ctx), latent_lab.build(ctx), guidance.build(ctx)
+        traj, lab, grid, deep = trajectories.build(ctx), latent_lab.build(ctx), guidance.build(ctx), inside.build(ctx)
     assert (traj.steps.value, traj.guidance.value, traj.max_new_tokens.value) == (
         defaults.steps, defaults.guidance, defaults.max_new_tokens)
     assert (traj.solver.value, traj.schedule.value) == (defaults.solver, defaults.schedule)
     assert (lab.regen_steps.value, lab.regen_guidance.value) == (defaults.steps, defaults.guidance)
     assert (grid.steps.value, grid.max_new_tokens.value, grid.solver.value) == (
         defaults.steps, defaults.max_new_tokens, defaults.solver)
+    assert (deep.steps.value, deep.guidance.value, deep.max_new_tokens.value) == (
+        defaults.steps, defaults.guidance, defaults.max_new_tokens)
     assert isinstance(traj, TabComponents)
 
 
@@ -202,8 +207,9 @@ def test_guidance_grid_runs_the_experiment_runner(ctx, wb):
     assert out["status"].startswith("**Done**") and "4 cells" in out["status"]
     assert {(r[1], r[2]) for r in out["records"]} == {(1.0, 2), (1.0, 3), (5.0, 2), (5.0, 3)}
     for _, g, steps, seed, text, *_ in out["records"]:
-        expected = wb.generate(["a small animal that"], guidance=g, steps=steps, seed=seed, max_new_tokens=8)[0]
-        assert text == expected.text
+        expected = wb.generate(["a small animal that"], guidance=g, steps=steps, seed=seed, max_new_tokens=8,
+                               sample_ids=[text_sample_id("a small animal that")])[0]   # the sweep's sample-id rule
+        assert text == expected.completion
     assert {t["name"] for t in figure(out["metrics"])["data"]} == {"steps=2", "steps=3"}
     assert sorted(p.rsplit("/", 1)[-1] for p in out["files"]) == ["guidance_grid.csv", "guidance_grid.json",
                                                                   "report.html"]
@@ -238,6 +244,9 @@ def test_latent_lab_matches_the_workbench(ctx, wb):
     (trajectories, lambda ctx: list(generate(ctx, "x", max_new_tokens=2))[-1]["text"]),
     (latent_lab, lambda ctx: latent_lab.encode(ctx, "a cat", "the sea", 0.0, "lerp")["interp_text"]),
     (guidance, lambda ctx: guidance.run_grid(ctx, "x", "1", "steps", "2", 2, 0, 2, "euler", "off")["records"][0][4]),
+    (inside, lambda ctx: inside.cache_run(ctx, "x", 2, 7.0, 2, 0, 0, 0, 0, 0, "cond", "all blocks", "p_final")["text"]),
+    (inside, lambda ctx: inside.cache_run(ctx, "x", 2, 7.0, 2, 0, 0, 0, 0, 0, "cond", "all blocks", "p_final")["lens"]
+     .data[0].text[0][0]),
 ])
 def test_shown_text_goes_through_the_one_display_helper(ctx, monkeypatch, module, shown):
     monkeypatch.setattr(module, "display_text", lambda text: f"<<{text}>>")

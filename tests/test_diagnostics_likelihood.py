@@ -1,6 +1,7 @@
 """Probability-flow ODE likelihood: analytic Gaussian flows, and Hutchinson vs exact on the tiny DiT."""
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -9,7 +10,8 @@ import torch
 from cola_core.text_codec import encode_tokens
 from workbench.diagnostics import diagnose
 from workbench.errors import WorkbenchError
-from workbench.likelihood import ode_log_density, prior_log_likelihood, text_log_likelihood
+from workbench.likelihood import (EXACT_DIVERGENCE_MAX_DIMS, default_exact, ode_log_density,
+                                  prior_log_likelihood, text_log_likelihood)
 from workbench.textbatch import tokenize
 
 TEXTS = ["The cat sat on the mat.", "tea", "A river ran across the hill under the sun"]
@@ -107,10 +109,10 @@ def _z0(model, texts=TEXTS):
 
 def test_hutchinson_matches_exact_divergence_on_the_tiny_dit(tiny_model):
     z0, lengths = _z0(tiny_model)
-    exact = prior_log_likelihood(tiny_model, z0, lengths, steps=1, exact_divergence=True)
-    hutch = prior_log_likelihood(tiny_model, z0, lengths, steps=1, probes=32, seed=1)
+    exact = prior_log_likelihood(tiny_model, z0, lengths, solver="rk4", steps=1, exact_divergence=True)
+    hutch = prior_log_likelihood(tiny_model, z0, lengths, solver="rk4", steps=1, probes=32, seed=1)
     assert exact.nfe == hutch.nfe == 4   # rk4: 4 evaluations per step
-    se = hutch.stderr_blocks.nan_to_num(0).pow(2).sum(-1).sqrt()
+    se = hutch.stderr
     assert (se > 0).all()
     assert ((exact.logp - hutch.logp).abs() < 4 * se + 0.05).all()
     assert torch.allclose(exact.z1, hutch.z1, atol=1e-5)     # same path, only the divergence is estimated
@@ -118,7 +120,7 @@ def test_hutchinson_matches_exact_divergence_on_the_tiny_dit(tiny_model):
 
 def test_tiny_dit_likelihood_bookkeeping(tiny_model):
     z0, lengths = _z0(tiny_model)
-    res = prior_log_likelihood(tiny_model, z0, lengths, steps=2, exact_divergence=True)
+    res = prior_log_likelihood(tiny_model, z0, lengths, solver="rk4", steps=2, exact_divergence=True)
     channels, bs = tiny_model.vae_config.latent_dim, tiny_model.block_size
     assert res.dims.tolist() == (lengths * channels).tolist()
     n_blocks = (lengths // bs).tolist()
@@ -133,25 +135,133 @@ def test_tiny_dit_likelihood_bookkeeping(tiny_model):
 
 
 def test_likelihood_of_a_text_does_not_depend_on_the_batch(tiny_model):
-    together = text_log_likelihood(tiny_model, TEXTS, steps=1, exact_divergence=True)
-    alone = [text_log_likelihood(tiny_model, [t], steps=1, exact_divergence=True)[0] for t in TEXTS]
-    for a, b in zip(together, alone):
-        assert a["logp_nats"] == pytest.approx(b["logp_nats"], abs=2e-3)
+    options = dict(solver="rk4", steps=2, probes=2, seed=5)
+    together = text_log_likelihood(tiny_model, TEXTS, **options)
+    alone = [text_log_likelihood(tiny_model, [t], **options)[0] for t in TEXTS]
+    reordered = text_log_likelihood(tiny_model, [TEXTS[2], "a neighbour of another length", TEXTS[0], TEXTS[1]],
+                                    **options)
+    for a, b, c in zip(together, alone, [reordered[2], reordered[3], reordered[0]]):
+        a, b, c = (json.dumps({k: v for k, v in r.items() if k != "index"}, sort_keys=True) for r in (a, b, c))
+        assert a == b == c   # bit for bit (json also compares NaN fields)
 
 
 def test_guidance_one_equals_the_conditional_field(tiny_model):
     z0, lengths = _z0(tiny_model, TEXTS[:1])
-    plain = prior_log_likelihood(tiny_model, z0, lengths, steps=2, exact_divergence=True)
-    guided = prior_log_likelihood(tiny_model, z0, lengths, steps=2, exact_divergence=True, guidance=3.0)
+    plain = prior_log_likelihood(tiny_model, z0, lengths, solver="rk4", steps=2, exact_divergence=True)
+    guided = prior_log_likelihood(tiny_model, z0, lengths, solver="rk4", steps=2, exact_divergence=True,
+                                  guidance=3.0)
     assert guided.logp_blocks[0, 0] == pytest.approx(float(plain.logp_blocks[0, 0]), abs=1e-3)  # block 0: no prefix
     assert not torch.allclose(guided.logp, plain.logp)
 
 
 def test_diagnose_with_likelihood_reports_prior_bits(tiny_model):
     diag = diagnose(tiny_model, TEXTS[:2], likelihood=True, t_grid=[0.5],
-                    likelihood_options={"steps": 2, "exact_divergence": True})
+                    likelihood_options={"solver": "rk4", "steps": 2, "exact_divergence": True})
     for row in diag.per_text:
         assert math.isfinite(row.prior_bits_per_dim) and math.isfinite(row.elbo_prior_bits_per_token)
     rows = diag.per_text
     expected = sum(r.prior_bits_per_dim * r.latents for r in rows) / sum(r.latents for r in rows)
     assert diag.dataset.prior_bits_per_dim == pytest.approx(expected)
+
+
+# -- every estimate carries its error ------------------------------------------------------------------------
+def test_one_probe_has_no_standard_error_and_the_exact_divergence_has_none_to_report(tiny_model):
+    z0, lengths = _z0(tiny_model, TEXTS[:2])
+    one = prior_log_likelihood(tiny_model, z0, lengths, solver="rk4", steps=1, probes=1, ode_error=False)
+    assert one.stderr.isnan().all() and all(math.isnan(r["stderr_nats"]) for r in one.records())
+    assert one.divergence == "hutchinson (1 probes)"
+    two = prior_log_likelihood(tiny_model, z0, lengths, solver="rk4", steps=1, probes=2, ode_error=False)
+    assert (two.stderr > 0).all()
+    exact = prior_log_likelihood(tiny_model, z0, lengths, solver="rk4", steps=1, exact_divergence=True,
+                                 ode_error=False)
+    assert (exact.stderr == 0).all() and exact.divergence == "exact"
+    assert one.ode_error.isnan().all()                        # not asked for: NaN, never a silent 0
+
+
+def test_exact_divergence_is_the_default_when_it_costs_at_most_16_probes(tiny_model, pocket_model):
+    assert pocket_model.block_size * pocket_model.vae_config.latent_dim <= EXACT_DIVERGENCE_MAX_DIMS
+    assert default_exact(pocket_model) and not default_exact(tiny_model)     # 1 x 8 vs 4 x 8 coordinates
+    z0, lengths = _z0(tiny_model, TEXTS[:1])
+    assert prior_log_likelihood(tiny_model, z0, lengths, solver="rk4", steps=1,
+                                ode_error=False).divergence == "hutchinson (16 probes)"
+
+
+def test_the_ode_error_estimate_covers_the_true_error_of_an_analytic_flow():
+    """rk4 (vs half the steps) and dopri5 (vs 10x looser tolerances) on a smooth flow. Far from their
+    asymptotic regime estimates can undershoot (Euler at 8 steps by 2x; rk4 at 4 steps for 2 of 30 draws
+    of these points), hence 'estimate'."""
+    sigma = _rotated_covariance([0.05, 0.3, 2.0], seed=6)
+    dist = torch.distributions.MultivariateNormal(torch.zeros(3, dtype=torch.float64), sigma)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        z0 = dist.sample((4,)).float()
+    truth = dist.log_prob(z0.double())
+    for solver, steps in (("rk4", 8), ("rk4", 16)):
+        flow = ode_log_density(gaussian_flow(sigma), z0, steps=steps, solver=solver, exact=True, ode_error=True)
+        error = (flow.logp[:, 0].double() - truth).abs()
+        assert (error <= flow.ode_error.double() + 1e-4).all(), (solver, error, flow.ode_error)
+    adaptive = ode_log_density(gaussian_flow(sigma), z0, solver="dopri5", rtol=1e-6, atol=1e-6, exact=True,
+                               ode_error=True)
+    error = (adaptive.logp[:, 0].double() - truth).abs()
+    assert (error < 1e-3).all() and (error <= adaptive.ode_error.double() + 1e-4).all()
+    assert adaptive.nfe > 0
+
+
+def test_likelihood_records_put_the_value_beside_its_errors(tiny_model):
+    rec = text_log_likelihood(tiny_model, TEXTS[:1], solver="rk4", steps=4, probes=4)[0]
+    for key in ("stderr_nats", "ode_error_nats", "divergence", "solver", "sample_stderr_nats"):
+        assert key in rec
+    assert rec["ode_error_nats"] > 0 and rec["stderr_nats"] > 0 and rec["solver"] == "rk4, 4 steps"
+
+
+def test_posterior_samples_by_default_and_the_mean_is_labelled(tiny_model):
+    options = dict(solver="rk4", steps=2, probes=2, seed=1)
+    sampled = text_log_likelihood(tiny_model, TEXTS[:2], samples=3, **options)
+    mean = text_log_likelihood(tiny_model, TEXTS[:2], latent="mean", **options)
+    for s, m in zip(sampled, mean):
+        assert s["latent"] == "posterior samples (K=3)" and m["latent"] == "posterior mean"
+        assert len(s["logp_samples"]) == 3 and s["logp_nats"] == pytest.approx(sum(s["logp_samples"]) / 3)
+        assert s["sample_stderr_nats"] > 0 and math.isfinite(s["iw_bound_bits_per_token"])
+        assert s["logp_nats"] != m["logp_nats"] and "iw_bound_bits_per_token" not in m
+    assert math.isnan(text_log_likelihood(tiny_model, TEXTS[:1], **options)[0]["sample_stderr_nats"])   # K = 1
+
+
+def test_both_elbos_share_one_estimator_and_honour_samples(tiny_model):
+    options = {"solver": "rk4", "steps": 2, "probes": 2}
+    rows = {k: diagnose(tiny_model, TEXTS, samples=k, prior=False, likelihood=True, likelihood_options=options,
+                        seed=2).per_text for k in (1, 3)}
+    for k, per_text in rows.items():
+        for r in per_text:
+            # same draws, same decoder term: the ELBOs differ by their rates only
+            assert r.elbo_prior_bits_per_token - r.elbo_bits_per_token == pytest.approx(
+                r.rate_prior_bits_per_token - r.rate_bits_per_token, abs=1e-9)
+            # the importance-weighted bound is never looser than the ELBO, and equals it for one draw
+            assert r.iw_prior_bits_per_token <= r.elbo_prior_bits_per_token + 1e-9
+            if k == 1:
+                assert r.iw_prior_bits_per_token == pytest.approx(r.elbo_prior_bits_per_token, rel=1e-6)
+    assert [r.elbo_prior_bits_per_token for r in rows[1]] != [r.elbo_prior_bits_per_token for r in rows[3]]
+    assert [r.rate_bits_per_token for r in rows[1]] != [r.rate_bits_per_token for r in rows[3]]
+
+
+def test_log_likelihood_and_diagnose_agree_on_the_prior_fit(tiny_model):
+    """Both score the same posterior draws (seeded per text), so the two entry points give one number."""
+    options = {"solver": "rk4", "steps": 2, "probes": 2}
+    diag = diagnose(tiny_model, TEXTS, samples=2, prior=False, likelihood=True, likelihood_options=options, seed=4)
+    direct = text_log_likelihood(tiny_model, TEXTS, samples=2, seed=4, **options)
+    for row, rec in zip(diag.per_text, direct):
+        assert row.prior_bits_per_dim == pytest.approx(rec["bits_per_dim"], rel=1e-6)
+        assert row.iw_prior_bits_per_token == pytest.approx(rec["iw_bound_bits_per_token"], rel=1e-6)
+        assert row.prior_ode_error_nats == pytest.approx(rec["ode_error_nats"], rel=1e-6)
+
+
+def test_the_likelihood_benchmark_reference_is_finer_than_every_row(monkeypatch):
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "likelihood_bench.py"
+    monkeypatch.syspath_prepend(str(path.parent))
+    spec = importlib.util.spec_from_file_location("likelihood_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    reference = bench.REFERENCE   # finer than the finest row the benchmark runs by default (dopri5 at 1e-5)
+    assert reference["solver"] == "dopri5" and reference["rtol"] <= 1e-7 and reference["atol"] <= 1e-7
+    assert reference["probes"] >= 64 and reference["exact_divergence"] in (None, True)

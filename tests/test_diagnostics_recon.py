@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from cola_core.vae import Posterior
-from workbench.diagnostics import active_units, diagnose, token_nll
+from workbench.bounds import token_nll
+from workbench.diagnostics import active_units, diagnose
 from workbench.errors import WorkbenchError
 
 TEXTS = ["The cat sat on the mat.", "A river ran across the hill under the sun", "tea",
@@ -117,14 +118,16 @@ def test_real_model_numbers_are_consistent(tiny_model):
     assert diag.dataset.tokens == sum(r.tokens for r in diag.per_text)
 
 
-def test_elbo_is_recon_plus_kl_for_texts_without_padding(tiny_model):
+def test_elbo_is_recon_plus_rate_for_texts_without_padding(tiny_model):
     tok, chunk = tiny_model.tokenizer, tiny_model.block_size * tiny_model.patch_size
     texts = [t for t in ["the sun.", "the sun and the hill.", "A cat."] if len(tok.encode(t)) % chunk == 0]
     assert len(texts) == 3, "these texts fill whole blocks"
     diag = diagnose(tiny_model, texts, prior=False, samples=3)
     for row in diag.per_text:
-        assert row.elbo_bits_per_token == pytest.approx(row.recon_bits_per_token_sampled + row.kl_bits_per_token,
+        assert row.elbo_bits_per_token == pytest.approx(row.recon_bits_per_token_sampled + row.rate_bits_per_token,
                                                         rel=1e-6)
+        # the Monte-Carlo rate estimates the closed-form KL (3 draws: within a few nats of it)
+        assert row.rate_bits_per_token == pytest.approx(row.kl_bits_per_token, rel=0.5)
 
 
 def test_per_text_numbers_do_not_depend_on_the_batch(tiny_model):
@@ -167,3 +170,25 @@ def test_bad_settings_fail_before_work(tiny_model):
         diagnose(tiny_model, TEXTS, t_grid=[0.5, 1.5])
     with pytest.raises(WorkbenchError, match="samples"):
         diagnose(tiny_model, TEXTS, samples=0)
+
+
+def test_informative_units_flag_an_encoder_whose_means_ignore_the_input(tiny_model, monkeypatch):
+    """Active units cannot fail for LayerNormed means (pooled over positions, every channel varies); an
+    encoder that reads only the position (each latent sees a fixed token) still has 8/8 active units, and
+    the informative-units measure flags it with 0."""
+    healthy = diagnose(tiny_model, TEXTS, prior=False)
+    channels = tiny_model.vae_config.latent_dim
+    assert healthy.dataset.informative_units == channels
+    assert all(d.text_variance_ratio > 0.3 for d in healthy.per_dimension)
+    real = tiny_model.vae.encode_ids
+
+    def ignore_the_text(ids, lengths, mask_token_ids=None):
+        positions = 10 + torch.arange(ids.shape[1]).expand_as(ids)       # a fixed ordinary token per position
+        return real(positions, lengths)
+
+    monkeypatch.setattr(tiny_model.vae, "encode_ids", ignore_the_text)
+    collapsed = diagnose(tiny_model, TEXTS, prior=False)
+    assert collapsed.dataset.active_units == channels                  # the old measure sees nothing wrong
+    assert collapsed.dataset.informative_units == 0
+    assert all(d.text_variance_ratio < 1e-6 and not d.informative for d in collapsed.per_dimension)
+    assert "0/8 informative units" in collapsed.figures()["compression"].layout.title.text

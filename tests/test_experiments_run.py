@@ -14,6 +14,8 @@ from safetensors.torch import load_file
 
 import workbench.experiments.kinds as kinds
 from cola_core.generate import generate
+from cola_core.sampler import text_sample_id
+from workbench.monitor import data_norm
 from workbench.diagnostics import diagnose
 from workbench.experiments import SpecError, run
 
@@ -27,7 +29,7 @@ def test_guidance_sweep_run_folder(tiny_model, tmp_path):
     result = run(SWEEP, tmp_path / "run", model=tiny_model)
     out = result.path
     assert sorted(p.name for p in out.iterdir()) == ["environment.json", "report.html", "results.jsonl",
-                                                     "spec.toml", "tensors.safetensors"]
+                                                     "spec.toml", "summary.jsonl", "tensors.safetensors"]
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert records == result.records and len(records) == 2 * 2 * 2 * len(PROMPTS) and result.ran == 8
     assert [r["item_index"] for r in records] == sorted(r["item_index"] for r in records)
@@ -37,25 +39,32 @@ def test_guidance_sweep_run_folder(tiny_model, tmp_path):
     assert "plotly" in (out / "report.html").read_text()[:200_000].lower()
     tensors = load_file(str(out / "tensors.safetensors"))
     bs = tiny_model.block_size
-    expected = {}   # the sweep does not change generation: same texts as cola_core for the same knobs
+    ids = [text_sample_id(p) for p in PROMPTS]   # each prompt's noise comes from its own CRC-32 sample id
+    expected = {}   # the sweep does not change generation: same completions as cola_core for the same knobs
     for r in records:
         key = (r["guidance"], r["steps"], r["seed"])
         if key not in expected:
             expected[key] = generate(tiny_model, PROMPTS, steps=r["steps"], guidance=r["guidance"], seed=r["seed"],
-                                     max_new_tokens=8)
-        assert r["text"] == expected[key][r["prompt_index"]].text
-        gap = tensors[f"item{r['item_index']:05d}.velocity_gap"][r["prompt_index"]]
+                                     max_new_tokens=8, sample_ids=ids)
+        gen = expected[key][r["prompt_index"]]
+        assert r["sample_id"] == ids[r["prompt_index"]]
+        assert r["text"] == gen.completion and r["completion_ids"] == gen.completion_ids
+        gap = tensors[f"item{r['item_index']:05d}.prompt{r['prompt_index']}.velocity_gap"]
         assert r["velocity_gap"] == [[float(x) for x in row] for row in gap]
-        assert len(r["velocity_gap"][0]) == r["steps"]
+        assert len(r["velocity_gap"]) == r["blocks"] and len(r["velocity_gap"][0]) == r["steps"]
         assert 0.0 <= r["in_vocab_rate"] <= 1.0 and 0.0 <= r["distinct_1"] <= 1.0
         assert r["semantic_similarity"] is None
         if r["prompt"] == "":                      # block 0 without a prefix: cond and uncond see the same
             assert max(r["velocity_gap"][0]) < 1e-5
-    # latent norm = mean row norm of the generated latents (block 0 is fully generated for "")
+    # latent norm = mean row norm of the completion's generated latents (block 0 is fully generated for "")
     r = next(r for r in records if r["prompt"] == "")
-    z = tensors[f"item{r['item_index']:05d}.latents"][r["prompt_index"]]
+    z = tensors[f"item{r['item_index']:05d}.prompt{r['prompt_index']}.latents"]
     assert r["latent_norm"] == pytest.approx(float(z.norm(dim=-1).mean()), rel=1e-5)
-    assert z.shape[0] % bs == 0
+    assert z.shape[0] == r["blocks"] * bs and r["norm_ratio"] == pytest.approx(r["latent_norm"] / data_norm(tiny_model))
+    # population metrics per prompt across the two seeds
+    summary = [json.loads(line) for line in (out / "summary.jsonl").read_text().splitlines()]
+    assert summary == result.summary and len(summary) == len(PROMPTS) * 2 * 2
+    assert all(row["seeds"] == [0, 5] and row["population"] == 2 for row in summary)
 
 
 def test_rerun_skips_everything_and_other_spec_is_refused(tiny_model, tmp_path):

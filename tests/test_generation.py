@@ -98,6 +98,12 @@ def test_empty_prompt_generates_unconditionally(tiny_model):
     (dict(guidance=-1.0), "guidance must be"), (dict(max_new_tokens=0), "max_new_tokens"),
     (dict(top_p=0.0), "top_p"), (dict(top_p=1.5), "top_p"), (dict(solver="rk4"), "solver"),
     (dict(bogus=1), "unknown generation option"),
+    # T is the DiT's training time scale: any other value integrated only part of the path
+    (dict(T=500.0), "T must be the DiT's training time scale 1000"), (dict(T=1.0), "T must be"),
+    (dict(guidance_rescale=1.5), "guidance_rescale must be"), (dict(guidance_rescale=-0.1), "guidance_rescale"),
+    (dict(guidance_interval=(0.8, 0.2)), "guidance_interval must satisfy"),
+    (dict(guidance_interval=(0.2, 1.5)), "guidance_interval must satisfy"),
+    (dict(guidance_interval=(0.5,)), "guidance_interval must be two numbers"),
 ])
 def test_bad_knobs_raise_clear_errors(tiny_model, knobs, message):
     with pytest.raises(GenerationError, match=message):
@@ -211,3 +217,14 @@ def test_cli_unknown_dtype_exits_2(capsys):
     with pytest.raises(SystemExit) as done:
         cli_main(["generate", "--dtype", "int8", "x"])
     assert done.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
+def test_sampled_tokens_do_not_depend_on_the_batch(tiny_model):
+    """With a seed and temperature > 0, each sample draws from its own generator (seed + 1000*id + 500)."""
+    knobs = dict(steps=2, guidance=3.0, max_new_tokens=8, seed=5, temperature=1.0, top_k=0, top_p=1.0,
+                 stop_at_eos=False)
+    batch = generate(tiny_model, PROMPTS, sample_ids=[7, 8, 9], **knobs)
+    alone = [generate(tiny_model, [p], sample_ids=[sid], **knobs)[0] for p, sid in zip(PROMPTS, [7, 8, 9])]
+    assert [g.token_ids for g in batch] == [g.token_ids for g in alone]
+    greedy = generate(tiny_model, PROMPTS, sample_ids=[7, 8, 9], **{**knobs, "temperature": 0.0})
+    assert [g.token_ids for g in batch] != [g.token_ids for g in greedy]   # the draws really sample

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cola_core import CheckpointError, load_pretrained
-from cola_core.hub import parse_hub_id, resolve_checkpoint
+from cola_core.hub import parse_hub_id, resolve_hub_id
 from workbench import Workbench
 from apps.cli import main
 
@@ -44,39 +44,39 @@ def test_hub_ids_are_told_apart_from_paths():
     assert parse_hub_id("ByteDance-Seed/Cola-DLM@v1.0") == ("ByteDance-Seed/Cola-DLM", "v1.0")
     for path in ("./a/b", "/abs/path", "a/b/c", "~/x/y", "single", "a b/c"):
         assert parse_hub_id(path) is None
-    assert resolve_checkpoint(str(FIXTURE)) == FIXTURE
+    assert resolve_hub_id(str(FIXTURE)) == FIXTURE
 
 
 def test_cached_id_loads_like_the_folder(hub_cache, tiny_model, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     snapshot = hub_cache / "models--acme--tiny" / "snapshots" / REVISION
-    assert resolve_checkpoint("acme/tiny") == snapshot
-    assert resolve_checkpoint(f"acme/tiny@{REVISION}") == snapshot
+    assert resolve_hub_id("acme/tiny") == snapshot
+    assert resolve_hub_id(f"acme/tiny@{REVISION}") == snapshot
     assert load_pretrained("acme/tiny").fingerprint == tiny_model.fingerprint
     assert Workbench.load("acme/tiny").fingerprint == tiny_model.fingerprint
 
 
 def test_cache_is_used_before_the_network(hub_cache, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)       # online, but the cached snapshot needs no request
-    assert resolve_checkpoint("acme/tiny").parent.name == "snapshots"
+    assert resolve_hub_id("acme/tiny").parent.name == "snapshots"
 
 
 def test_a_local_path_wins_over_an_id(hub_cache, tmp_path, monkeypatch):
     shutil.copytree(FIXTURE, tmp_path / "work" / "acme" / "tiny")
     monkeypatch.chdir(tmp_path / "work")
-    assert resolve_checkpoint("acme/tiny") == Path("acme/tiny")
+    assert resolve_hub_id("acme/tiny") == Path("acme/tiny")
 
 
 def test_missing_ids_are_one_line_errors_naming_id_and_cache(hub_cache, monkeypatch, capsys):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(CheckpointError, match=rf"acme/other is neither a local folder nor in the Hugging Face cache "
                                               rf"\({hub_cache}\), and HF_HUB_OFFLINE is set"):
-        resolve_checkpoint("acme/other")
+        resolve_hub_id("acme/other")
     with pytest.raises(CheckpointError, match="acme/tiny@v2 is neither"):
-        resolve_checkpoint("acme/tiny@v2")                   # a revision that is not cached
+        resolve_hub_id("acme/tiny@v2")                   # a revision that is not cached
     monkeypatch.delenv("HF_HUB_OFFLINE")
     with pytest.raises(CheckpointError, match=rf"acme/other is neither .*\({hub_cache}\), and the Hub could not "):
-        resolve_checkpoint("acme/other")                     # online, but the Hub is unreachable
+        resolve_hub_id("acme/other")                     # online, but the Hub is unreachable
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert main(["generate", "--checkpoint", "acme/other", "hello"]) == 2
     err = capsys.readouterr().err

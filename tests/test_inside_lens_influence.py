@@ -8,7 +8,7 @@ import torch
 
 from cola_core.sampler import predicted_clean
 from workbench import WorkbenchError
-from workbench.inside import cross_block_influence, logit_lens, x0_lens
+from workbench.inside import cross_block_influence, logit_lens, x0_lens, x0_lens_names
 
 PROMPTS = ["the cat sat on", "once upon a time there was a"]
 KNOBS = dict(seed=0, steps=3, max_new_tokens=8, stop_at_eos=False, repetition_penalty=1.0)
@@ -31,6 +31,21 @@ def test_x0_lens_last_layer_is_the_samplers_x0_pred(wb):
     assert fig.layout.height == 300 and len(fig.data[0].y) == layers + 1 and len(fig.data[0].x) == 3
 
 
+def test_x0_lens_reads_the_cache_of_a_run_that_cached_more(wb):
+    names = x0_lens_names() + ["block.*.step.*.dit.*.layer.*.attn.pattern"]
+    _, cache = wb.run_with_cache(PROMPTS, names_filter=names, **KNOBS)
+    shared = x0_lens(wb, PROMPTS, blocks=[1], cache=cache, **KNOBS)
+    own = x0_lens(wb, PROMPTS, blocks=[1], **KNOBS)
+    assert shared.records == own.records and torch.equal(shared.x0[1], own.x0[1])
+    with pytest.raises(WorkbenchError, match="comes from another run"):
+        x0_lens(wb, PROMPTS, cache=cache, **dict(KNOBS, seed=1))
+    with pytest.raises(WorkbenchError, match="cache must be a run's ActivationCache"):
+        x0_lens(wb, PROMPTS, cache=dict(cache), **KNOBS)
+    _, thin = wb.run_with_cache(PROMPTS, names_filter=x0_lens_names(steps=[0]), **KNOBS)
+    with pytest.raises(WorkbenchError, match="the cache lacks block.0.step.1.dit.cond.layer.0.resid_pre"):
+        x0_lens(wb, PROMPTS, cache=thin, **KNOBS)
+
+
 def test_x0_lens_bad_input(wb):
     with pytest.raises(WorkbenchError, match="mode must be one of"):
         x0_lens(wb, PROMPTS, mode="both", **KNOBS)
@@ -42,7 +57,7 @@ def test_logit_lens_last_layer_is_the_decoder_output(wb):
     texts = ["the cat sat on the mat", "a dog"]
     lens = logit_lens(wb, texts)
     layers = wb.model.vae_config.decoder_num_blocks
-    decoded = wb.decode(wb.encode(texts, pad_to="longest"))
+    decoded = wb.decode(wb.encode(texts, pad_to="longest"), all_slots=True)   # the lens reads every slot
     last = [r for r in lens.records if r["layer"] == layers - 1]
     assert all(r["rank_final"] == 0 and r["p_final"] == pytest.approx(r["p_top"]) for r in last)
     ids = [[r["token_id"] for r in last if r["text_index"] == i] for i in range(2)]

@@ -119,6 +119,21 @@ def test_patching_sweep(wb):
     assert per_step.figure().data[0].x == ("b1 s0", "b1 s1", "b1 s2")
 
 
+def test_should_stop_ends_the_sweep_between_cells(wb):
+    asked = []
+
+    def should_stop() -> bool:
+        asked.append(len(asked))
+        return len(asked) > 3          # three cells run, the fourth is refused
+    sweep = patching_sweep(wb, A, B, layers=[0, 1], blocks=[0, 1], should_stop=should_stop, progress=False, **KNOBS)
+    full = patching_sweep(wb, A, B, layers=[0, 1], blocks=[0, 1], progress=False, **KNOBS)
+    assert len(asked) == 4 and sweep.records == full.records[:3] and sweep.baseline == full.baseline
+    assert list(sweep.figure().data[0].z[1]) == [full.records[2]["target_logprob"], None]   # unmeasured: blank
+    stopped = patching_sweep(wb, A, B, layers=[0], blocks=[0], should_stop=lambda: True, progress=False, **KNOBS)
+    with pytest.raises(WorkbenchError, match="measured no cell"):
+        stopped.figure()
+
+
 def test_bad_sweeps(wb):
     with pytest.raises(WorkbenchError, match="source and target runs differ"):
         patching_sweep(wb, A, ["once upon a time there was a"], **KNOBS)

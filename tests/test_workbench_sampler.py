@@ -168,7 +168,7 @@ def test_run_with_cache_names(wb, plain):
     bs, c = wb.block_size, wb.channels
     assert cache["block.2.step.5.v_uncond"].shape == (2, bs, c)
     assert cache["block.0.token_ids"].shape == (2, bs * wb.patch_size)
-    expected = {f"block.{b}.{n}" for b in range(3) for n in ("z_init", "z_final", "token_ids")}
+    expected = {f"block.{b}.{n}" for b in range(3) for n in ("z_init", "z_final", "token_ids", "after_eos")}
     expected |= {f"block.{b}.step.{k}.{f}" for b in range(3) for k in range(6)
                  for f in ("t", "t_next", "dt", "guidance", "z", "v_cond", "v_uncond", "v_guided", "x0_pred",
                            "z_next")}

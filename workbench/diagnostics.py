@@ -7,7 +7,22 @@ likelihood takes its own gradients) and is reproducible from ``seed``.
 
 ELBO conventions: the model encodes and decodes whole blocks, so the ELBO bounds
 ``-log p(x padded to whole blocks)``; it sums decoder NLL over every decoded token (padding
-included) plus the rate term, and is divided by the number of real tokens.
+included) plus the rate term, and is divided by the number of real tokens. Both ELBOs (N(0, I) prior
+and DiT prior) use the same estimator over the same ``samples`` posterior draws
+(``workbench.bounds``): rate = mean_k [log q(z_k|x) - log p(z_k)]. The DiT was trained on posterior
+samples, so its prior numbers score those draws; with K draws the DiT-prior bound is also given
+importance-weighted (``iw_prior_bits_per_token``).
+
+Every random draw (posterior samples, flow-matching noise, probes) is seeded per text by
+``(seed, sample id)`` with sample ids defaulting to each text's CRC-32, and texts are batched only
+with texts of their own length: a text's record never depends on the other texts.
+
+Collapse: the encoder LayerNorms its means without affine, so every channel has variance ~1 over all
+latents by construction and "active units" (that pooled variance > 0.01) cannot fail. The
+``informative units`` measure asks instead how much of a channel's variance changes with the text at
+a fixed position: ``text_variance_ratio`` = Var over texts at one position (averaged over positions)
+/ the pooled variance; a channel is informative above ``INFORMATIVE_THRESHOLD``. An encoder whose
+means ignore the input scores 0 on every channel.
 """
 from __future__ import annotations
 
@@ -16,19 +31,21 @@ from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 
 from cola_core import ColaModel
-from cola_core.constants import LN2, LOG_2PI
-from cola_core.text_codec import TokenBatch, decode_logits, encode_tokens
-from cola_core.vae import Posterior
+from cola_core.constants import LN2
+from cola_core.sampler import text_sample_id
+from cola_core.text_codec import encode_tokens
 
+from .bounds import decoder_nll, draw_terms, iw_bound_nats, posterior_draws, rate_nats, vae_space_log_prior
 from .errors import WorkbenchError
-from .likelihood import prior_log_likelihood
+from .likelihood import draw_log_likelihoods, summarize_draws
 from .prior import flow_matching_loss
-from .textbatch import batches, check_texts, tokenize
+from .textbatch import block_counts, check_texts, length_groups, tokenize
+
 DEFAULT_T_GRID = tuple(i / 10 for i in range(11))
 ACTIVE_UNIT_THRESHOLD = 0.01
+INFORMATIVE_THRESHOLD = 0.05
 
 
 @dataclass
@@ -37,22 +54,28 @@ class TextDiagnostics:
 
     index: int
     text: str
+    sample_id: int                        # seeds this text's draws (default: CRC-32 of the text)
     tokens: int
     latents: int
     blocks: int
     token_accuracy: float                 # greedy decode of the posterior mean
     recon_bits_per_token: float           # decoder NLL given the posterior mean
     recon_bits_per_token_sampled: float   # same, averaged over posterior samples
-    kl_nats: float                        # KL(q(z|x) || N(0, I)) over all latents and channels
+    kl_nats: float                        # KL(q(z|x) || N(0, I)) over all latents and channels, closed form
     kl_bits_per_token: float
     posterior_std: float                  # mean posterior std over latents and channels
     latent_norm: float                    # mean L2 norm of DiT-space posterior means
-    elbo_bits_per_token: float            # (NLL_sampled over all decoded tokens + KL) / ln2 / tokens
+    rate_bits_per_token: float            # the ELBO's KL term to N(0, I): mean_k [log q - log N] over the draws
+    elbo_bits_per_token: float            # (NLL_sampled over all decoded tokens + rate) / ln2 / tokens
     fm_loss: float | None = None          # flow-matching loss averaged over the t grid and blocks
     fm_loss_by_block: list[float] | None = None
     fm_loss_by_t: list[float] | None = None      # one value per t of the grid
-    prior_bits_per_dim: float | None = None        # -log2 p(z) / (n*C) by the probability-flow ODE
+    prior_bits_per_dim: float | None = None        # -log2 p_DiT(z) / (n*C), mean over the posterior draws
+    prior_stderr_nats: float | None = None         # its Hutchinson standard error (0 exact; NaN with one probe)
+    prior_ode_error_nats: float | None = None      # its estimated ODE discretisation error
+    rate_prior_bits_per_token: float | None = None  # the ELBO's KL term with the DiT prior, same draws
     elbo_prior_bits_per_token: float | None = None  # ELBO with the DiT prior instead of N(0, I)
+    iw_prior_bits_per_token: float | None = None    # K-sample importance-weighted bound with the DiT prior
 
 
 @dataclass
@@ -60,10 +83,13 @@ class DimensionDiagnostics:
     """One latent channel over the dataset."""
 
     dim: int
-    kl_nats: float          # mean KL per latent
-    mean_variance: float    # Var over data of the posterior mean (active if > threshold)
+    kl_nats: float              # mean KL per latent
+    mean_variance: float        # Var of the posterior mean pooled over every latent (active if > threshold)
     active: bool
-    posterior_std: float    # mean posterior std
+    text_variance: float        # Var over texts of the posterior mean at one position, averaged over positions
+    text_variance_ratio: float  # text_variance / mean_variance: the share of the channel that follows the text
+    informative: bool           # text_variance_ratio > INFORMATIVE_THRESHOLD
+    posterior_std: float        # mean posterior std
 
 
 @dataclass
@@ -88,14 +114,19 @@ class DatasetDiagnostics:
     recon_bits_per_token: float
     recon_bits_per_token_sampled: float
     kl_bits_per_token: float
+    rate_bits_per_token: float
     elbo_bits_per_token: float
-    active_units: int
+    active_units: int           # pooled variance > threshold: ~all channels by construction for LayerNormed means
+    informative_units: int      # channels whose means follow the text (the collapse check that can fail)
     latent_dim: int
     active_unit_threshold: float
+    informative_threshold: float
     posterior_std: float
     fm_loss: float | None = None
     prior_bits_per_dim: float | None = None
+    rate_prior_bits_per_token: float | None = None
     elbo_prior_bits_per_token: float | None = None
+    iw_prior_bits_per_token: float | None = None
 
 
 @dataclass
@@ -120,11 +151,6 @@ class Diagnosis:
 
 
 # -- building blocks on tensors ----------------------------------------------------------------------
-def token_nll(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """logits (B, L, V), ids (B, L) -> per-token negative log-likelihood (B, L) in nats."""
-    return F.cross_entropy(logits.float().transpose(1, 2), ids, reduction="none")
-
-
 def active_units(means: torch.Tensor, threshold: float = ACTIVE_UNIT_THRESHOLD) -> tuple[int, torch.Tensor]:
     """means (N, C) posterior means over the data -> (count of channels with Var > threshold, Var (C,))."""
     if means.shape[0] < 2:
@@ -133,15 +159,27 @@ def active_units(means: torch.Tensor, threshold: float = ACTIVE_UNIT_THRESHOLD) 
     return int((var > threshold).sum()), var
 
 
-def gaussian_log_density(z: torch.Tensor, post: Posterior) -> torch.Tensor:
-    """log q(z|x) per latent and channel (B, n, C) for a diagonal Gaussian posterior."""
-    return -0.5 * ((z - post.mean).pow(2) / post.logvar.exp() + post.logvar + LOG_2PI)
+def text_variance(means: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Per-text posterior means [(n_i, C)] -> (C,) variance across texts at a fixed position, averaged over
+    positions (each weighted by its texts - 1). NaN when no position is shared by two texts."""
+    longest = max(m.shape[0] for m in means)
+    total, weight = torch.zeros(means[0].shape[-1]), 0
+    for p in range(longest):
+        rows = torch.stack([m[p] for m in means if m.shape[0] > p])
+        if rows.shape[0] > 1:
+            total += rows.var(dim=0, unbiased=True) * (rows.shape[0] - 1)
+            weight += rows.shape[0] - 1
+    return total / weight if weight else torch.full_like(total, float("nan"))
 
 
-def _decode_nll(model: ColaModel, z: torch.Tensor, batch: TokenBatch) -> tuple[torch.Tensor, torch.Tensor]:
-    """DiT-space z (B, n, C) -> (NLL (B, L) nats, greedy ids (B, L))."""
-    logits = decode_logits(model, z, batch.latent_lengths)
-    return token_nll(logits, batch.ids), logits.argmax(-1)
+def informative_units(means: Sequence[torch.Tensor], threshold: float = INFORMATIVE_THRESHOLD
+                      ) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """(count of channels whose text_variance_ratio > threshold, text variance (C,), ratio (C,)) from per-text
+    posterior means [(n_i, C)]; see the module docstring."""
+    across = text_variance(means)
+    pooled = torch.cat(list(means)).var(dim=0, unbiased=True).clamp_min(1e-12)
+    ratio = across / pooled
+    return int((ratio > threshold).sum()), across, ratio
 
 
 # -- the whole pass ------------------------------------------------------------------------------------
@@ -150,7 +188,7 @@ class _Totals:
     """Dataset sums carried across batches."""
 
     channels: int
-    means: list[torch.Tensor] = field(default_factory=list)   # posterior means of covered latents
+    means: dict[int, torch.Tensor] = field(default_factory=dict)   # text -> posterior means of covered latents
     latents: int = 0
     kl_dim: torch.Tensor | None = None                         # (C,) KL summed over latents
     std_dim: torch.Tensor | None = None
@@ -177,34 +215,44 @@ class _Totals:
 def diagnose(model: ColaModel, texts: Sequence[str], *, samples: int = 1, prior: bool = True,
              t_grid: Sequence[float] = DEFAULT_T_GRID, fm_draws: int = 1, likelihood: bool = False,
              likelihood_options: dict | None = None, batch_size: int = 8, seed: int = 0,
-             active_unit_threshold: float = ACTIVE_UNIT_THRESHOLD) -> Diagnosis:
+             sample_ids: Sequence[int] | None = None, active_unit_threshold: float = ACTIVE_UNIT_THRESHOLD,
+             informative_threshold: float = INFORMATIVE_THRESHOLD) -> Diagnosis:
     """Diagnose ``model`` on ``texts``.
 
-    ``samples`` posterior draws give the sampled NLL and the ELBO. With ``prior`` the DiT's
+    ``samples`` = K posterior draws give the sampled NLL and both ELBOs. With ``prior`` the DiT's
     flow-matching loss is measured at each t in ``t_grid`` (on [0, 1]) on the first posterior
-    sample, ``fm_draws`` noise draws each. ``likelihood`` adds the probability-flow ODE
-    log-likelihood of that sample (``likelihood_options``: steps, solver, probes, exact_divergence)
-    and the ELBO under the DiT prior.
+    draw, ``fm_draws`` noise draws each. ``likelihood`` adds the probability-flow ODE log-likelihood of
+    every draw (``likelihood_options``: solver, steps, rtol, atol, probes, exact_divergence; see
+    ``workbench.likelihood``), the ELBO under the DiT prior and its K-sample importance-weighted bound.
+    ``sample_ids`` (one per text) seed each text's draws; by default each text's CRC-32.
     """
     texts = check_texts(texts)
-    if samples < 1:
-        raise WorkbenchError(f"samples must be >= 1, got {samples}")
+    if not isinstance(samples, int) or samples < 1:
+        raise WorkbenchError(f"samples must be an integer >= 1, got {samples!r}")
     grid = torch.tensor([float(t) for t in t_grid])
     if prior and (grid.numel() == 0 or bool(((grid < 0) | (grid > 1)).any())):
         raise WorkbenchError(f"t_grid must hold times in [0, 1], got {list(t_grid)}")
-    generator = torch.Generator(device=model.device).manual_seed(seed)
+    sample_ids = [text_sample_id(t) for t in texts] if sample_ids is None else list(sample_ids)
+    if len(sample_ids) != len(texts):
+        raise WorkbenchError(f"{len(sample_ids)} sample ids for {len(texts)} texts")
     totals = _Totals(model.vae_config.latent_dim)
-    per_text: list[TextDiagnostics] = []
-    for start, chunk in batches(texts, batch_size):
-        per_text += _diagnose_batch(model, chunk, start, totals, generator, samples=samples,
-                                    grid=grid if prior else None, fm_draws=fm_draws,
-                                    likelihood_options=dict(likelihood_options or {}, seed=seed + start)
-                                    if likelihood else None)
-    au, var = active_units(torch.cat(totals.means), active_unit_threshold)
+    per_text: list[TextDiagnostics | None] = [None] * len(texts)
+    options = dict(samples=samples, grid=grid if prior else None, fm_draws=fm_draws, seed=seed,
+                   likelihood_options=dict(likelihood_options or {}) if likelihood else None)
+    for rows in length_groups(block_counts(model, texts), batch_size):
+        records = _diagnose_batch(model, [texts[i] for i in rows], rows, [sample_ids[i] for i in rows], totals,
+                                  **options)
+        for i, rec in zip(rows, records):
+            per_text[i] = rec
+    means = [totals.means[i] for i in range(len(texts))]
+    au, var = active_units(torch.cat(means), active_unit_threshold)
+    iu, across, ratio = informative_units(means, informative_threshold)
     per_dim = [DimensionDiagnostics(dim=c, kl_nats=float(totals.kl_dim[c]) / totals.latents,
                                     mean_variance=float(var[c]), active=bool(var[c] > active_unit_threshold),
+                                    text_variance=float(across[c]), text_variance_ratio=float(ratio[c]),
+                                    informative=bool(ratio[c] > informative_threshold),
                                     posterior_std=float(totals.std_dim[c]) / totals.latents) for c in range(len(var))]
-    dataset = _dataset_summary(per_text, au, len(var), active_unit_threshold, likelihood)
+    dataset = _dataset_summary(per_text, au, iu, len(var), active_unit_threshold, informative_threshold, likelihood)
     dataset.posterior_std = float(totals.std_dim.sum()) / (totals.latents * len(var))
     fm_points = []
     if prior:
@@ -221,60 +269,66 @@ def diagnose(model: ColaModel, texts: Sequence[str], *, samples: int = 1, prior:
                      settings=settings)
 
 
-def _diagnose_batch(model: ColaModel, chunk: list[str], start: int, totals: _Totals, generator: torch.Generator, *,
-                    samples: int, grid: torch.Tensor | None, fm_draws: int, likelihood_options: dict | None
-                    ) -> list[TextDiagnostics]:
-    """Per-text records of one batch; dataset sums go into ``totals``."""
+def _diagnose_batch(model: ColaModel, chunk: list[str], indices: list[int], sample_ids: list[int], totals: _Totals,
+                    *, samples: int, grid: torch.Tensor | None, fm_draws: int, seed: int,
+                    likelihood_options: dict | None) -> list[TextDiagnostics]:
+    """Per-text records of one batch of texts of one length; dataset sums go into ``totals``."""
     bs = model.block_size
     batch = tokenize(model, chunk)
     post = encode_tokens(model, batch)
-    real, valid = batch.real, post.valid                           # tokens (B, L); latents (B, n)
+    real, valid, lengths = batch.real, post.valid, batch.latent_lengths     # tokens (B, L); latents (B, n)
     z_mean = model.vae.to_dit_space(post.mean)
-    nll_mean, greedy = _decode_nll(model, z_mean, batch)
-    draws = [post.sample(generator) for _ in range(samples)]
-    nll_draws = torch.stack([_decode_nll(model, model.vae.to_dit_space(z), batch)[0] for z in draws])
-    kl = post.kl_to_standard_normal() * valid[..., None]                 # (B, n, C)
-    totals.means.append(post.mean[batch.real_latents].cpu())
+    nll_mean, greedy = decoder_nll(model, z_mean, batch)
+    draws = posterior_draws(post, lengths, samples, seed, sample_ids)     # (K, B, n, C) VAE space
+    terms = draw_terms(model, batch, post, draws)
+    rate = rate_nats(terms.log_q, terms.log_normal)                        # (B,)
+    kl = post.kl_to_standard_normal() * valid[..., None]                   # (B, n, C)
+    for b, i in enumerate(indices):
+        totals.means[i] = post.mean[b][batch.real_latents[b]].cpu()
     totals.kl_dim += kl.sum((0, 1)).cpu()
     totals.std_dim += (post.std * valid[..., None]).sum((0, 1)).cpu()
     totals.latents += int(valid.sum())
-    z_prior = model.vae.to_dit_space(draws[0])
     if grid is not None:
-        fm = flow_matching_loss(model, z_prior, batch.latent_lengths, grid, draws=fm_draws, generator=generator)
+        fm = flow_matching_loss(model, model.vae.to_dit_space(draws[0]), lengths, grid, draws=fm_draws, seed=seed,
+                                sample_ids=sample_ids)
         per_cell = lambda x: x.unflatten(2, (-1, bs)).sum(-1).sum(1)    # noqa: E731  (K, B, n) -> (K, nb)
         totals.add_fm((per_cell(fm.loss.nan_to_num(0.0)), per_cell(fm.zero.nan_to_num(0.0)),
                        per_cell((~fm.loss.isnan()).long())))
     if likelihood_options is not None:
-        result = prior_log_likelihood(model, z_prior, batch.latent_lengths, **likelihood_options)
-        dims = (valid.sum(1) * model.vae_config.latent_dim).cpu()
-        log_q = (gaussian_log_density(draws[0], post) * valid[..., None]).sum((1, 2)).cpu()
-        # E_q[log q - log p]: log p in VAE space = log p_dit(to_dit_space(z)) + dims * log|scale|
-        rate = log_q - (result.logp + dims * math.log(abs(model.vae_config.scaling_factor)))
+        results = draw_log_likelihoods(model, draws, lengths, seed, sample_ids, likelihood_options)
+        log_p = vae_space_log_prior(model, torch.stack([r.logp for r in results]).double(), results[0].dims)
+        rate_prior = rate_nats(terms.log_q, log_p)
+        iw_prior = iw_bound_nats(terms.nll, terms.log_q, log_p)
     records = []
     for b, text in enumerate(chunk):
-        tokens, n, decoded = int(batch.token_lengths[b]), int(valid[b].sum()), int(batch.lengths[b])
-        kl_b = float(kl[b].sum())
+        tokens, n = int(batch.token_lengths[b]), int(valid[b].sum())
+        kl_b, per_token = float(kl[b].sum()), lambda nats: float(nats) / LN2 / tokens   # noqa: E731
+        nll_sampled = float(terms.nll[:, b].mean())
         rec = TextDiagnostics(
-            index=start + b, text=text, tokens=tokens, latents=n, blocks=n // bs,
+            index=indices[b], text=text, sample_id=sample_ids[b], tokens=tokens, latents=n, blocks=n // bs,
             token_accuracy=float((greedy[b] == batch.ids[b])[real[b]].float().mean()),
             recon_bits_per_token=float(nll_mean[b][real[b]].mean()) / LN2,
-            recon_bits_per_token_sampled=float(nll_draws[:, b][:, real[b]].mean()) / LN2,
-            kl_nats=kl_b, kl_bits_per_token=kl_b / LN2 / tokens, posterior_std=float(post.std[b, :n].mean()),
-            latent_norm=float(z_mean[b, :n].norm(dim=-1).mean()),
-            elbo_bits_per_token=(float(nll_draws[:, b, :decoded].sum(-1).mean()) + kl_b) / LN2 / tokens)
+            recon_bits_per_token_sampled=float(terms.nll_tokens[:, b][:, real[b].cpu()].mean()) / LN2,
+            kl_nats=kl_b, kl_bits_per_token=per_token(kl_b), posterior_std=float(post.std[b, :n].mean()),
+            latent_norm=float(z_mean[b, :n].norm(dim=-1).mean()), rate_bits_per_token=per_token(rate[b]),
+            elbo_bits_per_token=per_token(nll_sampled + float(rate[b])))
         if grid is not None:
             per_block = fm.loss[:, b, :n].mean(0).unflatten(0, (-1, bs)).mean(-1)
             rec.fm_loss, rec.fm_loss_by_block = float(per_block.mean()), [float(x) for x in per_block]
             rec.fm_loss_by_t = [float(x) for x in fm.loss[:, b, :n].mean(-1)]
         if likelihood_options is not None:
-            rec.prior_bits_per_dim = float(result.bits_per_dim[b])
-            rec.elbo_prior_bits_per_token = (float(nll_draws[0, b, :decoded].sum()) + float(rate[b])) / LN2 / tokens
+            summary = summarize_draws(results, b)
+            rec.prior_bits_per_dim, rec.prior_stderr_nats = summary["bits_per_dim"], summary["stderr_nats"]
+            rec.prior_ode_error_nats = summary["ode_error_nats"]
+            rec.rate_prior_bits_per_token = per_token(rate_prior[b])
+            rec.elbo_prior_bits_per_token = per_token(nll_sampled + float(rate_prior[b]))
+            rec.iw_prior_bits_per_token = per_token(iw_prior[b])
         records.append(rec)
     return records
 
 
-def _dataset_summary(rows: list[TextDiagnostics], au: int, dim: int, threshold: float,
-                     likelihood: bool) -> DatasetDiagnostics:
+def _dataset_summary(rows: list[TextDiagnostics], au: int, iu: int, dim: int, threshold: float,
+                     informative_threshold: float, likelihood: bool) -> DatasetDiagnostics:
     """Token-weighted means of per-text numbers (latent-weighted for bits per dimension)."""
     tokens = sum(r.tokens for r in rows)
 
@@ -285,11 +339,13 @@ def _dataset_summary(rows: list[TextDiagnostics], au: int, dim: int, threshold: 
         texts=len(rows), tokens=tokens, latents=sum(r.latents for r in rows),
         token_accuracy=weighted("token_accuracy"), recon_bits_per_token=weighted("recon_bits_per_token"),
         recon_bits_per_token_sampled=weighted("recon_bits_per_token_sampled"),
-        kl_bits_per_token=weighted("kl_bits_per_token"), elbo_bits_per_token=weighted("elbo_bits_per_token"),
-        active_units=au, latent_dim=dim, active_unit_threshold=threshold, posterior_std=0.0)
+        kl_bits_per_token=weighted("kl_bits_per_token"), rate_bits_per_token=weighted("rate_bits_per_token"),
+        elbo_bits_per_token=weighted("elbo_bits_per_token"), active_units=au, informative_units=iu, latent_dim=dim,
+        active_unit_threshold=threshold, informative_threshold=informative_threshold, posterior_std=0.0)
     if likelihood:
         summary.prior_bits_per_dim = sum(r.prior_bits_per_dim * r.latents for r in rows) / sum(r.latents for r in rows)
-        summary.elbo_prior_bits_per_token = weighted("elbo_prior_bits_per_token")
+        for name in ("rate_prior_bits_per_token", "elbo_prior_bits_per_token", "iw_prior_bits_per_token"):
+            setattr(summary, name, weighted(name))
     return summary
 
 
@@ -308,16 +364,21 @@ def diagnosis_figures(diag: Diagnosis, height: int = 380) -> dict:
     fig.update_layout(height=height, title="Reconstruction", barmode="overlay")
     figs["reconstruction"] = fig
 
-    dims = diag.per_dimension
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("KL per channel (nats per latent)",
-                                                        "Var over data of the posterior mean"))
-    fig.add_trace(go.Bar(x=[d.dim for d in dims], y=[d.kl_nats for d in dims], name="KL"), 1, 1)
-    fig.add_trace(go.Bar(x=[d.dim for d in dims], y=[d.mean_variance for d in dims], name="variance",
-                         marker_color=["#2a9d8f" if d.active else "#bbbbbb" for d in dims]), 1, 2)
-    fig.add_hline(y=diag.dataset.active_unit_threshold, line_dash="dot", row=1, col=2)
+    dims, d = diag.per_dimension, diag.dataset
+    fig = make_subplots(rows=1, cols=3, subplot_titles=("KL per channel (nats per latent)",
+                                                        "Var of the posterior mean, pooled (active units)",
+                                                        "share of it that follows the text (informative)"))
+    fig.add_trace(go.Bar(x=[c.dim for c in dims], y=[c.kl_nats for c in dims], name="KL"), 1, 1)
+    fig.add_trace(go.Bar(x=[c.dim for c in dims], y=[c.mean_variance for c in dims], name="variance",
+                         marker_color=["#2a9d8f" if c.active else "#bbbbbb" for c in dims]), 1, 2)
+    fig.add_trace(go.Bar(x=[c.dim for c in dims], y=[c.text_variance_ratio for c in dims], name="text share",
+                         marker_color=["#2a9d8f" if c.informative else "#e76f51" for c in dims]), 1, 3)
+    fig.add_hline(y=d.active_unit_threshold, line_dash="dot", row=1, col=2)
+    fig.add_hline(y=d.informative_threshold, line_dash="dot", row=1, col=3)
     fig.update_yaxes(type="log", row=1, col=2)
     fig.update_layout(height=height, showlegend=False,
-                      title=f"Compression: {diag.dataset.active_units}/{diag.dataset.latent_dim} active units")
+                      title=f"Compression: {d.informative_units}/{d.latent_dim} informative units "
+                            f"({d.active_units}/{d.latent_dim} active, pooled over positions)")
     figs["compression"] = fig
 
     if diag.flow_matching:
@@ -346,12 +407,14 @@ def diagnosis_figures(diag: Diagnosis, height: int = 380) -> dict:
         fig.update_layout(height=height, title="Prior fit: flow-matching loss on encoder latents")
         figs["prior_fit"] = fig
 
-    d = diag.dataset
-    parts = {"reconstruction (sampled z)": d.recon_bits_per_token_sampled, "KL to N(0, I)": d.kl_bits_per_token}
+    parts = {"reconstruction (sampled z)": d.recon_bits_per_token_sampled, "rate: KL to N(0, I)": d.rate_bits_per_token}
+    if d.rate_prior_bits_per_token is not None:
+        parts["rate: KL to the DiT prior"] = d.rate_prior_bits_per_token
     fig = go.Figure(go.Bar(x=list(parts), y=list(parts.values())))
     title = f"ELBO {d.elbo_bits_per_token:.3f} bits/token (N(0, I) prior)"
     if d.elbo_prior_bits_per_token is not None:
-        title += f"; {d.elbo_prior_bits_per_token:.3f} with the DiT prior ({d.prior_bits_per_dim:.3f} bits/dim)"
+        title += (f"; {d.elbo_prior_bits_per_token:.3f} with the DiT prior (importance-weighted "
+                  f"{d.iw_prior_bits_per_token:.3f}; {d.prior_bits_per_dim:.3f} bits/dim)")
     fig.update_layout(height=height, title=title, yaxis_title="bits per token")
     figs["elbo"] = fig
     return figs

@@ -14,7 +14,7 @@ import torch
 
 from cola_core.generate import GenerationConfig
 from cola_core.prior_context import PriorContext
-from cola_core.sampler import guided_velocity, solver_step, timestep_grid
+from cola_core.sampler import guided_velocity, interval_guidance, rounds_dit_inputs, solver_step, timestep_grid
 
 from .errors import WorkbenchError
 from .latents import Latents, noise_to
@@ -26,21 +26,25 @@ if TYPE_CHECKING:
 class BlockFlow(PriorContext):
     """Guided velocity of the current block given the blocks committed before it (block-causal).
 
-    cola_core's :class:`PriorContext` makes the model calls (the sampler's own); this adds the
-    guidance combine. With nothing committed the conditional and unconditional passes see the same
-    context, so the guidance scale is 1 (as generation does for an empty prefix).
+    cola_core's :class:`PriorContext` makes the model calls (the sampler's own, with the sampler's input
+    rounding for ``cfg.solver``); this adds the guidance combine with ``cfg``'s variants. With nothing
+    committed the conditional and unconditional passes see the same context, so the guidance scale is 1
+    (as generation does for an empty prefix).
     """
 
-    def __init__(self, wb: "Workbench", batch: int):
-        super().__init__(wb.model, batch)
+    def __init__(self, wb: "Workbench", batch: int, cfg: GenerationConfig):
+        super().__init__(wb.model, batch, round_inputs=rounds_dit_inputs(cfg.solver))
+        self.cfg = cfg
         self.committed = 0
 
-    def velocity(self, z: torch.Tensor, t: torch.Tensor, guidance: float) -> torch.Tensor:
+    def velocity(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Classifier-free-guided velocity (B, bs, C)."""
+        cfg = self.cfg
         v_cond, v_uncond = self.velocities(z, t)
-        scale = float(guidance) if self.committed else 1.0
-        return guided_velocity(v_cond, v_uncond, torch.full((self.batch, 1, 1), scale, dtype=v_cond.dtype,
-                                                            device=v_cond.device))
+        scale = torch.full((self.batch,), float(cfg.guidance) if self.committed else 1.0)
+        scale = interval_guidance(scale, t, cfg.T, cfg.guidance_interval)
+        return guided_velocity(v_cond, v_uncond, scale.to(v_cond.device, v_cond.dtype)[:, None, None],
+                               cfg.guidance_rescale)
 
     def commit(self, z: torch.Tensor) -> None:
         """Append a finished (clean, t=0) block to the context of the blocks after it."""
@@ -57,7 +61,7 @@ def _integrate(flow: BlockFlow, z: torch.Tensor, grid: torch.Tensor, start: int,
     batch, bs, device = z.shape[0], z.shape[1], z.device
 
     def velocity(z_eval: torch.Tensor, t_eval: torch.Tensor, stage: int) -> torch.Tensor:
-        return flow.velocity(z_eval, t_eval, cfg.guidance)
+        return flow.velocity(z_eval, t_eval)
 
     for i, j in pairs:
         t, t_next = grid[i].expand(batch, bs).to(device), grid[j].expand(batch, bs).to(device)
@@ -66,8 +70,10 @@ def _integrate(flow: BlockFlow, z: torch.Tensor, grid: torch.Tensor, start: int,
 
 
 def _transport(wb: "Workbench", lat: Latents, cfg: GenerationConfig, start: int, keep: set[int],
-               invert: bool) -> list[torch.Tensor]:
-    """Run every text block by block; texts of equal length share one batch."""
+               invert: bool, prefix: Latents | None = None) -> list[torch.Tensor]:
+    """Run every text block by block; texts of equal length share one batch. Block b+1 is conditioned on
+    block b of ``prefix`` when given (the data: inverting, or regenerating with the true prefix held),
+    else on what was generated for block b."""
     device = wb.model.device
     grid = timestep_grid(cfg.steps, cfg.T, cfg.schedule, cfg.schedule_shift)   # host-side, as the sampler
     groups: dict[int, list[int]] = {}
@@ -76,13 +82,14 @@ def _transport(wb: "Workbench", lat: Latents, cfg: GenerationConfig, start: int,
     out: list[torch.Tensor | None] = [None] * len(lat)
     for n, idx in groups.items():
         z = torch.stack([lat.z[i] for i in idx]).to(device)          # (B, n, bs, C)
-        flow = BlockFlow(wb, len(idx))
+        held = torch.stack([prefix.z[i] for i in idx]).to(device) if prefix is not None else None
+        flow = BlockFlow(wb, len(idx), cfg)
         result = z.clone()
         for b in range(n):
             if b not in keep:
                 result[:, b] = _integrate(flow, z[:, b], grid, start, cfg, invert)
-            if b + 1 < n:   # inverting conditions on the data; generating on what was generated
-                flow.commit(z[:, b] if invert else result[:, b])
+            if b + 1 < n:
+                flow.commit(held[:, b] if held is not None else result[:, b])
         for k, i in enumerate(idx):
             out[i] = result[k].cpu()
     return out
@@ -135,13 +142,23 @@ def regenerate_from(wb: "Workbench", latents: Latents, strength: float = 0.5, ke
 
 @dataclass
 class Inversion:
-    """Result of :func:`invert`: the noise, and (with ``check``) how well it regenerates the input."""
+    """Result of :func:`invert`: the noise, and (with ``check``) how well it regenerates the input.
+
+    Regenerating block by block from the noise, each block is conditioned on the blocks regenerated
+    before it (``reconstruction``, free-running: errors of earlier blocks carry into later ones through
+    the conditioning) and, separately, on the input's own earlier blocks (``reconstruction_held``: the
+    ODE error of each block alone). Per-block relative errors of both tell the two apart.
+    """
 
     noise: Latents                          # latents at t=T
-    reconstruction: Latents | None = None   # the noise integrated back to t=0
+    reconstruction: Latents | None = None   # the noise integrated back to t=0, free-running
     max_abs_error: list[float] | None = None        # per text max |reconstruction - input|
     relative_error: list[float] | None = None       # per text ||reconstruction - input|| / ||input||
     token_agreement: list[float] | None = None      # per text fraction of greedy tokens that match
+    reconstruction_held: Latents | None = None      # each block regenerated with the input's true prefix held
+    relative_error_held: list[float] | None = None  # per text, the same with the true prefix held
+    block_error: list[list[float]] | None = None        # per text and block ||recon_b - z_b|| / ||z_b||, free-running
+    block_error_held: list[list[float]] | None = None   # the same with the true prefix held
 
 
 def invert(wb: "Workbench", latents: Latents, check: bool = True, **knobs) -> Inversion:
@@ -149,26 +166,35 @@ def invert(wb: "Workbench", latents: Latents, check: bool = True, **knobs) -> In
 
     Uses the conditional velocity (``guidance`` defaults to 1: no guidance), each block conditioned
     on the input's earlier blocks. With ``check`` the noise is regenerated from t=T with the same
-    solver and the round-trip error is reported. ``knobs``: steps, guidance, solver, schedule, ...
+    solver, free-running and with the true prefix held, and the round-trip errors are reported (see
+    :class:`Inversion`). ``knobs``: steps, guidance, solver, schedule, ... The DiT was trained on posterior
+    samples: invert ``wb.encode(texts, sample=True, seed=...)`` to stay where the prior is fitted.
     """
     wb.check_latents(latents)
     cfg = wb.config(**{"guidance": 1.0, **knobs})
-    noise = latents.derive(_transport(wb, latents, cfg, 0, set(), invert=True),
+    noise = latents.derive(_transport(wb, latents, cfg, 0, set(), invert=True, prefix=latents),
                            f"invert(steps={cfg.steps}, solver={cfg.solver})")
     if not check:
         return Inversion(noise)
     recon = noise.derive(_transport(wb, noise, cfg, 0, set(), invert=False), "regenerate(t_start=T)")
+    held = noise.derive(_transport(wb, noise, cfg, 0, set(), invert=False, prefix=latents),
+                        "regenerate(t_start=T, true prefix held)")
     diff = [(r - z) for r, z in zip(recon.z, latents.z)]
     return Inversion(noise, recon, max_abs_error=[float(d.abs().max()) for d in diff],
-                     relative_error=[float(d.norm() / z.norm().clamp_min(1e-12)) for d, z in zip(diff, latents.z)],
-                     token_agreement=token_agreement(latents, wb.decode(latents), wb.decode(recon)))
+                     relative_error=[_relative(r, z) for r, z in zip(recon.z, latents.z)],
+                     token_agreement=token_agreement(wb.decode(latents), wb.decode(recon)),
+                     reconstruction_held=held,
+                     relative_error_held=[_relative(r, z) for r, z in zip(held.z, latents.z)],
+                     block_error=[[_relative(r[b], z[b]) for b in range(len(z))] for r, z in zip(recon.z, latents.z)],
+                     block_error_held=[[_relative(r[b], z[b]) for b in range(len(z))]
+                                       for r, z in zip(held.z, latents.z)])
 
 
-def token_agreement(latents: Latents, a: "Decoded", b: "Decoded") -> list[float]:
-    """Per text: fraction of real-token slots where two decodes chose the same token."""
-    out = []
-    for i in range(len(latents)):
-        real = (latents.alignment[i] >= 0).reshape(-1)
-        same = torch.tensor(a[i].token_ids) == torch.tensor(b[i].token_ids)
-        out.append(float(same[real].float().mean()) if real.any() else float(same.float().mean()))
-    return out
+def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    """||a - b|| / ||b||."""
+    return float((a - b).norm() / b.norm().clamp_min(1e-12))
+
+
+def token_agreement(a: "Decoded", b: "Decoded") -> list[float]:
+    """Per text: fraction of the shown slots (the encoded text's own tokens) where two decodes chose the same token."""
+    return [float((torch.tensor(x.token_ids) == torch.tensor(y.token_ids)).float().mean()) for x, y in zip(a, b)]

@@ -12,6 +12,7 @@ text then carries its own encoding of padding tokens, and its real blocks are un
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -71,6 +72,10 @@ class Latents:
     @property
     def channels(self) -> int:
         return self.z[0].shape[2]
+
+    def token_count(self, i: int) -> int:
+        """Token slots of text i that hold its own tokens (the first ones; decoding shows exactly these)."""
+        return int((self.alignment[i] >= 0).sum())
 
     def padding(self, i: int) -> torch.Tensor:
         """(n_blocks, bs) bool: latents of text i that cover no real token."""
@@ -194,6 +199,8 @@ def interpolate(a: Latents, b: Latents, alpha: float, method: str = "lerp", bloc
 
     ``slerp`` works per latent row (C-vector): the encoder LayerNorms its means, so rows share
     one norm and slerp keeps them on that sphere. Lengths differ -> truncate (module docstring).
+    The result's token alignment (the length decoding shows) is the nearer endpoint's: ``b``'s for
+    alpha > 0.5 when every block is mixed, else ``a``'s.
     """
     if method not in ("lerp", "slerp"):
         raise WorkbenchError(f"unknown interpolation method {method!r}; choose lerp or slerp")
@@ -206,7 +213,8 @@ def interpolate(a: Latents, b: Latents, alpha: float, method: str = "lerp", bloc
         mix = slerp(za[idx], zb[idx], alpha) if method == "slerp" else torch.lerp(za[idx], zb[idx], alpha)
         z[idx] = mix
         out.append(z)
-    return _first(a, len(out)).derive(out, f"interpolate({method}, alpha={alpha:g})")
+    nearer = b if alpha > 0.5 and blocks is None else a
+    return _first(nearer, len(out)).derive(out, f"interpolate({method}, alpha={alpha:g})")
 
 
 # -- arithmetic ---------------------------------------------------------------------------------
@@ -302,6 +310,27 @@ def block_noise(n_blocks: int, block_size: int, channels: int, seed: int | None,
         return torch.randn(n_blocks, block_size, channels)
     draws = [seeded_noise(seed, sample_id, k, (block_size, channels)) for k in range(n_blocks)]
     return torch.stack(draws) if draws else torch.zeros(0, block_size, channels)
+
+
+def stream_generator(seed: int, sample_id: int, stream: str, draw: int = 0) -> torch.Generator:
+    """A CPU generator for one sample's analysis randomness (posterior draws, flow-matching noise,
+    divergence probes), seeded from a hash of ``(stream, seed, sample_id, draw)``: a text's draws never
+    depend on the batch it shares, and different streams or draws never share noise."""
+    key = hashlib.blake2b(f"{stream}:{seed}:{sample_id}:{draw}".encode(), digest_size=8).digest()
+    return torch.Generator().manual_seed(int.from_bytes(key, "little") >> 1)
+
+
+def text_noise(lengths: Sequence[int], n: int, channels: int, seed: int, sample_ids: Sequence[int], stream: str,
+               draw: int = 0, rademacher: bool = False) -> torch.Tensor:
+    """(B, n, C) per-text noise: text b's first ``lengths[b]`` rows come from its own :func:`stream_generator`
+    (N(0, I), or +-1 signs with ``rademacher``), the padding rows are 0."""
+    out = torch.zeros(len(lengths), n, channels)
+    for b, (length, sid) in enumerate(zip(lengths, sample_ids)):
+        gen = stream_generator(seed, sid, stream, draw)
+        shape = (int(length), channels)
+        out[b, :int(length)] = (torch.randint(0, 2, shape, generator=gen).float() * 2 - 1 if rademacher
+                                else torch.randn(shape, generator=gen))
+    return out
 
 
 def noise_to(lat: Latents, t: float, seed: int | None = None, T: float = TIME_SCALE,

@@ -8,6 +8,7 @@ blocks at once. Time here is ``s = t/T`` on [0, 1]:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
@@ -15,6 +16,8 @@ from cola_core import ColaModel
 from cola_core.constants import TIME_SCALE
 from cola_core.sampler import guided_velocity
 from cola_core.two_l import two_l_velocity
+
+from .latents import text_noise
 
 
 class ConditionalVelocity:
@@ -61,21 +64,25 @@ class FlowMatchingLoss:
 
 @torch.no_grad()
 def flow_matching_loss(model: ColaModel, z0: torch.Tensor, n_lengths: torch.Tensor, t_grid: torch.Tensor,
-                       draws: int = 1, generator: torch.Generator | None = None) -> FlowMatchingLoss:
+                       draws: int = 1, generator: torch.Generator | None = None, seed: int | None = None,
+                       sample_ids: Sequence[int] | None = None) -> FlowMatchingLoss:
     """Flow-matching loss of the DiT on clean latents ``z0`` (B, n, C) at each ``t`` in ``t_grid`` (K,).
 
-    Noise ``z1 ~ N(0, I)`` is drawn ``draws`` times per t (losses averaged). Like training, the DiT
-    timestep ``t*T`` is rounded to bf16.
+    Noise ``z1 ~ N(0, I)`` is drawn ``draws`` times per t (losses averaged): with a ``seed``, per text from
+    its ``(seed, sample id)`` stream (sample ids default to positions), so a text's losses do not depend on
+    the batch; else from ``generator``. Like training, the DiT timestep ``t*T`` is rounded to bf16.
     """
-    batch, n, _ = z0.shape
+    batch, n, channels = z0.shape
     velocity = ConditionalVelocity(model, z0, n_lengths)
     valid = torch.arange(n, device=z0.device)[None] < n_lengths[:, None]
+    sample_ids = list(range(batch)) if sample_ids is None else list(sample_ids)
     losses, zeros = [], []
-    for t in t_grid.tolist():
+    for k, t in enumerate(t_grid.tolist()):
         acc_loss = torch.zeros(batch, n, device=z0.device)
         acc_zero = torch.zeros(batch, n, device=z0.device)
-        for _ in range(draws):
-            z1 = torch.randn(z0.shape, generator=generator, device=z0.device)
+        for j in range(draws):
+            z1 = (text_noise(n_lengths.tolist(), n, channels, seed, sample_ids, "flow_matching", k * draws + j)
+                  .to(z0.device) if seed is not None else torch.randn(z0.shape, generator=generator, device=z0.device))
             zt = (1 - t) * z0 + t * z1
             s = torch.tensor(t * velocity.T, device=z0.device).to(torch.bfloat16).float() / velocity.T
             pred = velocity(zt, s.expand(batch))

@@ -97,7 +97,7 @@ class SamplerSession:
             if state.stage == 0:
                 self._pending = StepState(block=b, step=state.step, t=state.t, t_next=state.t_next, dt=state.dt,
                                           guidance=state.guidance, z=state.z.clone(), v_cond=None,
-                                          v_uncond=None, v_guided=None, x0_pred=None)
+                                          v_uncond=None, v_guided=None, x0_pred=None, after_eos=state.ended)
             else:
                 self._pending.stages.append({"t": state.t, "z": state.z.clone()})
         elif event == "guided":
@@ -119,6 +119,7 @@ class SamplerSession:
             return snapshot
         elif traj is not None and event == "block_start":
             traj.z_init[b] = state.z.clone()
+            traj.after_eos[b] = state.ended
         elif traj is not None and event == "block_end":
             traj.z_final[b] = state.z.clone()
         elif traj is not None and event == "decoded":

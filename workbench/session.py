@@ -19,8 +19,8 @@ from cola_core.config import MAX_POSITIONS
 from cola_core.constants import LN2
 from cola_core.generate import BlockwiseSampler, Generation, GenerationConfig
 from cola_core.hook_points import tapping
-from cola_core.pocket import default_checkpoint
 from cola_core.text_codec import decode_logits, decode_text, encode_tokens, token_slots
+from cola_core.tokenizer import display_text
 
 from .diagnostics import Diagnosis, diagnose
 from .errors import WorkbenchError, as_workbench_error
@@ -29,18 +29,20 @@ from .inside.cache import ActivationCache, CallTaps, PatchValue
 from .inside.names import NamesFilter, RunNames, generation_names, sampler_stages, vae_names
 from .latents import Latents, block_noise
 from .likelihood import text_log_likelihood
+from .monitor import data_norm
 from .projection import Projection, fit_projection
 from .sampler_session import SamplerSession
-from .textbatch import check_texts, tokenize
+from .textbatch import check_texts, length_groups, tokenize
 from .trajectory import Trajectory
 
 
 @dataclass
 class DecodedText:
-    """Greedy decode of one text's latents: every token slot (n_blocks * bs * P of them)."""
+    """Greedy decode of one text's latents, over the L slots of the encoded text's own tokens (the slots
+    after them only encode block padding); ``Workbench.decode(..., all_slots=True)`` keeps every slot."""
 
-    text: str                    # decoded tokens, pad tokens dropped
-    token_ids: list[int]         # argmax token per slot
+    text: str                    # the L decoded tokens, special tokens as visible markers (workbench.display)
+    token_ids: list[int]         # argmax token per slot (L,)
     probs: torch.Tensor          # (L,) probability of the chosen token
     entropy_bits: torch.Tensor   # (L,) entropy of the decoder distribution, in bits
 
@@ -80,7 +82,7 @@ class Roundtrip:
 
 
 def token_accuracy(latents: Latents, decoded: Decoded) -> list[float]:
-    """Per text: fraction of source tokens that the decoded slots reproduce."""
+    """Per text: fraction of source tokens that the decoded slots reproduce (exactly the slots shown)."""
     out = []
     for ids, d in zip(latents.token_ids, decoded.items):
         n = min(len(ids), len(d.token_ids))
@@ -98,9 +100,9 @@ class Workbench:
     @classmethod
     def load(cls, checkpoint: str | Path | None = None, device: str | torch.device | None = None,
              dtype: str | torch.dtype | None = None) -> "Workbench":
-        """Load a checkpoint folder (None: the pocket checkpoint) on ``device`` (None: cpu)."""
-        path = default_checkpoint() if checkpoint is None else checkpoint
-        return cls(load_pretrained(path, device=device or "cpu", dtype=dtype))
+        """Load a checkpoint (a folder, ``pocket``/``pocket-chat``, a Hub id; None: the pocket) on ``device``
+        (None: cpu)."""
+        return cls(load_pretrained(checkpoint, device=device or "cpu", dtype=dtype))
 
     # -- facts about the checkpoint ---------------------------------------------------------------
     @property
@@ -164,14 +166,12 @@ class Workbench:
         bs, channels = self.block_size, self.channels
         n_blocks = (tokens.latent_lengths // bs).tolist()
         posterior: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}   # text -> (mean, std) (n_blocks, bs, C)
-        for width in sorted(set(n_blocks)):
-            group = [i for i, n in enumerate(n_blocks) if n == width]
-            for start in range(0, len(group), batch_size):
-                rows = group[start:start + batch_size]
-                post = encode_tokens(self.model, tokens.rows(rows))
-                for k, i in enumerate(rows):
-                    posterior[i] = (post.mean[k].cpu().view(width, bs, channels),
-                                    post.std[k].cpu().view(width, bs, channels))
+        for rows in length_groups(n_blocks, batch_size):
+            width = n_blocks[rows[0]]
+            post = encode_tokens(self.model, tokens.rows(rows))
+            for k, i in enumerate(rows):
+                posterior[i] = (post.mean[k, :width * bs].cpu().view(width, bs, channels),
+                                post.std[k, :width * bs].cpu().view(width, bs, channels))
         means, stds = [posterior[i][0] for i in range(len(texts))], [posterior[i][1] for i in range(len(texts))]
         values = [m + s * block_noise(n, bs, channels, seed, sid) if sample else m
                   for m, s, n, sid in zip(means, stds, n_blocks, sample_ids)]
@@ -188,17 +188,24 @@ class Workbench:
         logits = decode_logits(self.model, flat, torch.tensor(lengths)).cpu()
         return [logits[b, :n * self.patch_size] for b, n in enumerate(lengths)]
 
-    def decode(self, latents: Latents, batch_size: int = 32) -> Decoded:
-        """Greedy decode: text, chosen-token probabilities and entropies per token slot."""
+    def decode(self, latents: Latents, batch_size: int = 32, all_slots: bool = False) -> Decoded:
+        """Greedy decode: text, chosen-token probabilities and entropies per token slot.
+
+        Decoding stops at the encoded text's length (``latents.token_count(i)`` slots; the slots after
+        them only encode block padding); ``all_slots=True`` keeps every slot (pad-token slots dropped
+        from the text). Special tokens are shown as markers (``⟨eos⟩``), never raw.
+        """
         self.check_latents(latents)
         items = []
         for start in range(0, len(latents), batch_size):
-            for logits in self.decoder_logits(latents[start:start + batch_size]):
+            for i, logits in enumerate(self.decoder_logits(latents[start:start + batch_size]), start=start):
+                logits = logits if all_slots else logits[:latents.token_count(i)]
                 logp = logits.log_softmax(dim=-1)
                 chosen = logp.argmax(dim=-1)
                 entropy = -(logp.exp() * logp).sum(dim=-1) / LN2
                 ids = chosen.tolist()
-                items.append(DecodedText(text=decode_text(self.model, ids), token_ids=ids,
+                text = decode_text(self.model, ids) if all_slots else display_text(ids, self.tokenizer, False)
+                items.append(DecodedText(text=text, token_ids=ids,
                                          probs=logp.gather(-1, chosen[:, None])[:, 0].exp(), entropy_bits=entropy))
         return Decoded(items)
 
@@ -352,6 +359,15 @@ class Workbench:
     def log_likelihood(self, texts: str | Sequence[str], **options) -> list[dict]:
         """Prior log-likelihood of the texts' latents via the probability-flow ODE, per text."""
         return text_log_likelihood(self.model, texts, **options)
+
+    def data_norm(self, texts: Sequence[str] | None = None) -> float:
+        """Mean latent norm of encoded texts (default: the bundled reference corpus), cached: the yardstick of
+        the off-manifold monitor (``Trajectory.norm_records(wb.data_norm())``)."""
+        return data_norm(self.model, texts)
+
+    def display(self, token_ids: Sequence[int], stop_at_eos: bool = True) -> str:
+        """Token ids as text for people: special tokens as markers (``⟨eos⟩``), cut after the first EOS / im_end."""
+        return display_text(token_ids, self.tokenizer, stop_at_eos)
 
     def projection(self, texts: Sequence[str], method: str = "pca", n_components: int = 2, **options) -> Projection:
         """PCA/UMAP fitted on the texts' latents (cached on disk by checkpoint and corpus)."""

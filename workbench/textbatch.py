@@ -59,3 +59,23 @@ def batches(texts: Sequence[str], batch_size: int) -> Iterator[tuple[int, list[s
         raise WorkbenchError(f"batch_size must be >= 1, got {batch_size}")
     for start in range(0, len(texts), batch_size):
         yield start, list(texts[start:start + batch_size])
+
+
+def length_groups(n_blocks: Sequence[int], batch_size: int) -> Iterator[list[int]]:
+    """Indices of texts in batches of at most ``batch_size`` that share one block count (shortest first).
+
+    Padding a text to a neighbour's length changes the float rounding of its numbers, so batching only
+    equal lengths makes every per-text number independent of which texts share its batch.
+    """
+    if batch_size < 1:
+        raise WorkbenchError(f"batch_size must be >= 1, got {batch_size}")
+    for width in sorted(set(n_blocks)):
+        group = [i for i, n in enumerate(n_blocks) if n == width]
+        for start in range(0, len(group), batch_size):
+            yield group[start:start + batch_size]
+
+
+def block_counts(model: ColaModel, texts: Sequence[str]) -> list[int]:
+    """Whole blocks each text needs (texts already checked)."""
+    rows = model.tokenizer.encode_batch(list(texts))
+    return [block_count(len(row), model.block_size, model.patch_size) for row in rows]

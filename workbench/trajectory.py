@@ -7,6 +7,8 @@ Tensor names are stable and dotted, the same in ``run_with_cache`` and on disk::
     block.{b}.step.{k}.stage.{s}.{field} later solver stages (Heun, midpoint): t, z, v_cond, v_uncond, v_guided
     block.{b}.z_final                    (B, bs, C) the finished block
     block.{b}.token_ids                  (B, bs*P) the tokens chosen for it
+    block.{b}.after_eos                  (B,) bool: the sample had emitted EOS / im_end in an earlier block,
+                                         so this block was generated past its end (metrics leave it out)
     block.{b}.logits                     (B, bs*P, V) only in run_with_cache, when asked for by name
 """
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 from cola_core.generate import Generation
 
 from .io import load_bundle, save_bundle
+from .monitor import norm_records
 
 FORMAT_VERSION = 1
 STEP_FIELDS = ("t", "t_next", "dt", "guidance", "z", "v_cond", "v_uncond", "v_guided", "x0_pred", "z_next")
@@ -45,6 +48,7 @@ class StepState:
     z_next: torch.Tensor | None = None
     stages: list[dict[str, torch.Tensor]] = field(default_factory=list)   # solver stages >= 1
     preview: list[str] | None = None   # greedy decode of x0_pred per sample (no prefix context)
+    after_eos: torch.Tensor | None = None   # (B,) bool: the sample ended in an earlier block (past its end)
 
     @property
     def name(self) -> str:
@@ -73,6 +77,7 @@ class Trajectory:
     z_init: dict[int, torch.Tensor] = field(default_factory=dict)
     z_final: dict[int, torch.Tensor] = field(default_factory=dict)
     token_ids: dict[int, torch.Tensor] = field(default_factory=dict)
+    after_eos: dict[int, torch.Tensor] = field(default_factory=dict)    # block -> (B,) bool
     generations: list[Generation] = field(default_factory=list)
 
     @property
@@ -90,6 +95,13 @@ class Trajectory:
         return torch.stack([torch.stack([torch.as_tensor(getattr(s, name)) for s in self.block(b)])
                             for b in blocks])
 
+    def norm_records(self, reference: float) -> list[dict]:
+        """Off-manifold monitor per sample and finished block: latent norm, its ratio to the encoded data's
+        ``reference`` norm (``workbench.monitor.data_norm``), the off-manifold flag and ``after_eos``."""
+        blocks = sorted(self.z_final)
+        return norm_records([self.z_final[b] for b in blocks], reference,
+                            [self.after_eos.get(b, torch.zeros(len(self.prompts), dtype=torch.bool)) for b in blocks])
+
     def named_tensors(self) -> dict[str, torch.Tensor]:
         """All tensors under their stable dotted names (see the module docstring)."""
         out: dict[str, torch.Tensor] = {}
@@ -101,6 +113,8 @@ class Trajectory:
                 out[f"block.{b}.z_final"] = self.z_final[b]
             if b in self.token_ids:
                 out[f"block.{b}.token_ids"] = self.token_ids[b]
+            if b in self.after_eos:
+                out[f"block.{b}.after_eos"] = self.after_eos[b]
         return out
 
     def save(self, path: str | Path) -> Path:
@@ -120,7 +134,7 @@ class Trajectory:
         for name, value in tensors.items():
             parts = name.split(".")
             b = int(parts[1])
-            if parts[2] in ("z_init", "z_final", "token_ids"):
+            if parts[2] in ("z_init", "z_final", "token_ids", "after_eos"):
                 getattr(traj, parts[2])[b] = value
                 continue
             entry = fields.setdefault((b, int(parts[3])), {"stages": {}})
@@ -131,5 +145,6 @@ class Trajectory:
         for (b, k), entry in sorted(fields.items()):
             stages = entry.pop("stages")
             traj.steps.append(StepState(block=b, step=k, **entry, stages=[stages[s] for s in sorted(stages)],
-                                        preview=meta["previews"].get(f"block.{b}.step.{k}")))
+                                        preview=meta["previews"].get(f"block.{b}.step.{k}"),
+                                        after_eos=traj.after_eos.get(b)))
         return traj

@@ -19,14 +19,12 @@ import torch
 from cola_core import ColaModel
 from cola_core.config import MAX_POSITIONS
 from cola_core.generate import BlockwiseSampler, GenerationConfig
-from cola_core.sampler import sample_tokens
 from cola_core.tokenizer import ColaTokenizer
 
 from .stops import StopScanner, StopStrings
 
 REPLACEMENT = "\ufffd"   # what a decoder prints for an incomplete UTF-8 sequence
 PLAIN_ROLES = {"system": "System", "user": "User", "assistant": "Assistant"}
-TOKEN_SEED_OFFSET = 500  # a choice's token-sampling generator: seed + 1000*sample_id + 500 (never a noise seed)
 
 
 @dataclass(frozen=True)
@@ -134,9 +132,6 @@ class Run:
                         for trim in sampler.prepared.trim]
         self.prompt_tokens = prompt_tokens          # per prompt, not per choice
         self._ids: list[list[int]] = [[] for _ in self.choices]
-        seed = sampler.config.seed
-        self._token_rngs = None if seed is None else [
-            torch.Generator().manual_seed(seed + 1000 * sid + TOKEN_SEED_OFFSET) for sid in sampler.sample_ids]
 
     def updates(self, cancel: threading.Event | None = None) -> Iterator[list[ChoiceUpdate]]:
         """One list per decoded block, then one closing list; stops early once ``cancel`` is set.
@@ -149,8 +144,6 @@ class Run:
                 return
             if event != "decoded":
                 continue
-            if self._token_rngs is not None:
-                state.token_ids = self._sample_per_choice(state.logits)
             out = []
             for index, (choice, row) in enumerate(zip(self.choices, state.token_ids.tolist())):
                 self._ids[index].extend(row)
@@ -159,15 +152,6 @@ class Run:
             state.interrupt = all(choice.finish_reason for choice in self.choices)
             yield out
         yield [u for index in range(len(self.choices)) for u in self._step(index, final=True, reason="length")]
-
-    def _sample_per_choice(self, logits: torch.Tensor) -> torch.Tensor:
-        """The block's tokens drawn again, each choice from its own generator (the sampler shares one across
-        the batch), so a seeded choice's tokens do not depend on the other rows; greedy picks are unchanged."""
-        cfg = self.sampler.config
-        rows = [sample_tokens(logits[b:b + 1].float().cpu(), [torch.tensor(self._ids[b], dtype=torch.long)],
-                              cfg.temperature, cfg.top_k, cfg.top_p, cfg.repetition_penalty, generator=rng)
-                for b, rng in enumerate(self._token_rngs)]
-        return torch.cat(rows)
 
     def _step(self, index: int, final: bool, reason: str) -> list[ChoiceUpdate]:
         choice = self.choices[index]

@@ -1,9 +1,9 @@
 """Request bodies of the OpenAI-compatible routes (responses are plain dicts built in ``server``).
 
-Standard OpenAI fields keep their OpenAI meaning; ``steps``, ``guidance_scale``, ``top_k`` and
-``repetition_penalty`` are Cola extras (send them with the client's ``extra_body``). Unknown fields
-are ignored, as OpenAI-compatible servers commonly do. Every string must be valid Unicode (no lone
-surrogates, which JSON's ``\\ud800`` escapes can smuggle in).
+Standard OpenAI fields keep their OpenAI meaning; ``steps``, ``guidance_scale``, ``guidance_rescale``,
+``guidance_interval``, ``top_k`` and ``repetition_penalty`` are Cola extras (send them with the client's
+``extra_body``). Unknown fields are ignored, as OpenAI-compatible servers commonly do. Every string must be
+valid Unicode (no lone surrogates, which JSON's ``\\ud800`` escapes can smuggle in).
 """
 from __future__ import annotations
 
@@ -63,6 +63,8 @@ class SamplingFields(BaseModel):
     # Cola extras
     steps: int | None = Field(default=None, ge=1, le=MAX_STEPS)
     guidance_scale: float | None = Field(default=None, ge=0, le=100, allow_inf_nan=False)
+    guidance_rescale: float | None = Field(default=None, ge=0, le=1, allow_inf_nan=False)   # CFG-rescale phi
+    guidance_interval: tuple[float, float] | None = None   # guide only for t/T in [lo, hi] (checked by the knobs)
     top_k: int | None = Field(default=None, ge=0)
     repetition_penalty: float | None = Field(default=None, gt=0, le=10, allow_inf_nan=False)
 

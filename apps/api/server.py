@@ -197,7 +197,7 @@ def _job(backend: GenerationBackend, body: SamplingFields, prompts: list[Prompt]
     max_tokens = limit if limit is not None else min(DEFAULT_MAX_TOKENS, max_tokens_cap)
     knobs = {"steps": body.steps, "guidance": body.guidance_scale, "temperature": body.temperature,
              "top_p": body.top_p, "top_k": body.top_k, "repetition_penalty": body.repetition_penalty,
-             "seed": body.seed}
+             "seed": body.seed, "guidance_rescale": body.guidance_rescale, "guidance_interval": body.guidance_interval}
     try:
         config = backend.defaults.with_knobs(max_new_tokens=max_tokens, **{k: v for k, v in knobs.items() if v is not None})
     except ColaError as exc:

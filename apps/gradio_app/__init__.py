@@ -1,4 +1,4 @@
-"""The Gradio workbench app: trajectories, diagnostics, guidance lab and latent lab over the workbench API.
+"""The Gradio workbench app: trajectories, diagnostics, guidance lab, latent lab and inside over the workbench API.
 
 Tabs are listed in ``app.TABS``; how a tab is built and wired is in ``events``.
 

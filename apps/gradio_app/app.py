@@ -18,13 +18,13 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")   # before gradio is 
 
 import gradio as gr  # noqa: E402
 
-from . import diagnostics, guidance, latent_lab, trajectories  # noqa: E402
+from . import bench, diagnostics, guidance, inside, latent_lab, trajectories  # noqa: E402
 from .context import AppContext  # noqa: E402
 from .disk import Sweeper  # noqa: E402
 from .events import Tab, TabComponents, Update, log, on  # noqa: E402
 
 TITLE = "Cola Workbench"
-TABS: tuple[Tab, ...] = (trajectories, diagnostics, guidance, latent_lab)   # a new tab: a module, named here
+TABS: tuple[Tab, ...] = (trajectories, diagnostics, guidance, latent_lab, inside, bench)   # a new tab: a module, named here
 STATUS_EVERY_S = 5.0
 CACHE_SWEEP_S = 60       # Gradio removes its files for this app older than the run TTL this often
 CSS = """
@@ -56,18 +56,22 @@ def refresh(ctx: AppContext) -> Update:
 
 
 def create_app(ctx: AppContext) -> gr.Blocks:
-    """Build the app: the status bar, then one ``gr.Tab`` per module in :data:`TABS` (its layout, then its events)."""
+    """Build the app: the status bar, then one ``gr.Tab`` per module in :data:`TABS` (its layout, then its events),
+    then the events that reach across tabs (a tab's optional ``link``)."""
     with gr.Blocks(title=TITLE, delete_cache=(CACHE_SWEEP_S, int(ctx.limits.run_ttl_s))) as demo:
         with gr.Row():
             gr.Markdown(f"## {TITLE}")
         shell = TabComponents(status=gr.Markdown(status_markdown(ctx), elem_id="cola-status"),
                               facts=gr.JSON(visible=False))
         tabs = {}
-        with gr.Tabs():
+        with gr.Tabs() as selector:
             for tab in TABS:
                 with gr.Tab(tab.TITLE, id=tab.TAB_ID):
                     tabs[tab.TAB_ID] = tab.build(ctx)
                     tab.wire(ctx, tabs[tab.TAB_ID])
+        for tab in TABS:
+            if hasattr(tab, "link"):
+                tab.link(ctx, tabs, selector)
         shell.timer = gr.Timer(STATUS_EVERY_S, active=ctx.projections.umap_state == "fitting")
         shell.projection = tabs[trajectories.TAB_ID].method
         outputs = ("status", "facts", "projection", "timer")

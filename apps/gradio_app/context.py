@@ -28,6 +28,13 @@ from .store import RunStore, StopFlags
 
 BACKDROP_FILE = Path(__file__).with_name("backdrop.txt")
 METHODS = ("auto", "PCA", "UMAP")
+BENCH_ROOTS = ("runs", "artifacts")   # under the working directory: where the Bench tab may read; serve adds more
+
+
+def bench_roots(extra: Sequence[str | Path] = ()) -> tuple[Path, ...]:
+    """The folders whose bench outputs the app may read: ``runs/`` and ``artifacts/`` of the working
+    directory plus ``extra`` (``serve --bench-root``), resolved (symlinks followed) once at start-up."""
+    return tuple(dict.fromkeys(Path(root).resolve() for root in [*(Path.cwd() / r for r in BENCH_ROOTS), *extra]))
 
 
 @dataclass(frozen=True)
@@ -38,6 +45,7 @@ class Limits:
     max_upload_bytes: int = 1 << 20      # uploaded .txt/.jsonl for diagnostics
     max_texts: int = 200                 # texts per diagnostics request
     max_text_chars: int = 2000           # characters per text
+    max_prompt_chars: int = 32_000       # the Trajectories prompt (a bench item's few-shot prompt runs to ~4k)
     max_steps: int = 200
     max_new_tokens: int = 512
     max_guidance: float = 30.0
@@ -128,13 +136,15 @@ class AppContext:
     limits: Limits
     concurrency: int = 2
     backdrop_source: str = "bundled sample"
+    bench_roots: tuple[Path, ...] = ()    # the Bench tab reads output folders under these only
 
     @classmethod
     def create(cls, checkpoint: str | Path | None = None, device: str | None = None, dtype: str | None = None,
                corpus: str | Path | None = None, limits: Limits | None = None, umap: bool = True,
                cache_dir: str | Path | None = None, concurrency: int = 2,
-               workbench: Workbench | None = None) -> "AppContext":
-        """Load the checkpoint (or take ``workbench``), fit PCA on the backdrop, start the UMAP warm-up."""
+               workbench: Workbench | None = None, bench_root: Sequence[str | Path] = ()) -> "AppContext":
+        """Load the checkpoint (or take ``workbench``), fit PCA on the backdrop, start the UMAP warm-up;
+        ``bench_root``: folders the Bench tab may read besides ``runs/`` and ``artifacts/``."""
         limits = limits or Limits()
         wb = workbench or Workbench.load(checkpoint, device=device, dtype=dtype)
         texts = load_backdrop(corpus, limits.backdrop_texts)
@@ -145,7 +155,8 @@ class AppContext:
         store = RunStore(Path(tempfile.mkdtemp(prefix="cola-workbench-", dir=files)), ttl_s=limits.run_ttl_s,
                          max_entries=limits.max_runs, max_bytes=limits.max_store_bytes)
         return cls(workbench=wb, projections=projections, store=store, stops=StopFlags(), limits=limits,
-                   concurrency=concurrency, backdrop_source=str(corpus) if corpus is not None else "bundled sample")
+                   concurrency=concurrency, backdrop_source=str(corpus) if corpus is not None else "bundled sample",
+                   bench_roots=bench_roots(bench_root))
 
     def close(self) -> None:
         """Remove everything the app wrote (its run store); the server calls this on shutdown."""

@@ -11,7 +11,8 @@ import torch
 
 from cola_core.constants import LN2
 from workbench import Workbench
-from workbench.diagnostics import Diagnosis, token_nll
+from workbench.bounds import token_nll
+from workbench.diagnostics import Diagnosis
 
 from . import exports, inputs
 from .context import AppContext

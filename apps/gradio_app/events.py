@@ -1,7 +1,9 @@
 """Tabs and their events: layout, plain handler functions, and the wiring between them and Gradio.
 
 A tab is a module with ``TITLE``, ``TAB_ID``, ``build(ctx) -> TabComponents`` (the layout only) and
-``wire(ctx, ui)`` (its events, one :func:`on` call each). A handler is a module-level function
+``wire(ctx, ui)`` (its events, one :func:`on` call each); a tab whose events reach into another tab adds
+``link(ctx, tabs, selector)``, called once every tab is built (``tabs``: TAB_ID -> components,
+``selector``: the ``gr.Tabs``, whose ``selected`` switches tabs). A handler is a module-level function
 ``handler(ctx, *input values) -> Update`` (or a generator of updates): an :data:`Update` maps the
 names of the tab's components to new values, and names it leaves out are left as they are. So a
 handler is called and checked in a test like any function, without Gradio running.
@@ -50,7 +52,7 @@ def run_state(ctx: AppContext) -> gr.State:
 
 
 class Tab(Protocol):
-    """What app.py needs from a tab module."""
+    """What app.py needs from a tab module (plus, optionally, ``link(ctx, tabs, selector)``: see the module doc)."""
 
     TITLE: str
     TAB_ID: str

@@ -65,9 +65,25 @@ def number(name: str, value: Any, low: float, high: float) -> float:
     return out
 
 
+def positive(name: str, value: Any, high: float) -> float:
+    """A finite float in (0, high]."""
+    out = number(name, value, 0.0, high)
+    if out == 0:
+        raise InputError(f"{name} must be above 0 and at most {high:g}, got {shown(value)}")
+    return out
+
+
 def seed(name: str, value: Any) -> int:
     """A sampler seed: a whole number in [0, MAX_SEED]."""
     return integer(name, value, 0, MAX_SEED)
+
+
+def sampler_knobs(limits: Limits, steps: Any, guidance: Any, max_new_tokens: Any, sampler_seed: Any) -> dict:
+    """The knobs every generating form has, checked in this order (the others stay at their defaults)."""
+    return {"steps": integer("steps", steps, 1, limits.max_steps),
+            "guidance": number("guidance", guidance, 0.0, limits.max_guidance),
+            "max_new_tokens": integer("max new tokens", max_new_tokens, 1, limits.max_new_tokens),
+            "seed": seed("seed", sampler_seed)}
 
 
 def flag(name: str, value: Any) -> bool:
@@ -131,14 +147,15 @@ def blocks(name: str, picked: Any, count: int) -> list[int]:
 
 
 # -- texts -------------------------------------------------------------------------------------------------
-def text(name: str, value: Any, limits: Limits, allow_empty: bool = False) -> str:
-    """One text field."""
+def text(name: str, value: Any, limits: Limits, allow_empty: bool = False, max_chars: int | None = None) -> str:
+    """One text field of at most ``max_chars`` characters (default: ``limits.max_text_chars``)."""
+    max_chars = max_chars or limits.max_text_chars
     if not isinstance(value, str):
         raise InputError(f"{name} must be text")
     if not value.strip() and not allow_empty:
         raise InputError(f"{name} is empty; type some text")
-    if len(value) > limits.max_text_chars:
-        raise InputError(f"{name} has {len(value)} characters; at most {limits.max_text_chars}")
+    if len(value) > max_chars:
+        raise InputError(f"{name} has {len(value)} characters; at most {max_chars}")
     return value if allow_empty else value.strip()
 
 

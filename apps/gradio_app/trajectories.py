@@ -23,6 +23,7 @@ from .context import METHODS, AppContext
 from .display import display_text
 from .errors import InputError
 from .events import LOCAL_SESSION, Progress, TabComponents, Update, no_progress, on, run_state
+from .forms import position_slider, prompt_and_knobs
 from .plots import Overlay, color, empty_figure, projection_figure
 from .store import session_key
 
@@ -32,8 +33,13 @@ FIGURE_EVERY_S = 1.0    # streamed figure updates at most this often (a slow bro
 LIVE_BACKDROP = 600     # backdrop points in figures streamed while sampling (all of them afterwards)
 NORMS_HEIGHT = 340
 VIEWS = ("2-D", "3-D")
+MAX_TEMPERATURE, MAX_TOP_K, MAX_REPETITION_PENALTY = 10.0, 1 << 20, 10.0
+# what a run is made from: the form (the Bench tab fills it to re-run a sample), then how it is shown
+FORM = ("prompt", "steps", "guidance", "max_new_tokens", "seed", "solver", "schedule", "sample_id", "temperature",
+        "top_k", "top_p", "repetition_penalty", "stop_at_eos")
 GENERATE_INPUTS = ("prompt", "steps", "guidance", "max_new_tokens", "seed", "solver", "schedule", "preview",
-                   "method", "dims")
+                   "method", "dims", "sample_id", "temperature", "top_k", "top_p", "repetition_penalty",
+                   "stop_at_eos")   # the sampling knobs last: a client sending the first ten gets their defaults
 RUN_OUTPUTS = ("status", "text", "info", "step_preview", "norms", "projection", "block", "step", "files", "summary",
                "run")
 SCRUB_OUTPUTS = ("info", "step_preview", "norms", "projection")
@@ -47,6 +53,7 @@ class TrajectoryRun:
     knobs: dict
     trajectory: Trajectory
     planned_blocks: int
+    sample_id: int = 0               # the noise seed's sample id (seed + 1000*sample_id + 10^7*block)
     rows: list[dict] = field(default_factory=list)
     text: str = ""
     token_ids: list[int] = field(default_factory=list)
@@ -199,7 +206,8 @@ def step_view(run: TrajectoryRun, pick: int) -> Update:
 
 def summary(run_id: str, run: TrajectoryRun, view: View) -> dict:
     return {"run_id": run_id, "status": run.status, "prompt": run.prompt, "text": run.text,
-            "token_ids": run.token_ids, "knobs": run.knobs, "blocks": run.blocks, "planned_blocks": run.planned_blocks,
+            "token_ids": run.token_ids, "knobs": run.knobs, "sample_id": run.sample_id, "blocks": run.blocks,
+            "planned_blocks": run.planned_blocks,
             "steps_recorded": len(run.rows), "seconds": round(run.seconds, 3), "projection": view.method,
             "final_v_diff_norm": run.rows[-1]["v_diff_norm"] if run.rows else None}
 
@@ -215,11 +223,6 @@ def write_downloads(ctx: AppContext, run_id: str, run: TrajectoryRun, view: View
     return files
 
 
-def scrub_slider(last: int, value: int) -> gr.Slider:
-    """A 0..last slider (Gradio needs minimum < maximum: a single position shows as a locked 0..1 slider)."""
-    return gr.Slider(minimum=0, maximum=max(last, 1), value=value, step=1, interactive=last > 0)
-
-
 def run_view(ctx: AppContext, run_id: str, run: TrajectoryRun, view: View) -> Update:
     """Everything a finished (or stopped) run shows, scrubbed to its last step."""
     pick = len(run.rows) - 1 if run.rows else None
@@ -227,30 +230,38 @@ def run_view(ctx: AppContext, run_id: str, run: TrajectoryRun, view: View) -> Up
     update = {"status": status_line(run), "text": display_text(run.prompt + run.text),
               "info": {}, "step_preview": "",
               "norms": norms_figure(run.rows, run.steps, pick), "projection": trajectory_figure(ctx, run, view, pick),
-              "block": scrub_slider(last_block, last_block),
-              "step": scrub_slider(run.steps - 1, run.rows[pick]["step"] if pick is not None else 0),
+              "block": position_slider(last_block, last_block),
+              "step": position_slider(run.steps - 1, run.rows[pick]["step"] if pick is not None else 0),
               "files": write_downloads(ctx, run_id, run, view), "summary": summary(run_id, run, view), "run": run_id}
     return update | (step_view(run, pick) if pick is not None else {})
 
 
 # -- handlers ---------------------------------------------------------------------------------------------
 def generate(ctx: AppContext, prompt, steps, guidance, max_new_tokens, seed, solver, schedule, preview, method,
-             dims, *, session: str = LOCAL_SESSION, progress: Progress = no_progress) -> Iterator[Update]:
+             dims, sample_id=0, temperature=inputs.DEFAULTS.temperature, top_k=inputs.DEFAULTS.top_k,
+             top_p=inputs.DEFAULTS.top_p, repetition_penalty=inputs.DEFAULTS.repetition_penalty,
+             stop_at_eos=inputs.DEFAULTS.stop_at_eos, *, session: str = LOCAL_SESSION,
+             progress: Progress = no_progress) -> Iterator[Update]:
     """Generate from one prompt with the workbench sampler, streaming its steps; end with the whole run."""
     lim = ctx.limits
-    knobs = {"steps": inputs.integer("steps", steps, 1, lim.max_steps),
-             "guidance": inputs.number("guidance", guidance, 0.0, lim.max_guidance),
-             "max_new_tokens": inputs.integer("max new tokens", max_new_tokens, 1, lim.max_new_tokens),
-             "seed": inputs.seed("seed", seed),
+    knobs = {**inputs.sampler_knobs(lim, steps, guidance, max_new_tokens, seed),
              "solver": inputs.choice("solver", solver, SOLVERS),
-             "schedule": inputs.choice("schedule", schedule, SCHEDULES)}
-    prompt = inputs.text("prompt", "" if prompt is None else prompt, lim, allow_empty=True)
+             "schedule": inputs.choice("schedule", schedule, SCHEDULES),
+             "temperature": inputs.number("temperature", temperature, 0.0, MAX_TEMPERATURE),
+             "top_k": inputs.integer("top k", top_k, 0, MAX_TOP_K),
+             "top_p": inputs.positive("top p", top_p, 1.0),
+             "repetition_penalty": inputs.positive("repetition penalty", repetition_penalty, MAX_REPETITION_PENALTY),
+             "stop_at_eos": inputs.flag("stop at EOS", stop_at_eos)}
+    sample_id = inputs.seed("sample id", sample_id)
+    prompt = inputs.text("prompt", "" if prompt is None else prompt, lim, allow_empty=True,
+                         max_chars=lim.max_prompt_chars)
     preview, view = inputs.flag("preview", preview), View.of(method, dims)
     stop = threading.Event()
     stop_hook = {"pre_model": lambda state: setattr(state, "interrupt", True) if stop.is_set() else None}
-    sampler = ctx.workbench.sampler([prompt], preview=preview, record=True, hooks=stop_hook, **knobs)
+    sampler = ctx.workbench.sampler([prompt], sample_ids=[sample_id], preview=preview, record=True, hooks=stop_hook,
+                                    **knobs)
     run = TrajectoryRun(prompt=prompt, knobs=knobs, trajectory=sampler.trajectory, planned_blocks=sampler.num_blocks,
-                        session=sampler)
+                        sample_id=sample_id, session=sampler)
     run_id = ctx.store.put("trajectory", run)
     key = session_key(session, "trajectory")
     ctx.stops.register(key, run_id, stop)
@@ -318,29 +329,36 @@ def scrub(ctx: AppContext, run_id, block, step, method, dims) -> Update:
 # -- layout and events ------------------------------------------------------------------------------------
 def build(ctx: AppContext) -> TabComponents:
     """The tab's layout (inside a ``gr.Tab``); knob defaults are GenerationConfig()'s."""
-    lim, ui = ctx.limits, TabComponents()
+    ui = TabComponents()
     ui.run = run_state(ctx)
     with gr.Row():
         with gr.Column(scale=1, min_width=300):
-            ui.prompt = gr.Textbox(label="Prompt", lines=2, placeholder="leave empty for unconditional generation",
-                                   value="a small animal that")
-            with gr.Row():
-                ui.steps = gr.Slider(1, lim.max_steps, value=inputs.DEFAULTS.steps, step=1, label="Steps per block")
-                ui.guidance = gr.Slider(0, lim.max_guidance, value=inputs.DEFAULTS.guidance, step=0.5,
-                                        label="Guidance")
-            with gr.Row():
-                ui.max_new_tokens = gr.Slider(1, lim.max_new_tokens, value=inputs.DEFAULTS.max_new_tokens, step=1,
-                                              label="Max new tokens")
-                ui.seed = gr.Number(0, precision=0, label="Seed", minimum=0, maximum=inputs.MAX_SEED)
+            prompt_and_knobs(ctx, ui)
             with gr.Row():
                 ui.solver = gr.Dropdown(list(SOLVERS), value=inputs.DEFAULTS.solver, label="Solver")
                 ui.schedule = gr.Dropdown(list(SCHEDULES), value=inputs.DEFAULTS.schedule, label="Schedule")
             ui.preview = gr.Checkbox(True, label="Decode x0_pred preview at every step")
+            with gr.Accordion("Noise sample id, token sampling, EOS", open=False):
+                ui.sample_id = gr.Number(0, precision=0, minimum=0, maximum=inputs.MAX_SEED, label="Sample id",
+                                         info="block b's noise seed is seed + 1000·sample id + 10^7·b")
+                with gr.Row():
+                    ui.temperature = gr.Slider(0, MAX_TEMPERATURE, value=inputs.DEFAULTS.temperature, step=0.05,
+                                               label="Temperature (0 = greedy)")
+                    ui.top_k = gr.Number(inputs.DEFAULTS.top_k, precision=0, minimum=0, maximum=MAX_TOP_K,
+                                         label="Top-k (0 = off)")
+                with gr.Row():
+                    ui.top_p = gr.Slider(0.01, 1, value=inputs.DEFAULTS.top_p, step=0.01, label="Top-p")
+                    ui.repetition_penalty = gr.Slider(0.05, MAX_REPETITION_PENALTY,
+                                                      value=inputs.DEFAULTS.repetition_penalty, step=0.05,
+                                                      label="Repetition penalty")
+                ui.stop_at_eos = gr.Checkbox(inputs.DEFAULTS.stop_at_eos, label="Stop at EOS",
+                                             info="off: every block runs (the bench's official protocol)")
             with gr.Row():
                 ui.generate = gr.Button("Generate", variant="primary")
                 ui.stop = gr.Button("Stop", variant="stop")
             ui.status = gr.Markdown("Set the knobs and press **Generate**.")
             ui.text = gr.Textbox(label="Prompt + generated text", lines=3, interactive=False)
+            ui.origin = gr.Markdown(visible=False)     # where an opened run came from (the Bench tab writes it)
         with gr.Column(scale=2, min_width=480):
             with gr.Row():
                 ui.method = gr.Radio(ctx.projections.choices, value="auto", label="Projection",

@@ -1,4 +1,4 @@
-"""Training configs for the two stages, read from TOML: every field has a default, unknown fields are errors.
+"""Training configs for the three stages, read from TOML: every field has a default, unknown fields are errors.
 
 A file holds top-level trainer/objective fields and an optional ``[model]`` table whose keys are
 fields of :class:`cola_core.config.VAEConfig` (stage 1) or :class:`cola_core.config.DiTConfig` (stage 2).
@@ -135,16 +135,60 @@ class DiTTrainConfig(TrainConfig):
 
     def validate(self, source: str) -> None:
         super().validate(source)
-        if self.t_sampling not in ("logit_normal", "uniform"):
-            raise ConfigError(f"{source}: field 't_sampling' must be logit_normal or uniform, got {self.t_sampling!r}")
-        if self.t_scale <= 0:
-            raise ConfigError(f"{source}: field 't_scale' must be > 0")
+        _check_t_sampling(self, source)
         if not 0 <= self.prompt_block_prob <= 1:
             raise ConfigError(f"{source}: field 'prompt_block_prob' must be in [0, 1], got {self.prompt_block_prob!r}")
         for key in ("vae_lr", "lambda_vae", "lambda_ref"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{source}: field {key!r} must be >= 0, got {getattr(self, key)!r}")
         _check_model_keys(self.model, DiTConfig, source)
+
+
+@dataclass
+class SFTTrainConfig(TrainConfig):
+    """Stage 3: supervised fine-tuning of a checkpoint's DiT on chat data (the official ``cola_sft.py`` recipe).
+
+    ``corpus`` holds train.jsonl / val.jsonl conversations (``{"messages": [{"role", "content"}]}``).
+    """
+
+    init_from: str = ""                    # the checkpoint to fine-tune (release layout); its VAE stays frozen
+    chat_format: str = "text"              # text (User:/Assistant: + stop token) or chatml (<|im_start|> ...)
+    stop_token: str = ""                   # text format: the token ending an answer ("" = eos; the release uses "■")
+    pad_with_stop: bool = True             # chatml: pad with <|im_end|> (true) or <|pad|> (false)
+    loss_mode: str = "sft"                 # sft: answer latents only; all_token: also prompt latents before an answer
+    boundary_mode: str = "token"           # token or block: which prompt latents sharing a block with an answer are masked
+    block_size_probs: list = field(default_factory=list)   # weights of block sizes 1, 2, 4, ..., DiT block (empty: fixed)
+    t_sampling: str = "logit_normal"
+    t_loc: float = 0.0
+    t_scale: float = 1.0
+    posterior_mean: bool = False           # z0 from the posterior mean (official vae-mode "mode") instead of a sample
+
+    stage = "sft"
+
+    def validate(self, source: str) -> None:
+        super().validate(source)
+        _check_t_sampling(self, source)
+        if not self.init_from:
+            raise ConfigError(f"{source}: field 'init_from' (the checkpoint to fine-tune) is required")
+        choices = {"chat_format": ("text", "chatml"), "loss_mode": ("sft", "all_token"),
+                   "boundary_mode": ("token", "block")}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"{source}: field {key!r} must be one of {', '.join(allowed)}, "
+                                  f"got {getattr(self, key)!r}")
+        probs = self.block_size_probs
+        if probs and (not all(isinstance(p, (int, float)) and p >= 0 for p in probs) or abs(sum(probs) - 1) > 1e-6):
+            raise ConfigError(f"{source}: field 'block_size_probs' must be non-negative numbers summing to 1, "
+                              f"got {probs!r}")
+        if self.model:
+            raise ConfigError(f"{source}: SFT keeps the shape of {self.init_from!r}; remove [model]")
+
+
+def _check_t_sampling(cfg: "DiTTrainConfig | SFTTrainConfig", source: str) -> None:
+    if cfg.t_sampling not in ("logit_normal", "uniform"):
+        raise ConfigError(f"{source}: field 't_sampling' must be logit_normal or uniform, got {cfg.t_sampling!r}")
+    if cfg.t_scale <= 0:
+        raise ConfigError(f"{source}: field 't_scale' must be > 0")
 
 
 def _check_model_keys(model: dict[str, Any], cls: type, source: str) -> None:
@@ -154,13 +198,13 @@ def _check_model_keys(model: dict[str, Any], cls: type, source: str) -> None:
             raise ConfigError(f"{source}: unknown field {key!r} in [model]; known: {', '.join(sorted(known))}")
 
 
-STAGES: dict[str, type[TrainConfig]] = {"vae": VAETrainConfig, "dit": DiTTrainConfig}
+STAGES: dict[str, type[TrainConfig]] = {"vae": VAETrainConfig, "dit": DiTTrainConfig, "sft": SFTTrainConfig}
 
 
 def config_from_dict(stage: str, raw: dict[str, Any], source: str = "<dict>") -> TrainConfig:
     """Build and validate a stage config; unknown or mistyped fields raise ConfigError naming them."""
     if stage not in STAGES:
-        raise ConfigError(f"unknown training stage {stage!r}; choose vae or dit")
+        raise ConfigError(f"unknown training stage {stage!r}; choose {', '.join(STAGES)}")
     cls = STAGES[stage]
     fields = {f.name: f for f in dataclasses.fields(cls)}
     values: dict[str, Any] = {}
@@ -187,7 +231,7 @@ def _typed(value: Any, f: dataclasses.Field, cls: type, source: str) -> Any:
 
 
 def load_config(stage: str, path: str | Path) -> TrainConfig:
-    """Read a TOML training config for ``stage`` (vae or dit)."""
+    """Read a TOML training config for ``stage`` (vae, dit or sft)."""
     path = Path(path)
     require_regular_file(path, ConfigError, "training config")
     try:

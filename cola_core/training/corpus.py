@@ -2,7 +2,7 @@
 
 WordNet ships with Debian (``wordnet-base``) under a permissive licence, so it gives every
 install a small, clean English corpus (~180k definitions and example sentences) without a
-download.
+download. The pocket corpus adds freely licensed prose from Debian packages (:mod:`.prose`).
 """
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ import shutil
 import zlib
 from collections.abc import Iterable
 from pathlib import Path
+
+from .prose import DEVIL_LICENSE, FORTUNES_LICENSE, drop_overlapping, extract_devils_dictionary, extract_fortunes
 
 WORDNET_DIR = Path("/usr/share/wordnet")
 WORDNET_LICENSE = Path("/usr/share/doc/wordnet-base/copyright")
@@ -161,3 +163,27 @@ def build_wordnet_corpus(
         write_jsonl(out_dir / f"{name}.jsonl", texts)
     shutil.copyfile(license_path, out_dir / "WORDNET_LICENSE.txt")
     return {name: len(texts) for name, texts in splits.items()}
+
+
+def build_pocket_corpus(
+    out_dir: str | Path,
+    wordnet_dir: str | Path = WORDNET_DIR,
+    fortunes_dir: str | Path | None = None,
+    devil_path: str | Path | None = None,
+) -> dict[str, int]:
+    """WordNet + fortunes (train/val), WordNet's test split as ``test``, the fortunes' as ``fortunes_test``,
+    and The Devil's Dictionary minus anything overlapping the training text as ``ood``; licences beside
+    them. Returns file sizes."""
+    wordnet = split_corpus(extract_wordnet(wordnet_dir))
+    fortunes = split_corpus(extract_fortunes(*(() if fortunes_dir is None else (fortunes_dir,))))
+    train = wordnet["train"] + fortunes["train"]
+    devil = extract_devils_dictionary(*(() if devil_path is None else (devil_path,)))
+    files = {"train": train, "val": wordnet["val"] + fortunes["val"], "test": wordnet["test"],
+             "fortunes_test": fortunes["test"], "ood": drop_overlapping(devil, train)}
+    out_dir = Path(out_dir)
+    for name, texts in files.items():
+        write_jsonl(out_dir / f"{name}.jsonl", texts)
+    for source, target in ((WORDNET_LICENSE, "WORDNET_LICENSE.txt"), (FORTUNES_LICENSE, "FORTUNES_LICENSE.txt"),
+                           (DEVIL_LICENSE, "DEVILS_DICTIONARY_LICENSE.txt")):
+        shutil.copyfile(source, out_dir / target)
+    return {name: len(texts) for name, texts in files.items()}

@@ -5,6 +5,7 @@ seeded permutation (optionally length-bucketed), so the data position needs no s
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -26,6 +27,13 @@ def corpus_split_path(corpus: str | Path, split: str) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"{corpus}: missing {split}.jsonl (expected {', '.join(s + '.jsonl' for s in SPLITS)})")
     return path
+
+
+@dataclass
+class ChatBatch(TokenBatch):
+    """A batch of rendered conversations; ``response`` (B, L) bool marks answer tokens (SFT noises these)."""
+
+    response: torch.Tensor
 
 
 class TokenDataset:
@@ -54,11 +62,19 @@ class TokenDataset:
         """Pad each row with pad ids to whole blocks, then the batch to its longest row."""
         return pad_to_blocks(rows, self.tokenizer.pad_id, self.block_size, self.patch_size)
 
+    def take(self, indices: list[int]) -> TokenBatch:
+        """The batch of the given rows."""
+        return self.collate([self.rows[i] for i in indices])
+
 
 class BatchOrder:
-    """Deterministic batches of dataset indices: ``batch(k)`` depends only on (seed, k)."""
+    """Deterministic batches of dataset indices: ``batch(k)`` depends only on (seed, k).
 
-    def __init__(self, dataset: TokenDataset, batch_size: int, seed: int, bucketing: bool = True):
+    ``dataset`` is any split with ``rows`` (token id lists) and ``take(indices) -> TokenBatch``
+    (:class:`TokenDataset`, or the SFT conversations).
+    """
+
+    def __init__(self, dataset, batch_size: int, seed: int, bucketing: bool = True):
         if batch_size > len(dataset):
             raise ValueError(f"batch_size {batch_size} exceeds the {len(dataset)} texts of the split")
         self.dataset, self.batch_size, self.seed, self.bucketing = dataset, batch_size, seed, bucketing
@@ -87,14 +103,14 @@ class BatchOrder:
         return self._batches[offset]
 
     def batch(self, k: int) -> TokenBatch:
-        return self.dataset.collate([self.dataset.rows[i] for i in self.indices(k).tolist()])
+        return self.dataset.take(self.indices(k).tolist())
 
 
-def fixed_batches(dataset: TokenDataset, batch_size: int, limit: int | None = None) -> list[TokenBatch]:
+def fixed_batches(dataset, batch_size: int, limit: int | None = None) -> list[TokenBatch]:
     """The split in file order as batches (validation / evaluation); ``limit`` caps their number."""
     batches = []
     for start in range(0, len(dataset), batch_size):
         if limit is not None and len(batches) >= limit:
             break
-        batches.append(dataset.collate(dataset.rows[start:start + batch_size]))
+        batches.append(dataset.take(list(range(start, min(start + batch_size, len(dataset))))))
     return batches

@@ -132,9 +132,13 @@ def flow_matching_2l(dit: ColaDiT, z0: torch.Tensor, z1: torch.Tensor, t: torch.
     zt = (1 - t_tok[..., None]) * z0 + t_tok[..., None] * z1
     if prompt is not None:
         zt = torch.where(clean[..., None], prompt.to(zt.dtype), zt)
-    target = z1 - z0
     v = two_l_velocity(dit, z0, zt, (t_tok * TIME_SCALE).to(torch.bfloat16).float(), n_lengths)   # t*T in bf16
     weight = (torch.arange(n, device=device)[None] < n_lengths[:, None]) & ~clean
+    return velocity_terms(v, z1 - z0, weight)
+
+
+def velocity_terms(v: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> Terms:
+    """``fm``: mean_c (v - target)^2 over the weighted latents; ``zero_velocity``: the same for v = 0."""
     mse = (v.float() - target.float()).pow(2).mean(-1)
     return {"fm": ((mse * weight).sum(), weight.sum()),
             "zero_velocity": ((target.float().pow(2).mean(-1) * weight).sum(), weight.sum())}

@@ -1,9 +1,10 @@
-"""The two training stages wired end to end: config -> data -> model -> Trainer -> release-layout export.
+"""The training stages wired end to end: config -> data -> model -> Trainer -> release-layout export.
 
 Stage 1 (``train_vae``) writes ``<out_dir>/cola_vae/`` + ``tokenizer.json`` with scaling/shifting factors
 computed from posterior samples and folded into ``decoder.in_layer``. Stage 2 (``train_dit``) reads
 that folder and writes the full release layout (``cola_dlm/cola_vae``, ``cola_dlm/cola_dit``,
-``tokenizer.json``) with :func:`cola_core.checkpoint.save_pretrained`.
+``tokenizer.json``) with :func:`cola_core.checkpoint.save_pretrained`. Stage 3 (``train_sft``) fine-tunes
+a checkpoint's DiT on conversations and writes the same layout with the chat template in the DiT config.
 """
 from __future__ import annotations
 
@@ -16,16 +17,19 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ..checkpoint import ColaModel, save_model_folder, load_module, save_pretrained
+from ..chat_template import ChatTemplate
+from ..checkpoint import ColaModel, load_module, load_pretrained, save_model_folder, save_pretrained
 from ..config import DiTConfig, VAEConfig, check_pair
 from ..dit import ColaDiT
 from ..errors import ConfigError
 from ..tokenizer import ColaTokenizer
 from ..vae import ColaTextVAE
-from .config import DiTTrainConfig, VAETrainConfig
+from .config import DiTTrainConfig, SFTTrainConfig, VAETrainConfig
+from .conversations import ConversationDataset
 from .corpus import read_corpus
 from .data import BatchOrder, TokenDataset, corpus_split_path, fixed_batches
 from .objectives import dit_terms, latent_statistics, set_latent_scaling, vae_terms
+from .sft import block_size_choices, sft_terms
 from .tokenizer_train import train_bpe_tokenizer
 from .trainer import Dist, Trainer, claim_run_dir, setup_distributed
 
@@ -211,14 +215,8 @@ def train_dit(cfg: DiTTrainConfig, resume: bool = False, overwrite: bool = False
     weights = {"fm": 1.0, "recon": cfg.lambda_vae, "kl_ref": cfg.lambda_ref}
 
     def export(step: int) -> None:
-        dtype = SAVE_DTYPES[cfg.save_dtype]
-        out_vae, out_dit = copy.deepcopy(vae).to(dtype), copy.deepcopy(dit).to(dtype)
-        for block in out_dit.blocks:  # keep RoPE frequencies exact in the file
-            block.msa.rope.rope.freqs = block.msa.rope.rope.freqs.float()
         dcfg.extra.update(pad_token_id=tokenizer.pad_id, eos_token_id=tokenizer.eos_id)
-        model = ColaModel(vae=out_vae, dit=out_dit, tokenizer=tokenizer, vae_config=vcfg, dit_config=dcfg,
-                          device=torch.device("cpu"), dtype=dtype)
-        save_pretrained(model, cfg.out_dir)
+        _save_release(cfg, vae, dit, tokenizer)
         _write_summary(cfg, step, {"dit_params": _param_count(dit), "vae_params": _param_count(vae)})
 
     if env.main:
@@ -226,6 +224,76 @@ def train_dit(cfg: DiTTrainConfig, resume: bool = False, overwrite: bool = False
               f"({'joint' if cfg.joint_vae else 'frozen'}), {len(order.dataset)} train texts, "
               f"{order.per_epoch} batches/epoch", file=sys.stderr)
     trainer = Trainer(cfg, env, modules, groups, terms, weights, order, val_batches, export, ema_module="dit")
+    return trainer.fit(resume, allow_config_change)
+
+
+def _save_release(cfg, vae: ColaTextVAE, dit: ColaDiT, tokenizer: ColaTokenizer) -> None:
+    """Write the release layout (both models in ``cfg.save_dtype``, RoPE frequencies kept exact) to out_dir."""
+    dtype = SAVE_DTYPES[cfg.save_dtype]
+    out_vae, out_dit = copy.deepcopy(vae).to(dtype), copy.deepcopy(dit).to(dtype)
+    for block in out_dit.blocks:
+        block.msa.rope.rope.freqs = block.msa.rope.rope.freqs.float()
+    model = ColaModel(vae=out_vae, dit=out_dit, tokenizer=tokenizer, vae_config=vae.config, dit_config=dit.config,
+                      device=torch.device("cpu"), dtype=dtype)
+    save_pretrained(model, cfg.out_dir)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 3: SFT
+# ---------------------------------------------------------------------------------------------
+def chat_template_for(cfg: SFTTrainConfig, tokenizer: ColaTokenizer) -> ChatTemplate:
+    """The template an SFT config trains: chatml stops at <|im_end|>, text at ``stop_token`` (one token)."""
+    if cfg.chat_format == "chatml":
+        if not tokenizer.has_chat_tokens:
+            raise ConfigError(f"chat_format 'chatml' needs a tokenizer with <|im_start|> and <|im_end|> ({cfg.init_from})")
+        return ChatTemplate("chatml", tokenizer.im_end_id, cfg.pad_with_stop)
+    if not cfg.stop_token:
+        return ChatTemplate("text", tokenizer.eos_id, cfg.pad_with_stop)
+    stop_id = tokenizer.backend.token_to_id(cfg.stop_token)
+    if stop_id is None:
+        raise ConfigError(f"stop_token {cfg.stop_token!r} is not a single token of the tokenizer of {cfg.init_from}")
+    return ChatTemplate("text", stop_id, cfg.pad_with_stop)
+
+
+def train_sft(cfg: SFTTrainConfig, resume: bool = False, overwrite: bool = False,
+              allow_config_change: bool = False) -> dict[str, float]:
+    """Fine-tune a checkpoint's DiT on conversations (VAE frozen); export it with the ``sft_*`` config fields.
+
+    ``resume``, ``overwrite`` and ``allow_config_change`` as for :func:`train_vae`.
+    """
+    env = _prepare(cfg, resume, overwrite)
+    base = load_pretrained(cfg.init_from, device=env.device)
+    vae, dit, tokenizer = base.vae, base.dit, base.tokenizer
+    if vae.config.patch_size != 1:
+        raise ConfigError(f"{cfg.init_from}: SFT needs patch_size 1 (one token per latent), got {vae.config.patch_size}")
+    choices = block_size_choices(dit.config.block_size)
+    if cfg.block_size_probs and len(cfg.block_size_probs) != len(choices):
+        raise ConfigError(f"block_size_probs needs {len(choices)} weights, for block sizes {choices}; "
+                          f"got {cfg.block_size_probs}")
+    template = chat_template_for(cfg, tokenizer)
+    vae.eval().requires_grad_(False)
+    dit.train().requires_grad_(True)
+    micro = cfg.batch_size // cfg.grad_accum
+    shape = (dit.config.block_size, vae.config.patch_size)
+    train = ConversationDataset.from_corpus(cfg.corpus, "train", tokenizer, template, cfg.max_tokens, *shape)
+    val = ConversationDataset.from_corpus(cfg.corpus, "val", tokenizer, template, cfg.max_tokens, *shape)
+    order = BatchOrder(train, micro, cfg.seed, cfg.length_bucketing)
+    terms = functools.partial(sft_terms, dit, vae, t_sampling=cfg.t_sampling, t_loc=cfg.t_loc, t_scale=cfg.t_scale,
+                              posterior_mean=cfg.posterior_mean, loss_mode=cfg.loss_mode,
+                              boundary_mode=cfg.boundary_mode, block_size_probs=cfg.block_size_probs)
+
+    def export(step: int) -> None:
+        dit.config.extra.update(pad_token_id=tokenizer.pad_id, eos_token_id=tokenizer.eos_id,
+                                **template.config_fields())
+        _save_release(cfg, vae, dit, tokenizer)
+        _write_summary(cfg, step, {"dit_params": _param_count(dit), "conversations": len(train),
+                                   **template.config_fields()})
+
+    if env.main:
+        print(f"SFT: {_param_count(dit) / 1e6:.2f}M-param DiT of {cfg.init_from}, {template.format} format, "
+              f"{len(train)} train conversations, {order.per_epoch} batches/epoch", file=sys.stderr)
+    trainer = Trainer(cfg, env, {"dit": dit}, [{"params": list(dit.parameters())}], terms, {"fm": 1.0}, order,
+                      fixed_batches(val, micro, cfg.val_batches), export, ema_module="dit")
     return trainer.fit(resume, allow_config_change)
 
 

@@ -22,13 +22,15 @@ pytest.importorskip("gradio")
 from gradio.utils import get_upload_folder  # noqa: E402
 
 from app_server import app_context, running_app  # noqa: E402
-from apps.gradio_app import diagnostics, guidance, latent_lab, trajectories  # noqa: E402
+from apps.gradio_app import diagnostics, guidance, inside, latent_lab, trajectories  # noqa: E402
 from workbench import WorkbenchError  # noqa: E402
 
 UPLOAD_CAP = 4096
 RUN, PAIR = "<trajectory run id>", "<latents run id>"     # replaced by the ids of stored runs
+INSIDE, PATCHING = "<model-internals run id>", "<patching run id>"
 TRAJECTORY = dict(prompt="a cat", steps=4, guidance=7.0, max_new_tokens=8, seed=0, solver="euler", schedule="linear",
-                  preview=True, method="auto", dims="2-D")
+                  preview=True, method="auto", dims="2-D", sample_id=0, temperature=0.0, top_k=50, top_p=0.9,
+                  repetition_penalty=1.1, stop_at_eos=True)
 SCRUB = dict(run_id=RUN, block=0, step=0, method="auto", dims="2-D")
 DIAGNOSE = dict(texts="a cat", upload=None, samples=1, draws=1, t_points=3, seed=0, likelihood=False, ode_steps=8)
 GRID = dict(prompts="a cat", guidance="1, 7", axis="steps", ys="4", steps=4, seed=0, max_new_tokens=8, solver="euler",
@@ -38,12 +40,20 @@ POINT = dict(run_id=PAIR, alpha=0.5, method="slerp", blocks=[])
 DIRECTION = dict(run_id=PAIR, positive="big", negative="small", source="A", strength=1.0, blocks=[])
 REGENERATE = dict(run_id=PAIR, source="A", strength=0.5, keep=[], steps=4, guidance=7.0, seed=0)
 INVERT = dict(run_id=PAIR, source="A", steps=4, solver="heun")
+INSIDE_RUN = dict(prompt="a cat", steps=4, guidance=7.0, max_new_tokens=8, seed=0, block=0, step=0, layer=0, head=0,
+                  group="cond", scope="all blocks", metric="p_final")
+INSIDE_VIEW = dict(run_id=INSIDE, block=0, step=0, layer=0, head=0, group="cond", scope="all blocks", metric="p_final")
+PATCH = dict(clean="the cat sat on", corrupted="the dog sat on", steps=4, guidance=7.0, max_new_tokens=8, seed=0,
+             point="resid_post", group="both", layers="", blocks="", per_step=False, metric="target_logprob")
 HANDLERS = {"trajectory_generate": (trajectories.generate, TRAJECTORY), "trajectory_scrub": (trajectories.scrub, SCRUB),
             "trajectory_stop": (trajectories.stop, dict(method="auto", dims="2-D")),
             "diagnose": (diagnostics.diagnose, DIAGNOSE), "guidance_grid": (guidance.run_grid, GRID),
             "latent_encode": (latent_lab.encode, ENCODE), "latent_interpolate": (latent_lab.interpolate_point, POINT),
             "latent_path": (latent_lab.interpolate_path, POINT), "latent_direction": (latent_lab.direction, DIRECTION),
-            "latent_regenerate": (latent_lab.regenerate, REGENERATE), "latent_invert": (latent_lab.inversion, INVERT)}
+            "latent_regenerate": (latent_lab.regenerate, REGENERATE), "latent_invert": (latent_lab.inversion, INVERT),
+            "inside_run": (inside.cache_run, INSIDE_RUN), "inside_view": (inside.view, INSIDE_VIEW),
+            "inside_patch": (inside.patch, PATCH),
+            "inside_patch_view": (inside.patch_view, dict(patch_id=PATCHING, metric="final_latent_distance"))}
 
 
 @dataclass(frozen=True)
@@ -90,7 +100,12 @@ CASES = [
         ({"solver": "e" * 10**5}, "solver must be one of"), ({"preview": "yes"}, "preview must be true or false"),
         ({"method": "tsne"}, "projection must be one of auto, PCA, UMAP"), ({"dims": "4-D"}, "view must be one of"),
         ({"prompt": 123}, "prompt must be text"), ({"prompt": ["a"]}, "prompt must be text"),
-        ({"prompt": "x" * 2001}, "prompt has 2001 characters; at most 2000")]],
+        ({"prompt": "x" * 32_001}, "prompt has 32001 characters; at most 32000"),
+        ({"sample_id": -1}, "sample id must be from 0"), ({"sample_id": 2**53}, "sample id must be from 0 to"),
+        ({"temperature": float("nan")}, "temperature must be from 0 to 10"), ({"top_k": 2.5}, "top k must be a whole"),
+        ({"top_p": 0}, "top p must be above 0 and at most 1, got 0"), ({"top_p": 1.5}, "top p must be from 0 to 1"),
+        ({"repetition_penalty": 0.0}, "repetition penalty must be above 0"),
+        ({"stop_at_eos": "yes"}, "stop at EOS must be true or false")]],
     *[Case("trajectory_scrub", change, message) for change, message in [
         ({"run_id": None}, "no trajectory result"), ({"run_id": ""}, "no trajectory result"),
         ({"run_id": "../../etc/passwd"}, "no trajectory result"), ({"run_id": 12345}, "no trajectory result"),
@@ -147,6 +162,30 @@ CASES = [
         ({"steps": 0}, "steps must be from 1"), ({"seed": -5}, "seed must be from 0")]],
     *[Case("latent_invert", change, message) for change, message in [
         ({"steps": 0}, "ODE steps must be from 1"), ({"solver": "rk4"}, "solver must be one of euler, heun")]],
+    # inside: the run's knobs and selectors, the stored run's ranges, the sweep's prompt pair and cells
+    *[Case("inside_run", change, message) for change, message in [
+        ({"prompt": 5}, "prompt must be text"), ({"prompt": "x" * 2001}, "prompt has 2001 characters; at most 2000"),
+        ({"steps": 0}, "steps must be from 1 to 200"), ({"max_new_tokens": 10**6}, "max new tokens must be from 1"),
+        ({"seed": -1}, "seed must be from 0"), ({"block": -1}, "block must be from 0"),
+        ({"layer": 99}, "layer must be from 0 to 1, got 99"), ({"head": 4}, "head must be from 0 to 3, got 4"),
+        ({"group": "both"}, "pass must be one of cond, uncond"), ({"scope": 3}, "rows must be one of"),
+        ({"metric": "entropy"}, "x0-lens colour must be one of")]],
+    *[Case("inside_view", change, message) for change, message in [
+        ({"run_id": None}, "no model-internals result"), ({"run_id": "../x"}, "no model-internals result"),
+        ({"run_id": RUN}, "holds a trajectory result, not a model-internals result"),
+        ({"block": 2}, "block must be from 0 to 1, got 2"), ({"step": 4}, "step must be from 0 to 3, got 4"),
+        ({"head": 1.5}, "head must be a whole number"), ({"group": None}, "pass must be one of")]],
+    *[Case("inside_patch", change, message) for change, message in [
+        ({"clean": ""}, "clean prompt is empty"), ({"corrupted": ["x"]}, "corrupted prompt must be text"),
+        ({"corrupted": "a small animal that"}, "must fill the same number of context latents"),
+        ({"layers": "x"}, "cannot read 'x'"), ({"layers": "0-9"}, "layers: 2 is outside 0 to 1"),
+        ({"blocks": "5"}, "blocks: 5 is outside 0 to 1"), ({"point": "resid"}, "patched point must be one of"),
+        ({"group": "*"}, "patched pass must be one of both, cond, uncond"),
+        ({"per_step": "yes"}, "one cell per step must be true or false"), ({"metric": "kl"}, "heatmap must be one of"),
+        ({"max_new_tokens": 512, "steps": 200, "per_step": True}, "cells; at most 512")]],
+    *[Case("inside_patch_view", change, message) for change, message in [
+        ({"patch_id": None}, "no patching result"), ({"patch_id": INSIDE}, "holds a model-internals result"),
+        ({"metric": 1}, "heatmap must be one of")]],
 ]
 
 
@@ -164,10 +203,11 @@ def stored(wb, tmp_path_factory):
     ctx = app_context(tmp_path_factory.mktemp("projections"), workbench=wb, max_upload_bytes=UPLOAD_CAP)
     run = list(trajectories.generate(ctx, **TRAJECTORY))[-1]["run"]
     pair = latent_lab.encode(ctx, **ENCODE)["pair"]
+    internals, patching = inside.cache_run(ctx, **INSIDE_RUN)["run"], inside.patch(ctx, **PATCH)["patch"]
     store_file = ctx.store.folder(pair) / "results.jsonl"
     store_file.write_text('{"text": "a stored run\'s record"}\n')
     uploads = files(tmp_path_factory.mktemp("uploads")) | {"store": str(store_file)}
-    yield ctx, {RUN: run, PAIR: pair}, uploads
+    yield ctx, {RUN: run, PAIR: pair, INSIDE: internals, PATCHING: patching}, uploads
     ctx.close()
 
 
@@ -182,10 +222,11 @@ def resolve(value: Any, ids: dict, uploads: dict) -> Any:
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_bad_value_is_refused_before_any_model_work(case, stored, monkeypatch):
     ctx, ids, uploads = stored
-    for name in ("sampler", "encode", "decode", "decoder_logits", "diagnose", "generate"):
+    for name in ("sampler", "encode", "decode", "decoder_logits", "diagnose", "generate", "run_names",
+                 "run_with_cache"):
         monkeypatch.setattr(ctx.workbench, name, tripwire)
     for module, name in ((latent_lab, "regenerate_from"), (latent_lab, "invert"), (latent_lab, "attribute_direction"),
-                         (guidance, "run_experiment")):
+                         (guidance, "run_experiment"), (inside, "patching_sweep"), (inside, "x0_lens")):
         monkeypatch.setattr(module, name, tripwire)
     handler, good = HANDLERS[case.endpoint]
     values = {name: resolve(value, ids, uploads) for name, value in {**good, **case.change}.items()}
@@ -243,6 +284,9 @@ LIVE_CASES = [
     ("latent_encode", ["   ", "b", 0.5, "lerp"], "text A is empty"),
     ("latent_interpolate", [0.5, "lerp", []], "no latents result"),
     ("latent_invert", ["A", 4, "heun"], "no latents result"),
+    ("inside_view", [0, 0, 0, 0, "cond", "all blocks", "p_final"], "no model-internals result"),
+    ("inside_patch", [*PATCH.values()][:1] + ["a small animal that"] + [*PATCH.values()][2:],
+     "same number of context latents"),
 ]
 
 

@@ -35,7 +35,7 @@ from tqdm import tqdm
 from cola_core import ColaModel, load_pretrained
 from cola_core.errors import GenerationError
 from cola_core.generate import GenerationConfig, generate
-from cola_core.pocket import default_checkpoint
+from cola_core.sampler import noise_seed
 
 from ..distributed import barrier, local_device, on_rank0, process_group
 from ..io import write_text_atomic
@@ -133,8 +133,7 @@ def output_records(items: list[BenchItem], generations: dict[str, dict], protoco
 def check_seeds(items: list[BenchItem], config: BenchConfig) -> None:
     """Every block's noise seed of every item must fit torch's generator."""
     for it in items:
-        low = config.seed + 1000 * it.noise_id
-        high = low + 10_000_000 * config.max_new_tokens
+        low, high = (noise_seed(config.seed, it.noise_id, block) for block in (0, config.max_new_tokens))
         if min(low, high) < SEED_RANGE[0] or max(low, high) > SEED_RANGE[1]:
             raise BenchError(f"{it.where}: id {it.id!r} gives noise seeds outside torch's range")
 
@@ -202,7 +201,7 @@ def run_bench(tasks_dir: str | Path, out: str | Path, config: BenchConfig | None
     rank, world, created = process_group()
     try:
         on_rank0(rank, world, lambda: check_out(out, tasks_dir, _identity(config)))   # before loading weights
-        model = model or load_pretrained(checkpoint or default_checkpoint(), device=local_device(device), dtype=dtype)
+        model = model or load_pretrained(checkpoint, device=local_device(device), dtype=dtype)
         meta = {**_identity(config, model), "tasks_dir": str(tasks_dir), "max_samples": max_samples}
         on_rank0(rank, world, lambda: _claim(out, tasks_dir, meta))
         timings = {t: _generate_task(model, out, t, task_items, config, batch_size, rank, world, progress)

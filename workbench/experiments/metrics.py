@@ -6,6 +6,9 @@ it is missing, ``semantic = "auto"`` skips the metric (values are ``None``; the 
 """
 from __future__ import annotations
 
+import itertools
+import math
+from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
@@ -50,6 +53,52 @@ def text_metrics(text: str, vocab: set[str]) -> dict:
     """distinct-1/2, in-vocabulary rate and word count of one text."""
     return {"words": len(words(text)), "distinct_1": distinct_n([text], 1), "distinct_2": distinct_n([text], 2),
             "in_vocab_rate": in_vocab_rate([text], vocab)}
+
+
+def population_metrics(texts: Sequence[str]) -> dict:
+    """Diversity of a population of texts (one prompt's completions across seeds).
+
+    ``distinct_1_pooled``/``distinct_2_pooled``: unique over total word n-grams of all texts together;
+    ``self_bleu``: mean smoothed BLEU-4 of each text against the others (1 = all alike);
+    ``pairwise_overlap``: mean Jaccard overlap of the word sets of every pair. The last two need two
+    texts (None otherwise).
+    """
+    tokens = [words(t) for t in texts]
+    pairs = list(itertools.combinations(range(len(texts)), 2))
+    return {"population": len(texts), "distinct_1_pooled": distinct_n(texts, 1),
+            "distinct_2_pooled": distinct_n(texts, 2),
+            "self_bleu": (sum(bleu(tokens[i], tokens[:i] + tokens[i + 1:]) for i in range(len(tokens))) / len(tokens)
+                          if len(tokens) > 1 else None),
+            "pairwise_overlap": sum(_jaccard(tokens[i], tokens[j]) for i, j in pairs) / len(pairs) if pairs else None}
+
+
+def bleu(hypothesis: list[str], references: list[list[str]], max_n: int = 4) -> float:
+    """Sentence BLEU of a word list against references: clipped n-gram precisions up to ``max_n`` (add-one
+    smoothed above unigrams, so short texts do not collapse to 0), geometric mean, brevity penalty against
+    the closest reference length. 0 for an empty hypothesis."""
+    if not hypothesis:
+        return 0.0
+    log_precision = 0.0
+    for n in range(1, max_n + 1):
+        grams = Counter(tuple(hypothesis[i:i + n]) for i in range(len(hypothesis) - n + 1))
+        most = Counter()
+        for ref in references:
+            most |= Counter(tuple(ref[i:i + n]) for i in range(len(ref) - n + 1))
+        matched = sum(min(count, most[g]) for g, count in grams.items())
+        total = sum(grams.values())
+        smooth = 0 if n == 1 else 1
+        if matched + smooth == 0:
+            return 0.0
+        log_precision += math.log((matched + smooth) / (total + smooth)) / max_n
+    closest = min((len(r) for r in references), key=lambda length: (abs(length - len(hypothesis)), length),
+                  default=0)
+    penalty = 1.0 if len(hypothesis) >= closest else math.exp(1 - closest / len(hypothesis))
+    return penalty * math.exp(log_precision)
+
+
+def _jaccard(a: list[str], b: list[str]) -> float:
+    sa, sb = set(a), set(b)
+    return len(sa & sb) / len(sa | sb) if sa | sb else 1.0
 
 
 class SemanticScorer:

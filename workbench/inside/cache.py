@@ -25,7 +25,7 @@ PATCH_EVENTS = {"z_init": ("block_start", "z"), "z": ("pre_model", "z"), "guidan
                 "v_guided": ("guided", "v_guided"), "z_next": ("post_update", "z"), "z_final": ("block_end", "z"),
                 "token_ids": ("decoded", "token_ids")}
 # Sampler-level names recorded at each event: name -> state field (dt and x0_pred are computed).
-RECORD_EVENTS = {"block_start": {"z_init": "z"}, "pre_model": {"t": "t", "t_next": "t_next", "dt": "dt", "z": "z"},
+RECORD_EVENTS = {"block_start": {"z_init": "z", "after_eos": "ended"}, "pre_model": {"t": "t", "t_next": "t_next", "dt": "dt", "z": "z"},
                  "guided": {"guidance": "guidance", "v_cond": "v_cond", "v_uncond": "v_uncond",
                             "v_guided": "v_guided", "x0_pred": "x0_pred"},
                  "post_update": {"z_next": "z"}, "block_end": {"z_final": "z"},

@@ -13,7 +13,7 @@ the last depth reproduces the model's own output exactly (tested).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 import torch
 
@@ -23,6 +23,7 @@ from cola_core.text_codec import decode_logits, decode_text
 
 from ..errors import WorkbenchError
 from ..latents import Latents
+from .cache import ActivationCache
 
 if TYPE_CHECKING:
     from ..session import Workbench
@@ -85,10 +86,19 @@ class X0Lens:
                         metric, f"x0-lens ({self.mode}): {metric} of the run's final tokens, by depth and step", height)
 
 
+def x0_lens_names(blocks: Sequence[int] | None = None, steps: Sequence[int] | None = None) -> list[str]:
+    """The names :func:`x0_lens` reads from a run (``None``: every block / step), so another run that caches
+    more can include them in its ``names_filter`` and hand its cache to ``x0_lens(..., cache=)``."""
+    blocks_, steps_ = ["*"] if blocks is None else blocks, ["*"] if steps is None else steps
+    points = [f"block.{b}.step.{s}.dit.*.{p}" for b in blocks_ for s in steps_
+              for p in ("layer.*.resid_post", "layer.0.resid_pre", "final.*")]
+    return points + [f"block.*.step.*.{f}" for f in ("z", "t", "guidance")] + ["block.*.z_final", "block.*.token_ids"]
+
+
 @torch.no_grad()
 def x0_lens(wb: "Workbench", prompts: str | Sequence[str], blocks: Sequence[int] | None = None,
             at_steps: Sequence[int] | None = None, mode: str = "guided", sample_ids: Sequence[int] | None = None,
-            **knobs) -> X0Lens:
+            cache: ActivationCache | None = None, **knobs) -> X0Lens:
     """Decode every DiT layer's prediction of the clean block at every step (first solver stage) of
     ``blocks`` and ``at_steps`` (default: all); ``knobs`` are generation knobs (steps, guidance, seed, ...).
 
@@ -97,6 +107,9 @@ def x0_lens(wb: "Workbench", prompts: str | Sequence[str], blocks: Sequence[int]
     ``sample, block, step, t, layer`` (-1 = input), the decoded ``text`` and ``token_ids`` of the block,
     ``p_final`` (mean probability of the run's final tokens), ``agreement`` (share of them the lens
     picks) and ``x0_distance`` (L2 to the block's final latent, generated rows).
+
+    ``cache``: the cache of a run of these prompts and knobs that already holds :func:`x0_lens_names`
+    (e.g. one that also cached attention patterns); then no generation runs here.
     """
     if mode not in MODES:
         raise WorkbenchError(f"x0-lens mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -108,28 +121,25 @@ def x0_lens(wb: "Workbench", prompts: str | Sequence[str], blocks: Sequence[int]
     for what, chosen, count in (("block", blocks, n_blocks), ("step", steps, n_steps)):
         if not chosen or any(not 0 <= i < count for i in chosen):
             raise WorkbenchError(f"x0-lens {what}s {chosen} out of range 0-{count - 1}")
-    points = [f"block.{b}.step.{s}.dit.*.{p}" for b in blocks for s in steps
-              for p in ("layer.*.resid_post", "layer.0.resid_pre", "final.*")]
-    fields = [f"block.*.step.*.{f}" for f in ("z", "t", "guidance")] + ["block.*.z_final", "block.*.token_ids"]
     session = wb.sampler(prompts, sample_ids, **knobs)
-    _, cache = wb.run_with_cache(prompts, names_filter=points + fields, sample_ids=sample_ids, **knobs)
+    if cache is None:
+        _, cache = wb.run_with_cache(prompts, names_filter=x0_lens_names(blocks, steps), sample_ids=sample_ids,
+                                     **knobs)
+    else:
+        _check_source(cache, session.sampler, wb.fingerprint)
     prep, T = session.sampler.prepared, wb.config(**knobs).T
-    dit, layers = wb.model.dit, wb.model.dit_config.num_layers
+    layers = wb.model.dit_config.num_layers
     records, x0_by_block = [], {}
     for b in blocks:
         if f"block.{b}.z_final" not in cache:
-            break   # generation ended early (EOS)
-        final_ids, z_final = cache[f"block.{b}.token_ids"], cache[f"block.{b}.z_final"]
-        x0 = []   # per (step, depth): (B, bs, C)
-        for s in steps:
-            step = f"block.{b}.step.{s}"
-            velocity = {g: [dit.head(h, cache[f"{step}.dit.{g}.final.shift"], cache[f"{step}.dit.{g}.final.scale"])
-                            for h in _residuals(cache, f"{step}.dit.{g}", layers)] for g in ("cond", "uncond")}
-            scale = cache[f"{step}.guidance"].to(velocity["cond"][0].dtype)[:, None, None]
-            for vc, vu in zip(velocity["cond"], velocity["uncond"]):
-                v = guided_velocity(vc, vu, scale) if mode == "guided" else vc if mode == "cond" else vu
-                x0.append(predicted_clean(cache[f"{step}.z"], v.float(), cache[f"{step}.t"], T))
-        x0 = torch.stack(x0)                                           # (S*depths, B, bs, C)
+            break   # generation ended early (EOS, or the run was interrupted)
+        try:
+            final_ids, z_final = cache[f"block.{b}.token_ids"], cache[f"block.{b}.z_final"]
+            x0 = torch.stack([x for s in steps                           # (S*depths, B, bs, C)
+                              for x in _x0_by_depth(wb, cache, f"block.{b}.step.{s}", mode, T)])
+        except KeyError as missing:   # a cache handed in without what the lens reads
+            raise WorkbenchError(f"the cache lacks {missing.args[0]}; cache the run with "
+                                 f"names_filter=x0_lens_names()") from None
         x0_by_block[b] = x0.view(len(steps), layers + 1, *x0.shape[1:])
         context = [torch.cat([prep.prefix[i, :int(prep.prefix_lengths[i])]]
                              + [cache[f"block.{k}.z_final"][i] for k in range(b)]) for i in range(x0.shape[1])]
@@ -149,6 +159,31 @@ def x0_lens(wb: "Workbench", prompts: str | Sequence[str], blocks: Sequence[int]
                     "agreement": float((stats["top"][k] == final_ids[i]).float().mean()),
                     "x0_distance": float((x0[k, i][free] - z_final[i][free]).norm())})
     return X0Lens(records=records, mode=mode, x0=x0_by_block)
+
+
+def _x0_by_depth(wb: "Workbench", cache: Mapping[str, torch.Tensor], step: str, mode: str, T: float
+                 ) -> list[torch.Tensor]:
+    """x0_pred (B, bs, C) at every depth of one solver step (``block.{b}.step.{s}``) of a cached run."""
+    dit, layers = wb.model.dit, wb.model.dit_config.num_layers
+    velocity = {g: [dit.head(h, cache[f"{step}.dit.{g}.final.shift"], cache[f"{step}.dit.{g}.final.scale"])
+                    for h in _residuals(cache, f"{step}.dit.{g}", layers)] for g in ("cond", "uncond")}
+    scale = cache[f"{step}.guidance"].to(velocity["cond"][0].dtype)[:, None, None]
+    chosen = ([guided_velocity(vc, vu, scale) for vc, vu in zip(velocity["cond"], velocity["uncond"])]
+              if mode == "guided" else velocity[mode])
+    return [predicted_clean(cache[f"{step}.z"], v.float(), cache[f"{step}.t"], T) for v in chosen]
+
+
+def _check_source(cache: ActivationCache, sampler, fingerprint: str) -> None:
+    """A cache handed to :func:`x0_lens` must come from this checkpoint and from these prompts and knobs."""
+    from ..session import run_facts   # the session module imports this package
+    if not isinstance(cache, ActivationCache):
+        raise WorkbenchError(f"cache must be a run's ActivationCache (from run_with_cache or a session), got "
+                             f"{type(cache).__name__}")
+    if cache.fingerprint != fingerprint:
+        raise WorkbenchError(f"the cache was recorded on another checkpoint (fingerprint {cache.fingerprint[:12]})")
+    if cache.run != run_facts(sampler):
+        raise WorkbenchError("the cache comes from another run (prompts, sample ids or knobs differ); pass the "
+                             "prompts and knobs it was made with")
 
 
 # -- the logit lens -----------------------------------------------------------------------------------

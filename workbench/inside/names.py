@@ -44,6 +44,7 @@ FIELD_SPECS: dict[str, tuple[str, str]] = {
 BLOCK_SPECS: dict[str, tuple[str, str]] = {
     "z_init": ("B L C", "the block's starting noise (pinned prompt rows already clean)"),
     "z_final": ("B L C", "the finished block"),
+    "after_eos": ("B", "bool: the sample ended (EOS / im_end) in an earlier block, so this block runs past its end"),
     "token_ids": ("B T", "tokens chosen for the block"),
     "logits": ("B T V", "fp32 decoder logits of the block (only when a filter names them)"),
 }

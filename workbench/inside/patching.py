@@ -123,6 +123,8 @@ class PatchingSweep:
         """Heatmap of ``metric`` (default: the first) over layers (rows) x blocks, or blocks·steps."""
         import plotly.graph_objects as go
         metric = metric or self.metrics[0]
+        if not self.records:
+            raise WorkbenchError("the sweep measured no cell (it was stopped before the first)")
         if metric not in self.metrics:
             raise WorkbenchError(f"unknown metric {metric!r}; this sweep measured {', '.join(self.metrics)}")
         columns = sorted({(r["block"], -1 if r["step"] is None else r["step"]) for r in self.records})
@@ -142,14 +144,16 @@ class PatchingSweep:
 def patching_sweep(wb: "Workbench", target: str | Sequence[str], source: str | Sequence[str],
                    point: str = "resid_post", group: str = "*", layers: Sequence[int] | None = None,
                    blocks: Sequence[int] | None = None, per_step: bool = False,
-                   metrics: Mapping[str, Metric] | None = None, progress: bool = True, **knobs) -> PatchingSweep:
+                   metrics: Mapping[str, Metric] | None = None, progress: bool = True,
+                   should_stop: Callable[[], bool] | None = None, **knobs) -> PatchingSweep:
     """Patch DiT ``layer.{i}.{point}`` of block ``b`` (every step, or each step with ``per_step``) from the
     ``source`` prompts' run into the ``target`` prompts' run, one (layer, block[, step]) at a time, and
     measure ``metrics`` (default: :data:`DEFAULT_METRICS`) of each patched run against the source run.
 
     ``group``: ``cond``, ``uncond`` or ``*`` (both passes). Both runs use the same knobs and seed and run
     every block (``stop_at_eos=False``); their prompts must give runs of the same shape (same number of
-    prompts and of context latents).
+    prompts and of context latents). ``should_stop()`` is asked before each cell (after the baseline runs);
+    once it answers True the sweep returns the cells measured so far (a Stop button, a time budget).
     """
     if point not in DIT_LAYER_POINTS:
         raise WorkbenchError(f"unknown DiT layer point {point!r}; choose one of {', '.join(DIT_LAYER_POINTS)}")
@@ -171,6 +175,8 @@ def patching_sweep(wb: "Workbench", target: str | Sequence[str], source: str | S
     cells = [(layer, b, s) for layer in layers for b in blocks for s in steps]
     records = []
     for layer, b, s in tqdm(cells, desc="patching", disable=not progress):
+        if should_stop is not None and should_stop():
+            break
         patches = source_cache.subset(f"block.{b}.step.{'*' if s is None else s}.**.dit.{group}.layer.{layer}.{point}")
         out = Outcome.of(*wb.run_with_cache(target, names_filter=OUTCOME_NAMES, patches=patches, **knobs))
         records.append({"layer": layer, "block": b, "step": s, "group": group, "point": point,

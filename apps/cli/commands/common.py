@@ -69,7 +69,8 @@ def SEED(text: str) -> int:   # noqa: N802 (an argparse type, named like the oth
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", default=None,
-                        help="checkpoint folder (release root or cola_dlm folder); none: the pocket checkpoint")
+                        help="checkpoint: a folder (release root or cola_dlm folder), a shipped name (pocket, "
+                             "pocket-chat) or a Hugging Face id OWNER/NAME[@REV]; none: the pocket checkpoint")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
                         help="weight dtype (none: float32; on CUDA the forward runs in bf16 autocast)")

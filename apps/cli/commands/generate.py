@@ -19,6 +19,11 @@ def register(subparsers) -> None:
     add_model_args(p)
     p.add_argument("--steps", type=int, default=DEFAULTS.steps, help="flow-matching steps per block")
     p.add_argument("--guidance", type=float, default=DEFAULTS.guidance, help="classifier-free guidance scale")
+    p.add_argument("--guidance-rescale", type=float, default=DEFAULTS.guidance_rescale, metavar="PHI",
+                   help="CFG-rescale: pull the guided velocity's std toward the conditional one's (0 = off, 1 = full)")
+    p.add_argument("--guidance-interval", type=interval, default=None, metavar="LO,HI",
+                   help="guide only while t/T is in [LO, HI] (e.g. 0.2,0.8); elsewhere the conditional velocity "
+                        "(none: guide at every step)")
     p.add_argument("--max-new-tokens", type=int, default=DEFAULTS.max_new_tokens, help="tokens to generate")
     p.add_argument("--temperature", type=float, default=DEFAULTS.temperature, help="token sampling; 0 = greedy")
     p.add_argument("--top-k", type=int, default=DEFAULTS.top_k, help="top-k filter when sampling (0 = off)")
@@ -30,10 +35,20 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def interval(text: str) -> tuple[float, float]:
+    """argparse type: ``LO,HI`` -> (lo, hi) (the range itself is checked with the other knobs)."""
+    try:
+        lo, hi = (float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected two numbers LO,HI such as 0.2,0.8, got {text!r}") from None
+    return lo, hi
+
+
 def run(args: argparse.Namespace) -> int:
     knobs = dict(steps=args.steps, guidance=args.guidance, max_new_tokens=args.max_new_tokens,
                  temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                 repetition_penalty=args.repetition_penalty)
+                 repetition_penalty=args.repetition_penalty, guidance_rescale=args.guidance_rescale,
+                 guidance_interval=args.guidance_interval)
     GenerationConfig().with_knobs(**knobs)   # fail on bad knobs before loading any weights
     wb = load_workbench(args)
     seed = resolve_seed(args.seed)   # printed once the run can start, so an error stays one line
