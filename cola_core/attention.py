@@ -154,7 +154,7 @@ class KVCache:
         """(rows,) lengths on ``device``: a static cache's device mirror (made once), else a copy of the host's."""
         if not self.fixed:
             return self.lengths.to(device, non_blocking=True)
-        if self.device_lengths is None or self.device_lengths.device != device:
+        if self.device_lengths is None:   # made once: CUDA graphs read this very tensor
             self.device_lengths = self.lengths.to(device, copy=True)   # never the host tensor itself (CPU)
         return self.device_lengths
 

@@ -79,7 +79,6 @@ class StaticResources:
     cache: KVCache                            # rows [0, B) cond context, [B, 2B) the uncond block
     table: ModulationTable
     graphs: dict[tuple, CapturedPass] | None  # None off CUDA
-    pool: object = None                       # the graphs' shared CUDA memory pool
     captures: int = field(default=0)          # how many graphs were captured (diagnostics, tests)
 
 
@@ -104,7 +103,7 @@ def checkout(model: ColaModel, batch: int, capacity: int) -> StaticResources:
     return StaticResources(batch=batch, weights=weights,
                            cache=model.dit.new_cache(2 * batch, capacity=static_capacity(capacity)),
                            table=ModulationTable(model.dit, model.compute_dtype, model.device),
-                           graphs={} if cuda else None, pool=torch.cuda.graph_pool_handle() if cuda else None)
+                           graphs={} if cuda else None)
 
 
 def checkin(model: ColaModel, resources: StaticResources) -> None:
@@ -237,9 +236,9 @@ class StaticPriorContext(PriorContext):
         return captured.out.clone()
 
     def _capture(self, x: torch.Tensor, times: torch.Tensor, q_lengths: torch.Tensor, rows: slice) -> CapturedPass:
-        """Capture one pass shape (torch.cuda.graph): warm-up on a side stream, then record into the shared pool.
+        """Capture one pass shape (torch.cuda.graph): warm-up on a side stream, then record (own memory pool).
 
-        Inside the graph nothing reads back to the host and nothing allocates outside the pool: the cache
+        Inside the graph nothing reads back to the host and nothing allocates outside its pool: the cache
         buffers, the device lengths and the modulation table exist before, and the autocast weight cache
         is off (its copies would be freed after the capture).
         """
@@ -262,7 +261,7 @@ class StaticPriorContext(PriorContext):
                 run()
         torch.cuda.current_stream(model.device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.resources.pool):
+        with torch.cuda.graph(graph):
             out = run()
         self.resources.captures += 1
         return CapturedPass(graph, static_x, index, out)

@@ -142,3 +142,23 @@ def test_static_prior_releases_once(bf16_model):
     prior.release()
     prior.release()
     assert prior.resources is None
+
+
+def test_the_bench_generates_through_the_fast_path(tiny_model, monkeypatch):
+    """``bench run`` (the model card's evaluation) takes the fast path; its summary reports samples/s."""
+    from pathlib import Path
+
+    import cola_core.generate as generation
+    from workbench.bench import BenchConfig, generate_records, load_items
+    built = []
+
+    class Counted(StaticPriorContext):
+        def __init__(self, *args, **kwargs):
+            built.append(args[1])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(generation, "StaticPriorContext", Counted)
+    tasks = Path(__file__).parent / "fixtures" / "cola-eval-release"
+    items = load_items(tasks / "siqa.jsonl", "siqa", max_samples=2)
+    records = generate_records(tiny_model, items, BenchConfig(steps=2, max_new_tokens=4))
+    assert built == [2] and len(records) == 2
