@@ -19,6 +19,7 @@ bit). Every variant's tokens are compared with the first one's.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -32,8 +33,9 @@ VARIANTS = ("official", "eager", "fast", "fast+fuse")
 
 
 def child(variant: str, checkpoint: Path, official: str | None, prompt: str, batch: int, new_tokens: int,
-          steps: int, guidance: float, seed: int, threads: int) -> dict:
-    """One whole run in this process; phases timed from the process start."""
+          steps: int, guidance: float, seed: int, threads: int, profile: bool = False) -> dict:
+    """One whole run in this process; phases timed from the process start. ``profile`` (ours only) adds the
+    load's top functions (cProfile) and generation's top operators (torch.profiler), by own time."""
     started = time.perf_counter()
     import torch
     torch.set_num_threads(threads)
@@ -58,17 +60,46 @@ def child(variant: str, checkpoint: Path, official: str | None, prompt: str, bat
         from cola_core import load_pretrained
         from cola_core.generate import BlockwiseSampler, GenerationConfig
         imported = time.perf_counter()
-        model = load_pretrained(checkpoint, dtype="bfloat16")
+        with profiled(profile, "load") as load_profile:
+            model = load_pretrained(checkpoint, dtype="bfloat16")
         loaded = time.perf_counter()
         config = GenerationConfig(steps=steps, guidance=guidance, max_new_tokens=new_tokens, seed=seed,
                                   stop_at_eos=False)
         sampler = BlockwiseSampler(model, prompts, config, fast=variant != "eager")
         sampler.prior_options = {"fuse": True} if variant == "fast+fuse" else {}
-        for _ in sampler.events():
-            pass
+        with profiled(profile, "generate") as generate_profile:
+            for _ in sampler.events():
+                pass
         texts = [g.text for g in sampler.result()]
     done = time.perf_counter()
-    return {"import_s": imported - started, "load_s": loaded - imported, "generate_s": done - loaded, "texts": texts}
+    out = {"import_s": imported - started, "load_s": loaded - imported, "generate_s": done - loaded, "texts": texts}
+    if profile:
+        out["profile"] = {"load": load_profile, "generate": generate_profile}
+    return out
+
+
+@contextlib.contextmanager
+def profiled(on: bool, phase: str):
+    """Yield a list that gets (name, seconds of own time) of the phase's top 10 functions or operators."""
+    top: list = []
+    if not on:
+        yield top
+        return
+    if phase == "load":
+        import cProfile
+        import pstats
+        profiler = cProfile.Profile()
+        profiler.enable()
+        yield top
+        profiler.disable()
+        stats = pstats.Stats(profiler).stats
+        rows = sorted(((f"{Path(k[0]).name}:{k[2]}", v[2]) for k, v in stats.items()), key=lambda r: -r[1])
+    else:
+        from torch.profiler import ProfilerActivity, profile
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            yield top
+        rows = sorted(((e.key, e.self_cpu_time_total / 1e6) for e in prof.key_averages()), key=lambda r: -r[1])
+    top.extend([name, round(seconds, 3)] for name, seconds in rows[:10])
 
 
 def spread(values: list[float]) -> dict:
@@ -91,14 +122,16 @@ def main() -> int:
     parser.add_argument("--guidance", type=float, default=7.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--prompt", default="The quick brown fox jumps over the lazy dog")
+    parser.add_argument("--profile", action="store_true", help="add one profiled run of the fast variant")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--_child", help=argparse.SUPPRESS)
+    parser.add_argument("--_profile", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     checkpoint = args.checkpoint or args.workdir
     knobs = dict(prompt=args.prompt, batch=args.batch, new_tokens=args.new_tokens, steps=args.steps,
                  guidance=args.guidance, seed=args.seed, threads=args.threads)
     if args._child:
-        print(json.dumps(child(args._child, checkpoint, args.official, **knobs)))
+        print(json.dumps(child(args._child, checkpoint, args.official, profile=args._profile, **knobs)))
         return 0
     variants = args.variants.split(",") if args.variants else [v for v in VARIANTS if v != "official" or args.official]
     unknown = sorted(set(variants) - set(VARIANTS))
@@ -112,19 +145,22 @@ def main() -> int:
         from generate_bench import write_random_checkpoint
         print(f"writing random release weights (bf16) to {checkpoint} ...", file=sys.stderr)
         write_random_checkpoint("release", checkpoint, torch.bfloat16)
+    def one(variant: str, profile: bool = False) -> dict:
+        python = args.official_python if variant == "official" else sys.executable
+        cmd = [python, __file__, "--_child", variant, "--checkpoint", str(checkpoint), "--threads",
+               str(args.threads), "--batch", str(args.batch), "--new-tokens", str(args.new_tokens), "--steps",
+               str(args.steps), "--guidance", str(args.guidance), "--seed", str(args.seed), "--prompt", args.prompt]
+        cmd += ["--official", args.official] if args.official else []
+        cmd += ["--_profile"] if profile else []
+        start = time.perf_counter()
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT,
+                             env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
+        return {"wall_s": time.perf_counter() - start, **json.loads(out.stdout.strip().splitlines()[-1])}
+
     runs: dict[str, list[dict]] = {v: [] for v in variants}
     for round_ in range(args.rounds):
         for variant in variants:
-            python = args.official_python if variant == "official" else sys.executable
-            cmd = [python, __file__, "--_child", variant, "--checkpoint", str(checkpoint), "--threads",
-                   str(args.threads), "--batch", str(args.batch), "--new-tokens", str(args.new_tokens), "--steps",
-                   str(args.steps), "--guidance", str(args.guidance), "--seed", str(args.seed), "--prompt", args.prompt]
-            if args.official:
-                cmd += ["--official", args.official]
-            start = time.perf_counter()
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT,
-                                 env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
-            record = {"wall_s": time.perf_counter() - start, **json.loads(out.stdout.strip().splitlines()[-1])}
+            record = one(variant)
             runs[variant].append(record)
             print(f"round {round_ + 1} {variant:<10} {record['wall_s']:6.1f} s (load {record['load_s']:.1f} s, "
                   f"generate {record['generate_s']:.1f} s)", file=sys.stderr)
@@ -135,6 +171,8 @@ def main() -> int:
               "variants": {v: {key: spread([r[key] for r in rs]) for key in ("wall_s", "import_s", "load_s", "generate_s")}
                            | {"same_text_as_" + variants[0]: all(r["texts"] == reference for r in rs)}
                            for v, rs in runs.items()}}
+    if args.profile:
+        result["profile_fast"] = one("fast", profile=True)["profile"]
     if "official" in runs:
         base = result["variants"]["official"]["wall_s"]["median"]
         for v in variants:

@@ -1,27 +1,36 @@
-"""The fast DiT side of a generation call: static shapes, modulations once per time, CUDA graphs.
+"""The fast DiT side of a generation call: static shapes, modulations once per time, fused writes, CUDA graphs.
 
 :class:`StaticPriorContext` answers the same three calls as :class:`PriorContext` (``velocities``,
-``prefill``, ``commit``) with the same model maths, faster:
+``prefill``, ``commit``) with the same model maths, faster. What it does, and where (defaults):
 
-- its KV cache is static (``KVCache.static``): a fixed capacity, lengths mirrored on the device, and
-  every pass attends over the whole capacity, masked, so a generation's passes all have one shape;
-- the AdaLN modulations come from a :class:`~cola_core.dit.ModulationTable` filled once per call with
-  the sampler's times, so the AdaLN weights (a third of the DiT's) are read once per call, not per pass;
-- on CUDA each pass shape (the guided pair ``(2B, bs)``, the commit ``(B, bs)``) is captured once as a
-  CUDA graph and replayed: one launch per pass instead of hundreds of kernels (the loop is launch-bound
-  at small batches).
+=====================  ===========================================================  =====================
+feature                what                                                         default
+=====================  ===========================================================  =====================
+static KV cache        ``KVCache.static``: fixed capacity, lengths mirrored on the   always
+                       device; the buffers never move
+modulation table       AdaLN modulations (a third of the DiT's weights) computed    CUDA, bf16 on a CPU
+                       once per distinct time (``dit.ModulationTable``), not per
+                       pass: at small batches the weight reads are the cost
+fused writes           ``prefill``/``commit`` wait and run inside the next pass     CUDA
+                       (one weight read per block fewer)
+static keys            every pass attends over the whole capacity, masked: one      CUDA
+                       shape per pass kind, no host reads
+CUDA graphs            each recurring pass shape (the guided pair ``(2B, bs)``, the  CUDA
+                       commit-fused pair ``(2B, 2bs)``) captured once, replayed
+=====================  ===========================================================  =====================
 
-On a CPU the same code runs eagerly, by default reading only the keys each row holds (host-side
-lengths cost no sync there), which keeps results bit-identical to the eager path; ``static_keys=True``
-runs exactly the graphs' computation instead. The prefill (one variable-length pass per call) and any
-pass a :class:`~cola_core.hook_points.Taps` listener listens to run the eager forward on the same cache,
-so every hook point fires with its usual name and shape: while a Taps listener is active
-(``cola_core.hook_points.tapping``), every pass is eager and unfused.
+On a CPU the defaults keep results bit-identical to the eager path (fp32: MKL rounds a row by the
+row count, so no table there; the fused writes and static keys add masked keys to attention sums,
+which moves bf16 results by a last bit). ``static_keys=True, table=True, fuse=True`` runs exactly what
+the graphs capture, eagerly (tests: same tokens, latents within 1e-5 in fp32). While a
+:class:`~cola_core.hook_points.Taps` listener is active (``cola_core.hook_points.tapping``) every pass is
+the eager, unfused one, so every hook point fires with its usual name and shape.
 
 Between calls the model keeps a few of these resources (``ColaModel.runtime``), keyed by batch size,
 capacity and the weights' storage: a call checks one out, :meth:`StaticPriorContext.release` empties
 its cache and puts it back, so graphs are captured once per shape, not once per call, and two calls
-running at once never share one. The per-call state is exactly the KV cache's row lengths.
+running at once never share one. The per-call state is exactly the KV cache's row lengths (host and
+device) and a pending prefill/commit.
 """
 from __future__ import annotations
 
@@ -46,8 +55,8 @@ def row_count_independent(model: ColaModel) -> bool:
 
     The modulation table changes row counts, so it is on by default only where that is invisible or the
     kernels vary anyway: bf16 on a CPU (oneDNN; checked bit for bit on the fixtures and at the release
-    size) and CUDA. fp32 on a CPU (MKL) rounds by row count (~1e-6 on the
-    fixture), so there the fast path keeps the eager row counts and stays bit-identical to it.
+    size) and CUDA. fp32 on a CPU (MKL) rounds by row count (~1e-6 on the fixture), so there the fast
+    path keeps the eager row counts and stays bit-identical to it.
     """
     return not (model.device.type == "cpu" and model.dtype == torch.float32)
 
@@ -135,7 +144,7 @@ class StaticPriorContext(PriorContext):
         ``table``: take the AdaLN modulations from the per-call table (default: where that changes no bits,
         :func:`row_count_independent`). ``fuse``: run prefill/commit inside the next pass (default: on CUDA;
         on a CPU it saves a pass per block but moves bf16 results by a last bit, attention seeing other
-        query counts). Graphs need both."""
+        query counts). CUDA graphs run when the static keys and the table are on."""
         self.model = model
         self.batch = batch
         self.round_inputs = round_inputs
