@@ -17,6 +17,7 @@ static keys            every pass attends over the whole capacity, masked: one  
                        shape per pass kind, no host reads
 CUDA graphs            each recurring pass shape (the guided pair ``(2B, bs)``, the  CUDA
                        commit-fused pair ``(2B, 2bs)``) captured once, replayed
+                       (off CUDA, ``graphs=True`` replays an :class:`EagerGraph`)
 =====================  ===========================================================  =====================
 
 On a CPU the defaults keep results bit-identical to the eager path (fp32: MKL rounds a row by the
@@ -73,7 +74,7 @@ def static_capacity(needed: int) -> int:
 class CapturedPass:
     """One pass shape as a CUDA graph: its static inputs, and the output its replays overwrite."""
 
-    graph: "torch.cuda.CUDAGraph"
+    graph: "torch.cuda.CUDAGraph | EagerGraph"
     x: torch.Tensor        # (n, Lq, C) latents, model dtype
     index: torch.Tensor    # (n*Lq,) modulation-table slots
     out: torch.Tensor      # (n, Lq, C_out)
@@ -87,7 +88,7 @@ class StaticResources:
     weights: tuple[int, ...]                  # storage of the DiT's parameters (graphs read them in place)
     cache: KVCache                            # rows [0, B) cond context, [B, 2B) the uncond block
     table: ModulationTable
-    graphs: dict[tuple, CapturedPass] | None  # None off CUDA
+    graphs: dict[tuple, CapturedPass] = field(default_factory=dict)   # by pass shape
     captures: int = field(default=0)          # how many graphs were captured (diagnostics, tests)
 
 
@@ -108,11 +109,9 @@ def checkout(model: ColaModel, batch: int, capacity: int) -> StaticResources:
             continue
         kept.table.reset()   # the weights may have changed in place since
         return kept
-    cuda = model.device.type == "cuda"
     return StaticResources(batch=batch, weights=weights,
                            cache=model.dit.new_cache(2 * batch, capacity=static_capacity(capacity)),
-                           table=ModulationTable(model.dit, model.compute_dtype, model.device),
-                           graphs={} if cuda else None)
+                           table=ModulationTable(model.dit, model.compute_dtype, model.device))
 
 
 def checkin(model: ColaModel, resources: StaticResources) -> None:
@@ -137,20 +136,24 @@ class StaticPriorContext(PriorContext):
     """
 
     def __init__(self, model: ColaModel, batch: int, capacity: int, round_inputs: bool = True,
-                 static_keys: bool | None = None, table: bool | None = None, fuse: bool | None = None):
+                 static_keys: bool | None = None, table: bool | None = None, fuse: bool | None = None,
+                 graphs: bool | None = None):
         """``static_keys``: attend over the whole capacity, masked (the shape graphs need; default: on CUDA).
         Off, a pass reads the keys its rows hold (known on the host), which keeps CPU results bit-identical
         to the eager path; on, reduction order inside attention changes by a last bit or so.
         ``table``: take the AdaLN modulations from the per-call table (default: where that changes no bits,
         :func:`row_count_independent`). ``fuse``: run prefill/commit inside the next pass (default: on CUDA;
         on a CPU it saves a pass per block but moves bf16 results by a last bit, attention seeing other
-        query counts). CUDA graphs run when the static keys and the table are on."""
+        query counts). ``graphs``: replay recurring passes from captured graphs (default: on CUDA; they need
+        the static keys and the table); on a CPU an :class:`EagerGraph` stands in, re-running the captured
+        function on the same static buffers."""
         self.model = model
         self.batch = batch
         self.round_inputs = round_inputs
         self.static_keys = model.device.type == "cuda" if static_keys is None else static_keys
         self.use_table = row_count_independent(model) if table is None else table
         self.fuse = model.device.type == "cuda" if fuse is None else fuse
+        self.graphs = model.device.type == "cuda" if graphs is None else graphs
         self.resources = checkout(model, batch, capacity)
         self.cache = self.resources.cache
         self.table = self.resources.table
@@ -227,7 +230,7 @@ class StaticPriorContext(PriorContext):
         with model.autocast:
             if self.use_table:
                 self.table.add(times.reshape(-1).tolist())
-            if graph and self.resources.graphs is not None and self.static_keys and self.use_table:
+            if graph and self.graphs and self.static_keys and self.use_table:
                 return self._replay(x, times, q_lengths, rows)
             return model.dit(x, times, q_lengths.to(model.device), cache=self.cache.view(rows),
                              time=self.table.rows(times) if self.use_table else None, static=self.static_keys)
@@ -263,6 +266,10 @@ class StaticPriorContext(PriorContext):
             with autocast:
                 return model.dit(static_x, static_t, q, cache=view, time=time, static=True)
 
+        self.resources.captures += 1
+        if model.device.type != "cuda":
+            graph = EagerGraph(run)
+            return CapturedPass(graph, static_x, index, graph.out)
         stream = torch.cuda.Stream(model.device)
         stream.wait_stream(torch.cuda.current_stream(model.device))
         with torch.cuda.stream(stream):
@@ -272,5 +279,16 @@ class StaticPriorContext(PriorContext):
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             out = run()
-        self.resources.captures += 1
         return CapturedPass(graph, static_x, index, out)
+
+
+class EagerGraph:
+    """Stands in for ``torch.cuda.CUDAGraph`` off CUDA: :meth:`replay` re-runs the captured function into the
+    same output tensor, so a graphed pass's static-buffer plumbing runs, and is tested, on a CPU."""
+
+    def __init__(self, run):
+        self.run = run
+        self.out = run()
+
+    def replay(self) -> None:
+        self.out.copy_(self.run())

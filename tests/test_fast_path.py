@@ -162,3 +162,17 @@ def test_the_bench_generates_through_the_fast_path(tiny_model, monkeypatch):
     items = load_items(tasks / "siqa.jsonl", "siqa", max_samples=2)
     records = generate_records(tiny_model, items, BenchConfig(steps=2, max_new_tokens=4))
     assert built == [2] and len(records) == 2
+
+
+def test_graphed_passes_replay_static_buffers(tiny_model):
+    """The graph plumbing (static inputs, table slots, output copies, one capture per recurring shape, kept
+    across calls) with EagerGraph standing in for CUDA graphs: the same numbers as the ungraphed fast path."""
+    plain = run(tiny_model, fast=True, options=EVERYTHING)
+    model_runtime = tiny_model.runtime.setdefault("static_prior", [])
+    model_runtime.clear()
+    graphed = run(tiny_model, fast=True, options={**EVERYTHING, "graphs": True})
+    assert graphed[0] == plain[0] and torch.equal(graphed[1], plain[1]) and torch.equal(graphed[2], plain[2])
+    (kept,) = tiny_model.runtime["static_prior"]
+    assert kept.captures == 2 and len(kept.graphs) == 2   # the guided pair, and the pair fused with a commit
+    again = run(tiny_model, fast=True, options={**EVERYTHING, "graphs": True})
+    assert again[0] == plain[0] and kept.captures == 2
