@@ -2,6 +2,8 @@
 
     python benchmarks/gpu_speed.py --json benchmarks/results/gpu_speed_h200.json \\
         [--official /path/to/Cola-DLM --official-python /path/to/python]
+    python benchmarks/gpu_speed.py --device cpu --preset tiny --batches 2 4 --blocks 3 --steps 2 \
+        --prompt-tokens 10 --repeats 1    # a dry run of the script itself, no GPU
 
 Random bf16 weights in the release layout (written once to ``--workdir``). Measured, per variant:
 
@@ -41,9 +43,9 @@ BATCHES = (20, 64)
 H200_BF16_DENSE_TFLOPS = 989.0
 
 
-def prompts_of(tokens: int, batch: int) -> list[list[int]]:
-    """Token-id prompts (distinct per row) of ``tokens`` ids each."""
-    return [[(13 * b + 7 * i) % 5000 + 1 for i in range(tokens)] for b in range(batch)]
+def prompts_of(tokens: int, batch: int, vocab: int) -> list[list[int]]:
+    """Token-id prompts (distinct per row) of ``tokens`` ids each, below ``vocab`` - 1 (the pad id)."""
+    return [[(13 * b + 7 * i) % min(5000, vocab - 2) + 1 for i in range(tokens)] for b in range(batch)]
 
 
 def dit_flops(cfg, rows: int, keys: int) -> float:
@@ -68,37 +70,41 @@ def run_flops(cfg, batch: int, prefix: int, blocks: int, steps: int) -> float:
 def ours(checkpoint: Path, args) -> dict:
     from cola_core import load_pretrained
     from cola_core.generate import BlockwiseSampler, GenerationConfig
-    model = load_pretrained(checkpoint, device="cuda", dtype="bfloat16")
+    model = load_pretrained(checkpoint, device=args.device, dtype="bfloat16")
+    cuda = model.device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    peak = (lambda: torch.cuda.max_memory_allocated() / 2**30) if cuda else (lambda: None)
+    reset = torch.cuda.reset_peak_memory_stats if cuda else (lambda: None)
     cfg = model.dit_config
     tokens_per_block = model.block_size * model.patch_size
     out = {}
     for variant, fast in (("eager", False), ("graphed", True)):
-        torch.cuda.reset_peak_memory_stats()
+        reset()
         config = GenerationConfig(steps=args.steps, guidance=7.0, max_new_tokens=args.blocks * tokens_per_block, seed=0,
                                   stop_at_eos=False)
-        sampler = BlockwiseSampler(model, prompts_of(args.prompt_tokens, 1), config, fast=fast)
+        sampler = BlockwiseSampler(model, prompts_of(args.prompt_tokens, 1, model.tokenizer.vocab_size), config, fast=fast)
         latencies, start = [], 0.0
         for event, _ in sampler.events():
             if event == "block_start":
-                torch.cuda.synchronize()
+                sync()
                 start = time.perf_counter()
             elif event == "decoded":
-                torch.cuda.synchronize()
+                sync()
                 latencies.append(time.perf_counter() - start)
         record = {"block_latency_ms": 1000 * statistics.median(latencies[1:]),
-                  "first_block_ms": 1000 * latencies[0], "batch1_peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30}
-        for batch in BATCHES:
-            torch.cuda.reset_peak_memory_stats()
+                  "first_block_ms": 1000 * latencies[0], "batch1_peak_memory_gib": peak()}
+        for batch in args.batches:
+            reset()
             config = GenerationConfig(steps=args.steps, guidance=7.0, max_new_tokens=32, seed=0, stop_at_eos=False)
-            prompts = prompts_of(args.prompt_tokens, batch)
+            prompts = prompts_of(args.prompt_tokens, batch, model.tokenizer.vocab_size)
             calls = []
             for repeat in range(args.repeats + 1):
                 sampler = BlockwiseSampler(model, prompts, config, fast=fast)
-                torch.cuda.synchronize()
+                sync()
                 start = time.perf_counter()
                 for _ in sampler.events():
                     pass
-                torch.cuda.synchronize()
+                sync()
                 if repeat:   # the first call captures the graphs
                     calls.append(time.perf_counter() - start)
             seconds = statistics.median(calls)
@@ -106,7 +112,7 @@ def ours(checkpoint: Path, args) -> dict:
             flops = run_flops(cfg, batch, prefix, sampler.num_blocks, args.steps)
             record[f"batch{batch}"] = {"samples_per_s": batch / seconds, "call_s": seconds,
                                        "mfu": flops / seconds / (args.peak_tflops * 1e12),
-                                       "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30}
+                                       "peak_memory_gib": peak()}
         out[variant] = record
     weight_bytes = sum(p.numel() * p.element_size() for p in model.dit.parameters())
     out["weight_read_ms"] = weight_bytes / (args.bandwidth_tbs * 1e12) * 1000
@@ -127,7 +133,7 @@ def official(checkpoint: Path, args) -> dict:
 
     def call(batch: int, new_tokens: int) -> float:
         prompts = [{"question": " ".join(vocab[i] for i in ids), "id": b}
-                   for b, ids in enumerate(prompts_of(args.prompt_tokens, batch))]
+                   for b, ids in enumerate(prompts_of(args.prompt_tokens, batch, tokenizer.get_vocab_size()))]
         torch.cuda.synchronize()
         start = time.perf_counter()
         generate_task_repaint_inference(dit=dit, vae=vae, tokenizer=tokenizer, prompts=prompts,
@@ -138,7 +144,7 @@ def official(checkpoint: Path, args) -> dict:
 
     call(1, 4)   # warm-up
     out = {"block_latency_ms": 1000 * call(1, args.blocks * 4) / args.blocks}
-    for batch in BATCHES:
+    for batch in args.batches:
         seconds = statistics.median(call(batch, 32) for _ in range(args.repeats))
         out[f"batch{batch}"] = {"samples_per_s": batch / seconds, "call_s": seconds}
     return out
@@ -146,7 +152,11 @@ def official(checkpoint: Path, args) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", type=Path, default=Path("artifacts/release-random-bf16"))
+    parser.add_argument("--workdir", type=Path, default=None, help="where the random weights are written once "
+                        "(default: artifacts/<preset>-random-bf16)")
+    parser.add_argument("--preset", default="release", help="size preset of benchmarks/generate_bench.py")
+    parser.add_argument("--device", default="cuda", help="cpu: a dry run of this script (tiny preset, batches 2 4)")
+    parser.add_argument("--batches", type=int, nargs="+", default=list(BATCHES))
     parser.add_argument("--official", help="checkout of the official Cola-DLM repository")
     parser.add_argument("--official-python", default=sys.executable)
     parser.add_argument("--blocks", type=int, default=16, help="blocks generated for the batch-1 latency")
@@ -158,30 +168,33 @@ def main() -> int:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--_official_child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if not torch.cuda.is_available():
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("CUDA is not available: this benchmark needs a GPU (benchmarks/release_speed.py is the CPU one)",
               file=sys.stderr)
         return 2
+    args.workdir = args.workdir or Path(f"artifacts/{args.preset}-random-bf16")
     if not (args.workdir / "tokenizer.json").exists():
-        write_random_checkpoint("release", args.workdir, torch.bfloat16)
+        write_random_checkpoint(args.preset, args.workdir, torch.bfloat16)
     if args._official_child:
         print(json.dumps(official(args.workdir, args)))
         return 0
-    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "steps": args.steps,
+    name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu (dry run)"
+    result = {"device": name, "preset": args.preset, "torch": torch.__version__, "steps": args.steps,
               "prompt_tokens": args.prompt_tokens, "peak_tflops": args.peak_tflops, "ours": ours(args.workdir, args)}
-    if args.official:
+    if args.official and args.device.startswith("cuda"):
         cmd = [args.official_python, __file__, "--_official_child", "--official", args.official, "--workdir",
                str(args.workdir), "--blocks", str(args.blocks), "--steps", str(args.steps), "--prompt-tokens",
-               str(args.prompt_tokens), "--repeats", str(args.repeats)]
+               str(args.prompt_tokens), "--repeats", str(args.repeats), "--preset", args.preset, "--batches",
+               *map(str, args.batches)]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
         result["official"] = json.loads(out.stdout.strip().splitlines()[-1])
-        for batch in BATCHES:
+        for batch in args.batches:
             key = f"batch{batch}"
             result[f"graphed_vs_official_{key}"] = (result["ours"]["graphed"][key]["samples_per_s"]
                                                     / result["official"][key]["samples_per_s"])
     graphed = result["ours"]["graphed"]
     result["targets"] = {"batch1_block_latency_ms <= 65": graphed["block_latency_ms"] <= 65,
-                         "batch64_mfu >= 0.40": graphed["batch64"]["mfu"] >= 0.40,
+                         "batch64_mfu >= 0.40": graphed.get("batch64", {}).get("mfu", 0) >= 0.40,
                          "batch20 >= 5x official": result.get("graphed_vs_official_batch20", 0) >= 5}
     print(json.dumps(result, indent=2))
     if args.json:
