@@ -82,7 +82,8 @@ def ours(checkpoint: Path, args) -> dict:
         reset()
         config = GenerationConfig(steps=args.steps, guidance=7.0, max_new_tokens=args.blocks * tokens_per_block, seed=0,
                                   stop_at_eos=False)
-        sampler = BlockwiseSampler(model, prompts_of(args.prompt_tokens, 1, model.tokenizer.vocab_size), config, fast=fast)
+        prompt = prompts_of(args.prompt_tokens, 1, model.tokenizer.vocab_size)
+        sampler = BlockwiseSampler(model, prompt, config, fast=fast)
         latencies, start = [], 0.0
         for event, _ in sampler.events():
             if event == "block_start":

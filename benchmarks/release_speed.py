@@ -193,7 +193,8 @@ def main() -> int:
     result = {"workload": {**knobs, "checkpoint": "random bf16 release weights" if args.checkpoint is None
                            else str(args.checkpoint)},
               "torch_threads": args.threads, "rounds": args.rounds, "order": "variants alternate within each round",
-              "variants": {v: {key: spread([r[key] for r in rs]) for key in ("wall_s", "import_s", "load_s", "generate_s")}
+              "variants": {v: {key: spread([r[key] for r in rs])
+                               for key in ("wall_s", "import_s", "load_s", "generate_s")}
                            | {"same_text_as_" + variants[0]: all(r["texts"] == reference for r in rs),
                               "texts": rs[0]["texts"]}
                            for v, rs in runs.items()}}

@@ -176,7 +176,7 @@ class BlockwiseSampler:
         """
         self.model = model
         self.fast = fast
-        self.prior_options: dict = {}   # extra StaticPriorContext options (static_keys, regroup) for tests and benchmarks
+        self.prior_options: dict = {}   # more StaticPriorContext options (static_keys, table, fuse, graphs)
         self.config = config or GenerationConfig()
         self.config.validate()
         if isinstance(prompts, str):
