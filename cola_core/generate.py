@@ -23,6 +23,7 @@ from .prior_context import PriorContext
 from .sampler import (SCHEDULES, SOLVERS, check_guidance_interval, guided_velocity, interval_guidance,
                       predicted_clean, rounds_dit_inputs, sample_tokens, seeded_noise, solver_updates,
                       timestep_grid, token_seed)
+from .static_prior import StaticPriorContext
 from .text_codec import (block_count, check_positions, context_latents, decode_logits, encode_tokens, greedy_texts,
                          latent_count, pad_to_blocks)
 from .seeds import is_valid_seed, seed_error
@@ -166,9 +167,16 @@ class BlockwiseSampler:
     """One generation call: owns its KV caches, noise and outputs. Iterate :meth:`events`."""
 
     def __init__(self, model: ColaModel, prompts: Sequence[str | Sequence[int]], config: GenerationConfig | None = None,
-                 sample_ids: Sequence[int] | None = None, eos_ids: Sequence[int] | None = None):
-        """``prompts``: texts, or token-id lists used as given (e.g. a chat template built from ids)."""
+                 sample_ids: Sequence[int] | None = None, eos_ids: Sequence[int] | None = None, fast: bool = True):
+        """``prompts``: texts, or token-id lists used as given (e.g. a chat template built from ids).
+
+        ``fast`` runs the DiT through :class:`~cola_core.static_prior.StaticPriorContext` (static shapes, CUDA
+        graphs); False runs the eager :class:`PriorContext`. Both give the same tokens; a model-internal
+        listener makes the fast one run its passes eagerly anyway.
+        """
         self.model = model
+        self.fast = fast
+        self.prior_options: dict = {}   # more StaticPriorContext options (static_keys, table, fuse, graphs)
         self.config = config or GenerationConfig()
         self.config.validate()
         if isinstance(prompts, str):
@@ -234,13 +242,25 @@ class BlockwiseSampler:
         ``v_cond``, ``v_uncond`` or ``guidance`` there shape ``v_guided``; ``guided`` comes after the
         combine, for edits of ``v_guided`` itself.
         """
+        batch, rounding = len(self.sample_ids), rounds_dit_inputs(self.config.solver)
+        if self.fast:
+            capacity = int(self.prepared.prefix_lengths.max()) + self.num_blocks * self.model.block_size
+            prior = StaticPriorContext(self.model, batch, capacity, round_inputs=rounding, **self.prior_options)
+        else:
+            prior = PriorContext(self.model, batch, round_inputs=rounding)
+        try:
+            yield from self._events(prior)
+        finally:
+            prior.release()
+
+    def _events(self, prior: PriorContext) -> Iterator[tuple[str, SamplerState]]:
         model, cfg, prep = self.model, self.config, self.prepared
         batch, bs, device = len(self.sample_ids), model.block_size, model.device
-        prior = PriorContext(model, batch, round_inputs=rounds_dit_inputs(cfg.solver))
         vae_cache = model.vae.new_cache(batch)
         if int(prep.prefix_lengths.max()) > 0:
             self._prefill(prior, vae_cache)
         grid = timestep_grid(cfg.steps, cfg.T, cfg.schedule, cfg.schedule_shift)   # host-side: no device syncs
+        prior.expect(grid)
         empty_prefix = prep.prefix_lengths == 0
         pinned, clean = prep.pinned.to(device), prep.clean_window.to(device)
         preview = functools.partial(greedy_texts, model)
@@ -374,13 +394,15 @@ def prepare_prompts(model: ColaModel, prompts: list[str], ids: list[list[int]] |
 
 
 def generate(model: ColaModel, prompts: Sequence[str | Sequence[int]] | str, config: GenerationConfig | None = None,
-             sample_ids: Sequence[int] | None = None, **knobs) -> list[Generation]:
+             sample_ids: Sequence[int] | None = None, fast: bool = True, **knobs) -> list[Generation]:
     """Generate continuations for prompts, texts or token-id lists (official algorithm unless knobs say otherwise).
 
-    ``knobs`` override fields of ``config`` (e.g. ``steps=8, guidance=3.0, seed=0``).
+    ``knobs`` override fields of ``config`` (e.g. ``steps=8, guidance=3.0, seed=0``); ``fast`` as in
+    :class:`BlockwiseSampler`.
     """
     config = (config or GenerationConfig()).with_knobs(**knobs)
-    sampler = BlockwiseSampler(model, [prompts] if isinstance(prompts, str) else list(prompts), config, sample_ids)
+    sampler = BlockwiseSampler(model, [prompts] if isinstance(prompts, str) else list(prompts), config, sample_ids,
+                               fast=fast)
     for _ in sampler.events():
         pass
     return sampler.result()
