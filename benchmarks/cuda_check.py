@@ -6,6 +6,9 @@
 2. Generation as the release runs on CUDA (fp32 weights, bf16 autocast) against the fp32_dit
    goldens: latents/logits within the bf16 tolerances of golden.json, and token agreement.
 3. Generation with bf16 weights on CUDA: same comparisons.
+
+Generation runs twice each: the default fast path (static KV cache, modulation table, fused commits,
+CUDA graphs) and the eager one (``fast=False``); both must pass.
 """
 from __future__ import annotations
 
@@ -46,7 +49,7 @@ def module_parity(golden: dict, device: str) -> dict:
     return out
 
 
-def generation_parity(golden: dict, meta: dict, device: str, dtype: str | None) -> dict:
+def generation_parity(golden: dict, meta: dict, device: str, dtype: str | None, fast: bool = True) -> dict:
     model = load_pretrained(FIXTURE, device=device, dtype=dtype)
     gen = meta["generate"]
     results = {}
@@ -54,7 +57,7 @@ def generation_parity(golden: dict, meta: dict, device: str, dtype: str | None) 
         config = GenerationConfig(steps=run["timestep_num"], guidance=run["guidance_scale"],
                                   max_new_tokens=gen["call"]["max_new_tokens"], seed=1234, stop_at_eos=False,
                                   noise_device="cpu")   # the goldens drew their noise on CPU
-        sampler = BlockwiseSampler(model, [p["question"] for p in gen["prompts"]], config)
+        sampler = BlockwiseSampler(model, [p["question"] for p in gen["prompts"]], config, fast=fast)
         latents, logits = [], []
         for event, state in sampler.events():
             if event == "block_end":
@@ -86,12 +89,15 @@ def main() -> int:
     report = {"device": name, "torch": torch.__version__,
               "modules_fp32": module_parity(golden, args.device),
               "generate_fp32_weights_bf16_autocast": generation_parity(golden, meta, args.device, None),
-              "generate_bf16_weights": generation_parity(golden, meta, args.device, "bfloat16")}
+              "generate_bf16_weights": generation_parity(golden, meta, args.device, "bfloat16"),
+              "generate_fp32_weights_bf16_autocast_eager": generation_parity(golden, meta, args.device, None, False),
+              "generate_bf16_weights_eager": generation_parity(golden, meta, args.device, "bfloat16", False)}
     print(json.dumps(report, indent=2))
     ok = all(v < 1e-4 for v in report["modules_fp32"].values())
     # No CUDA goldens exist; bounds are golden.json's bf16 ones, widened for the logits because CUDA
     # autocast also runs the VAE in bf16 (the reference's CPU bf16 flavour keeps it fp32).
-    for key in ("generate_fp32_weights_bf16_autocast", "generate_bf16_weights"):
+    for key in ("generate_fp32_weights_bf16_autocast", "generate_bf16_weights",
+                "generate_fp32_weights_bf16_autocast_eager", "generate_bf16_weights_eager"):
         ok &= all(r["block_latent"] < 0.1 and r["block_logits"] < 0.5 and r["token_agreement"] >= 0.85
                   for r in report[key].values())
     print("CUDA CHECK", "PASSED" if ok else "FAILED")

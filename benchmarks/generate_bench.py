@@ -52,7 +52,7 @@ def peak_rss_bytes() -> int:
 def write_random_checkpoint(preset: str, root: Path, dtype: torch.dtype, shard_bytes: int = 1 << 30) -> None:
     """Random weights in the release layout, written shard by shard (never the whole model in memory)."""
     from safetensors.torch import save_file
-    from tokenizers import Tokenizer, models
+    from tokenizers import Tokenizer, models, pre_tokenizers
 
     vae_kw, dit_kw = PRESETS[preset]
     vae_cfg, dit_cfg = VAEConfig(**vae_kw), DiTConfig(**dit_kw)
@@ -88,7 +88,9 @@ def write_random_checkpoint(preset: str, root: Path, dtype: torch.dtype, shard_b
         del shards, current
     vocab = {f"<t{i}>": i for i in range(vae_cfg.vocab_size - 1)}
     vocab["<|pad|>"] = vae_cfg.vocab_size - 1
-    Tokenizer(models.WordLevel(vocab, unk_token="<t0>")).save(str(root / "tokenizer.json"))
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<t0>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()   # "<t5> <t17>" is two tokens
+    tokenizer.save(str(root / "tokenizer.json"))
 
 
 def measure(checkpoint: str, device: str, dtype: str | None, blocks: int, steps: int, threads: int) -> dict:

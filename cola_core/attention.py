@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .errors import ColaError
+
 
 # ---------------------------------------------------------------------------------------------
 # NA layout <-> padded batch
@@ -115,25 +117,54 @@ class KVCache:
     reference's re-rotation of pre-RoPE keys on every call) and values. Appending writes in place;
     capacity doubles when full, so a step never copies the whole history. Row lengths live on the
     host, so reading the cache never waits for the GPU.
+
+    A *static* cache (:meth:`static`) never grows: its capacity is fixed up front, and its lengths are
+    mirrored in a device tensor so a forward can read them without a host sync. Calls that ask for
+    static keys (``build_context(static=True)``) then attend over the whole capacity, masked, so every
+    pass of a generation has the same shapes (what a CUDA graph needs). :meth:`reset` empties it for
+    the next call while keeping its buffers.
     """
 
-    def __init__(self, rows: int, num_layers: int, initial_capacity: int = 64):
+    def __init__(self, rows: int, num_layers: int, initial_capacity: int = 64, fixed: bool = False):
         self.rows = rows
         self.num_layers = num_layers
         self.lengths = torch.zeros(rows, dtype=torch.long)   # host-side history length per row
         self.capacity = initial_capacity
+        self.fixed = fixed
+        self.device_lengths: torch.Tensor | None = None      # static caches: the lengths on the buffers' device
         self._k: list[torch.Tensor | None] = [None] * num_layers
         self._v: list[torch.Tensor | None] = [None] * num_layers
+
+    @classmethod
+    def static(cls, rows: int, num_layers: int, capacity: int) -> "KVCache":
+        """A cache of fixed ``capacity`` positions per row (see the class docstring)."""
+        return cls(rows, num_layers, initial_capacity=capacity, fixed=True)
 
     def view(self, rows: slice | None = None) -> "CacheView":
         """A handle on a row range (e.g. conditional rows only) used by one forward call."""
         return CacheView(self, rows if rows is not None else slice(0, self.rows))
+
+    def reset(self) -> None:
+        """Forget every row's history (buffers are kept; stale entries are masked by the zero lengths)."""
+        self.lengths.zero_()
+        if self.device_lengths is not None:
+            self.device_lengths.zero_()
+
+    def device_offsets(self, device: torch.device) -> torch.Tensor:
+        """(rows,) lengths on ``device``: a static cache's device mirror (made once), else a copy of the host's."""
+        if not self.fixed:
+            return self.lengths.to(device, non_blocking=True)
+        if self.device_lengths is None:   # made once: CUDA graphs read this very tensor
+            self.device_lengths = self.lengths.to(device, copy=True)   # never the host tensor itself (CPU)
+        return self.device_lengths
 
     def _ensure(self, layer: int, k_like: torch.Tensor, v_like: torch.Tensor, needed: int) -> None:
         """Allocate (or double) a layer's buffers so ``needed`` positions fit; K and V keep their dtypes."""
         buf = self._k[layer]
         if buf is not None and needed <= buf.shape[2] and buf.dtype == k_like.dtype:
             return
+        if self.fixed and needed > self.capacity:
+            raise ColaError(f"static KV cache holds {self.capacity} positions per row; this call needs {needed}")
         capacity = max(self.capacity, needed)
         while capacity < needed:
             capacity *= 2
@@ -172,6 +203,8 @@ class CacheView:
     def commit(self, q_lengths: torch.Tensor) -> None:
         """Keep this call's rows: advance each row's length by its number of real query rows."""
         self.cache.lengths[self.rows] += q_lengths.cpu()
+        if self.cache.device_lengths is not None:   # a static cache's mirror, advanced on its device
+            self.cache.device_lengths[self.rows] += q_lengths.to(self.cache.device_lengths.device)
 
 
 @dataclass
@@ -193,16 +226,23 @@ class AttentionContext:
 
 def build_context(q_lengths: torch.Tensor, max_q: int, block_size: int | None, dtype: torch.dtype,
                   inv_freq: torch.Tensor, cache: CacheView | None = None, positions: torch.Tensor | None = None,
-                  allowed: torch.Tensor | None = None) -> AttentionContext:
+                  allowed: torch.Tensor | None = None, static: bool = False) -> AttentionContext:
     """Positions and mask for a padded call.
 
     Without a cache, keys are this call's own rows. With one, row b's queries sit at positions
     ``len_b .. len_b + q_b - 1`` after its history. ``positions``/``allowed`` override the
-    defaults (the training "2L" layout).
+    defaults (the training "2L" layout). ``static`` (a static cache only) reads the whole capacity
+    and the device-side lengths: shapes then depend on nothing but the call's own, and nothing is read
+    back to the host (masked keys add exact zeros to the softmax).
     """
     device = q_lengths.device
     if cache is None:
         offsets, key_len = torch.zeros_like(q_lengths), max_q
+    elif static:
+        if not cache.cache.fixed:
+            raise ColaError("static keys need a static KV cache (KVCache.static)")
+        key_len = cache.cache.capacity
+        offsets = cache.cache.device_offsets(device)[cache.rows]
     else:
         key_len = int(cache.lengths.max()) + max_q             # host-side: no device sync
         offsets = cache.lengths.to(device, non_blocking=True)

@@ -212,13 +212,20 @@ class ColaModel:
     dtype: torch.dtype
     source: str = ""
     fingerprint: str = field(default="", repr=False)
+    runtime: dict = field(default_factory=dict, repr=False, compare=False)   # buffers kept between calls
+                                                                            # (cola_core.static_prior)
 
     @property
     def autocast(self) -> contextlib.AbstractContextManager:
         """bf16 autocast on CUDA for fp32 weights (the official numerics); a no-op elsewhere."""
-        if self.device.type == "cuda" and self.dtype == torch.float32:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        if self.compute_dtype != self.dtype:
+            return torch.autocast("cuda", dtype=self.compute_dtype)
         return contextlib.nullcontext()
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype linear layers produce under :attr:`autocast`: bf16 for fp32 weights on CUDA, else the weights'."""
+        return torch.bfloat16 if self.device.type == "cuda" and self.dtype == torch.float32 else self.dtype
 
     @property
     def block_size(self) -> int:

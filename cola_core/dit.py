@@ -56,8 +56,12 @@ class TimestepEmbedding(nn.Module):
 
 
 def rope_frequencies(rope_dim: int) -> torch.Tensor:
-    """(rope_dim/2,) fp32: 10000^(-2j/r); the DiT's RoPE base is fixed at 1e4 in the reference."""
-    j = torch.arange(0, rope_dim, 2, dtype=torch.float32)
+    """(rope_dim/2,) fp32 on the CPU: 10000^(-2j/r); the DiT's RoPE base is fixed at 1e4 in the reference.
+
+    Made on the CPU even while a model is built on the meta device: a meta ``arange`` costs seconds
+    of one-time imports at load.
+    """
+    j = torch.arange(0, rope_dim, 2, dtype=torch.float32, device="cpu")
     return 1.0 / (10000.0 ** (j / rope_dim))
 
 
@@ -162,27 +166,37 @@ class ColaDiT(nn.Module):
         self.txt_out_ada = OutputAdaLN(cfg)
         self.txt_out = _Proj(cfg.txt_dim, cfg.txt_out_channels * cfg.patch_size)
 
-    def new_cache(self, rows: int) -> KVCache:
-        """A fresh KV cache for one generation call."""
+    def new_cache(self, rows: int, capacity: int | None = None) -> KVCache:
+        """A fresh KV cache for one generation call; with ``capacity``, a static one of that many positions."""
+        if capacity is not None:
+            return KVCache.static(rows, self.config.num_layers, capacity)
         return KVCache(rows, self.config.num_layers)
+
+    def modulations(self) -> list[nn.Module]:
+        """Every AdaLN projection (4 per layer, then the output's): functions of the timestep alone."""
+        layers = [m for b in self.blocks for m in (b.ada.msa_in, b.ada.msa_out, b.ada.mlp_in, b.ada.mlp_out)]
+        return layers + [self.txt_out_ada.out_in]
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, lengths: torch.Tensor, cache: CacheView | None = None,
                 update_cache: bool = False, positions: torch.Tensor | None = None,
-                allowed: torch.Tensor | None = None) -> torch.Tensor:
+                allowed: torch.Tensor | None = None, time: "RowEmbedding | None" = None,
+                static: bool = False) -> torch.Tensor:
         """Velocity for padded latents.
 
         x (B, Lq, C); t (B, Lq) timesteps on [0, T]; lengths (B,) real query rows per sample.
         With ``cache`` the rows follow each sample's cached history; ``update_cache`` keeps them.
         ``positions`` (B, Lq) and ``allowed`` (B, Lq, Lq) override positions and mask (training).
+        ``time`` gives the rows' modulations ready-made (a :class:`ModulationTable`'s rows; ``t`` is then
+        unused); ``static`` attends over a static cache's whole capacity (see ``build_context``).
         Returns (B, Lq, C_out). Hook points (``cola_core.hook_points``) see every activation when a caller listens.
         """
         tap = model_taps("dit")
         h = self.txt_in(x)
         dtype = h.dtype
-        emb = RowEmbedding.of(self.emb_in, t, dtype)
+        emb = time if time is not None else RowEmbedding.of(self.emb_in, t, dtype)
         freqs = self.blocks[0].msa.rope.rope.freqs   # identical in every layer (checked at load)
         ctx = build_context(lengths, x.shape[1], self.config.block_size, dtype, freqs, cache=cache,
-                            positions=positions, allowed=allowed)
+                            positions=positions, allowed=allowed, static=static)
         for layer, block in enumerate(self.blocks):
             h = block(h, emb, ctx, layer, tap.at(f"layer.{layer}"))
         shift, scale = emb.project(self.txt_out_ada.out_in).chunk(2, dim=-1)
@@ -219,3 +233,72 @@ class RowEmbedding:
 
     def project(self, modulation: nn.Module) -> torch.Tensor:
         return modulation(self.emb)[self.inverse].view(*self.shape, -1)
+
+
+class TableRows(RowEmbedding):
+    """Rows whose modulations are looked up in a :class:`ModulationTable` (no projection at all)."""
+
+    def __init__(self, table: "ModulationTable", index: torch.Tensor, shape: torch.Size):
+        super().__init__(table.emb, index, shape)
+        self.table = table
+
+    def project(self, modulation: nn.Module) -> torch.Tensor:
+        return self.table.outputs[modulation][self.inverse].view(*self.shape, -1)
+
+
+class ModulationTable:
+    """The DiT's AdaLN modulations for a set of timesteps, computed once and looked up by every pass.
+
+    Every modulation is a function of the timestep alone, and a generation uses a handful of distinct
+    times (the grid's, then 0 for the commits), yet the AdaLN projections hold a third of the DiT's
+    weights: projecting them once per distinct time instead of once per pass spares re-reading them
+    (the limit at small batches). Storage is preallocated for ``slots`` times and never moves while
+    they fit, so CUDA graphs can read it; ``version`` changes when it had to grow.
+    """
+
+    def __init__(self, dit: ColaDiT, dtype: torch.dtype, device: torch.device, slots: int = 64):
+        self.dit, self.dtype, self.device = dit, dtype, device
+        self.slot: dict[float, int] = {}      # time value -> row of every table
+        self.version = 0
+        self._allocate(slots)
+
+    def _allocate(self, slots: int) -> None:
+        width = {m: m[1].out_features for m in self.dit.modulations()}
+        old, old_emb = getattr(self, "outputs", {}), getattr(self, "emb", None)
+        self.emb = torch.zeros(slots, self.dit.config.emb_dim, dtype=self.dtype, device=self.device)
+        self.outputs = {m: torch.zeros(slots, w, dtype=self.dtype, device=self.device) for m, w in width.items()}
+        kept = len(self.slot)
+        if old:
+            self.emb[:kept] = old_emb[:kept]
+        for m, table in old.items():
+            self.outputs[m][:kept] = table[:kept]
+        self.version += 1
+
+    def reset(self) -> None:
+        """Forget every time (for the next call: the weights may have changed); storage is kept."""
+        self.slot.clear()
+
+    @torch.no_grad()
+    def add(self, times: list[float]) -> None:
+        """Project the times not yet in the table, all in one batch (call under the model's autocast)."""
+        new = sorted(set(times) - set(self.slot))
+        if not new:
+            return
+        if len(self.slot) + len(new) > self.emb.shape[0]:
+            self._allocate(2 * (len(self.slot) + len(new)))
+        start = len(self.slot)
+        rows = slice(start, start + len(new))
+        emb = self.dit.emb_in(torch.tensor(new, dtype=torch.float32, device=self.device), self.dtype)
+        self.emb[rows] = emb
+        for m, table in self.outputs.items():
+            table[rows] = m(emb)
+        self.slot.update((v, start + i) for i, v in enumerate(new))
+
+    def rows(self, t: torch.Tensor, out: torch.Tensor | None = None) -> TableRows:
+        """Modulation rows for times t (B, Lq): their table slots (written into ``out`` when given). Reads t on
+        the host (a device sync on a GPU); times not yet in the table are added first."""
+        values = t.reshape(-1).tolist()
+        self.add(values)
+        index = torch.tensor([self.slot[v] for v in values], dtype=torch.long)
+        index = out.copy_(index, non_blocking=True) if out is not None else index.to(self.device)
+        return TableRows(self, index, t.shape)

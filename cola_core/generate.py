@@ -23,6 +23,7 @@ from .prior_context import PriorContext
 from .sampler import (SCHEDULES, SOLVERS, check_guidance_interval, guided_velocity, interval_guidance,
                       predicted_clean, rounds_dit_inputs, sample_tokens, seeded_noise, solver_updates,
                       timestep_grid, token_seed)
+from .static_prior import StaticPriorContext
 from .text_codec import (block_count, check_positions, context_latents, decode_logits, encode_tokens, greedy_texts,
                          latent_count, pad_to_blocks)
 from .seeds import is_valid_seed, seed_error
@@ -166,9 +167,16 @@ class BlockwiseSampler:
     """One generation call: owns its KV caches, noise and outputs. Iterate :meth:`events`."""
 
     def __init__(self, model: ColaModel, prompts: Sequence[str | Sequence[int]], config: GenerationConfig | None = None,
-                 sample_ids: Sequence[int] | None = None, eos_ids: Sequence[int] | None = None):
-        """``prompts``: texts, or token-id lists used as given (e.g. a chat template built from ids)."""
+                 sample_ids: Sequence[int] | None = None, eos_ids: Sequence[int] | None = None, fast: bool = True):
+        """``prompts``: texts, or token-id lists used as given (e.g. a chat template built from ids).
+
+        ``fast`` runs the DiT through :class:`~cola_core.static_prior.StaticPriorContext` (static shapes, CUDA
+        graphs); False runs the eager :class:`PriorContext`. Both give the same tokens; a model-internal
+        listener makes the fast one run its passes eagerly anyway.
+        """
         self.model = model
+        self.fast = fast
+        self.prior_options: dict = {}   # more StaticPriorContext options (static_keys, table, fuse, graphs)
         self.config = config or GenerationConfig()
         self.config.validate()
         if isinstance(prompts, str):
@@ -186,7 +194,8 @@ class BlockwiseSampler:
             raise GenerationError(f"{len(self.sample_ids)} sample ids for {len(prompts)} prompts")
         if eos_ids is None:
             eos_ids = sorted(model.tokenizer.stop_ids) if self.config.stop_at_eos else []
-        self.eos_ids = torch.tensor(list(eos_ids), dtype=torch.long)
+        self.eos_ids = torch.tensor(list(eos_ids), dtype=torch.long)           # stop the loop (stop_at_eos)
+        self.end_ids = torch.tensor(sorted(model.tokenizer.stop_ids), dtype=torch.long)   # where a text ends
         bs, patch, max_new = model.block_size, model.patch_size, self.config.max_new_tokens
         texts = [p for p in prompts if isinstance(p, str)]
         encoded = iter(model.tokenizer.encode_batch(texts) if texts else [])
@@ -201,8 +210,9 @@ class BlockwiseSampler:
                             f"{len(ids)} tokens plus max_new_tokens={max_new}")
         self.prepared = prepare_prompts(model, list(prompts), prompt_ids)
         self.context: list[torch.Tensor] = []   # per block (B, bs*P) token ids
-        self.finished = torch.zeros(len(prompts), dtype=torch.bool)
-        self.end_block: list[int | None] = [None] * len(prompts)   # block of each sample's first EOS / im_end
+        self.finished = torch.zeros(len(prompts), dtype=torch.bool)   # emitted one of eos_ids (the loop's stop)
+        self.ended = torch.zeros(len(prompts), dtype=torch.bool)      # emitted EOS / im_end, stop_at_eos or not
+        self.end_block: list[int | None] = [None] * len(prompts)      # block of each sample's first EOS / im_end
         # token sampling (temperature > 0): one CPU generator per sample, so sampled tokens are batch-independent
         self._token_rngs = None if self.config.seed is None else [
             torch.Generator().manual_seed(token_seed(self.config.seed, sid)) for sid in self.sample_ids]
@@ -232,13 +242,25 @@ class BlockwiseSampler:
         ``v_cond``, ``v_uncond`` or ``guidance`` there shape ``v_guided``; ``guided`` comes after the
         combine, for edits of ``v_guided`` itself.
         """
+        batch, rounding = len(self.sample_ids), rounds_dit_inputs(self.config.solver)
+        if self.fast:
+            capacity = int(self.prepared.prefix_lengths.max()) + self.num_blocks * self.model.block_size
+            prior = StaticPriorContext(self.model, batch, capacity, round_inputs=rounding, **self.prior_options)
+        else:
+            prior = PriorContext(self.model, batch, round_inputs=rounding)
+        try:
+            yield from self._events(prior)
+        finally:
+            prior.release()
+
+    def _events(self, prior: PriorContext) -> Iterator[tuple[str, SamplerState]]:
         model, cfg, prep = self.model, self.config, self.prepared
         batch, bs, device = len(self.sample_ids), model.block_size, model.device
-        prior = PriorContext(model, batch, round_inputs=rounds_dit_inputs(cfg.solver))
         vae_cache = model.vae.new_cache(batch)
         if int(prep.prefix_lengths.max()) > 0:
             self._prefill(prior, vae_cache)
         grid = timestep_grid(cfg.steps, cfg.T, cfg.schedule, cfg.schedule_shift)   # host-side: no device syncs
+        prior.expect(grid)
         empty_prefix = prep.prefix_lengths == 0
         pinned, clean = prep.pinned.to(device), prep.clean_window.to(device)
         preview = functools.partial(greedy_texts, model)
@@ -249,7 +271,7 @@ class BlockwiseSampler:
                 guidance = guidance.masked_fill(empty_prefix, 1.0).to(torch.bfloat16).float()
             state = SamplerState(block=block, steps=cfg.steps, z=self._noise(block), guidance=guidance.to(device),
                                  free=~pinned if first else torch.ones_like(pinned), decode_preview=preview, T=cfg.T,
-                                 ended=self.finished.clone())
+                                 ended=self.ended.clone())
             if first:
                 state.z = torch.where(pinned[..., None], clean, state.z)
             yield "block_start", state
@@ -308,11 +330,12 @@ class BlockwiseSampler:
                                             generator=self._token_rngs).cpu()
             yield "decoded", state
             self.context.append(state.token_ids.cpu())   # a hook may have replaced them
+            ending = torch.isin(state.token_ids, self.end_ids).any(dim=1)
+            for b in (ending & ~self.ended).nonzero().flatten().tolist():
+                self.end_block[b] = block
+            self.ended |= ending
             if self.eos_ids.numel():
-                stopped = torch.isin(state.token_ids, self.eos_ids).any(dim=1)
-                for b in (stopped & ~self.finished).nonzero().flatten().tolist():
-                    self.end_block[b] = block
-                self.finished |= stopped
+                self.finished |= torch.isin(state.token_ids, self.eos_ids).any(dim=1)
             if state.interrupt or bool(self.finished.all()):
                 return
             if block + 1 < self.num_blocks:   # commit the finished block into the DiT cache (t = 0)
@@ -371,13 +394,15 @@ def prepare_prompts(model: ColaModel, prompts: list[str], ids: list[list[int]] |
 
 
 def generate(model: ColaModel, prompts: Sequence[str | Sequence[int]] | str, config: GenerationConfig | None = None,
-             sample_ids: Sequence[int] | None = None, **knobs) -> list[Generation]:
+             sample_ids: Sequence[int] | None = None, fast: bool = True, **knobs) -> list[Generation]:
     """Generate continuations for prompts, texts or token-id lists (official algorithm unless knobs say otherwise).
 
-    ``knobs`` override fields of ``config`` (e.g. ``steps=8, guidance=3.0, seed=0``).
+    ``knobs`` override fields of ``config`` (e.g. ``steps=8, guidance=3.0, seed=0``); ``fast`` as in
+    :class:`BlockwiseSampler`.
     """
     config = (config or GenerationConfig()).with_knobs(**knobs)
-    sampler = BlockwiseSampler(model, [prompts] if isinstance(prompts, str) else list(prompts), config, sample_ids)
+    sampler = BlockwiseSampler(model, [prompts] if isinstance(prompts, str) else list(prompts), config, sample_ids,
+                               fast=fast)
     for _ in sampler.events():
         pass
     return sampler.result()

@@ -114,6 +114,11 @@ def tapping(taps: Taps) -> Iterator[Taps]:
         _ACTIVE.reset(token)
 
 
+def listening() -> bool:
+    """Whether a :class:`Taps` is active in this context (fast paths then run the eager, tapped forwards)."""
+    return _ACTIVE.get() is not None
+
+
 class row_groups(contextlib.AbstractContextManager):
     """Name row ranges of the forwards inside (``cond=slice(0, B), uncond=slice(B, 2B)``) when taps listen."""
 

@@ -36,10 +36,21 @@ class PriorContext:
         model = self.model
         if lengths is None:
             lengths = torch.full((z.shape[0],), z.shape[1], dtype=torch.long, device=model.device)
+        x, t = self.inputs(z, t)
+        with model.autocast:
+            return model.dit(x, t, lengths, cache=self.cache.view(rows), update_cache=update)
+
+    def inputs(self, z: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the DiT is fed: z in the model's dtype, t in fp32, both rounded to bf16 first when ``round_inputs``."""
         if self.round_inputs:
             z, t = bf16_round(z), bf16_round(t)
-        with model.autocast:
-            return model.dit(z.to(model.dtype), t.float(), lengths, cache=self.cache.view(rows), update_cache=update)
+        return z.to(self.model.dtype), t.float()
+
+    def expect(self, times: torch.Tensor) -> None:
+        """Told the times the call will use (a fast context prepares for them; nothing to do here)."""
+
+    def release(self) -> None:
+        """The call is over (a fast context gives its buffers back; nothing to do here)."""
 
     def velocities(self, z: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """z (B, bs, C) fp32, t (B, bs) -> (v_cond over the cached context, v_uncond over the block alone).

@@ -33,23 +33,24 @@ def bench_output(root: Path, model=None, protocol: str = "official") -> Path:
                      progress=False).path
 
 
-def app_context(cache_dir: Path, workbench=None, bench_root=(), chat_checkpoint=None, **limits):
-    """An AppContext on the tiny fixture (or ``workbench``), PCA only; ``limits`` override Limits fields;
-    ``bench_root``: folders the Bench tab may read besides ./runs and ./artifacts; ``chat_checkpoint``: the Chat
-    tab's (None: the tiny fixture too)."""
+def app_context(cache_dir: Path, workbench=None, bench_root=(), checkpoint=FIXTURE, chat_checkpoint=None, **limits):
+    """An AppContext on the tiny fixture (or ``checkpoint``, or ``workbench``), PCA only; ``limits`` override Limits
+    fields; ``bench_root``: folders the Bench tab may read besides ./runs and ./artifacts; ``chat_checkpoint``: the
+    Chat tab's (None: the app's own)."""
     from apps.gradio_app import AppContext, Limits
 
-    return AppContext.create(FIXTURE, cache_dir=cache_dir, umap=False, concurrency=2, workbench=workbench,
+    return AppContext.create(checkpoint, cache_dir=cache_dir, umap=False, concurrency=2, workbench=workbench,
                              limits=Limits(**limits) if limits else None, bench_root=bench_root,
                              chat_checkpoint=chat_checkpoint)
 
 
 @contextmanager
-def running_app(cache_dir: Path, bench_root=(), chat_checkpoint=None, **limits):
+def running_app(cache_dir: Path, bench_root=(), checkpoint=FIXTURE, chat_checkpoint=None, **limits):
     """Yield ``(ctx, url)`` for the app launched with ``prevent_thread_lock=True``; close it (and its files) after."""
     from apps.gradio_app import create_app, launch
 
-    ctx = app_context(cache_dir, bench_root=bench_root, chat_checkpoint=chat_checkpoint, **limits)
+    ctx = app_context(cache_dir, bench_root=bench_root, checkpoint=checkpoint, chat_checkpoint=chat_checkpoint,
+                      **limits)
     server = launch(create_app(ctx), ctx, host="127.0.0.1", port=None, prevent_thread_lock=True, quiet=True)
     try:
         yield ctx, server.local_url

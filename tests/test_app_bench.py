@@ -17,6 +17,7 @@ import gradio as gr  # noqa: E402
 from app_server import BENCH_ITEMS, app_context, bench_output  # noqa: E402
 from apps.cli.main import build_parser, main  # noqa: E402
 from apps.gradio_app import bench, create_app, trajectories  # noqa: E402
+from apps.gradio_app.bench_folder import Sample  # noqa: E402
 from cola_core.generate import GenerationConfig  # noqa: E402
 from workbench import WorkbenchError  # noqa: E402
 from workbench.bench import SUMMARY_FORMAT  # noqa: E402
@@ -129,7 +130,8 @@ def test_an_opened_sample_re_runs_to_the_benchs_exact_tokens(ctx, root, wb, task
     form = {k.removeprefix("traj_"): v for k, v in first.items() if k.removeprefix("traj_") in trajectories.FORM}
     assert form == {"prompt": item.get("few_shot_prefix", "") + item["prompt"], "steps": 2, "guidance": 3.0,
                     "max_new_tokens": 8, "seed": 66, "solver": "euler", "schedule": "linear", "sample_id": noise,
-                    "temperature": 0.0, "top_k": 50, "top_p": 0.9, "repetition_penalty": 1.1, "stop_at_eos": False}
+                    "temperature": 0.0, "top_k": 50, "top_p": 0.9, "repetition_penalty": 1.1, "stop_at_eos": False,
+                    "guidance_rescale": 0.0, "interval_lo": 0.0, "interval_hi": 1.0}     # no guidance variant
     assert form["prompt"] == stored["prompt"]
     summary = final["traj_summary"]
     assert summary["status"] == "finished" and summary["token_ids"] == stored["token_ids"]
@@ -204,7 +206,7 @@ def test_trajectories_takes_a_sample_id_and_the_token_sampling_knobs(ctx, wb):
                                        sample_id=123, **sampling))[-1]
     expected = wb.generate(["a small animal that"], sample_ids=[123], **knobs, **sampling)[0]
     assert final["summary"]["token_ids"] == expected.token_ids and final["summary"]["sample_id"] == 123
-    assert final["summary"]["knobs"] == {**knobs, **sampling}
+    assert final["summary"]["knobs"] == {**knobs, **sampling, "guidance_rescale": 0.0, "guidance_interval": None}
     with gr.Blocks():
         ui = trajectories.build(ctx)
     defaults = GenerationConfig()
@@ -222,13 +224,17 @@ def test_the_app_wires_the_bench_events_and_switches_tabs(ctx):
     assert any(type(block).__name__ == "Tabs" for block in opening.outputs)
 
 
-def test_shown_text_goes_through_the_one_display_helper(ctx, root, monkeypatch):
-    monkeypatch.setattr(bench, "display_text", lambda text: f"<<{text}>>")
+def test_special_tokens_in_bench_outputs_show_as_markers(ctx, root, monkeypatch):
+    """The release's outputs run on past <|endoftext|> (the official protocol scores the untrimmed text): the tab
+    shows each special token as its marker and cuts nothing."""
+    monkeypatch.setattr(Sample, "generated", property(lambda self: " Paris<|endoftext|> and on<|pad|>"))
+    monkeypatch.setattr(Sample, "answers", lambda self: ("Paris<|im_end|>", "Paris"))
     out = loaded(ctx, root / "bench")
     row = out["samples"][0]
-    assert row[2].startswith("<<") and row[5].startswith("<<") and row[5].endswith(">>")
+    assert (row[2], row[5]) == ("Paris⟨im_end⟩", " Paris⟨eos⟩ and on⟨pad⟩")
     first = next(bench.open_sample(ctx, out["run"], "lambada", row[0], False, "auto", "2-D"))
-    assert "Bench's generated text: \\<\\<" in first["traj_origin"].value     # escaped for Markdown
+    note = first["traj_origin"].value
+    assert "<|" not in note and "Paris⟨eos⟩ and on⟨pad⟩" in note
 
 
 def test_serve_takes_bench_roots():

@@ -8,6 +8,7 @@ artifacts/screenshots/ (git-ignored). Skips when Playwright or /usr/bin/chromium
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -17,7 +18,7 @@ pytest.importorskip("gradio")
 sync_api = pytest.importorskip("playwright.sync_api")
 
 from app_server import bench_output, hold_at, running_app, stop_signal  # noqa: E402
-from cola_core.pocket import resolve_checkpoint  # noqa: E402
+from cola_core.pocket import default_checkpoint, resolve_checkpoint  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -30,21 +31,23 @@ pytestmark = [pytest.mark.heavy,
 
 
 @pytest.fixture(scope="module")
-def page(tmp_path_factory):
-    """One browser page on the running app (with a tiny bench run it may read, and the Chat tab on pocket-chat, as
-    `serve` runs it by default); records every request that leaves 127.0.0.1."""
+def browser():
+    """One headless Chromium for the module's pages (Playwright's sync API allows one driver at a time)."""
     SHOTS.mkdir(parents=True, exist_ok=True)
-    bench_root = tmp_path_factory.mktemp("bench_root")
-    bench_output(bench_root)
-    with running_app(tmp_path_factory.mktemp("projections"), bench_root=[bench_root],
-                     chat_checkpoint=resolve_checkpoint(None, chat=True)) as (ctx, url), \
-            sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+    with sync_api.sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        yield chromium
+        chromium.close()
+
+
+@contextmanager
+def browser_page(browser, ctx, url: str):
+    """A page on the app at ``url`` that records (and blocks) every request leaving 127.0.0.1."""
+    pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+    try:
         pg.set_default_timeout(TIMEOUT_MS)
         pg.external = []
         pg.ctx = ctx
-        pg.bench = bench_root / "bench"
 
         def guard(route):
             host = urlparse(route.request.url).hostname
@@ -58,7 +61,29 @@ def page(tmp_path_factory):
         pg.goto(url)
         pg.get_by_text("fingerprint").first.wait_for()
         yield pg
-        browser.close()
+    finally:
+        pg.close()
+
+
+@pytest.fixture(scope="module")
+def page(browser, tmp_path_factory):
+    """One browser page on the app over the tiny fixture, with a tiny bench run it may read."""
+    bench_root = tmp_path_factory.mktemp("bench_root")
+    bench_output(bench_root)
+    with running_app(tmp_path_factory.mktemp("projections"), bench_root=[bench_root]) as (ctx, url), \
+            browser_page(browser, ctx, url) as pg:
+        pg.bench = bench_root / "bench"
+        yield pg
+
+
+@pytest.fixture(scope="module")
+def pocket_page(browser, tmp_path_factory):
+    """A page on the app over the pocket checkpoint: it ends texts with EOS and leaves the manifold at guidance 7;
+    the Chat tab talks to pocket-chat, as `serve` runs them by default."""
+    with running_app(tmp_path_factory.mktemp("pocket"), checkpoint=default_checkpoint(),
+                     chat_checkpoint=resolve_checkpoint(None, chat=True)) as (ctx, url), \
+            browser_page(browser, ctx, url) as pg:
+        yield pg
 
 
 def visible_plots(pg) -> int:
@@ -89,8 +114,9 @@ def test_trajectories_tab_streams_and_plots(page):
     text = page.get_by_label("Prompt + generated text").input_value()
     assert text.startswith("a small animal that") and len(text) > len("a small animal that")
     assert page.get_by_text('"v_diff_norm"').count() == 1
-    wait_plots(page, 2)
+    wait_plots(page, 3)                                                         # paths, norms, the monitor
     assert page.locator(".js-plotly-plot .scatterlayer .trace").count() > 8   # backdrop + block paths
+    assert page.locator("#trajectory-monitor .barlayer .point").count() >= 1
     page.screenshot(path=str(SHOTS / "trajectories.png"), full_page=True)
 
 
@@ -115,8 +141,8 @@ def test_diagnostics_tab_and_error_message(page):
     open_tab(page, "Diagnostics")
     page.get_by_role("button", name="Diagnose").click()
     page.get_by_text("3 texts,").wait_for()
-    wait_plots(page, 4)
-    assert page.get_by_text("active units").count() == 1
+    wait_plots(page, 5)
+    assert page.get_by_text("informative units (means follow the text)").count() == 1
     assert page.locator(".js-plotly-plot .heatmaplayer, .js-plotly-plot .hm").count() >= 1
     page.screenshot(path=str(SHOTS / "diagnostics.png"), full_page=True)
     box = page.get_by_label("Texts (one per line)")
@@ -231,6 +257,73 @@ def test_inside_stop_ends_a_long_run(page, monkeypatch):
     wait_heatmap(page, "inside-attention", "Attention")
 
 
+def test_nothing_was_fetched_from_outside(page):
+    assert page.external == []
+
+
+# -- trustworthy numbers, on the pocket checkpoint --------------------------------------------------------------
+def test_pocket_trajectory_marks_the_end_and_flags_off_manifold_blocks(pocket_page):
+    pg = pocket_page
+    open_tab(pg, "Trajectories")
+    tokens = shown(pg, "number input for Max new tokens")
+    tokens.fill("12")
+    tokens.press("Enter")
+    pg.get_by_text("Noise sample id, token sampling, EOS").click()
+    pg.get_by_label("Stop at EOS").uncheck()                      # every block runs: blocks past the EOS are marked
+    pg.get_by_role("button", name="Generate").click()
+    pg.get_by_text("Finished").wait_for()
+    text = pg.get_by_label("Prompt + generated text").input_value()
+    assert text.endswith("⟨eos⟩") and "<|" not in text
+    pg.get_by_text("ran on past it").wait_for()
+    pg.get_by_text("Off-manifold").first.wait_for()
+    wait_plots(pg, 3)
+    assert pg.locator("#trajectory-monitor .barlayer .trace").first.locator(".point").count() == 12   # a bar a block
+    pg.locator("#trajectory-monitor").scroll_into_view_if_needed()
+    pg.screenshot(path=str(SHOTS / "trajectories_numbers.png"), full_page=True)
+
+
+def test_pocket_guidance_lab_flags_cells_and_shows_population_metrics(pocket_page):
+    pg = pocket_page
+    open_tab(pg, "Guidance lab")
+    shown(pg, "X: guidance values").fill("1, 4, 7")
+    pg.get_by_label("seed", exact=True).check()
+    shown(pg, "Y values").fill("0, 1, 2")
+    tokens = shown(pg, "number input for Max new tokens")
+    tokens.fill("10")
+    tokens.press("Enter")
+    pg.get_by_role("button", name="Run grid").click()
+    pg.get_by_text("Done").wait_for()
+    assert pg.locator(".cola-grid td .gen").count() == 18          # 3 guidance x 3 seeds x 2 prompts
+    assert pg.locator(".cola-grid .flag").count() >= 1 and "<|" not in pg.locator(".cola-grid").inner_text()
+    pg.locator("#guidance-monitor .js-plotly-plot .main-svg").first.wait_for()
+    assert pg.get_by_text("self_bleu").count() >= 1
+    pg.screenshot(path=str(SHOTS / "guidance_lab_numbers.png"), full_page=True)
+
+
+def test_pocket_latent_lab_round_trip_and_inversion(pocket_page):
+    pg = pocket_page
+    open_tab(pg, "Latent lab")
+    pg.get_by_role("button", name="Encode A and B").click()
+    pg.get_by_text('"token_accuracy": 1').first.wait_for()
+    assert pg.get_by_text('"decoded": "a small domesticated animal kept as a pet"').count() == 1
+    pg.get_by_role("tab", name="Inversion round trip").click()
+    pg.get_by_role("button", name="Invert and regenerate").click()
+    pg.get_by_text('"relative_error_held"').wait_for()
+    pg.get_by_text("Round-trip error per block").wait_for()
+    pg.screenshot(path=str(SHOTS / "latent_lab_numbers.png"), full_page=True)
+
+
+def test_pocket_diagnostics_show_units_and_the_likelihood_with_its_error(pocket_page):
+    pg = pocket_page
+    open_tab(pg, "Diagnostics")
+    pg.get_by_label("ODE log-likelihood (slow)").check()
+    pg.get_by_role("button", name="Diagnose").click()
+    pg.get_by_text("prior log-likelihood (posterior draws)").wait_for()
+    assert pg.get_by_text("bits/dim (divergence estimate; 0 when exact), ODE error").count() == 1
+    pg.get_by_text("Informative units:").wait_for()
+    pg.screenshot(path=str(SHOTS / "diagnostics_numbers.png"), full_page=True)
+
+
 def wait_held(pg, held: threading.Event) -> None:
     """Wait for a hook the test holds, letting the page run meanwhile (its requests pass the route guard only
     while Playwright is called)."""
@@ -241,8 +334,9 @@ def wait_held(pg, held: threading.Event) -> None:
     raise AssertionError("the sampler never reached the held step")
 
 
-def test_chat_tab_streams_the_denoising_block_and_opens_the_answer(page):
+def test_chat_tab_streams_the_denoising_block_and_opens_the_answer(pocket_page):
     """pocket-chat answers while the test holds its sampler in block 1: the live view shows coloured x0 tokens."""
+    page = pocket_page
     held, release = threading.Event(), threading.Event()
     open_tab(page, "Chat")
     page.get_by_text("User:/Assistant: turns").wait_for()                 # pocket-chat's text template
@@ -271,7 +365,8 @@ def test_chat_tab_streams_the_denoising_block_and_opens_the_answer(page):
     page.screenshot(path=str(SHOTS / "chat_opened.png"), full_page=True)
 
 
-def test_chat_stop_keeps_what_was_said(page, monkeypatch):
+def test_chat_stop_keeps_what_was_said(pocket_page, monkeypatch):
+    page = pocket_page
     stopped, held = stop_signal(page.ctx, monkeypatch), threading.Event()
     open_tab(page, "Chat")
     box = page.get_by_label("Message", exact=True)
@@ -285,5 +380,5 @@ def test_chat_stop_keeps_what_was_said(page, monkeypatch):
     page.get_by_text("New conversation.").wait_for()
 
 
-def test_nothing_was_fetched_from_outside(page):
-    assert page.external == []
+def test_pocket_page_fetched_nothing_from_outside(pocket_page):
+    assert pocket_page.external == []

@@ -99,11 +99,13 @@ def test_status_reports_checkpoint_device_and_pca_only(app, wb):
 
 def test_trajectory_matches_workbench_generation_and_scrubs(app, wb):
     c = client(app)
-    status, text, info, preview, norms, proj, block, step, files, summary = generate(c, "a small animal that")
+    status, text, info, preview, norms, proj, block, step, files, summary, monitor = generate(c, "a small animal that")
     direct = wb.trajectory(["a small animal that"], preview=True, **KNOBS)
     expected = direct.generations[0]
-    assert summary["status"] == "finished" and summary["text"] == expected.text
-    assert summary["token_ids"] == expected.token_ids and text == "a small animal that" + expected.text
+    assert summary["status"] == "finished" and summary["text"] == wb.display(expected.token_ids)
+    assert summary["token_ids"] == expected.token_ids and text == "a small animal that" + summary["text"]
+    records = direct.norm_records(wb.data_norm())                 # the off-manifold monitor, per block
+    assert figure(monitor)["data"][0]["y"] == pytest.approx([r["ratio"] for r in records])
     assert summary["steps_recorded"] == len(direct.steps) == direct.num_blocks * KNOBS["steps"]
     assert (block["value"], block["maximum"]) == (direct.num_blocks - 1, direct.num_blocks - 1)
     assert (step["value"], step["maximum"]) == (KNOBS["steps"] - 1, KNOBS["steps"] - 1)
@@ -125,9 +127,10 @@ def test_trajectory_matches_workbench_generation_and_scrubs(app, wb):
     assert sorted(p.rsplit("/", 1)[-1] for p in files) == ["trajectory.csv", "trajectory.html", "trajectory.json",
                                                            "trajectory_tensors.safetensors"]
     saved = json.loads(open(next(p for p in files if p.endswith(".json"))).read())
-    assert len(saved["rows"]) == len(direct.steps) and saved["text"] == expected.text
+    assert len(saved["rows"]) == len(direct.steps) and saved["raw_text"] == expected.text
     # scrub to block 0, step 1: the numbers, preview and marked points of that step
-    info0, preview0, norms0, proj0 = c.predict(0, 1, "PCA", "3-D", api_name="/trajectory_scrub")
+    info0, preview0, norms0, proj0, monitor0 = c.predict(0, 1, "PCA", "3-D", api_name="/trajectory_scrub")
+    assert figure(monitor0)["data"][0]["marker"]["line"]["width"][0] == 3          # block 0 outlined
     s = direct.block(0)[1]
     assert (info0["block"], info0["step"]) == (0, 1) and math.isclose(info0["t"], float(s.t[0].max()))
     assert preview0 == s.preview[0]
@@ -152,7 +155,8 @@ def test_trajectory_streams_while_a_hook_holds_the_sampler(app, wb):
     assert re.match(r"\*\*Sampling\*\* — block 1/\d+, step 1/8", running[0][0])
     assert [u[3] for u in running] == [u[2]["preview"] for u in running]   # live preview of the live step
     assert final[9]["status"] == "finished"
-    assert final[9]["text"] == wb.generate([""], steps=8, guidance=3.0, max_new_tokens=12, seed=1)[0].text
+    assert final[9]["text"] == wb.display(wb.generate([""], steps=8, guidance=3.0, max_new_tokens=12,
+                                                      seed=1)[0].token_ids)
 
 
 def test_stop_interrupts_the_sampler(app, wb, monkeypatch):
@@ -173,7 +177,7 @@ def test_stop_interrupts_the_sampler(app, wb, monkeypatch):
 def test_diagnose_matches_workbench_numbers(app, wb, tmp_path):
     texts = ["a small domesticated animal kept as a pet", "the act of moving quickly on foot"]
     out = client(app).predict("\n".join(texts), None, 1, 1, 5, 0, False, 8, api_name="/diagnose")
-    summary, scatter, heatmap, fm, bits, table, files = out
+    summary, scatter, heatmap, fm, bits, table, files, units = out
     diag = diagnose(wb.model, texts, samples=1, fm_draws=1, t_grid=[0, 0.25, 0.5, 0.75, 1.0], seed=0)
     rows = table["data"]
     assert [r[1] for r in rows] == texts
@@ -183,6 +187,8 @@ def test_diagnose_matches_workbench_numbers(app, wb, tmp_path):
         assert math.isclose(row[5], rec.kl_bits_per_token, abs_tol=1e-4)
         assert math.isclose(row[7], rec.fm_loss, abs_tol=1e-4)
     assert f"{diag.dataset.elbo_bits_per_token:.3f} bits/token" in summary
+    assert f"| informative units (means follow the text) | {diag.dataset.informative_units} / " in summary
+    assert figure(units)["data"][0]["y"] == pytest.approx([r.text_variance_ratio for r in diag.per_dimension])
     points = figure(scatter)["data"][0]
     assert points["y"] == pytest.approx([r.recon_bits_per_token for r in diag.per_text], rel=1e-6)
     assert texts[0] in points["text"][0]                       # hover shows the text
@@ -223,14 +229,15 @@ def test_diagnose_uploads_and_bad_files(app, tmp_path):
 
 def test_guidance_grid_runs_the_experiment_runner(app, wb):
     c = client(app)
-    status, grid, metrics, gaps, table, files = c.predict("a small animal that", "1, 5", "steps", "2-3", 4, 0, 8,
-                                                          "euler", "off", api_name="/guidance_grid")
+    status, grid, metrics, gaps, table, files, monitor, population = c.predict(
+        "a small animal that", "1, 5", "steps", "2-3", 4, 0, 8, "euler", "off", api_name="/guidance_grid")
     assert status.startswith("**Done**") and "4 cells" in status
     rows = table["data"]
     assert len(rows) == 4
     for prompt, g, steps, seed, text, *_ in rows:
         expected = wb.generate(["a small animal that"], guidance=g, steps=steps, seed=seed, max_new_tokens=8,
-                               sample_ids=[text_sample_id("a small animal that")])[0].completion   # the sweep's rule
+                               sample_ids=[text_sample_id("a small animal that")])[0]   # the sweep's rule
+        expected = wb.display(expected.completion_ids)
         assert text == expected and seed == 0
         assert expected.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;") in grid
     assert {(r[1], r[2]) for r in rows} == {(1.0, 2), (1.0, 3), (5.0, 2), (5.0, 3)}
@@ -242,6 +249,16 @@ def test_guidance_grid_runs_the_experiment_runner(app, wb):
     by_seed = c.predict("a small animal that", "3", "seed", "0, 7", 4, 0, 8, "euler", "off",
                         api_name="/guidance_grid")[4]["data"]
     assert [(r[2], r[3]) for r in by_seed] == [(4, 0), (4, 7)]
+    assert population["data"] == [] and "choose Y = seed" in status              # one seed per cell here
+    assert figure(monitor)["layout"]["height"] and len(figure(monitor)["data"]) >= 2
+    seeds = c.predict("a small animal that", "3", "seed", "0, 7", 4, 0, 8, "euler", "off", api_name="/guidance_grid")
+    assert [row[3] for row in seeds[7]["data"]] == [[0, 7]]                      # population across the two seeds
+    varied = c.predict("a small animal that", "5", "steps", "4", 4, 0, 8, "euler", "off", 0.7, 0.0, 0.5,
+                       api_name="/guidance_grid")[4]["data"][0]              # the variants, appended at the end
+    expected = wb.generate(["a small animal that"], guidance=5.0, steps=4, seed=0, max_new_tokens=8,
+                           guidance_rescale=0.7, guidance_interval=(0.0, 0.5),
+                           sample_ids=[text_sample_id("a small animal that")])[0]
+    assert varied[4] == wb.display(expected.completion_ids)
 
 
 def test_guidance_stop_ends_the_grid_after_the_cell_in_progress(app, monkeypatch):
@@ -261,7 +278,7 @@ def test_guidance_stop_ends_the_grid_after_the_cell_in_progress(app, monkeypatch
                    api_name="/guidance_grid")
     assert held.wait(TIMEOUT_S)
     assert c.predict(api_name="/guidance_stop").startswith("Stopping")
-    status, grid, *_, table, files = job.result(timeout=TIMEOUT_S)
+    status, grid, _, _, table, files, *_ = job.result(timeout=TIMEOUT_S)
     assert status.startswith("**Stopped** after 1 of 16 cells")
     assert len(table["data"]) == 1 and grid.count("class='gen'") == 1
 
@@ -295,11 +312,17 @@ def test_latent_lab_endpoints_match_the_workbench(app, wb):
     direct = regenerate_from(wb, lat[1], strength=0.5, keep_blocks=[0], steps=4, guidance=7.0, seed=11)
     assert regen_text == wb.decode(direct.latents)[0].text and rinfo["t_start"] == direct.t_start
     assert c.predict("A", 0.0, [], 4, 7.0, 0, api_name="/latent_regenerate")[1]["changed_token_fraction"] == 0
-    inv_text, iinfo = c.predict("A", 4, "heun", api_name="/latent_invert")
-    inv = invert(wb, lat[0], steps=4, solver="heun")
+    varied = regenerate_from(wb, lat[1], strength=0.5, keep_blocks=[0], steps=4, guidance=7.0, seed=11,
+                             guidance_rescale=0.7, guidance_interval=(0.0, 0.5))
+    assert c.predict("B", 0.5, ["0"], 4, 7.0, 11, 0.7, 0.0, 0.5, api_name="/latent_regenerate")[0] == \
+        wb.decode(varied.latents)[0].text
+    inv_text, iinfo, blocks = c.predict("A", 4, "heun", api_name="/latent_invert")     # posterior sample, seed 0
+    inv = invert(wb, wb.encode([a], sample=True, seed=0, sample_ids=[0]), steps=4, solver="heun")
     assert iinfo["max_abs_error"] == pytest.approx(inv.max_abs_error[0], rel=1e-6)
     assert iinfo["token_agreement"] == pytest.approx(inv.token_agreement[0])
     assert inv_text == wb.decode(inv.reconstruction)[0].text
+    assert figure(blocks)["data"][1]["y"] == pytest.approx(inv.block_error_held[0])
+    assert c.predict("A", 4, "heun", 9, api_name="/latent_invert")[1]["latent"] == "posterior sample (seed 9)"
 
 
 def test_bench_tab_loads_filters_and_re_runs_a_sample_to_the_benchs_tokens(app, bench_root):
@@ -318,14 +341,14 @@ def test_bench_tab_loads_filters_and_re_runs_a_sample_to_the_benchs_tokens(app, 
     stored = {r["id"]: r for r in map(json.loads, (folder / "generations" / "squad.jsonl").read_text().splitlines())}
     outputs = c.predict("squad", squad[1]["id"], api_name="/bench_open")
     opened_status, prompt, *_ = outputs
-    run_summary, note = outputs[-1], outputs[14]["value"]
+    run_summary, note = outputs[-2], outputs[17]["value"]      # the run's outputs end with summary, monitor
     assert "Trajectories" in opened_status and prompt == squad[1]["few_shot_prefix"] + squad[1]["prompt"]
     assert run_summary["token_ids"] == stored[squad[1]["id"]]["token_ids"] and run_summary["status"] == "finished"
     assert "reproduces the bench's" in note and "score " in note
     # the Trajectories tab holds the opened run: scrub it
     assert c.predict(0, 1, "PCA", "2-D", api_name="/trajectory_scrub")[0]["step"] == 1
     # the same values through /trajectory_generate give the same tokens
-    form = outputs[1:14]        # prompt ... schedule, then sample id ... stop at EOS: the Trajectories form's order
+    form = outputs[1:17]        # prompt ... schedule, then sample id ... interval: the Trajectories form's order
     again = c.predict(*form[:7], False, "auto", "2-D", *form[7:], api_name="/trajectory_generate")[9]
     assert again["token_ids"] == run_summary["token_ids"]
 
@@ -348,7 +371,7 @@ def test_inside_endpoints_match_the_workbench(app, wb):
     status, text, attention, lens, cell, block, step, summary, files = c.predict(
         prompt, *INSIDE_KNOBS, 1, 2, 1, 3, "cond", "this block", "p_final", api_name="/inside_run")
     knobs = dict(steps=4, guidance=7.0, max_new_tokens=8, seed=3)
-    assert status.startswith("**Done**") and text == prompt + wb.generate(prompt, **knobs)[0].text
+    assert status.startswith("**Done**") and text == prompt + wb.display(wb.generate(prompt, **knobs)[0].token_ids)
     assert (block["maximum"], block["value"], step["maximum"], step["value"]) == (1, 1, 3, 2)
     name = "block.1.step.2.dit.cond.layer.1.attn.pattern"
     pattern = wb.run_with_cache(prompt, names_filter=name, **knobs)[1][name][0, 3]
@@ -366,6 +389,9 @@ def test_inside_endpoints_match_the_workbench(app, wb):
     fails("no model-internals result", client(app).predict, 0, 0, 0, 0, "cond", "all blocks", "p_final",
           api_name="/inside_view")                                        # another session has no run
     assert c.predict(api_name="/inside_stop") == "Nothing is running."
+    rescaled = c.predict(prompt, *INSIDE_KNOBS, 0, 0, 0, 0, "cond", "all blocks", "p_final", 0.7, 0.0, 1.0,
+                         api_name="/inside_run")[7]               # the variants, appended at the end
+    assert rescaled["token_ids"] == wb.generate(prompt, guidance_rescale=0.7, **knobs)[0].token_ids
 
 
 def test_inside_patching_sweep_and_its_errors(app, wb):

@@ -128,8 +128,8 @@ def test_both_protocols_store_batch_independent_records_past_eos():
         assert [generate_records(pocket, [it], config)[0] for it in items] == together
         assert all(r["eos_index"] is not None for r in together)           # every row said EOS early...
         lengths = {len(r["token_ids"]) for r in together}
-        if protocol == "official":                                          # ...and ran on to the end
-            assert lengths == {12} and all("<|endoftext|>" in r["text"] for r in together)
+        if protocol == "official":                                          # ...and ran on past it
+            assert all(len(r["token_ids"]) > r["eos_index"] + 1 and "<|endoftext|>" in r["text"] for r in together)
         else:
             assert all(len(r["token_ids"]) == r["eos_index"] + 1 for r in together) and max(lengths) < 12
         assert all("<|endoftext|>" not in r["completion"] for r in together)

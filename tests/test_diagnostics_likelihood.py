@@ -162,6 +162,10 @@ def test_diagnose_with_likelihood_reports_prior_bits(tiny_model):
     rows = diag.per_text
     expected = sum(r.prior_bits_per_dim * r.latents for r in rows) / sum(r.latents for r in rows)
     assert diag.dataset.prior_bits_per_dim == pytest.approx(expected)
+    dims_ln2 = sum(r.latents for r in rows) * tiny_model.vae_config.latent_dim * math.log(2)   # bits/dim of the nats
+    assert diag.dataset.prior_stderr_bits_per_dim == 0.0                                    # exact divergence
+    assert diag.dataset.prior_ode_error_bits_per_dim == pytest.approx(
+        sum(r.prior_ode_error_nats for r in rows) / dims_ln2) and diag.dataset.prior_ode_error_bits_per_dim > 0
 
 
 # -- every estimate carries its error ------------------------------------------------------------------------

@@ -13,9 +13,25 @@ PROMPTS = ["a small bird that", "the act of", ""]
 KNOBS = dict(steps=3, guidance=7.0, max_new_tokens=14, seed=0)
 
 
+def ending_hook(tok):
+    """A per-call ``decoded`` hook: whatever the model draws, sample 0 ends in block 1, sample 1 in block 2 and
+    no other sample ever ends."""
+    stops, word = torch.tensor(sorted(tok.stop_ids)), tok.encode(" the")[0]
+
+    def end_at(state) -> None:
+        ids = state.token_ids.clone()
+        ids[torch.isin(ids, stops)] = word
+        if state.block in (1, 2) and state.block - 1 < len(ids):
+            ids[state.block - 1, -1] = tok.eos_id
+        state.token_ids = ids
+
+    return end_at
+
+
 @pytest.fixture(scope="module")
 def pocket_traj(pocket_model):
-    return Workbench(pocket_model).trajectory(PROMPTS, sample_ids=[5, 6, 7], preview=True, **KNOBS)
+    return Workbench(pocket_model).trajectory(PROMPTS, sample_ids=[5, 6, 7], preview=True,
+                                              hooks={"decoded": ending_hook(pocket_model.tokenizer)}, **KNOBS)
 
 
 def test_display_text_marks_special_tokens_and_stops_at_eos(tiny_model):
@@ -37,12 +53,25 @@ def test_generation_end_block_and_completion_ids(pocket_traj, pocket_model):
     for gen in pocket_traj.generations:
         cut = next((i for i, t in enumerate(gen.token_ids) if t in stops), None)
         assert gen.completion_ids == gen.token_ids[:cut if cut is not None else len(gen.token_ids)]
-        assert gen.completion == pocket_model.tokenizer.decode(gen.completion_ids)
+        assert gen.completion == pocket_model.tokenizer.decode(gen.completion_ids, skip_special_tokens=True)
         if gen.end_block is not None:
             ended += 1
             trim = len(gen.untrimmed_ids) - len(gen.token_ids)
-            assert (trim + cut) // pocket_model.block_size == gen.end_block   # pocket: one token per block
-    assert ended >= 2, "the pocket ends most samples with EOS at these knobs"
+            assert (trim + cut) // (pocket_model.block_size * pocket_model.patch_size) == gen.end_block
+    assert ended >= 2   # samples 0 and 1 are made to end (the fixture's hook)
+
+
+def test_the_end_is_tracked_without_stop_at_eos_too(pocket_model, pocket_traj):
+    """stop_at_eos=False (the bench's official protocol) runs every block; the blocks past a sample's first EOS
+    are still marked, and the generation still knows where its text ended."""
+    run_on = Workbench(pocket_model).trajectory(PROMPTS[:1], sample_ids=[5], stop_at_eos=False,
+                                                hooks={"decoded": ending_hook(pocket_model.tokenizer)}, **KNOBS)
+    gen, stopped = run_on.generations[0], pocket_traj.generations[0]
+    assert gen.end_block == stopped.end_block is not None and not gen.stopped_at_eos
+    chunk = pocket_model.block_size * pocket_model.patch_size
+    assert gen.completion_ids == stopped.completion_ids and run_on.num_blocks == -(-KNOBS["max_new_tokens"] // chunk)
+    assert [bool(run_on.after_eos[b][0]) for b in range(run_on.num_blocks)] == [
+        b > gen.end_block for b in range(run_on.num_blocks)]
 
 
 def test_trajectory_marks_blocks_past_each_samples_end(pocket_traj, tmp_path):
@@ -53,7 +82,8 @@ def test_trajectory_marks_blocks_past_each_samples_end(pocket_traj, tmp_path):
             assert bool(traj.after_eos[b][i]) == past
     for state in traj.steps:
         assert torch.equal(state.after_eos, traj.after_eos[state.block])
-    assert any(bool(traj.after_eos[b].any()) for b in traj.after_eos), "some sample ran past its end"
+    assert [g.end_block for g in traj.generations] == [1, 2, None]
+    assert traj.after_eos[2].tolist() == [True, False, False] and traj.after_eos[3].tolist() == [True, True, False]
     back = Trajectory.load(traj.save(tmp_path / "traj"))
     assert all(torch.equal(back.after_eos[b], traj.after_eos[b]) for b in traj.after_eos)
     assert all(torch.equal(s.after_eos, traj.after_eos[s.block]) for s in back.steps)

@@ -31,6 +31,13 @@ def test_x0_lens_last_layer_is_the_samplers_x0_pred(wb):
     assert fig.layout.height == 300 and len(fig.data[0].y) == layers + 1 and len(fig.data[0].x) == 3
 
 
+def test_x0_lens_guides_as_the_run_did_with_cfg_rescale_and_an_interval(wb):
+    knobs = dict(KNOBS, guidance_rescale=0.7, guidance_interval=(0.3, 1.0))
+    lens = x0_lens(wb, PROMPTS, blocks=[1], **knobs)
+    for s in wb.trajectory(PROMPTS, **knobs).block(1):
+        assert torch.allclose(lens.x0[1][s.step, -1], s.x0_pred, atol=1e-6)
+
+
 def test_x0_lens_reads_the_cache_of_a_run_that_cached_more(wb):
     names = x0_lens_names() + ["block.*.step.*.dit.*.layer.*.attn.pattern"]
     _, cache = wb.run_with_cache(PROMPTS, names_filter=names, **KNOBS)

@@ -124,6 +124,8 @@ class DatasetDiagnostics:
     posterior_std: float
     fm_loss: float | None = None
     prior_bits_per_dim: float | None = None
+    prior_stderr_bits_per_dim: float | None = None     # its divergence-estimate standard error (texts independent)
+    prior_ode_error_bits_per_dim: float | None = None  # its ODE discretisation error (the texts' errors added)
     rate_prior_bits_per_token: float | None = None
     elbo_prior_bits_per_token: float | None = None
     iw_prior_bits_per_token: float | None = None
@@ -343,7 +345,10 @@ def _dataset_summary(rows: list[TextDiagnostics], au: int, iu: int, dim: int, th
         elbo_bits_per_token=weighted("elbo_bits_per_token"), active_units=au, informative_units=iu, latent_dim=dim,
         active_unit_threshold=threshold, informative_threshold=informative_threshold, posterior_std=0.0)
     if likelihood:
+        dims_ln2 = sum(r.latents for r in rows) * dim * LN2      # the dataset's bits/dim = sum of -log p / this
         summary.prior_bits_per_dim = sum(r.prior_bits_per_dim * r.latents for r in rows) / sum(r.latents for r in rows)
+        summary.prior_stderr_bits_per_dim = math.sqrt(sum(r.prior_stderr_nats ** 2 for r in rows)) / dims_ln2
+        summary.prior_ode_error_bits_per_dim = sum(r.prior_ode_error_nats for r in rows) / dims_ln2
         for name in ("rate_prior_bits_per_token", "elbo_prior_bits_per_token", "iw_prior_bits_per_token"):
             setattr(summary, name, weighted(name))
     return summary

@@ -20,7 +20,9 @@ decoded          ``logits`` and chosen ``token_ids`` of the block (edit them her
 ===============  ====================================================================
 
 Pass hooks per call (``wb.generate(prompts, hooks=[guidance_ramp(1, 7)])`` or
-``hooks={"post_update": fn}``) or register them for a scope (``with wb.hooks(...)``).
+``hooks={"post_update": fn}``) or register them for a scope (``with wb.hooks(...)``). A run with
+hooks (or a cache/patch listener) makes its model calls eagerly; one without takes cola_core's fast
+path (``cola_core.static_prior``: static KV cache, CUDA graphs), with the same tokens.
 """
 from __future__ import annotations
 

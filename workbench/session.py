@@ -348,6 +348,7 @@ class Workbench:
             run = sampler_names(self.model, sampler)
             session.taps = CallTaps.build(run, set() if keep is None else keep(run), patches, self.fingerprint, to,
                                           run_facts(sampler))
+        sampler.fast = not table and session.taps is None   # hooks and taps get the eager model calls
         return session
 
     # -- diagnostics and projections (thin delegations; see their modules) ---------------------------

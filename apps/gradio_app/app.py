@@ -35,6 +35,7 @@ CSS = """
 .cola-grid .prompt{color:var(--body-text-color-subdued);margin-right:4px}
 .cola-grid .gen{font-weight:600}
 .cola-grid td.pending{color:var(--body-text-color-subdued)}
+.cola-grid .flag{color:#d62728;font-weight:600;margin-left:4px;white-space:nowrap}
 #cola-status{font-size:13px}
 """
 

@@ -16,16 +16,17 @@ from typing import Any, Iterator
 import gradio as gr
 
 from cola_core.seeds import MAX_SEED
-from workbench.bench import BenchConfig
+from workbench.bench import BenchConfig, stored_token_ids
 from workbench.bench.report import HEIGHT, accuracy_figure
 
-from . import inputs
+from . import inputs, trajectories
 from .bench_folder import BenchFolder, Sample, find_folders, find_sample, roots_text
 from .context import AppContext
-from .display import display_text
+from .display import display_string
 from .errors import InputError
 from .events import LOCAL_SESSION, Progress, TabComponents, Update, no_progress, on, run_state
 from .handoff import OUTPUTS, VIEW_INPUTS, attach, open_in_trajectories
+from .handoff import rerun_form as trajectory_form
 from .plots import empty_figure
 
 TITLE, TAB_ID = "Bench", "bench"
@@ -101,13 +102,14 @@ def accuracy_rows(summary: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
-def sample_row(sample: Sample) -> list[str]:
+def sample_row(ctx: AppContext, sample: Sample) -> list[str]:
     answer, gold = sample.answers()
-    return [sample.label, "✓ correct" if sample.correct else "✗ wrong", display_text(answer), gold,
-            f"{sample.score:.4f}", display_text(sample.generated)]
+    tok = ctx.workbench.tokenizer
+    return [sample.label, "✓ correct" if sample.correct else "✗ wrong", display_string(answer, tok), gold,
+            f"{sample.score:.4f}", display_string(sample.generated, tok)]
 
 
-def page_view(bench: BenchFolder, task: Any, verdict: Any, page: Any) -> Update:
+def page_view(ctx: AppContext, bench: BenchFolder, task: Any, verdict: Any, page: Any) -> Update:
     """Page ``page`` (from 1) of ``task``'s samples with this verdict, and its ids to open."""
     task = inputs.choice("task", task, bench.tasks)
     verdict = inputs.choice("samples", verdict, VERDICTS)
@@ -119,7 +121,7 @@ def page_view(bench: BenchFolder, task: Any, verdict: Any, page: Any) -> Update:
     info = (f"**{len(chosen)}** {verdict} of {len(every)} {task} samples · page {page}/{pages}"
             if chosen else f"No {verdict} samples in {task}.")
     return {"page": gr.Slider(minimum=1, maximum=max(pages, 2), value=page, step=1, interactive=pages > 1),
-            "samples": [sample_row(s) for s in rows], "page_info": info,
+            "samples": [sample_row(ctx, s) for s in rows], "page_info": info,
             "sample": gr.Dropdown(choices=[s.label for s in rows], value=rows[0].label if rows else None)}
 
 
@@ -131,44 +133,34 @@ def rerun_form(config: BenchConfig, sample: Sample) -> dict[str, Any]:
     if not 0 <= sample_id <= MAX_SEED:
         raise InputError(f"{sample.task} sample {inputs.shown(sample.label)} has noise sample id {sample_id}, "
                          f"outside the Trajectories tab's 0 to {MAX_SEED}")
-    gen = config.generation()
-    return {"prompt": sample.prompt, "steps": gen.steps, "guidance": gen.guidance,
-            "max_new_tokens": gen.max_new_tokens, "seed": gen.seed, "solver": gen.solver, "schedule": gen.schedule,
-            "sample_id": sample_id, "temperature": gen.temperature, "top_k": gen.top_k, "top_p": gen.top_p,
-            "repetition_penalty": gen.repetition_penalty, "stop_at_eos": gen.stop_at_eos}
+    return trajectory_form(sample.prompt, config.generation(), sample_id)
 
 
-def as_bench_tokens(ids: list[int], protocol: str, stops: set[int]) -> list[int]:
-    """A re-run's tokens as the bench stores them: all of them, or (completion protocol) through the first EOS."""
-    if protocol != "completion":
-        return ids
-    eos = next((i for i, t in enumerate(ids) if t in stops), None)
-    return ids if eos is None else ids[:eos + 1]
-
-
-def comparison(ctx: AppContext, bench: BenchFolder, generation: dict | None, run: dict) -> str:
-    """Whether the re-run gave the bench's tokens."""
+def comparison(bench: BenchFolder, generation: dict | None, run: trajectories.TrajectoryRun, shown: str) -> str:
+    """Whether the re-run gave the bench's tokens (kept as the bench keeps them: ``stored_token_ids``); ``shown``
+    is the re-run's text as the Trajectories tab shows it."""
     if generation is None:
         return "The bench's tokens are not in this folder (no generations/), so the re-run cannot be compared."
-    if run["status"] != "finished":
+    if run.status != "finished" or run.generation is None:
         return "The re-run was stopped before its end; nothing to compare."
     expected = generation["token_ids"]
-    got = as_bench_tokens(run["token_ids"], bench.config.protocol, set(ctx.model.tokenizer.stop_ids))
+    got = stored_token_ids(run.generation, bench.config.protocol)
     if got == expected:
         return f"✓ **The re-run reproduces the bench's {len(expected)} tokens exactly.**"
     first = next((i for i, (a, b) in enumerate(zip(got, expected)) if a != b), min(len(got), len(expected)))
     return (f"✗ **The re-run differs from the bench's tokens from token {first} on** ({len(expected)} bench tokens, "
-            f"{len(got)} re-run tokens); re-run's text: {md(display_text(run['text']))}")
+            f"{len(got)} re-run tokens); re-run's text: {md(shown)}")
 
 
-def origin_note(bench: BenchFolder, sample: Sample, form: dict[str, Any], reasons: list[str]) -> str:
+def origin_note(ctx: AppContext, bench: BenchFolder, sample: Sample, form: dict[str, Any], reasons: list[str]) -> str:
     """The opened sample beside its re-run: verdict, score, extracted answer, ground truth, the bench's text."""
     answer, gold = sample.answers()
-    verdict = "✓ correct" if sample.correct else "✗ wrong"
+    verdict, tok = "✓ correct" if sample.correct else "✗ wrong", ctx.workbench.tokenizer
     lines = [f"**Bench sample** {sample.task} · id {md(sample.label)} · **{verdict}** · score {sample.score:.4f} · "
              f"from {md(str(bench.path))}",
-             f"Extracted answer **{md(display_text(answer)) or '(none)'}** · ground truth **{md(gold) or '(none)'}**",
-             f"Bench's generated text: {md(display_text(sample.generated))}",
+             f"Extracted answer **{md(display_string(answer, tok)) or '(none)'}** · ground truth "
+             f"**{md(gold) or '(none)'}**",
+             f"Bench's generated text: {md(display_string(sample.generated, tok))}",
              f"Noise: seed {form['seed']} + 1000 × sample id {form['sample_id']} "
              f"({'from the id' if sample.id is not None else 'the item has no id: its position'}) + 10^7 × block · "
              f"knobs: {knobs_line(bench.config)}"]
@@ -184,17 +176,17 @@ def load(ctx: AppContext, folder) -> Update:
     return {"run": run_id, "status": overview(ctx, bench), "table": accuracy_rows(bench.summary),
             "figure": accuracy_figure(bench.summary), "task": gr.Dropdown(choices=bench.tasks, value=task),
             "verdict": "wrong", "folder": gr.Dropdown(choices=find_folders(ctx.bench_roots)),
-            **page_view(bench, task, "wrong", 1)}
+            **page_view(ctx, bench, task, "wrong", 1)}
 
 
 def first_page(ctx: AppContext, run_id, task, verdict) -> Update:
     """The first page of a task's samples with this verdict (wrong, correct or all)."""
-    return page_view(ctx.store.get(run_id, "bench").payload, task, verdict, 1)
+    return page_view(ctx, ctx.store.get(run_id, "bench").payload, task, verdict, 1)
 
 
 def page(ctx: AppContext, run_id, task, verdict, number) -> Update:
     """Page ``number`` (from 1) of a task's samples with this verdict."""
-    return page_view(ctx.store.get(run_id, "bench").payload, task, verdict, number)
+    return page_view(ctx, ctx.store.get(run_id, "bench").payload, task, verdict, number)
 
 
 def open_sample(ctx: AppContext, run_id, task, sample, preview, method, dims, *, session: str = LOCAL_SESSION,
@@ -207,8 +199,9 @@ def open_sample(ctx: AppContext, run_id, task, sample, preview, method, dims, *,
     generation, form = bench.generation(picked), rerun_form(bench.config, picked)
     yield from open_in_trajectories(
         ctx, form, (preview, method, dims), f"Opened {task} sample {md(picked.label)} in the **Trajectories** tab.",
-        origin_note(bench, picked, form, warnings(ctx, bench)),
-        lambda summary: comparison(ctx, bench, generation, summary), session=session, progress=progress)
+        origin_note(ctx, bench, picked, form, warnings(ctx, bench)),
+        lambda update: comparison(bench, generation, ctx.store.get(update["run"], "trajectory").payload,
+                                  update["summary"]["text"]), session=session, progress=progress)
 
 
 # -- layout and events ------------------------------------------------------------------------------------

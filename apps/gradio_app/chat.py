@@ -4,7 +4,9 @@ While an answer is generated, every solver step's x0 prediction of the current b
 shown as tokens coloured by the decoder's confidence, after the answer so far: live, from the running
 sampler (never a replay). Each decoded block extends the answer in the conversation. The conversation's
 template, its fitting into the context (oldest turns left out, with a notice) and where an answer ends
-are :mod:`workbench.chat`'s, the same rules as ``cola-workbench chat`` and the API. **Stop** ends the
+are :mod:`workbench.chat`'s, the same rules as ``cola-workbench chat`` and the API. Answers are shown as
+``ChatPrompt.answer`` cuts them (decoded without special tokens); preview tokens come rendered by the
+workbench (special tokens as markers, ``⟨eos⟩``). **Stop** ends the
 answer at the next solver step (what it said stays); **Open in Trajectories** re-runs the last answer
 there, from the same token ids, seed and knobs, on the chat checkpoint.
 """
@@ -19,17 +21,17 @@ from typing import Iterator
 import gradio as gr
 
 from cola_core.chat_template import ChatTemplate
+from cola_core.generate import GenerationConfig
 from cola_core.tokenizer import display_tokens
 from workbench import Workbench
 from workbench.chat import CHAT_DEFAULTS, AnswerDelta, ChatAnswer, ChatSession, ChatTurn, StepPreview
 
 from . import inputs
 from .context import AppContext
-from .display import display_text
 from .errors import InputError
 from .events import LOCAL_SESSION, Progress, TabComponents, Update, no_progress, on, run_state
 from .forms import sampler_knobs
-from .handoff import OUTPUTS, VIEW_INPUTS, attach, open_in_trajectories
+from .handoff import OUTPUTS, VIEW_INPUTS, attach, open_in_trajectories, rerun_form
 from .store import session_key
 from .trajectories import Every
 
@@ -64,7 +66,7 @@ def token_spans(preview: StepPreview) -> str:
     """The block's predicted tokens as spans coloured by confidence (the prompt's own pinned tail greyed)."""
     spans = []
     for token, p, pinned in zip(preview.tokens, preview.confidence, preview.prompt):
-        text = html.escape(display_text(token).replace("\n", "⏎"))
+        text = html.escape(token.replace("\n", "⏎"))
         if pinned:
             spans.append(f'<span class="tok pinned" title="prompt token (pinned)" style="color:#888">{text}</span>')
         else:
@@ -90,14 +92,14 @@ def live_html(answer: str = "", preview: StepPreview | None = None, note: str = 
             f'padding:8px 12px;min-height:72px">'
             f'<div style="font-size:12px;color:var(--body-text-color-subdued)">{head}</div>'
             f'<div style="white-space:pre-wrap;line-height:1.9;font-size:16px"><span style="opacity:.65">'
-            f'{html.escape(display_text(answer))}</span>{body}</div>{legend}</div>')
+            f'{html.escape(answer)}</span>{body}</div>{legend}</div>')
 
 
 def messages(chat: ChatSession, pending: str | None = None, partial: str = "") -> list[dict]:
     """The conversation as chat bubbles; with ``pending``, that message and the answer growing under it."""
-    out = [{"role": role, "content": display_text(content)} for role, content in chat.history]
+    out = [{"role": role, "content": content} for role, content in chat.history]
     if pending is not None:
-        out += [{"role": "user", "content": pending}, {"role": "assistant", "content": display_text(partial) + CURSOR}]
+        out += [{"role": "user", "content": pending}, {"role": "assistant", "content": partial + CURSOR}]
     return out
 
 
@@ -196,16 +198,6 @@ def clear(ctx: AppContext, run_id) -> Update:
     return {"conversation": [], "live": live_html(), "status": "New conversation.", "summary": None}
 
 
-def rerun_form(answer: ChatAnswer, prompt_text: str) -> dict:
-    """The Trajectories form that re-runs ``answer``: its prompt, seed, sample id and knobs."""
-    k = answer.knobs
-    return {"prompt": prompt_text, "steps": k["steps"], "guidance": k["guidance"],
-            "max_new_tokens": k["max_new_tokens"], "seed": answer.seed, "solver": k["solver"],
-            "schedule": k["schedule"], "sample_id": answer.sample_id, "temperature": k["temperature"],
-            "top_k": k["top_k"], "top_p": k["top_p"], "repetition_penalty": k["repetition_penalty"],
-            "stop_at_eos": k["stop_at_eos"]}
-
-
 def comparison(answer: ChatAnswer, run: dict) -> str:
     """Whether the re-run gave the answer's tokens (it runs on to EOS, so the answer is a prefix of it)."""
     if run["status"] != "finished":
@@ -225,13 +217,13 @@ def open_answer(ctx: AppContext, run_id, preview, method, dims, *, session: str 
         raise InputError("no answer to open yet: send a message first")
     answer, wb = run.last, run.chat.wb
     prompt_text = wb.tokenizer.decode(answer.prompt_ids)
-    form = rerun_form(answer, prompt_text)
+    form = rerun_form(prompt_text, GenerationConfig(**answer.knobs, seed=answer.seed), answer.sample_id)
     note = (f"**Chat answer** re-run on `{wb.model.source}` from the chat template's {len(answer.prompt_ids)} "
             f"prompt token ids, seed {answer.seed}, sample id {answer.sample_id}: “{html.escape(answer.text)}” "
             f"({answer.finish_reason}). The re-run goes on to EOS; the chat cut its answer at the template's stop. "
             f"Generate in this tab runs the form's text on this tab's checkpoint, tokenised anew.")
     yield from open_in_trajectories(ctx, form, (preview, method, dims), "Opened the last answer in the "
-                                    "**Trajectories** tab.", note, lambda summary_: comparison(answer, summary_),
+                                    "**Trajectories** tab.", note, lambda update: comparison(answer, update["summary"]),
                                     session=session, progress=progress, workbench=wb, prompt_ids=answer.prompt_ids)
 
 

@@ -1,9 +1,14 @@
 """Diagnostics tab: reconstruction vs compression vs prior fit for a text, a list or an uploaded file.
 
 Numbers come from ``workbench.diagnostics.diagnose``; the per-token heatmap from the workbench's
-encoder latents and decoder logits (``Workbench.encode`` / ``Workbench.decoder_logits``).
+encoder latents and decoder logits (``Workbench.encode`` / ``Workbench.decoder_logits``). Every
+estimate is shown with its error where the workbench reports one (the ODE log-likelihood: its
+divergence-estimate standard error and its discretisation error), and the collapse check that can fail
+(informative units: channels whose means follow the text) beside the one that cannot (active units).
 """
 from __future__ import annotations
+
+import math
 
 import gradio as gr
 import plotly.graph_objects as go
@@ -16,12 +21,14 @@ from workbench.diagnostics import Diagnosis
 
 from . import exports, inputs
 from .context import AppContext
+from .display import display_tokens
 from .events import Progress, TabComponents, Update, no_progress, on, run_state
 from .plots import HEIGHT, color, empty_figure
 
 TITLE, TAB_ID = "Diagnostics", "diagnostics"
 INPUTS = ("texts", "upload", "samples", "draws", "t_points", "seed", "likelihood", "ode_steps")
-OUTPUTS = ("summary", "scatter", "heatmap", "fm", "bits", "table", "files", "run")
+OUTPUTS = ("summary", "scatter", "heatmap", "fm", "bits", "table", "files", "run", "units")
+UNITS_HEIGHT = 320
 
 HEATMAP_ROWS = 40       # texts shown in the per-token heatmap
 HEATMAP_TOKENS = 64     # token positions shown per text
@@ -38,8 +45,7 @@ def token_records(wb: Workbench, texts: list[str], batch_size: int = 32) -> list
             logits = logits[None, :len(ids)]                                    # (1, L, V)
             nll = (token_nll(logits, torch.tensor([ids]))[0] / LN2).tolist()
             greedy = logits[0].argmax(dim=-1).tolist()
-            out.append({"tokens": [tok.decode([i]) for i in ids], "nll_bits": nll,
-                        "predicted": [tok.decode([i]) for i in greedy],
+            out.append({"tokens": display_tokens(ids, tok), "nll_bits": nll, "predicted": display_tokens(greedy, tok),
                         "correct": [int(a == b) for a, b in zip(ids, greedy)]})
     return out
 
@@ -134,6 +140,39 @@ def bits_figure(diag: Diagnosis) -> go.Figure:
     return fig
 
 
+def units_figure(diag: Diagnosis) -> go.Figure:
+    """Per latent channel: the share of its variance that follows the text (informative above the threshold)
+    and its mean KL, so a collapsed channel (KL ≈ 0, ratio ≈ 0) stands out."""
+    dims, d = diag.per_dimension, diag.dataset
+    fig = go.Figure(go.Bar(x=[r.dim for r in dims], y=[r.text_variance_ratio for r in dims],
+                           marker_color=[color(0) if r.informative else "#c7c7c7" for r in dims],
+                           customdata=[[r.kl_nats, r.mean_variance, "informative" if r.informative else
+                                        "not informative"] for r in dims],
+                           hovertemplate="channel %{x}: %{customdata[2]}<br>text-variance ratio %{y:.3f}"
+                                         "<br>pooled variance %{customdata[1]:.3f} · KL %{customdata[0]:.3f} nats"
+                                         "<extra></extra>"))
+    fig.add_hline(y=d.informative_threshold, line_dash="dash", line_color="#d62728",
+                  annotation_text=f"informative above {d.informative_threshold:g}", annotation_position="top right")
+    fig.update_layout(height=UNITS_HEIGHT, xaxis=dict(title="latent channel", dtick=1),
+                      yaxis=dict(title="Var over texts / pooled Var", rangemode="tozero"),
+                      title=f"Informative units: {d.informative_units} / {d.latent_dim} channels follow the text "
+                            f"(active units {d.active_units} / {d.latent_dim}: ≈ all by construction)",
+                      margin=dict(l=60, r=20, t=50, b=50))
+    return fig
+
+
+def estimate(value: float) -> str:
+    """An error estimate for people ("not estimated" where the workbench could not, e.g. one ODE step)."""
+    return f"{value:.3f}" if math.isfinite(value) else "not estimated"
+
+
+def likelihood_line(d) -> str:
+    """The prior log-likelihood with its errors: ± the divergence estimate's standard error, and the ODE's."""
+    return (f"| prior log-likelihood (posterior draws) | {d.prior_bits_per_dim:.3f} ± "
+            f"{estimate(d.prior_stderr_bits_per_dim)} bits/dim (divergence estimate; 0 when exact), ODE error ≈ "
+            f"{estimate(d.prior_ode_error_bits_per_dim)} |")
+
+
 def summary_markdown(diag: Diagnosis) -> str:
     d = diag.dataset
     lines = [f"**{d.texts} texts, {d.tokens} tokens, {d.latents} latents.**",
@@ -143,17 +182,21 @@ def summary_markdown(diag: Diagnosis) -> str:
              f"| reconstruction, sampled z | {d.recon_bits_per_token_sampled:.3f} bits/token |",
              f"| KL to N(0, I) | {d.kl_bits_per_token:.3f} bits/token |",
              f"| ELBO | {d.elbo_bits_per_token:.3f} bits/token |",
-             f"| active units | {d.active_units} / {d.latent_dim} |",
+             f"| informative units (means follow the text) | {d.informative_units} / {d.latent_dim} |",
+             f"| active units (≈ all by construction) | {d.active_units} / {d.latent_dim} |",
              f"| flow-matching loss | {d.fm_loss:.4f} |" if d.fm_loss is not None else "",
-             f"| prior log-likelihood | {d.prior_bits_per_dim:.3f} bits/dim |"
-             if d.prior_bits_per_dim is not None else "",
+             likelihood_line(d) if d.prior_bits_per_dim is not None else "",
              f"| ELBO with the DiT prior | {d.elbo_prior_bits_per_token:.3f} bits/token |"
-             if d.elbo_prior_bits_per_token is not None else ""]
+             if d.elbo_prior_bits_per_token is not None else "",
+             f"| importance-weighted bound, DiT prior ({diag.settings['samples']} draw"
+             f"{'s' if diag.settings['samples'] > 1 else ''}) | "
+             f"{d.iw_prior_bits_per_token:.3f} bits/token |" if d.iw_prior_bits_per_token is not None else ""]
     return "\n".join(line for line in lines if line)
 
 
 TABLE_COLUMNS = ["#", "text", "tokens", "token_accuracy", "recon_bits_per_token", "kl_bits_per_token",
-                 "elbo_bits_per_token", "fm_loss", "prior_bits_per_dim"]
+                 "elbo_bits_per_token", "fm_loss", "prior_bits_per_dim", "prior_stderr_nats", "prior_ode_error_nats",
+                 "iw_prior_bits_per_token"]
 
 
 def table_rows(diag: Diagnosis) -> list[list]:
@@ -178,7 +221,7 @@ def diagnose(ctx: AppContext, texts, upload, samples, draws, t_points, seed, lik
     progress(0.7, desc="per-token reconstruction")
     tokens = token_records(ctx.workbench, corpus)
     figures = {"scatter": scatter_figure(diag), "heatmap": heatmap_figure(tokens, corpus), "fm": fm_figure(diag),
-               "bits": bits_figure(diag)}
+               "bits": bits_figure(diag), "units": units_figure(diag)}
     run_id = ctx.store.put("diagnostics", {"diagnosis": diag, "tokens": tokens})
     records = diag.records()
     data = {"run_id": run_id, **records, "tokens": [{"text": t, **r} for t, r in zip(corpus, tokens)],
@@ -213,6 +256,7 @@ def build(ctx: AppContext) -> TabComponents:
     with gr.Row():
         ui.fm = gr.Plot(empty_figure("flow-matching loss vs t"), label="Prior fit")
         ui.bits = gr.Plot(empty_figure("bits/token breakdown"), label="Bits per token")
+    ui.units = gr.Plot(empty_figure("informative units per latent channel", UNITS_HEIGHT), label="Latent channels")
     ui.table = gr.Dataframe(headers=TABLE_COLUMNS, label="Per-text numbers", interactive=False, wrap=True)
     ui.files = gr.File(label="Downloads: JSON / CSV / HTML", file_count="multiple", interactive=False)
     ui.run = run_state(ctx)

@@ -32,3 +32,17 @@ def position_slider(last: int, value: int = 0, **options) -> gr.Slider:
     """A 0..last slider of positions (Gradio needs minimum < maximum: a single position shows as a locked
     0..1 slider); as a component, or as an update of one."""
     return gr.Slider(minimum=0, maximum=max(last, 1), value=value, step=1, interactive=last > 0, **options)
+
+
+def guidance_variants() -> tuple[gr.Slider, gr.Slider, gr.Slider]:
+    """CFG-rescale φ and the guidance interval (from, to) in t/T, in a folded group; off by default (φ 0, the
+    whole range [0, 1]), which is the official CFG combine bit for bit. Checked by :func:`inputs.guidance_variants`."""
+    with gr.Accordion("Guidance variants: CFG-rescale, guidance interval", open=False):
+        rescale = gr.Slider(0, 1, value=inputs.DEFAULTS.guidance_rescale, step=0.05, label="CFG-rescale φ",
+                            info="scales the guided velocity toward the conditional one's spread (0 = off); keeps "
+                                 "high guidance from inflating the latents")
+        with gr.Row():
+            low = gr.Slider(0, 1, value=0.0, step=0.05, label="Guide from t/T")
+            high = gr.Slider(0, 1, value=1.0, step=0.05, label="Guide up to t/T",
+                             info="outside [from, to] the conditional velocity alone (0 to 1 = always guide)")
+    return rescale, low, high

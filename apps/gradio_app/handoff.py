@@ -11,6 +11,8 @@ from typing import Any, Callable, Iterator
 
 import gradio as gr
 
+from cola_core.generate import GenerationConfig
+
 from . import trajectories
 from .context import AppContext
 from .events import Progress, TabComponents, Update, no_progress
@@ -18,6 +20,17 @@ from .events import Progress, TabComponents, Update, no_progress
 VIEW = ("preview", "method", "dims")     # how the opened run is shown: the Trajectories tab's own choices
 VIEW_INPUTS = tuple(f"traj_{name}" for name in VIEW)
 OUTPUTS = ("status", "tabs", *(f"traj_{name}" for name in (*trajectories.FORM, "origin", *trajectories.RUN_OUTPUTS)))
+
+
+def rerun_form(prompt: str, config: GenerationConfig, sample_id: int) -> dict[str, Any]:
+    """The Trajectories form that runs ``prompt`` with ``config``'s knobs (its seed too) and noise ``sample_id``."""
+    low, high = config.guidance_interval or (0.0, 1.0)
+    return {"prompt": prompt, "steps": config.steps, "guidance": config.guidance,
+            "max_new_tokens": config.max_new_tokens, "seed": config.seed, "solver": config.solver,
+            "schedule": config.schedule, "sample_id": sample_id, "temperature": config.temperature,
+            "top_k": config.top_k, "top_p": config.top_p, "repetition_penalty": config.repetition_penalty,
+            "stop_at_eos": config.stop_at_eos, "guidance_rescale": config.guidance_rescale, "interval_lo": low,
+            "interval_hi": high}
 
 
 def traj(update: Update) -> Update:
@@ -36,12 +49,12 @@ def attach(ui: TabComponents, tabs: dict[str, TabComponents], selector: gr.Tabs)
 
 
 def open_in_trajectories(ctx: AppContext, form: dict[str, Any], view: tuple, status: str, note: str,
-                         conclude: Callable[[dict], str], *, session: str, progress: Progress = no_progress,
+                         conclude: Callable[[Update], str], *, session: str, progress: Progress = no_progress,
                          **run: Any) -> Iterator[Update]:
     """Fill the Trajectories form with ``form``, switch to that tab and run it there, streamed (``run``: the
     extra arguments of :func:`~.trajectories.generate`, e.g. another tab's workbench and token ids). The tab's
-    origin note is ``note``, and once the run has ended ``note`` plus ``conclude(run summary)``; ``status`` is the
-    opening tab's own line."""
+    origin note is ``note``, and once the run has ended ``note`` plus ``conclude(the run's final update)``
+    (its ``run`` id and ``summary``); ``status`` is the opening tab's own line."""
     preview, method, dims = view
     runs = trajectories.generate(ctx, **form, preview=preview, method=method, dims=dims, session=session,
                                  progress=progress, **run)
@@ -54,5 +67,5 @@ def open_in_trajectories(ctx: AppContext, form: dict[str, Any], view: tuple, sta
                 yield traj(update)
     finally:
         runs.close()                  # cancelled by the UI: the run is marked stopped at once
-    concluded = f"{note}  \n{conclude(update['summary'])}"
+    concluded = f"{note}  \n{conclude(update)}"
     yield {**opened, **traj(update), "traj_origin": gr.Markdown(concluded, visible=True)}   # the whole picture

@@ -86,6 +86,16 @@ def sampler_knobs(limits: Limits, steps: Any, guidance: Any, max_new_tokens: Any
             "seed": seed("seed", sampler_seed)}
 
 
+def guidance_variants(rescale: Any, low: Any, high: Any) -> dict:
+    """The guidance-variant knobs: ``guidance_rescale`` (CFG-rescale φ in [0, 1]) and ``guidance_interval``
+    ((low, high) in t/T; the whole range [0, 1] guides everywhere, so it is None, the default)."""
+    phi = number("CFG-rescale", rescale, 0.0, 1.0)
+    low, high = number("guide from t/T", low, 0.0, 1.0), number("guide up to t/T", high, 0.0, 1.0)
+    if low > high:
+        raise InputError(f"the guidance interval is empty: from t/T = {low:g} is above up to t/T = {high:g}")
+    return {"guidance_rescale": phi, "guidance_interval": None if (low, high) == (0.0, 1.0) else (low, high)}
+
+
 def flag(name: str, value: Any) -> bool:
     """A checkbox: True or False, nothing else."""
     if not isinstance(value, bool):

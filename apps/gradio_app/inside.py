@@ -30,7 +30,7 @@ from .context import AppContext
 from .display import display_text
 from .errors import InputError
 from .events import LOCAL_SESSION, Progress, TabComponents, Update, no_progress, on, run_state
-from .forms import position_slider, prompt_and_knobs
+from .forms import guidance_variants, position_slider, prompt_and_knobs
 from .plots import HEIGHT, empty_figure
 from .store import session_key
 
@@ -46,13 +46,14 @@ MAX_RUN_BYTES = 256 << 20       # what one run may cache, counted from the run's
 MAX_PATCH_CELLS = 512           # patched generations in one sweep
 MAX_TICKS = 48                  # axis labels drawn per attention axis (thinned beyond)
 ATTENTION_HEIGHT = 520
+VARIANTS = ("guidance_rescale", "interval_lo", "interval_hi")   # knobs added later: at the end of the inputs
 RUN_INPUTS = ("prompt", "steps", "guidance", "max_new_tokens", "seed", "block", "step", "layer", "head", "group",
-              "scope", "metric")
+              "scope", "metric", *VARIANTS)
 RUN_OUTPUTS = ("status", "text", "attention", "lens", "cell", "block", "step", "summary", "files", "run")
 VIEW_INPUTS = ("run", "block", "step", "layer", "head", "group", "scope", "metric")
 VIEW_OUTPUTS = ("attention", "lens", "cell")
 PATCH_INPUTS = ("clean", "corrupted", "steps", "guidance", "max_new_tokens", "seed", "point", "patch_group", "layers",
-                "patch_blocks", "per_step", "patch_metric")
+                "patch_blocks", "per_step", "patch_metric", *VARIANTS)
 PATCH_OUTPUTS = ("patch_status", "patching", "patch_records", "patch_files", "patch")
 
 
@@ -63,7 +64,8 @@ class InsideRun:
 
     prompt: str
     knobs: dict
-    text: str
+    text: str                           # the generated text as shown (markers, cut after the first EOS)
+    token_ids: list[int]                # raw
     patterns: dict[str, torch.Tensor]   # name -> (1, H, bs, K) on the CPU
     lens: X0Lens
     times: list[list[float]]            # per finished block, per step: t of its generated rows
@@ -127,7 +129,7 @@ class View:
 
 def piece(ctx: AppContext, ids: list[int]) -> str:
     """The tokens of one latent position, as an axis label."""
-    text = display_text(ctx.workbench.tokenizer.decode(ids))
+    text = display_text(ids, ctx.workbench.tokenizer, stop_at_eos=False)
     return repr(text if len(text) <= 10 else text[:9] + "…")
 
 
@@ -192,7 +194,7 @@ def attention_figure(run: InsideRun, v: View) -> go.Figure:
 
 def lens_figure(run: InsideRun, v: View) -> go.Figure:
     """The x0-lens of the chosen block (depth × step, decoded text in each cell), the chosen cell outlined."""
-    records = [r | {"text": display_text(r["text"])} for r in run.lens.records if r["block"] == v.block]
+    records = [r for r in run.lens.records if r["block"] == v.block]      # texts rendered by the workbench
     layers = len({r["layer"] for r in records})
     fig = X0Lens(records, run.lens.mode, {}).figure(block=v.block, metric=v.metric,
                                                     height=max(HEIGHT, 140 + 44 * layers))
@@ -209,7 +211,7 @@ def cell_text(run: InsideRun, v: View) -> str:
     """The x0-lens cell at the chosen block, step and layer, in words."""
     r = run.lens_cell(v.block, v.step, v.layer)
     return (f"block {v.block}, step {v.step} (t = {r['t']:.0f}), residual after layer {v.layer}: "
-            f"{display_text(r['text'])!r}\np_final {r['p_final']:.3f} · agreement {r['agreement']:.2f} · "
+            f"{r['text']!r}\np_final {r['p_final']:.3f} · agreement {r['agreement']:.2f} · "
             f"x0 distance {r['x0_distance']:.3f}")
 
 
@@ -245,14 +247,17 @@ def collect(ctx: AppContext, prompt: str, knobs: dict, session: SamplerSession, 
     patterns = {n: t for n, t in cache.items() if n.endswith(".attn.pattern") and int(n.split(".")[1]) < blocks}
     times = [[float(cache[f"block.{b}.step.{s}.t"].max()) for s in range(knobs["steps"])] for b in range(blocks)]
     ended = blocks == sampler.num_blocks or bool(sampler.finished.all())   # every block, or EOS
-    return InsideRun(prompt=prompt, knobs=knobs, text=sampler.result()[0].text, patterns=patterns, lens=lens,
+    generated = sampler.result()[0].token_ids
+    return InsideRun(prompt=prompt, knobs=knobs, text=display_text(generated, ctx.workbench.tokenizer),
+                     token_ids=generated,
+                     patterns=patterns, lens=lens,
                      times=times, prefix_tokens=[piece(ctx, ids[i * P:(i + 1) * P]) for i in range(prefix)],
                      block_tokens=rows, pinned=pinned, stopped=stop_asked and not ended, seconds=seconds)
 
 
 def summary(run_id: str, run: InsideRun) -> dict:
     return {"run_id": run_id, "status": "stopped" if run.stopped else "finished", "prompt": run.prompt,
-            "text": display_text(run.text), "knobs": run.knobs, "blocks": run.blocks, "steps": run.steps,
+            "text": run.text, "token_ids": run.token_ids, "knobs": run.knobs, "blocks": run.blocks, "steps": run.steps,
             "context_latents": run.prefix, "block_size": run.block_size,
             "patterns_mib": round(sum(t.numel() * t.element_size() for t in run.patterns.values()) / 2**20, 2),
             "lens_cells": len(run.lens.records), "seconds": round(run.seconds, 3)}
@@ -261,7 +266,7 @@ def summary(run_id: str, run: InsideRun) -> dict:
 def write_downloads(ctx: AppContext, run_id: str, run: InsideRun, v: View) -> list[str]:
     """The x0-lens records (JSON / CSV), an HTML page of both figures, and the attention patterns (safetensors)."""
     folder = ctx.store.folder(run_id)
-    info = summary(run_id, run) | {"text": run.text}
+    info = summary(run_id, run)
     files = exports.bundle(folder, "inside_lens", {**info, "lens": run.lens.records}, run.lens.records,
                            f"Cola inside: {run.prompt!r}", [attention_figure(run, v), lens_figure(run, v)], info)
     save_file({n: t.contiguous() for n, t in run.patterns.items()}, str(folder / "attention_patterns.safetensors"),
@@ -277,11 +282,13 @@ def status_line(run: InsideRun, nbytes: int) -> str:
 
 
 def cache_run(ctx: AppContext, prompt, steps, guidance, max_new_tokens, seed, block, step, layer, head, group, scope,
-              metric, *, session: str = LOCAL_SESSION, progress: Progress = no_progress) -> Update:
+              metric, guidance_rescale=inputs.DEFAULTS.guidance_rescale, interval_lo=0.0, interval_hi=1.0, *,
+              session: str = LOCAL_SESSION, progress: Progress = no_progress) -> Update:
     """Generate once with the attention patterns and the lens's residuals cached; show the chosen view."""
     lim = ctx.limits
     prompt = inputs.text("prompt", "" if prompt is None else prompt, lim, allow_empty=True)
-    knobs = inputs.sampler_knobs(lim, steps, guidance, max_new_tokens, seed)
+    knobs = {**inputs.sampler_knobs(lim, steps, guidance, max_new_tokens, seed),
+             **inputs.guidance_variants(guidance_rescale, interval_lo, interval_hi)}
     block = inputs.integer("block", block, 0, lim.max_new_tokens)
     step = inputs.integer("step", step, 0, lim.max_steps)
     v = View.of(ctx, block, step, layer, head, group, scope, metric)
@@ -313,7 +320,7 @@ def cache_run(ctx: AppContext, prompt, steps, guidance, max_new_tokens, seed, bl
         return {"status": "**Stopped** before the first block finished; nothing to show."}
     run_id = ctx.store.put("model-internals", stored)
     v = dataclasses.replace(v, block=min(v.block, stored.blocks - 1), step=min(v.step, stored.steps - 1))
-    return {"status": status_line(stored, nbytes), "text": display_text(prompt + stored.text), **render(stored, v),
+    return {"status": status_line(stored, nbytes), "text": prompt + stored.text, **render(stored, v),
             "block": position_slider(stored.blocks - 1, v.block), "step": position_slider(stored.steps - 1, v.step),
             "summary": summary(run_id, stored), "files": write_downloads(ctx, run_id, stored, v), "run": run_id}
 
@@ -368,13 +375,15 @@ def patch_figure(sweep: PatchingSweep, metric: str) -> go.Figure:
 
 
 def patch(ctx: AppContext, clean, corrupted, steps, guidance, max_new_tokens, seed, point, group, layers, blocks,
-          per_step, metric, *, session: str = LOCAL_SESSION, progress: Progress = no_progress) -> Update:
+          per_step, metric, guidance_rescale=inputs.DEFAULTS.guidance_rescale, interval_lo=0.0, interval_hi=1.0, *,
+          session: str = LOCAL_SESSION, progress: Progress = no_progress) -> Update:
     """Patch DiT ``layer.{i}.{point}`` of one block (or step) at a time from the clean prompt's run into the
     corrupted prompt's run; the heatmap, the records and the downloads."""
     lim, cfg = ctx.limits, ctx.model.dit_config
     clean = inputs.text("clean prompt", clean, lim)
     corrupted = inputs.text("corrupted prompt", corrupted, lim)
-    knobs = inputs.sampler_knobs(lim, steps, guidance, max_new_tokens, seed)
+    knobs = {**inputs.sampler_knobs(lim, steps, guidance, max_new_tokens, seed),
+             **inputs.guidance_variants(guidance_rescale, interval_lo, interval_hi)}
     point = inputs.choice("patched point", point, PATCH_POINTS)
     group = PATCH_GROUPS[inputs.choice("patched pass", group, tuple(PATCH_GROUPS))]
     per_step, metric = inputs.flag("one cell per step", per_step), inputs.choice("heatmap", metric, PATCH_METRICS)
@@ -439,6 +448,7 @@ def build(ctx: AppContext) -> TabComponents:
     with gr.Row():
         with gr.Column(scale=1, min_width=320):
             prompt_and_knobs(ctx, ui)
+            ui.guidance_rescale, ui.interval_lo, ui.interval_hi = guidance_variants()
             with gr.Row():
                 ui.go = gr.Button("Run and cache", variant="primary")
                 ui.stop = gr.Button("Stop", variant="stop")

@@ -1,24 +1,31 @@
 """Latent lab: encode two texts once, then interpolate (decoded live), apply attribute directions,
 re-generate part of the flow with a strength, and check the ODE inversion round trip.
 
-The two texts' latents live in the run store; every slider move decodes one point from them.
+The two texts' latents (posterior means) live in the run store; every slider move decodes one point
+from them. Decoding stops at the encoded text's length, every decoded token is shown (special tokens as
+markers) and the token accuracy counts exactly those. The inversion round trip inverts a posterior
+sample (the DiT was trained on posterior samples, not means) and reports its error per block, free-running
+and with the true prefix held.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import gradio as gr
+import plotly.graph_objects as go
 import torch
 
 from workbench import (Latents, apply_direction, attribute_direction, interpolate, invert, regenerate_from)
+from workbench.flow import Inversion
 from workbench.session import token_accuracy
 
 from . import exports, inputs
 from .context import AppContext
-from .display import display_text
+from .display import display_tokens
 from .errors import InputError
 from .events import Progress, TabComponents, Update, no_progress, on, run_state
-from .plots import Overlay, projection_figure
+from .forms import guidance_variants
+from .plots import HEIGHT, Overlay, empty_figure, projection_figure
 
 TITLE, TAB_ID = "Latent lab", "latent"
 SOURCES = ("A", "B")
@@ -45,17 +52,24 @@ class LatentPair:
         """Text A's or text B's latents."""
         return self.latents[SOURCES.index(inputs.choice("source", which, SOURCES))]
 
+    def sampled(self, ctx: AppContext, which, seed: int) -> Latents:
+        """A posterior sample of text A or B over its own blocks (no padding to the pair's length): the noise of
+        its block k is the per-sample draw of (seed, sample id 0 for A or 1 for B, k). The prior was trained on
+        such samples."""
+        index = SOURCES.index(inputs.choice("source", which, SOURCES))
+        return ctx.workbench.encode([self.texts[index]], sample=True, seed=seed, sample_ids=[index])
+
     def blocks(self, name: str, picked) -> list[int] | None:
         """Ticked block indices of these latents (None: none ticked, meaning all)."""
         return inputs.blocks(name, picked, self.n_blocks) or None
 
 
 def decoded_view(ctx: AppContext, latents: Latents) -> tuple[str, list[tuple[str, float]]]:
-    """Greedy text of one latent sequence and its tokens with their probabilities (padding dropped)."""
+    """Greedy text of one latent sequence (the workbench's: every slot of the encoded text's length, special tokens
+    as markers) and each of its tokens with its probability: the tokens the token accuracy counts."""
     item = ctx.workbench.decode(latents)[0]
-    tok, pad = ctx.workbench.tokenizer, ctx.workbench.tokenizer.pad_id
-    tokens = [(tok.decode([i]), round(float(p), 3)) for i, p in zip(item.token_ids, item.probs) if i != pad]
-    return item.text, tokens
+    tokens = display_tokens(item.token_ids, ctx.workbench.tokenizer)
+    return item.text, [(t, round(float(p), 3)) for t, p in zip(tokens, item.probs)]
 
 
 def path_figure(ctx: AppContext, pair: LatentPair, method: str, blocks: list[int] | None, alpha: float | None):
@@ -99,8 +113,7 @@ def write_downloads(ctx: AppContext, run_id: str, pair: LatentPair, method: str)
 
 def point_update(text: str, tokens: list[tuple[str, float]], info: dict) -> Update:
     """One interpolation point as shown: decoded text, token confidences, numbers."""
-    return {"interp_text": display_text(text), "interp_tokens": [(display_text(t), p) for t, p in tokens],
-            "interp_info": info | {"text": display_text(info["text"])}}
+    return {"interp_text": text, "interp_tokens": tokens, "interp_info": info}
 
 
 def stored_pair(ctx: AppContext, run_id) -> LatentPair:
@@ -121,7 +134,8 @@ def encode(ctx: AppContext, text_a, text_b, alpha, method, *, progress: Progress
     pair = LatentPair(latents, texts)
     run_id = ctx.store.put("latents", pair)
     report = {"run_id": run_id, "blocks": pair.n_blocks, "latent_shape": list(latents.z[0].shape),
-              **{name: {"text": texts[i], "decoded": display_text(decoded.texts[i]), "token_accuracy": accuracy[i]}
+              **{name: {"text": texts[i], "decoded": decoded.texts[i], "tokens": len(decoded[i].token_ids),
+                        "token_accuracy": accuracy[i]}
                  for i, name in enumerate(SOURCES)}}
     pickers = gr.CheckboxGroup(choices=[str(i) for i in range(pair.n_blocks)], value=[])
     return {"encoded": report, **point_update(*point(ctx, pair, alpha, method, None)),
@@ -157,44 +171,69 @@ def direction(ctx: AppContext, run_id, positive, negative, source, strength, blo
         pair.directions[key] = attribute_direction(ctx.workbench, pos, neg)
     vector = pair.directions[key]
     text, _ = decoded_view(ctx, apply_direction(latents, vector, strength, picked))
-    return {"dir_text": display_text(text),
+    return {"dir_text": text,
             "dir_info": {"source": source, "strength": strength, "direction_norm": float(vector.norm()),
-                         "positive": len(pos), "negative": len(neg), "text": display_text(text)}}
+                         "positive": len(pos), "negative": len(neg), "text": text}}
 
 
-def regenerate(ctx: AppContext, run_id, source, strength, keep, steps, guidance, seed, *,
+def regenerate(ctx: AppContext, run_id, source, strength, keep, steps, guidance, seed,
+               guidance_rescale=inputs.DEFAULTS.guidance_rescale, interval_lo=0.0, interval_hi=1.0, *,
                progress: Progress = no_progress) -> Update:
-    """Noise A or B to t = strength·T and integrate back with the prior, keeping the ticked blocks."""
+    """Noise A or B to t = strength·T and integrate back with the prior (guided as the sampler guides, guidance
+    variants included), keeping the ticked blocks."""
     lim, pair = ctx.limits, stored_pair(ctx, run_id)
     latents = pair.source(source)
     options = dict(strength=inputs.number("strength", strength, 0.0, 1.0),
                    keep_blocks=inputs.blocks("kept blocks", keep, pair.n_blocks),
                    steps=inputs.integer("steps", steps, 1, lim.max_steps),
-                   guidance=inputs.number("guidance", guidance, 0.0, lim.max_guidance), seed=inputs.seed("seed", seed))
+                   guidance=inputs.number("guidance", guidance, 0.0, lim.max_guidance), seed=inputs.seed("seed", seed),
+                   **inputs.guidance_variants(guidance_rescale, interval_lo, interval_hi))
     progress(0.1, desc="re-generating")
     result = regenerate_from(ctx.workbench, latents, **options)
     before, after = ctx.workbench.decode(latents)[0].token_ids, ctx.workbench.decode(result.latents)[0]
     changed = sum(x != y for x, y in zip(before, after.token_ids)) / max(len(before), 1)
-    return {"regen_text": display_text(after.text),
+    text = after.text
+    return {"regen_text": text,
             "regen_info": {"source": source, "t_start": result.t_start, "steps_run": result.steps_run,
-                           "changed_token_fraction": round(changed, 4), "text": display_text(after.text)}}
+                           "changed_token_fraction": round(changed, 4), "text": text,
+                           "guidance_rescale": options["guidance_rescale"],
+                           "guidance_interval": options["guidance_interval"]}}
 
 
-def inversion(ctx: AppContext, run_id, source, steps, solver, *, progress: Progress = no_progress) -> Update:
-    """ODE round trip of A or B: data → noise → data, with its errors and token agreement."""
+def block_error_figure(result: Inversion) -> go.Figure:
+    """Relative round-trip error per block: free-running (errors carry along the chain) and with the true prefix
+    held (each block's own ODE error)."""
+    free, held = result.block_error[0], result.block_error_held[0]
+    blocks = list(range(len(free)))
+    fig = go.Figure([go.Bar(x=blocks, y=free, name="free-running (regenerated prefix)", marker_color="#1f77b4"),
+                     go.Bar(x=blocks, y=held, name="true prefix held (own error)", marker_color="#ff7f0e")])
+    fig.update_layout(height=HEIGHT - 80, barmode="group", title="Round-trip error per block: ‖ẑ − z‖ / ‖z‖",
+                      xaxis=dict(title="block", dtick=1), yaxis=dict(title="relative error", type="log"),
+                      legend=dict(orientation="h", y=-0.25), margin=dict(l=60, r=20, t=50, b=40))
+    return fig
+
+
+def inversion(ctx: AppContext, run_id, source, steps, solver, seed=0, *, progress: Progress = no_progress) -> Update:
+    """ODE round trip of a posterior sample of A or B: data → noise → data, with its errors (in all and per
+    block, free-running and with the true prefix held) and token agreement."""
     pair = stored_pair(ctx, run_id)
-    latents = pair.source(source)
     steps = inputs.integer("ODE steps", steps, 1, ctx.limits.max_steps)
     solver = inputs.choice("solver", solver, SOLVERS)
+    seed = inputs.seed("posterior sample seed", seed)
     progress(0.1, desc="inverting (data → noise → data)")
+    latents = pair.sampled(ctx, source, seed)
     result = invert(ctx.workbench, latents, steps=steps, solver=solver)
     text, _ = decoded_view(ctx, result.reconstruction)
     noise = result.noise.z[0]
-    return {"inv_text": display_text(text),
-            "inv_info": {"source": source, "max_abs_error": result.max_abs_error[0],
-                         "relative_error": result.relative_error[0], "token_agreement": result.token_agreement[0],
-                         "noise_mean": float(noise.mean()), "noise_std": float(noise.std()),
-                         "text": display_text(text)}}
+    return {"inv_text": text,
+            "inv_info": {"source": source, "latent": f"posterior sample (seed {seed})",
+                         "sample_text": decoded_view(ctx, latents)[0], "text": text,
+                         "max_abs_error": result.max_abs_error[0], "relative_error": result.relative_error[0],
+                         "relative_error_held": result.relative_error_held[0],
+                         "block_error": result.block_error[0], "block_error_held": result.block_error_held[0],
+                         "token_agreement": result.token_agreement[0],
+                         "noise_mean": float(noise.mean()), "noise_std": float(noise.std())},
+            "inv_blocks": block_error_figure(result)}
 
 
 # -- layout and events ------------------------------------------------------------------------------------
@@ -246,6 +285,7 @@ def build(ctx: AppContext) -> TabComponents:
             ui.regen_guidance = gr.Slider(0, lim.max_guidance, value=inputs.DEFAULTS.guidance, step=0.5,
                                           label="Guidance")
             ui.regen_seed = gr.Number(0, precision=0, minimum=0, maximum=inputs.MAX_SEED, label="Seed")
+        ui.regen_rescale, ui.regen_interval_lo, ui.regen_interval_hi = guidance_variants()
         ui.regenerate = gr.Button("Re-generate")
         ui.regen_text = gr.Textbox(label="Re-generated text", lines=2, interactive=False)
         ui.regen_info = gr.JSON(label="Re-generation")
@@ -254,9 +294,15 @@ def build(ctx: AppContext) -> TabComponents:
             ui.inv_source = gr.Radio(list(SOURCES), value="A", label="Invert")
             ui.inv_steps = gr.Slider(1, lim.max_steps, value=inputs.DEFAULTS.steps, step=1, label="ODE steps")
             ui.inv_solver = gr.Dropdown(list(SOLVERS), value="heun", label="Solver")
+            ui.inv_seed = gr.Number(0, precision=0, minimum=0, maximum=inputs.MAX_SEED,
+                                    label="Posterior sample seed",
+                                    info="the round trip inverts a posterior sample: the DiT was trained on them")
         ui.invert = gr.Button("Invert and regenerate")
         ui.inv_text = gr.Textbox(label="Text decoded from the round trip", lines=2, interactive=False)
-        ui.inv_info = gr.JSON(label="Round-trip error")
+        with gr.Row():
+            ui.inv_info = gr.JSON(label="Round-trip error", scale=1)
+            ui.inv_blocks = gr.Plot(empty_figure("per-block round-trip errors appear here", HEIGHT - 80),
+                                    label="Per block", scale=1)
     return ui
 
 
@@ -273,7 +319,8 @@ def wire(ctx: AppContext, ui: TabComponents) -> None:
        ("pair", "positive", "negative", "dir_source", "strength", "dir_blocks"), ("dir_text", "dir_info"),
        api_name="latent_direction", heavy=True)
     on(ctx, ui, ui.regenerate.click, regenerate,
-       ("pair", "regen_source", "regen_strength", "keep", "regen_steps", "regen_guidance", "regen_seed"),
+       ("pair", "regen_source", "regen_strength", "keep", "regen_steps", "regen_guidance", "regen_seed",
+        "regen_rescale", "regen_interval_lo", "regen_interval_hi"),
        ("regen_text", "regen_info"), api_name="latent_regenerate", heavy=True)
-    on(ctx, ui, ui.invert.click, inversion, ("pair", "inv_source", "inv_steps", "inv_solver"),
-       ("inv_text", "inv_info"), api_name="latent_invert", heavy=True)
+    on(ctx, ui, ui.invert.click, inversion, ("pair", "inv_source", "inv_steps", "inv_solver", "inv_seed"),
+       ("inv_text", "inv_info", "inv_blocks"), api_name="latent_invert", heavy=True)

@@ -2,7 +2,9 @@
 
 :func:`generate` is a generator over ``SamplerSession`` steps: what the browser sees is the sampler
 as it runs (the first step at once, then a few updates a second), never a replay. Each run's
-trajectory lives in the run store; :func:`scrub` re-renders any recorded step from it.
+trajectory lives in the run store; :func:`scrub` re-renders any recorded step from it. The off-manifold
+monitor (each finished block's latent norm over the encoded data's) is drawn beside it, and blocks the
+sample generated after its EOS are marked in every plot and in the scrubbed step's numbers.
 """
 from __future__ import annotations
 
@@ -15,15 +17,16 @@ import gradio as gr
 import plotly.graph_objects as go
 import torch
 
+from cola_core.generate import Generation
 from cola_core.sampler import SCHEDULES, SOLVERS
 from workbench import SamplerSession, StepState, Trajectory, Workbench
 
-from . import exports, inputs
+from . import exports, inputs, monitor
 from .context import METHODS, AppContext
 from .display import display_text
 from .errors import InputError
 from .events import LOCAL_SESSION, Progress, TabComponents, Update, no_progress, on, run_state
-from .forms import position_slider, prompt_and_knobs
+from .forms import guidance_variants, position_slider, prompt_and_knobs
 from .plots import Overlay, color, empty_figure, projection_figure
 from .store import session_key
 
@@ -36,13 +39,14 @@ VIEWS = ("2-D", "3-D")
 MAX_TEMPERATURE, MAX_TOP_K, MAX_REPETITION_PENALTY = 10.0, 1 << 20, 10.0
 # what a run is made from: the form (the Bench tab fills it to re-run a sample), then how it is shown
 FORM = ("prompt", "steps", "guidance", "max_new_tokens", "seed", "solver", "schedule", "sample_id", "temperature",
-        "top_k", "top_p", "repetition_penalty", "stop_at_eos")
+        "top_k", "top_p", "repetition_penalty", "stop_at_eos", "guidance_rescale", "interval_lo", "interval_hi")
 GENERATE_INPUTS = ("prompt", "steps", "guidance", "max_new_tokens", "seed", "solver", "schedule", "preview",
                    "method", "dims", "sample_id", "temperature", "top_k", "top_p", "repetition_penalty",
-                   "stop_at_eos")   # the sampling knobs last: a client sending the first ten gets their defaults
+                   "stop_at_eos", "guidance_rescale", "interval_lo", "interval_hi")
+# ^ new knobs join at the end: a client sending the first ten (or sixteen) values gets the others' defaults
 RUN_OUTPUTS = ("status", "text", "info", "step_preview", "norms", "projection", "block", "step", "files", "summary",
-               "run")
-SCRUB_OUTPUTS = ("info", "step_preview", "norms", "projection")
+               "run", "monitor")
+SCRUB_OUTPUTS = ("info", "step_preview", "norms", "projection", "monitor")
 
 
 @dataclass
@@ -53,10 +57,10 @@ class TrajectoryRun:
     knobs: dict
     trajectory: Trajectory
     planned_blocks: int
+    data_norm: float                 # the encoded data's mean latent norm: the off-manifold monitor's yardstick
     sample_id: int = 0               # the noise seed's sample id (seed + 1000*sample_id + 10^7*block)
     rows: list[dict] = field(default_factory=list)
-    text: str = ""
-    token_ids: list[int] = field(default_factory=list)
+    generation: Generation | None = None     # what the sampler generated so far (raw ids; shown via display_text)
     status: str = "running"          # running | finished | stopped
     seconds: float = 0.0
     session: SamplerSession | None = None    # the live session while running (for a cut-off run's text)
@@ -71,10 +75,21 @@ class TrajectoryRun:
         """Blocks with at least one recorded step."""
         return self.rows[-1]["block"] + 1 if self.rows else 0
 
+    @property
+    def token_ids(self) -> list[int]:
+        return list(self.generation.token_ids) if self.generation else []
+
     def take_result(self, session: SamplerSession) -> None:
-        """Keep the text ``session`` generated so far (the whole text once it has finished)."""
-        generation = session.sampler.result()[0]
-        self.text, self.token_ids = generation.text, list(generation.token_ids)
+        """Keep what ``session`` generated so far (the whole generation once it has finished)."""
+        self.generation = session.sampler.result()[0]
+
+    def monitor(self) -> list[dict]:
+        """The off-manifold monitor of each finished block: norm, ratio to the data's norm, flag, after EOS."""
+        return self.trajectory.norm_records(self.data_norm)
+
+    def past_eos(self) -> list[int]:
+        """Blocks generated after the sample's EOS (they ran on: stop at EOS off)."""
+        return [b for b, ended in sorted(self.trajectory.after_eos.items()) if bool(ended[0])]
 
 
 @dataclass(frozen=True)
@@ -107,6 +122,7 @@ def step_row(state: StepState) -> dict:
             "v_diff_norm": float((v_cond - v_uncond).norm(dim=-1).mean()),
             "z_norm": float(state.z[0].float()[free].norm(dim=-1).mean()),
             "x0_norm": float(state.x0_pred[0].float()[free].norm(dim=-1).mean()),
+            "after_eos": bool(state.after_eos[0]) if state.after_eos is not None else False,
             "preview": state.preview[0] if state.preview else None}
 
 
@@ -140,6 +156,11 @@ def norms_figure(rows: list[dict], steps: int, highlight: int | None = None) -> 
                                                "<br>%{y:.3f}"))
     for b in range(1, rows[-1]["block"] + 1):
         fig.add_vline(x=b * steps - 0.5, line_dash="dot", line_color="#bbb")
+    past = [r["block"] for r in rows if r["after_eos"]]
+    if past:
+        fig.add_vrect(x0=past[0] * steps - 0.5, x1=(past[-1] + 1) * steps - 0.5, fillcolor=monitor.PAST_EOS,
+                      opacity=0.35, line_width=0, annotation_text="after EOS (not part of the text)",
+                      annotation_position="top left")
     if highlight is not None and 0 <= highlight < len(rows):
         r = rows[highlight]
         fig.add_vline(x=r["block"] * steps + r["step"], line_color="#d62728")
@@ -162,11 +183,12 @@ def trajectory_figure(ctx: AppContext, run: TrajectoryRun, view: View, pick: int
                       backdrop: int | None = None) -> go.Figure:
     """Each block's path from noise to data over the corpus backdrop; the picked step's z_t and x0_pred marked."""
     proj, note = ctx.projections.get(view.method, view.dims)
-    overlays = []
+    overlays, past = [], set(run.past_eos())
     for b in range(run.blocks):
         paths = _block_paths(run, b)
         if paths.numel():
-            overlays.append(Overlay(f"block {b}", paths, color(b), mode="lines+markers", size=3, group=f"b{b}"))
+            overlays.append(Overlay(f"block {b} (after EOS)" if b in past else f"block {b}", paths, color(b),
+                                    mode="lines+markers", size=3, group=f"b{b}", dash="dot" if b in past else None))
             overlays.append(Overlay(f"block {b} end", paths[:, -1], color(b), mode="markers", size=9,
                                     symbol="x", group=f"b{b}", legend=False))
     if pick is not None and 0 <= pick < len(run.rows):
@@ -198,27 +220,60 @@ def status_line(run: TrajectoryRun) -> str:
             f"({len(run.token_ids)} new tokens). Scrub with the sliders.")
 
 
+def notes(run: TrajectoryRun) -> str:
+    """The off-manifold flag and where the text ended, under the status line ("" when there is nothing to say)."""
+    lines = [monitor.completion_flag(run.monitor())]
+    past = run.past_eos()
+    if past:
+        lines.append(f"The text ended at its EOS in block {past[0] - 1}; block{'s' if len(past) > 1 else ''} "
+                     f"{past[0]}–{past[-1]} ran on past it (grey in the plots, not part of the text).")
+    return "  \n".join(line for line in lines if line)
+
+
+def shown_text(ctx: AppContext, run: TrajectoryRun) -> str:
+    """The prompt and the generated text as shown: special tokens as markers, nothing after the first EOS."""
+    return run.prompt + display_text(run.token_ids, ctx.workbench.tokenizer)
+
+
 def step_view(run: TrajectoryRun, pick: int) -> Update:
-    """The numbers and the predicted-text preview of recorded step ``pick``."""
+    """The numbers and the predicted-text preview of recorded step ``pick`` (the workbench renders previews
+    with markers already)."""
     row = run.rows[pick]
-    return {"info": dict(row), "step_preview": display_text(row["preview"] or "")}
+    return {"info": dict(row), "step_preview": row["preview"] or ""}
 
 
-def summary(run_id: str, run: TrajectoryRun, view: View) -> dict:
-    return {"run_id": run_id, "status": run.status, "prompt": run.prompt, "text": run.text,
-            "token_ids": run.token_ids, "knobs": run.knobs, "sample_id": run.sample_id, "blocks": run.blocks,
-            "planned_blocks": run.planned_blocks,
-            "steps_recorded": len(run.rows), "seconds": round(run.seconds, 3), "projection": view.method,
-            "final_v_diff_norm": run.rows[-1]["v_diff_norm"] if run.rows else None}
+def monitor_view(run: TrajectoryRun, block: int | None = None) -> go.Figure:
+    """The off-manifold monitor of the finished blocks, ``block`` outlined."""
+    records = run.monitor()
+    if not records:
+        return empty_figure("the off-manifold monitor appears as blocks finish", monitor.HEIGHT)
+    return monitor.blocks_figure(records, run.data_norm, block)
+
+
+def summary(ctx: AppContext, run_id: str, run: TrajectoryRun, view: View) -> dict:
+    """The run in numbers: the text as shown, its raw ids (and where it ended), knobs, the monitor per block."""
+    gen = run.generation
+    return {"run_id": run_id, "status": run.status, "prompt": run.prompt,
+            "text": display_text(run.token_ids, ctx.workbench.tokenizer), "token_ids": run.token_ids,
+            "completion_ids": gen.completion_ids if gen else [], "end_block": gen.end_block if gen else None,
+            "blocks_after_eos": run.past_eos(), "knobs": run.knobs, "sample_id": run.sample_id,
+            "blocks": run.blocks, "planned_blocks": run.planned_blocks, "steps_recorded": len(run.rows),
+            "seconds": round(run.seconds, 3), "projection": view.method,
+            "final_v_diff_norm": run.rows[-1]["v_diff_norm"] if run.rows else None,
+            "data_norm": run.data_norm,
+            "monitor": [{k: v for k, v in r.items() if k != "sample"} for r in run.monitor()]}
 
 
 def write_downloads(ctx: AppContext, run_id: str, run: TrajectoryRun, view: View) -> list[str]:
-    """JSON (every step's numbers), CSV, a self-contained HTML page and the trajectory tensors."""
+    """JSON (every step's numbers, the raw text), CSV, a self-contained HTML page and the trajectory tensors."""
     folder = ctx.store.folder(run_id)
-    figures = [trajectory_figure(ctx, run, View(view.method, 2), None), norms_figure(run.rows, run.steps)]
-    data = {**summary(run_id, run, view), "fingerprint": run.trajectory.fingerprint, "rows": run.rows}
+    figures = [trajectory_figure(ctx, run, View(view.method, 2), None), norms_figure(run.rows, run.steps),
+               monitor_view(run)]
+    shown = summary(ctx, run_id, run, view)
+    data = {**shown, "raw_text": run.generation.text if run.generation else "",
+            "fingerprint": run.trajectory.fingerprint, "rows": run.rows}
     files = exports.bundle(folder, "trajectory", data, run.rows, f"Cola trajectory: {run.prompt!r}", figures,
-                           {k: v for k, v in summary(run_id, run, view).items() if k != "token_ids"})
+                           {k: v for k, v in shown.items() if k not in ("token_ids", "completion_ids", "monitor")})
     files.append(str(run.trajectory.save(folder / "trajectory_tensors")))
     return files
 
@@ -227,12 +282,15 @@ def run_view(ctx: AppContext, run_id: str, run: TrajectoryRun, view: View) -> Up
     """Everything a finished (or stopped) run shows, scrubbed to its last step."""
     pick = len(run.rows) - 1 if run.rows else None
     last_block = max(run.blocks - 1, 0)
-    update = {"status": status_line(run), "text": display_text(run.prompt + run.text),
+    past = run.past_eos()
+    update = {"status": "  \n".join(filter(None, [status_line(run), notes(run)])), "text": shown_text(ctx, run),
               "info": {}, "step_preview": "",
               "norms": norms_figure(run.rows, run.steps, pick), "projection": trajectory_figure(ctx, run, view, pick),
-              "block": position_slider(last_block, last_block),
+              "block": position_slider(last_block, last_block, label="Scrub: block" + (
+                  f" (from block {past[0]} on: after EOS)" if past else "")),
               "step": position_slider(run.steps - 1, run.rows[pick]["step"] if pick is not None else 0),
-              "files": write_downloads(ctx, run_id, run, view), "summary": summary(run_id, run, view), "run": run_id}
+              "files": write_downloads(ctx, run_id, run, view), "summary": summary(ctx, run_id, run, view),
+              "run": run_id, "monitor": monitor_view(run, last_block)}
     return update | (step_view(run, pick) if pick is not None else {})
 
 
@@ -240,7 +298,8 @@ def run_view(ctx: AppContext, run_id: str, run: TrajectoryRun, view: View) -> Up
 def generate(ctx: AppContext, prompt, steps, guidance, max_new_tokens, seed, solver, schedule, preview, method,
              dims, sample_id=0, temperature=inputs.DEFAULTS.temperature, top_k=inputs.DEFAULTS.top_k,
              top_p=inputs.DEFAULTS.top_p, repetition_penalty=inputs.DEFAULTS.repetition_penalty,
-             stop_at_eos=inputs.DEFAULTS.stop_at_eos, *, session: str = LOCAL_SESSION,
+             stop_at_eos=inputs.DEFAULTS.stop_at_eos, guidance_rescale=inputs.DEFAULTS.guidance_rescale,
+             interval_lo=0.0, interval_hi=1.0, *, session: str = LOCAL_SESSION,
              progress: Progress = no_progress, workbench: Workbench | None = None,
              prompt_ids: list[int] | None = None) -> Iterator[Update]:
     """Generate from one prompt with the workbench sampler, streaming its steps; end with the whole run.
@@ -255,18 +314,19 @@ def generate(ctx: AppContext, prompt, steps, guidance, max_new_tokens, seed, sol
              "top_k": inputs.integer("top k", top_k, 0, MAX_TOP_K),
              "top_p": inputs.positive("top p", top_p, 1.0),
              "repetition_penalty": inputs.positive("repetition penalty", repetition_penalty, MAX_REPETITION_PENALTY),
-             "stop_at_eos": inputs.flag("stop at EOS", stop_at_eos)}
+             "stop_at_eos": inputs.flag("stop at EOS", stop_at_eos),
+             **inputs.guidance_variants(guidance_rescale, interval_lo, interval_hi)}
     sample_id = inputs.seed("sample id", sample_id)
     prompt = inputs.text("prompt", "" if prompt is None else prompt, lim, allow_empty=True,
                          max_chars=lim.max_prompt_chars)
     preview, view = inputs.flag("preview", preview), View.of(method, dims)
     stop = threading.Event()
     stop_hook = {"pre_model": lambda state: setattr(state, "interrupt", True) if stop.is_set() else None}
-    sampler = (workbench or ctx.workbench).sampler([prompt if prompt_ids is None else prompt_ids],
-                                                   sample_ids=[sample_id], preview=preview, record=True,
-                                                   hooks=stop_hook, **knobs)
+    wb = workbench or ctx.workbench
+    sampler = wb.sampler([prompt if prompt_ids is None else prompt_ids], sample_ids=[sample_id], preview=preview,
+                         record=True, hooks=stop_hook, **knobs)
     run = TrajectoryRun(prompt=prompt, knobs=knobs, trajectory=sampler.trajectory, planned_blocks=sampler.num_blocks,
-                        sample_id=sample_id, session=sampler)
+                        data_norm=wb.data_norm(), sample_id=sample_id, session=sampler)
     run_id = ctx.store.put("trajectory", run)
     key = session_key(session, "trajectory")
     ctx.stops.register(key, run_id, stop)
@@ -274,7 +334,7 @@ def generate(ctx: AppContext, prompt, steps, guidance, max_new_tokens, seed, sol
     started = time.monotonic()
     text_due, figures_due = Every(TEXT_EVERY_S), Every(FIGURE_EVERY_S)
     try:
-        yield {"status": status_line(run), "text": display_text(prompt), "run": run_id}
+        yield {"status": status_line(run), "text": prompt, "run": run_id}
         for state in sampler:
             run.rows.append(step_row(state))
             run.seconds = time.monotonic() - started
@@ -283,10 +343,11 @@ def generate(ctx: AppContext, prompt, steps, guidance, max_new_tokens, seed, sol
             progress((len(run.rows), total), desc="sampling")
             pick = len(run.rows) - 1
             run.take_result(sampler)
-            update = {"status": status_line(run), "text": display_text(prompt + run.text), **step_view(run, pick)}
+            update = {"status": status_line(run), "text": shown_text(ctx, run), **step_view(run, pick)}
             if figures_due():
                 update |= {"norms": norms_figure(run.rows, run.steps, pick),
-                           "projection": trajectory_figure(ctx, run, view, pick, LIVE_BACKDROP)}
+                           "projection": trajectory_figure(ctx, run, view, pick, LIVE_BACKDROP),
+                           "monitor": monitor_view(run, state.block)}
             yield update
         run.take_result(sampler)
         run.seconds = time.monotonic() - started
@@ -328,7 +389,7 @@ def scrub(ctx: AppContext, run_id, block, step, method, dims) -> Update:
     recorded = [i for i, r in enumerate(run.rows) if r["block"] == block]
     pick = recorded[min(step, len(recorded) - 1)]      # a stopped run's last block may be shorter
     return {**step_view(run, pick), "norms": norms_figure(run.rows, run.steps, pick),
-            "projection": trajectory_figure(ctx, run, view, pick)}
+            "projection": trajectory_figure(ctx, run, view, pick), "monitor": monitor_view(run, block)}
 
 
 # -- layout and events ------------------------------------------------------------------------------------
@@ -357,7 +418,9 @@ def build(ctx: AppContext) -> TabComponents:
                                                       value=inputs.DEFAULTS.repetition_penalty, step=0.05,
                                                       label="Repetition penalty")
                 ui.stop_at_eos = gr.Checkbox(inputs.DEFAULTS.stop_at_eos, label="Stop at EOS",
-                                             info="off: every block runs (the bench's official protocol)")
+                                             info="off: every block runs (the bench's official protocol); blocks "
+                                                  "after the EOS are marked")
+            ui.guidance_rescale, ui.interval_lo, ui.interval_hi = guidance_variants()
             with gr.Row():
                 ui.generate = gr.Button("Generate", variant="primary")
                 ui.stop = gr.Button("Stop", variant="stop")
@@ -381,6 +444,8 @@ def build(ctx: AppContext) -> TabComponents:
             ui.info = gr.JSON(label="Step numbers")
         with gr.Column(scale=2):
             ui.norms = gr.Plot(empty_figure("velocity norms appear here", NORMS_HEIGHT), label="Velocity norms")
+            ui.monitor = gr.Plot(empty_figure("the off-manifold monitor appears here", monitor.HEIGHT),
+                                 label="Off-manifold monitor", elem_id="trajectory-monitor")
     with gr.Accordion("Downloads and run summary", open=False):
         ui.files = gr.File(label="JSON / CSV / HTML / tensors", file_count="multiple", interactive=False)
         ui.summary = gr.JSON(label="Run summary")

@@ -29,23 +29,25 @@ UPLOAD_CAP = 4096
 RUN, PAIR = "<trajectory run id>", "<latents run id>"     # replaced by the ids of stored runs
 INSIDE, PATCHING = "<model-internals run id>", "<patching run id>"
 CHAT, CHAT_CLEARED = "<chat run id>", "<chat run id to clear>"
+VARIANTS = dict(guidance_rescale=0.0, interval_lo=0.0, interval_hi=1.0)    # off: the official CFG combine
 TRAJECTORY = dict(prompt="a cat", steps=4, guidance=7.0, max_new_tokens=8, seed=0, solver="euler", schedule="linear",
                   preview=True, method="auto", dims="2-D", sample_id=0, temperature=0.0, top_k=50, top_p=0.9,
-                  repetition_penalty=1.1, stop_at_eos=True)
+                  repetition_penalty=1.1, stop_at_eos=True, **VARIANTS)
 SCRUB = dict(run_id=RUN, block=0, step=0, method="auto", dims="2-D")
 DIAGNOSE = dict(texts="a cat", upload=None, samples=1, draws=1, t_points=3, seed=0, likelihood=False, ode_steps=8)
 GRID = dict(prompts="a cat", guidance="1, 7", axis="steps", ys="4", steps=4, seed=0, max_new_tokens=8, solver="euler",
-            semantic="off")
+            semantic="off", **VARIANTS)
 ENCODE = dict(text_a="a cat", text_b="the sea", alpha=0.5, method="lerp")
 POINT = dict(run_id=PAIR, alpha=0.5, method="slerp", blocks=[])
 DIRECTION = dict(run_id=PAIR, positive="big", negative="small", source="A", strength=1.0, blocks=[])
-REGENERATE = dict(run_id=PAIR, source="A", strength=0.5, keep=[], steps=4, guidance=7.0, seed=0)
-INVERT = dict(run_id=PAIR, source="A", steps=4, solver="heun")
+REGENERATE = dict(run_id=PAIR, source="A", strength=0.5, keep=[], steps=4, guidance=7.0, seed=0, **VARIANTS)
+INVERT = dict(run_id=PAIR, source="A", steps=4, solver="heun", seed=0)
 INSIDE_RUN = dict(prompt="a cat", steps=4, guidance=7.0, max_new_tokens=8, seed=0, block=0, step=0, layer=0, head=0,
-                  group="cond", scope="all blocks", metric="p_final")
+                  group="cond", scope="all blocks", metric="p_final", **VARIANTS)
 INSIDE_VIEW = dict(run_id=INSIDE, block=0, step=0, layer=0, head=0, group="cond", scope="all blocks", metric="p_final")
 PATCH = dict(clean="the cat sat on", corrupted="the dog sat on", steps=4, guidance=7.0, max_new_tokens=8, seed=0,
-             point="resid_post", group="both", layers="", blocks="", per_step=False, metric="target_logprob")
+             point="resid_post", group="both", layers="", blocks="", per_step=False, metric="target_logprob",
+             **VARIANTS)
 CHAT_SEND = dict(run_id=None, message="hi", system="", steps=4, guidance=7.0, max_new_tokens=8, seed=0)
 CHAT_OPEN = dict(run_id=CHAT, preview=True, method="auto", dims="2-D")
 HANDLERS = {"trajectory_generate": (trajectories.generate, TRAJECTORY), "trajectory_scrub": (trajectories.scrub, SCRUB),
@@ -110,7 +112,12 @@ CASES = [
         ({"temperature": float("nan")}, "temperature must be from 0 to 10"), ({"top_k": 2.5}, "top k must be a whole"),
         ({"top_p": 0}, "top p must be above 0 and at most 1, got 0"), ({"top_p": 1.5}, "top p must be from 0 to 1"),
         ({"repetition_penalty": 0.0}, "repetition penalty must be above 0"),
-        ({"stop_at_eos": "yes"}, "stop at EOS must be true or false")]],
+        ({"stop_at_eos": "yes"}, "stop at EOS must be true or false"),
+        ({"guidance_rescale": 1.5}, "CFG-rescale must be from 0 to 1, got 1.5"),
+        ({"guidance_rescale": "strong"}, "CFG-rescale must be a number"),
+        ({"interval_hi": float("nan")}, "guide up to t/T must be from 0 to 1"),
+        ({"interval_lo": -0.1}, "guide from t/T must be from 0 to 1"),
+        ({"interval_lo": 0.8, "interval_hi": 0.2}, "the guidance interval is empty: from t/T = 0.8 is above")]],
     *[Case("trajectory_scrub", change, message) for change, message in [
         ({"run_id": None}, "no trajectory result"), ({"run_id": ""}, "no trajectory result"),
         ({"run_id": "../../etc/passwd"}, "no trajectory result"), ({"run_id": 12345}, "no trajectory result"),
@@ -148,7 +155,9 @@ CASES = [
         ({"guidance": "1-9", "axis": "seed", "ys": "0-9"}, "= 90 cells; at most 64"),
         ({"ys": "0, 4"}, "outside 1 to 200"), ({"axis": "temperature"}, "Y axis must be one of steps, seed"),
         ({"semantic": "on"}, "semantic similarity must be one of"), ({"solver": "heun2"}, "solver must be one of"),
-        ({"max_new_tokens": 10**9}, "max new tokens must be from 1"), ({"seed": -3}, "seed must be from 0")]],
+        ({"max_new_tokens": 10**9}, "max new tokens must be from 1"), ({"seed": -3}, "seed must be from 0"),
+        ({"guidance_rescale": -0.1}, "CFG-rescale must be from 0 to 1"),
+        ({"interval_lo": 1.0, "interval_hi": 0.5}, "the guidance interval is empty")]],
     # latent lab
     *[Case("latent_encode", change, message) for change, message in [
         ({"text_a": "   "}, "text A is empty"), ({"text_b": None}, "text B must be text"),
@@ -164,9 +173,11 @@ CASES = [
         ({"source": "C"}, "source must be one of A, B")]],
     *[Case("latent_regenerate", change, message) for change, message in [
         ({"strength": 2.0}, "strength must be from 0 to 1"), ({"keep": ["7"]}, "block 7 does not exist"),
-        ({"steps": 0}, "steps must be from 1"), ({"seed": -5}, "seed must be from 0")]],
+        ({"steps": 0}, "steps must be from 1"), ({"seed": -5}, "seed must be from 0"),
+        ({"guidance_rescale": 2}, "CFG-rescale must be from 0 to 1"), ({"interval_hi": "x"}, "guide up to t/T")]],
     *[Case("latent_invert", change, message) for change, message in [
-        ({"steps": 0}, "ODE steps must be from 1"), ({"solver": "rk4"}, "solver must be one of euler, heun")]],
+        ({"steps": 0}, "ODE steps must be from 1"), ({"solver": "rk4"}, "solver must be one of euler, heun"),
+        ({"seed": -1}, "posterior sample seed must be from 0")]],
     # inside: the run's knobs and selectors, the stored run's ranges, the sweep's prompt pair and cells
     *[Case("inside_run", change, message) for change, message in [
         ({"prompt": 5}, "prompt must be text"), ({"prompt": "x" * 2001}, "prompt has 2001 characters; at most 2000"),
@@ -174,7 +185,8 @@ CASES = [
         ({"seed": -1}, "seed must be from 0"), ({"block": -1}, "block must be from 0"),
         ({"layer": 99}, "layer must be from 0 to 1, got 99"), ({"head": 4}, "head must be from 0 to 3, got 4"),
         ({"group": "both"}, "pass must be one of cond, uncond"), ({"scope": 3}, "rows must be one of"),
-        ({"metric": "entropy"}, "x0-lens colour must be one of")]],
+        ({"metric": "entropy"}, "x0-lens colour must be one of"),
+        ({"interval_lo": 2}, "guide from t/T must be from 0 to 1"), ({"guidance_rescale": [0.5]}, "CFG-rescale")]],
     *[Case("inside_view", change, message) for change, message in [
         ({"run_id": None}, "no model-internals result"), ({"run_id": "../x"}, "no model-internals result"),
         ({"run_id": RUN}, "holds a trajectory result, not a model-internals result"),
@@ -187,7 +199,9 @@ CASES = [
         ({"blocks": "5"}, "blocks: 5 is outside 0 to 1"), ({"point": "resid"}, "patched point must be one of"),
         ({"group": "*"}, "patched pass must be one of both, cond, uncond"),
         ({"per_step": "yes"}, "one cell per step must be true or false"), ({"metric": "kl"}, "heatmap must be one of"),
-        ({"max_new_tokens": 512, "steps": 200, "per_step": True}, "cells; at most 512")]],
+        ({"max_new_tokens": 512, "steps": 200, "per_step": True}, "cells; at most 512"),
+        ({"guidance_rescale": None}, "CFG-rescale must be a number"),
+        ({"interval_lo": 0.6, "interval_hi": 0.4}, "the guidance interval is empty")]],
     *[Case("inside_patch_view", change, message) for change, message in [
         ({"patch_id": None}, "no patching result"), ({"patch_id": INSIDE}, "holds a model-internals result"),
         ({"metric": 1}, "heatmap must be one of")]],
@@ -300,10 +314,10 @@ LIVE_CASES = [
      "guidance must be a number, got 'seven'"),
     ("trajectory_scrub", [0, 0, "auto", "2-D"], "no trajectory result"),
     ("diagnose", ["x", None, 0, 1, 3, 0, False, 8], "posterior samples must be from 1 to 8"),
-    ("guidance_grid", ["p", "1-9", "seed", "0-9", 4, 0, 8, "euler", "off"], "at most 64"),
+    ("guidance_grid", ["p", "1-9", "seed", "0-9", 4, 0, 8, "euler", "off", *VARIANTS.values()], "at most 64"),
     ("latent_encode", ["   ", "b", 0.5, "lerp"], "text A is empty"),
     ("latent_interpolate", [0.5, "lerp", []], "no latents result"),
-    ("latent_invert", ["A", 4, "heun"], "no latents result"),
+    ("latent_invert", ["A", 4, "heun", 0], "no latents result"),     # raw HTTP sends every input
     ("inside_view", [0, 0, 0, 0, "cond", "all blocks", "p_final"], "no model-internals result"),
     ("inside_patch", [*PATCH.values()][:1] + ["a small animal that"] + [*PATCH.values()][2:],
      "same number of context latents"),

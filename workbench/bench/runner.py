@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from cola_core import ColaModel, load_pretrained
 from cola_core.errors import GenerationError
-from cola_core.generate import GenerationConfig, generate
+from cola_core.generate import Generation, GenerationConfig, generate
 from cola_core.sampler import noise_seed
 
 from ..distributed import barrier, local_device, on_rank0, process_group
@@ -95,15 +95,27 @@ def generate_records(model: ColaModel, items: list[BenchItem], config: BenchConf
                         sample_ids=[it.noise_id for it in items])
     except GenerationError as exc:
         raise BenchError(f"{items[0].task}, items {items[0].where} to {items[-1].where}: {exc}") from None
-    stops, records = model.tokenizer.stop_ids, []
+    records = []
     for it, g in zip(items, gens):
-        eos = next((i for i, t in enumerate(g.token_ids) if t in stops), None)
-        # completion: a row that stopped keeps running while its batch does; keep only what is batch-independent
-        ids = g.token_ids[:eos + 1] if config.protocol == "completion" and eos is not None else g.token_ids
+        ids = stored_token_ids(g, config.protocol)
         records.append({"key": it.key, "id": it.id, "index": it.index, "prompt": it.prompt,
                         "text": model.tokenizer.decode(ids), "completion": g.completion, "token_ids": ids,
-                        "eos_index": eos})
+                        "eos_index": eos_index(g)})
     return records
+
+
+def eos_index(gen: Generation) -> int | None:
+    """Position of the first EOS / im_end in ``gen.token_ids`` (None: it has none): where its completion ends."""
+    end = len(gen.completion_ids)
+    return end if end < len(gen.token_ids) else None
+
+
+def stored_token_ids(gen: Generation, protocol: str) -> list[int]:
+    """The tokens a bench record keeps: all of them (``official``), or the completion through its first EOS
+    (``completion``: a row that stopped keeps running while its batch does; only that much is batch-independent).
+    A re-run of the sample (the app's Bench tab) compares its tokens with these."""
+    eos = eos_index(gen)
+    return gen.token_ids[:eos + 1] if protocol == "completion" and eos is not None else gen.token_ids
 
 
 def evaluate_task(model: ColaModel, items: list[BenchItem], config: BenchConfig, batch_size: int = 20) -> TaskResult:

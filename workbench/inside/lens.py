@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 import torch
 
 from cola_core.constants import LN2
+from cola_core.generate import GenerationConfig
 from cola_core.sampler import guided_velocity, predicted_clean
 from cola_core.text_codec import decode_logits, decode_text
 
@@ -127,7 +128,7 @@ def x0_lens(wb: "Workbench", prompts: str | Sequence[str], blocks: Sequence[int]
                                      **knobs)
     else:
         _check_source(cache, session.sampler, wb.fingerprint)
-    prep, T = session.sampler.prepared, wb.config(**knobs).T
+    prep, config = session.sampler.prepared, wb.config(**knobs)
     layers = wb.model.dit_config.num_layers
     records, x0_by_block = [], {}
     for b in blocks:
@@ -136,7 +137,7 @@ def x0_lens(wb: "Workbench", prompts: str | Sequence[str], blocks: Sequence[int]
         try:
             final_ids, z_final = cache[f"block.{b}.token_ids"], cache[f"block.{b}.z_final"]
             x0 = torch.stack([x for s in steps                           # (S*depths, B, bs, C)
-                              for x in _x0_by_depth(wb, cache, f"block.{b}.step.{s}", mode, T)])
+                              for x in _x0_by_depth(wb, cache, f"block.{b}.step.{s}", mode, config)])
         except KeyError as missing:   # a cache handed in without what the lens reads
             raise WorkbenchError(f"the cache lacks {missing.args[0]}; cache the run with "
                                  f"names_filter=x0_lens_names()") from None
@@ -161,16 +162,18 @@ def x0_lens(wb: "Workbench", prompts: str | Sequence[str], blocks: Sequence[int]
     return X0Lens(records=records, mode=mode, x0=x0_by_block)
 
 
-def _x0_by_depth(wb: "Workbench", cache: Mapping[str, torch.Tensor], step: str, mode: str, T: float
+def _x0_by_depth(wb: "Workbench", cache: Mapping[str, torch.Tensor], step: str, mode: str, config: GenerationConfig
                  ) -> list[torch.Tensor]:
-    """x0_pred (B, bs, C) at every depth of one solver step (``block.{b}.step.{s}``) of a cached run."""
+    """x0_pred (B, bs, C) at every depth of one solver step (``block.{b}.step.{s}``) of a cached run; guided as the
+    run combined cond and uncond (its cached guidance, interval guidance included, and its CFG-rescale)."""
     dit, layers = wb.model.dit, wb.model.dit_config.num_layers
     velocity = {g: [dit.head(h, cache[f"{step}.dit.{g}.final.shift"], cache[f"{step}.dit.{g}.final.scale"])
                     for h in _residuals(cache, f"{step}.dit.{g}", layers)] for g in ("cond", "uncond")}
     scale = cache[f"{step}.guidance"].to(velocity["cond"][0].dtype)[:, None, None]
-    chosen = ([guided_velocity(vc, vu, scale) for vc, vu in zip(velocity["cond"], velocity["uncond"])]
+    chosen = ([guided_velocity(vc, vu, scale, config.guidance_rescale) for vc, vu in zip(velocity["cond"],
+                                                                                         velocity["uncond"])]
               if mode == "guided" else velocity[mode])
-    return [predicted_clean(cache[f"{step}.z"], v.float(), cache[f"{step}.t"], T) for v in chosen]
+    return [predicted_clean(cache[f"{step}.z"], v.float(), cache[f"{step}.t"], config.T) for v in chosen]
 
 
 def _check_source(cache: ActivationCache, sampler, fingerprint: str) -> None:
