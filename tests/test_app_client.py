@@ -23,7 +23,7 @@ from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
 from app_server import TIMEOUT_S, bench_output, hold_at, running_app, stop_signal, wait_for  # noqa: E402
-from apps.gradio_app import guidance  # noqa: E402
+from apps.gradio_app import guidance, handoff  # noqa: E402
 from workbench import Workbench, interpolate, invert, regenerate_from  # noqa: E402
 from workbench.chat import ChatSession  # noqa: E402
 from cola_core.sampler import text_sample_id  # noqa: E402
@@ -433,9 +433,11 @@ def test_chat_answers_go_on_and_reopen_in_trajectories(app, wb):
     assert [m["role"] for m in conversation] == ["user", "assistant"] and status.startswith("**Answered**")
     second = c.predict("go on", "Be brief.", 4, 7.0, 8, 3, api_name="/chat_send")[3]       # the session's history
     assert second["prompt_ids"] == expected.prompt("go on").ids and second["answer"] == expected.reply("go on").text
-    outputs = c.predict(True, "auto", "2-D", api_name="/chat_open")
-    assert "Trajectories" in outputs[0] and outputs[-1]["token_ids"][:len(second["token_ids"])] == second["token_ids"]
-    assert "reproduces the answer's" in outputs[14]["value"]
+    names = [name for name in handoff.OUTPUTS if name not in ("tabs", "traj_run")]   # a layout and a state: no API
+    opened = dict(zip(names, c.predict(True, "auto", "2-D", api_name="/chat_open"), strict=True))
+    assert "Trajectories" in opened["status"] and opened["traj_seed"] == 3 and opened["traj_sample_id"] == 0
+    assert opened["traj_summary"]["token_ids"][:len(second["token_ids"])] == second["token_ids"]
+    assert "reproduces the answer's" in opened["traj_origin"]["value"]
     cleared = c.predict(api_name="/chat_clear")
     assert cleared[0] == [] and cleared[2] == "New conversation."
     fails("message is empty", c.predict, "  ", "", 4, 7.0, 8, 3, api_name="/chat_send")

@@ -90,6 +90,21 @@ def test_ctrl_c_interrupts_the_answer_not_the_chat(wb):
     assert out.endswith(f"{chat.history[-1][1]}\n") and chat.history[-2] == ("user", "the dog")   # chat went on
 
 
+def test_ctrl_c_at_the_prompt_keeps_the_chat_and_end_of_input_leaves(wb):
+    class Keys(io.StringIO):
+        pressed = False
+
+        def readline(self, *args):
+            if not self.pressed:
+                self.pressed = True
+                raise KeyboardInterrupt
+            return super().readline(*args)
+
+    chat, err = ChatSession(wb, seed=4, knobs=KNOBS), io.StringIO()
+    assert converse(chat, Keys("the cat sat\n"), Terminal(io.StringIO(), err)) == 0
+    assert "(Ctrl-D or /quit leaves)" in err.getvalue() and chat.history[0] == ("user", "the cat sat")
+
+
 def test_stream_steps_show_previews_in_place_on_a_terminal(wb):
     tty = TTY()
     chat, raw, err, _ = run_chat(wb, "the cat sat\n", out=tty)
