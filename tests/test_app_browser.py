@@ -7,6 +7,8 @@ artifacts/screenshots/ (git-ignored). Skips when Playwright or /usr/bin/chromium
 """
 from __future__ import annotations
 
+import json
+
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -277,7 +279,9 @@ def test_pocket_trajectory_marks_the_end_and_flags_off_manifold_blocks(pocket_pa
     pg.get_by_text("ran on past it").wait_for()
     pg.get_by_text("Off-manifold").first.wait_for()
     wait_plots(pg, 3)
-    assert pg.locator("#trajectory-monitor .barlayer .trace").first.locator(".point").count() == 12   # a bar a block
+    dit = json.loads((default_checkpoint() / "cola_dlm" / "cola_dit" / "config.json").read_text())
+    bars = pg.locator("#trajectory-monitor .barlayer .trace").first.locator(".point").count()
+    assert bars == -(-12 // dit["block_size"])                                                # a bar a block
     pg.locator("#trajectory-monitor").scroll_into_view_if_needed()
     pg.screenshot(path=str(SHOTS / "trajectories_numbers.png"), full_page=True)
 
