@@ -8,7 +8,6 @@ artifacts/screenshots/ (git-ignored). Skips when Playwright or /usr/bin/chromium
 from __future__ import annotations
 
 import json
-
 import threading
 from contextlib import contextmanager
 from pathlib import Path
