@@ -128,11 +128,22 @@ def test_a_client_that_hangs_up_while_queued_is_never_started(tiny_model):
     assert [job.prompts for job in backend.opened] == [["The cat sat"]]   # the queued request never opened
 
 
-class SlowRun:
+class WrappedRun:
+    """A backend run with its ``updates`` replaced; every other attribute is the wrapped run's."""
+
+    def __init__(self, run):
+        self.run = run
+
+    def __getattr__(self, name: str):
+        return getattr(self.run, name)
+
+
+class SlowRun(WrappedRun):
     """A run that takes 0.2 s per block and records each block it produced."""
 
     def __init__(self, run, produced: list):
-        self.run, self.choices, self.prompt_tokens, self.produced = run, run.choices, run.prompt_tokens, produced
+        super().__init__(run)
+        self.produced = produced
 
     def updates(self, cancel=None):
         for updates in self.run.updates(cancel):
@@ -217,11 +228,8 @@ def test_a_client_that_hangs_up_mid_stream_stops_its_generation(tiny_model):
     assert 1 <= len(backend.produced) < full // 2
 
 
-class BrokenRun:
+class BrokenRun(WrappedRun):
     """A run whose model breaks after the first block."""
-
-    def __init__(self, run):
-        self.run, self.choices, self.prompt_tokens = run, run.choices, run.prompt_tokens
 
     def updates(self, cancel=None):
         yield next(self.run.updates(cancel))
