@@ -14,10 +14,10 @@ from cola_core.config import DiTConfig, VAEConfig
 from cola_core.dit import ColaDiT
 from cola_core.errors import ConfigError
 from cola_core.tokenizer import ColaTokenizer
-from cola_core.training.config import config_from_dict
+from cola_core.training.config import SFTTrainConfig, config_from_dict
 from cola_core.training.conversations import ConversationDataset, read_conversations, write_conversations
 from cola_core.training.sft import block_size_choices, sft_noising, sft_terms
-from cola_core.training.stages import init_dit, init_weights, train_sft
+from cola_core.training.stages import chat_template_for, init_dit, init_weights, train_sft
 from cola_core.training.tokenizer_train import train_bpe_tokenizer
 from cola_core.vae import ColaTextVAE
 
@@ -250,3 +250,13 @@ def test_bad_sft_configs_fail_clearly(tmp_path, tiny_checkpoint):
         train_sft(_sft_config(tmp_path, tiny_checkpoint, block_size_probs=[0.5, 0.5]))
     with pytest.raises(ConfigError, match="not a single token"):
         train_sft(_sft_config(tmp_path, tiny_checkpoint, stop_token="■"))
+
+
+def test_a_text_stop_token_is_looked_up_through_the_byte_level_encoding(tmp_path):
+    path = tmp_path / "tokenizer.json"
+    train_bpe_tokenizer(["■", "hi", "yo"] * 50, 300, path)
+    tokenizer = ColaTokenizer.from_file(path)
+    (square,) = tokenizer.encode("■")                     # three UTF-8 bytes merged into one token
+    assert chat_template_for(SFTTrainConfig(init_from="x", stop_token="■"), tokenizer).stop_token_id == square
+    with pytest.raises(ConfigError, match="encodes to 2 tokens"):
+        chat_template_for(SFTTrainConfig(init_from="x", stop_token="■hi"), tokenizer)

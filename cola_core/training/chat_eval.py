@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..chat_template import ChatTemplate
+from ..chat_template import ChatPrompt, ChatTemplate
 from ..checkpoint import ColaModel
 from ..generate import BlockwiseSampler, GenerationConfig
 from .conversations import read_conversations
@@ -80,32 +80,25 @@ def training_definitions(dialogues: str | Path) -> dict[str, str]:
     return out
 
 
-def answer_text(model: ColaModel, token_ids: list[int], stops: set[int], template: ChatTemplate) -> str:
-    """The answer: ids up to the first stop token, decoded without special tokens, cut at stop strings."""
-    cut = next((i for i, t in enumerate(token_ids) if t in stops), len(token_ids))
-    text = model.tokenizer.decode(token_ids[:cut], skip_special_tokens=True)
-    for stop in template.stop_strings:
-        text = text.split(stop)[0]
-    return text.strip()
-
-
 def evaluate_chat(model: ColaModel, dialogues: str | Path, config: ChatEvalConfig | None = None) -> dict:
     """Non-empty rate and gloss overlap of answers to held-out questions, with the nearest-gloss baseline."""
     config = config or ChatEvalConfig()
     template = ChatTemplate.for_model(model)
     tests = read_conversations(corpus_split_path(dialogues, "test"))[:config.samples]
-    prompts = [template.prompt(model.tokenizer, conversation[:-1]) for conversation in tests]
-    stops = model.tokenizer.stop_ids | ({template.stop_token_id} - {None})
+    stops = template.stop_ids(model.tokenizer)
+    prompts = [ChatPrompt(template.prompt(model.tokenizer, conversation[:-1]), stops, template.stop_strings)
+               for conversation in tests]
     gen_cfg = GenerationConfig(**{**asdict(config.generation),
                                   "seed": config.generation.seed if config.generation.seed is not None else config.seed})
     answers: list[str] = []
     for start in range(0, len(prompts), config.batch_size):
         chunk = prompts[start:start + config.batch_size]
-        sampler = BlockwiseSampler(model, chunk, gen_cfg, sample_ids=range(start, start + len(chunk)),
+        sampler = BlockwiseSampler(model, [prompt.ids for prompt in chunk], gen_cfg, sample_ids=range(start, start + len(chunk)),
                                    eos_ids=sorted(stops))
         for _ in sampler.events():
             pass
-        answers.extend(answer_text(model, g.token_ids, stops, template) for g in sampler.result())
+        answers.extend(prompt.answer(model.tokenizer, g.token_ids, len(g.token_ids)).text.strip()
+                       for prompt, g in zip(chunk, sampler.result()))
     baseline = NearestGloss(training_definitions(dialogues))
     rows = []
     for conversation, answer in zip(tests, answers):

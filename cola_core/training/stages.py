@@ -249,10 +249,11 @@ def chat_template_for(cfg: SFTTrainConfig, tokenizer: ColaTokenizer) -> ChatTemp
         return ChatTemplate("chatml", tokenizer.im_end_id, cfg.pad_with_stop)
     if not cfg.stop_token:
         return ChatTemplate("text", tokenizer.eos_id, cfg.pad_with_stop)
-    stop_id = tokenizer.backend.token_to_id(cfg.stop_token)
-    if stop_id is None:
-        raise ConfigError(f"stop_token {cfg.stop_token!r} is not a single token of the tokenizer of {cfg.init_from}")
-    return ChatTemplate("text", stop_id, cfg.pad_with_stop)
+    stop_ids = tokenizer.encode(cfg.stop_token)             # byte-level BPE: "■" is one token, not one vocab key
+    if len(stop_ids) != 1:
+        raise ConfigError(f"stop_token {cfg.stop_token!r} is not a single token of the tokenizer of {cfg.init_from} "
+                          f"(it encodes to {len(stop_ids)} tokens)")
+    return ChatTemplate("text", stop_ids[0], cfg.pad_with_stop)
 
 
 def train_sft(cfg: SFTTrainConfig, resume: bool = False, overwrite: bool = False,
