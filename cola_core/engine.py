@@ -126,15 +126,17 @@ class Batch:
         self.dit_cache: KVCache | None = None   # 2B rows: [0, B) each row's context, [B, 2B) empty
         self.vae_cache: KVCache | None = None   # B rows
 
-    def join(self, new: Arrivals) -> None:
-        """Add arrived rows after the current ones (caches regrouped, histories kept)."""
-        old, n = len(self.rows), len(new.rows)
-        if old:
-            self.dit_cache = stack_rows([(self.dit_cache, range(old)), (new.dit_cache, range(n))], empty=old + n)
-            self.vae_cache = stack_rows([(self.vae_cache, range(old)), (new.vae_cache, range(n))])
-        else:
-            self.dit_cache, self.vae_cache = new.dit_cache, new.vae_cache
-        self.rows += new.rows
+    def join(self, news: Sequence[Arrivals]) -> None:
+        """Add arrived rows after the current ones (caches regrouped once, histories kept)."""
+        parts = [(self.dit_cache, range(len(self.rows)))] if self.rows else []
+        vae_parts = [(self.vae_cache, range(len(self.rows)))] if self.rows else []
+        for new in news:
+            parts.append((new.dit_cache, range(len(new.rows))))
+            vae_parts.append((new.vae_cache, range(len(new.rows))))
+            self.rows += new.rows
+        if parts:
+            self.dit_cache = stack_rows(parts, empty=len(self.rows))
+            self.vae_cache = stack_rows(vae_parts)
 
     def leave(self, rows: Sequence[Row]) -> None:
         """Drop ``rows`` (ended or cancelled); the others keep their caches."""
@@ -246,14 +248,18 @@ class Engine:
 
     def _admit(self) -> None:
         """Move waiting arrivals into their batches, in order, while they fit."""
+        joining: dict[tuple, list[Arrivals]] = {}
+        in_flight = self.rows_in_flight
         while self.waiting:
-            new, in_flight = self.waiting[0], self.rows_in_flight
+            new = self.waiting[0]
             if in_flight and in_flight + len(new.rows) > self.max_rows:
-                return
-            self.waiting.pop(0)
-            if new.key not in self.batches:
-                self.batches[new.key] = Batch(self.model, new.rows[0].config)
-            self.batches[new.key].join(new)
+                break
+            in_flight += len(self.waiting.pop(0).rows)
+            joining.setdefault(new.key, []).append(new)
+        for key, news in joining.items():
+            if key not in self.batches:
+                self.batches[key] = Batch(self.model, news[0].rows[0].config)
+            self.batches[key].join(news)
 
     def _tidy(self) -> None:
         """Forget empty batches."""
