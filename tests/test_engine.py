@@ -181,3 +181,16 @@ def test_a_closed_or_cancelled_ticket_leaves_the_batch(tiny_model):
         service.close()
     with pytest.raises(ColaError, match="closed"):
         _read(service.ticket(BlockwiseSampler(tiny_model, ["The cat"], GenerationConfig(steps=1))))
+
+
+def test_a_failed_batch_step_reaches_its_tickets_reader(tiny_model, monkeypatch):
+    service = GenerationService(tiny_model, max_rows=4)
+    try:
+        def broken(self):
+            raise RuntimeError("device fell over")
+        monkeypatch.setattr("cola_core.engine.Batch.step", broken)
+        with pytest.raises(RuntimeError, match="fell over"):
+            _read(service.ticket(BlockwiseSampler(tiny_model, ["The cat"], GenerationConfig(steps=1, seed=0))))
+        assert service.engine.idle
+    finally:
+        service.close()
