@@ -102,9 +102,11 @@ def arrivals(sampler: BlockwiseSampler) -> Arrivals:
     if int(prep.prefix_lengths.max()) > 0:
         sampler.prefill(prior, vae_cache)
     bs, patch = model.block_size, model.patch_size
-    rngs = sampler.token_rngs or [torch.Generator() for _ in range(n)]
-    for rng in rngs if sampler.token_rngs is None else ():
-        rng.seed()   # unseeded request: a random stream of its own
+    rngs = sampler.token_rngs
+    if rngs is None:   # an unseeded request: random streams of its own
+        rngs = [torch.Generator() for _ in range(n)]
+        for rng in rngs:
+            rng.seed()
     rows = [Row(prompt=prep.texts[b], config=cfg, sample_id=sid,
                 num_blocks=blocks_needed(len(prep.ids[b]), cfg.max_new_tokens, bs, patch), trim=prep.trim[b],
                 pinned=prep.pinned[b], clean=prep.clean_window[b], empty_prefix=bool(prep.prefix_lengths[b] == 0),
@@ -160,8 +162,9 @@ class Batch:
         if not batch:
             return []
         prior = PriorContext(model, batch, self.round_inputs, cache=self.dit_cache)
-        first = torch.tensor([row.block == 0 for row in rows])
+        first = torch.tensor([row.block == 0 for row in rows])                         # (B,) in their first block
         pinned = torch.stack([row.pinned if row.block == 0 else torch.zeros_like(row.pinned) for row in rows])
+        # (B, bs): prompt latents pinned in a first block
         clean = torch.stack([row.clean for row in rows]).to(device)                    # (B, bs, C)
         guidance = guidance_per_sample(torch.tensor([float(row.config.guidance) for row in rows]), first,
                                        torch.tensor([row.empty_prefix for row in rows])).to(device)
@@ -183,9 +186,8 @@ class Batch:
             z = torch.where(pinned_on[..., None], clean, z)
         logits = decode_logits(model, z.float(), torch.full((batch,), bs, dtype=torch.long),
                                cache=self.vae_cache.view(), update_cache=True)
-        history = [torch.cat(row.blocks).to(logits.device) if row.blocks else torch.empty(0, dtype=torch.long,
-                                                                                        device=logits.device)
-                   for row in rows]
+        none = torch.empty(0, dtype=torch.long)
+        history = [(torch.cat(row.blocks) if row.blocks else none).to(logits.device) for row in rows]   # ids so far
         tokens = sample_tokens(logits, history, cfg.temperature, cfg.top_k, cfg.top_p, cfg.repetition_penalty,
                                generator=[row.rng for row in rows]).cpu()              # (B, bs*P)
         for row, ids in zip(rows, tokens):

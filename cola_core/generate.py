@@ -379,8 +379,8 @@ def emits(token_ids: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     return torch.isin(token_ids, ids).any(dim=1)
 
 
-def generation_result(tokenizer: ColaTokenizer, prompt: str, blocks: Sequence[torch.Tensor], trim: int, stopped_at_eos: bool,
-                      end_block: int | None) -> Generation:
+def generation_result(tokenizer: ColaTokenizer, prompt: str, blocks: Sequence[torch.Tensor], trim: int,
+                      stopped_at_eos: bool, end_block: int | None) -> Generation:
     """One sample's :class:`Generation` from its decoded blocks (each (bs*P,) ids): the prompt's re-decoded tail
     trimmed, the completion cut at the first EOS / im_end (the one end-of-sequence rule)."""
     untrimmed = torch.cat(list(blocks)).tolist() if blocks else []

@@ -245,8 +245,9 @@ class GenerationBackend:
         return ChatPrompt(ids, frozenset(self.tokenizer.stop_ids), ())
 
     def open(self, job: Job) -> Run:
-        """Tokenise, then build this request's own sampler (raises GenerationError for prompts the model
-        cannot take). Row order: the ``n`` choices of a prompt are adjacent."""
+        """Tokenise, then build this request's sampler (raises GenerationError for prompts the model cannot
+        take), to run alone or, while batching, to hand to the service when the run is read. Row order: the
+        ``n`` choices of a prompt are adjacent."""
         prompts = [self.prompt_ids(prompt, job.config.max_new_tokens) for prompt in job.prompts]
         rows = [p.ids for p in prompts for _ in range(job.n)]
         sample_ids = [sample_id(p.ids, choice) for p in prompts for choice in range(job.n)]
