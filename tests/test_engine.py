@@ -66,6 +66,16 @@ def test_a_row_without_eos_runs_its_own_block_count_next_to_longer_rows(tiny_mod
         assert _same(tiny_model, rows[i], alone) and len(rows[i].blocks) == len(alone.untrimmed_ids) // per_block
 
 
+@pytest.mark.parametrize("knobs", [dict(solver="heun"), dict(solver="midpoint", schedule="shifted"),
+                                   dict(guidance_rescale=0.7, guidance_interval=(0.2, 0.8)),
+                                   dict(temperature=1.2, top_k=5, top_p=0.8, repetition_penalty=1.5),
+                                   dict(noise_device="cpu", stop_at_eos=False)])
+def test_every_sampler_knob_gives_the_tokens_of_the_request_alone(pocket_model, knobs):
+    requests = [(i, _config(i, max_new_tokens=4 + 2 * i, **knobs)) for i in range(3)]   # rows overlap
+    _, rows = _serve(pocket_model, requests, max_rows=4)
+    assert all(_same(pocket_model, rows[i], _alone(pocket_model, i, config)) for i, config in requests)
+
+
 def test_knobs_that_cannot_share_a_step_run_in_batches_of_their_own(pocket_model):
     requests = [(i, _config(i, steps=4 if i % 3 else 2, solver="euler" if i % 2 else "heun")) for i in range(6)]
     keys = {batch_key(config) for _, config in requests}
