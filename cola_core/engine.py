@@ -248,6 +248,10 @@ class Engine:
             batch.leave([row for row in batch.rows if id(row) in gone])
         self._tidy()
 
+    def clear(self) -> None:
+        """Forget every row, in flight or waiting (after a failure that leaves their caches unsound)."""
+        self.batches, self.waiting = {}, []
+
     def _admit(self) -> None:
         """Move waiting arrivals into their batches, in order, while they fit."""
         joining: dict[tuple, list[Arrivals]] = {}

@@ -204,3 +204,15 @@ def test_a_failed_batch_step_reaches_its_tickets_reader(tiny_model, monkeypatch)
         assert service.engine.idle
     finally:
         service.close()
+
+
+def test_a_failure_outside_a_batch_step_ends_every_request_in_flight(tiny_model, monkeypatch):
+    service = GenerationService(tiny_model, max_rows=4)
+    try:
+        monkeypatch.setattr("cola_core.engine.stack_rows", lambda *a, **k: (_ for _ in ()).throw(MemoryError()))
+        with pytest.raises(MemoryError):
+            _read(service.ticket(BlockwiseSampler(tiny_model, ["The cat"], GenerationConfig(steps=1, seed=0))))
+        assert service.engine.idle and service.alive
+    finally:
+        service.close()
+    assert not service.alive

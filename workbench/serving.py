@@ -77,6 +77,8 @@ class Ticket:
                 try:
                     item = self._queue.get(timeout=POLL_S)
                 except queue.Empty:
+                    if not self.service.alive:
+                        raise ColaError("the generation service stopped") from None
                     continue
                 if item is _END:
                     return
@@ -105,6 +107,11 @@ class GenerationService:
         self._closed = False
         self._thread = threading.Thread(target=self._serve, name="cola-generation-service", daemon=True)
         self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        """Whether the service thread runs."""
+        return self._thread.is_alive()
 
     def ticket(self, sampler: BlockwiseSampler) -> Ticket:
         """A request to serve; nothing runs until its blocks are read."""
@@ -141,11 +148,12 @@ class GenerationService:
             if self.engine.idle:
                 continue
             try:
-                stepped = self.engine.step()
+                self._dispatch(self.engine.step())
             except BatchFailure as failure:
                 self._fail({id(row) for row in failure.rows}, failure.__cause__ or failure)
-                continue
-            self._dispatch(stepped)
+            except Exception as exc:   # outside a batch step (regrouping caches): nothing in flight is sound
+                self.engine.clear()
+                self._fail(set(), exc)
         self._fail(None, ColaError("the generation service closed"))
 
     def _drop_closed(self) -> None:
@@ -167,8 +175,10 @@ class GenerationService:
                 self._tickets.remove(ticket)
 
     def _fail(self, row_ids: set[int] | None, exc: BaseException) -> None:
-        """Tickets with rows in ``row_ids`` end with ``exc``; None: every ticket, those not yet in the engine too."""
-        hit = [ticket for ticket in self._tickets if row_ids is None or any(id(row) in row_ids for row in ticket.rows)]
+        """Tickets with rows in ``row_ids`` end with ``exc``; an empty set: every ticket in the engine; None: those
+        not yet in it too."""
+        hit = [ticket for ticket in self._tickets
+               if not row_ids or any(id(row) in row_ids for row in ticket.rows)]
         if row_ids is None:
             with self._lock:
                 hit += [ticket for ticket, _ in self._incoming]
