@@ -1,14 +1,17 @@
 """API throughput under load: requests/s at 1, 8 and 32 concurrent clients, batched server vs one sampler per request.
 
-    python benchmarks/api_throughput.py                      # pocket checkpoint on the CPU, about three minutes
+    python benchmarks/api_throughput.py                      # pocket checkpoint on the CPU, a few minutes
     python benchmarks/api_throughput.py --json benchmarks/results/api_throughput_pocket_cpu.json
 
-Each mode starts a live ``cola-workbench api`` process (the shipped pocket checkpoint, torch's default threads)
-and sends seeded ``/v1/completions`` requests (different prompts and seeds, ``--max-tokens`` tokens, the default
-16 steps) from 1, 8 and 32 client threads, ``--requests`` x clients requests per level (at least ``--min-requests``).
-Modes: ``batched`` (``--max-batch 32 --concurrency 32``: requests join one sampler batch at block boundaries)
-and ``per_request`` (``--max-batch 1``: a sampler per request, the earlier mode; ``--concurrency 1``, the
-earlier default, and 4). Every mode's answers are checked against the ``per_request`` concurrency-1 ones.
+One live ``cola-workbench api`` process per mode (the shipped pocket checkpoint, ``--threads`` torch threads each,
+1 by default: on a shared machine more threads per process mostly wait on each other) serves seeded
+``/v1/completions`` requests (different prompts and seeds, ``--max-tokens`` tokens, the default 16 steps, greedy)
+from 1, 8 and 32 client threads, ``--requests`` x clients requests per level (at least ``--min-requests``). All
+servers run side by side and the modes take turns at each level, ``--repeats`` times (the median is reported), so
+a change in the machine's load hits every mode alike. Modes: ``batched`` (``--max-batch 32 --concurrency 32``:
+requests join one sampler batch at block boundaries) and ``per_request`` (``--max-batch 1``: a sampler per
+request, the earlier mode; ``--concurrency 1``, the earlier default, and 4). Every mode's answers are checked
+against the first mode's.
 """
 from __future__ import annotations
 
@@ -62,11 +65,12 @@ def _request(i: int, max_tokens: int) -> dict:
             "temperature": 0.0}
 
 
-def _server(flags: list[str]) -> tuple[subprocess.Popen, int]:
+def _server(flags: list[str], threads: int) -> tuple[subprocess.Popen, int]:
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen([sys.executable, "-m", "apps.cli", "api", "--checkpoint", "pocket", "--port", str(port),
-                                "--queue-size", "64", "--log-level", "warning", *flags], cwd=ROOT, env=env)
+                                "--threads", str(threads), "--queue-size", "64", "--log-level", "warning", *flags],
+                               cwd=ROOT, env=env)
     deadline = time.monotonic() + 120
     while True:
         try:
@@ -100,28 +104,38 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=2, help="requests per client at each level")
     parser.add_argument("--min-requests", type=int, default=16, help="fewest requests at a level")
     parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of each server")
+    parser.add_argument("--repeats", type=int, default=2, help="turns of every mode at each level (median kept)")
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()
     report = {"benchmark": "api_throughput", "checkpoint": "pocket", "device": "cpu", "cpu_count": os.cpu_count(),
               "platform": platform.platform(), "load_average_before": list(os.getloadavg()),
-              "max_tokens": args.max_tokens, "steps": 16, "modes": {}}
-    reference: dict[int, list[str]] = {}
-    for mode in args.modes:
-        process, port = _server(MODES[mode])
-        try:
-            levels = []
-            for clients in CLIENTS:
-                count = max(args.min_requests, args.requests * clients)
-                level, texts = _level(port, clients, count, args.max_tokens)
-                reference.setdefault(count, texts)
-                level["answers_equal_reference"] = texts == reference[count]
-                levels.append(level)
-                print(mode, json.dumps(level), flush=True)
-        finally:
+              "server_threads": args.threads, "max_tokens": args.max_tokens, "steps": 16, "repeats": args.repeats,
+              "modes": {mode: {"server_flags": MODES[mode], "levels": []} for mode in args.modes}}
+    servers = {mode: _server(MODES[mode], args.threads) for mode in args.modes}
+    try:
+        for clients in CLIENTS:
+            count = max(args.min_requests, args.requests * clients)
+            runs: dict[str, list[dict]] = {mode: [] for mode in args.modes}
+            reference = None
+            for _ in range(args.repeats):
+                for mode, (_, port) in servers.items():
+                    level, texts = _level(port, clients, count, args.max_tokens)
+                    reference = texts if reference is None else reference
+                    level["answers_equal_reference"] = texts == reference
+                    runs[mode].append(level)
+            for mode, levels in runs.items():
+                rates = [level["requests_per_s"] for level in levels]
+                best = sorted(levels, key=lambda level: level["requests_per_s"])[len(levels) // 2]
+                summary = {**best, "requests_per_s": round(statistics.median(rates), 2), "runs_requests_per_s": rates,
+                           "answers_equal_reference": all(level["answers_equal_reference"] for level in levels)}
+                report["modes"][mode]["levels"].append(summary)
+                print(mode, json.dumps(summary), flush=True)
+    finally:
+        for process, _ in servers.values():
             process.terminate()
             process.wait(timeout=30)
-        report["modes"][mode] = {"server_flags": MODES[mode], "levels": levels}
     report["load_average_after"] = list(os.getloadavg())
     if args.json:
         args.json.write_text(json.dumps(report, indent=1) + "\n")
