@@ -4,6 +4,9 @@
 ``(event_name, state)`` at every hook point; a consumer may read or replace fields of the state
 (steer ``z``, change ``guidance``, replace ``v_guided`` or ``token_ids``) before resuming the loop.
 With nobody touching the state, the loop is exactly the official algorithm (spec section 7).
+The per-sample rules (:func:`block_noise`, :func:`guidance_per_sample`, :func:`blocks_needed`, :func:`emits`,
+:func:`generation_result`) are functions, which :mod:`cola_core.engine` applies to rows of many requests
+stepped together (no hooks there).
 """
 from __future__ import annotations
 
@@ -24,9 +27,9 @@ from .sampler import (SCHEDULES, SOLVERS, check_guidance_interval, guided_veloci
                       predicted_clean, rounds_dit_inputs, sample_tokens, seeded_noise, solver_updates,
                       timestep_grid, token_seed)
 from .static_prior import StaticPriorContext
-from .tokenizer import ColaTokenizer
 from .text_codec import (block_count, check_positions, context_latents, decode_logits, encode_tokens, greedy_texts,
                          latent_count, pad_to_blocks)
+from .tokenizer import ColaTokenizer
 from .seeds import is_valid_seed, seed_error
 
 EVENTS = ("block_start", "pre_model", "guidance", "guided", "post_update", "block_end", "decoded")
