@@ -7,6 +7,7 @@ all samples concatenated, plus per-sample lengths) is converted at the model bou
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -176,6 +177,41 @@ class KVCache:
             new_v[:, :, :old] = self._v[layer].to(v_like.dtype)
         self._k[layer], self._v[layer] = new_k, new_v
         self.capacity = capacity
+
+
+def stack_rows(parts: Sequence[tuple[KVCache, Sequence[int]]], empty: int = 0) -> KVCache:
+    """A new growable cache holding the chosen rows of each part, in order, then ``empty`` empty rows.
+
+    How a batching engine regroups its samples at a block boundary (rows leave, rows join): each row keeps
+    its history and length bit for bit, so its next forward reads what it would have read in its old cache.
+    """
+    if not parts:
+        raise ColaError("stack_rows needs at least one part")
+    if any(cache.fixed for cache, _ in parts):
+        raise ColaError("stack_rows regroups growable caches only, not static ones")
+    layers = parts[0][0].num_layers
+    indices = [torch.as_tensor(list(rows), dtype=torch.long) for _, rows in parts]
+    total = sum(len(index) for index in indices) + empty
+    capacity = max(cache.capacity for cache, _ in parts)
+    out = KVCache(total, layers, initial_capacity=capacity)
+    out.lengths = torch.cat([cache.lengths[index] for (cache, _), index in zip(parts, indices)]
+                            + [torch.zeros(empty, dtype=torch.long)])
+    for layer in range(layers):
+        held = [(cache._k[layer], cache._v[layer], index) for (cache, _), index in zip(parts, indices)]
+        like = next(((k, v) for k, v, _ in held if k is not None), None)
+        if like is None:   # no part has written this layer yet
+            continue
+        k_out = like[0].new_zeros(total, like[0].shape[1], capacity, like[0].shape[3])
+        v_out = like[1].new_zeros(total, like[1].shape[1], capacity, like[1].shape[3])
+        start = 0
+        for k, v, index in held:
+            if k is not None and len(index):
+                rows = index.to(k.device)
+                k_out[start:start + len(index), :, :k.shape[2]] = k[rows]
+                v_out[start:start + len(index), :, :v.shape[2]] = v[rows]
+            start += len(index)
+        out._k[layer], out._v[layer] = k_out, v_out
+    return out
 
 
 @dataclass

@@ -4,6 +4,9 @@
 ``(event_name, state)`` at every hook point; a consumer may read or replace fields of the state
 (steer ``z``, change ``guidance``, replace ``v_guided`` or ``token_ids``) before resuming the loop.
 With nobody touching the state, the loop is exactly the official algorithm (spec section 7).
+The per-sample rules (:func:`block_noise`, :func:`guidance_per_sample`, :func:`blocks_needed`, :func:`emits`,
+:func:`generation_result`) are functions, which :mod:`cola_core.engine` applies to rows of many requests
+stepped together (no hooks there).
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from .sampler import (SCHEDULES, SOLVERS, check_guidance_interval, guided_veloci
 from .static_prior import StaticPriorContext
 from .text_codec import (block_count, check_positions, context_latents, decode_logits, encode_tokens, greedy_texts,
                          latent_count, pad_to_blocks)
+from .tokenizer import ColaTokenizer
 from .seeds import is_valid_seed, seed_error
 
 EVENTS = ("block_start", "pre_model", "guidance", "guided", "post_update", "block_end", "decoded")
@@ -201,10 +205,7 @@ class BlockwiseSampler:
         encoded = iter(model.tokenizer.encode_batch(texts) if texts else [])
         prompt_ids = [next(encoded) if isinstance(p, str) else list(p) for p in prompts]
         prompts = [p if isinstance(p, str) else model.tokenizer.decode(list(p)) for p in prompts]
-        self.num_blocks = block_count(max_new, bs, patch)
-        n1 = [latent_count(len(ids), patch) for ids in prompt_ids]
-        if all(n % bs and max_new < bs - n % bs for n in n1):
-            self.num_blocks = 1   # force_complete_prefix_only: the prompt's own block is enough
+        self.num_blocks = max(blocks_needed(len(ids), max_new, bs, patch) for ids in prompt_ids)
         for i, ids in enumerate(prompt_ids):   # checked before any model work
             check_positions(context_latents(len(ids), bs, patch) + self.num_blocks * bs, f"prompt {i}",
                             f"{len(ids)} tokens plus max_new_tokens={max_new}")
@@ -214,7 +215,7 @@ class BlockwiseSampler:
         self.ended = torch.zeros(len(prompts), dtype=torch.bool)      # emitted EOS / im_end, stop_at_eos or not
         self.end_block: list[int | None] = [None] * len(prompts)      # block of each sample's first EOS / im_end
         # token sampling (temperature > 0): one CPU generator per sample, so sampled tokens are batch-independent
-        self._token_rngs = None if self.config.seed is None else [
+        self.token_rngs = None if self.config.seed is None else [
             torch.Generator().manual_seed(token_seed(self.config.seed, sid)) for sid in self.sample_ids]
 
     @property
@@ -223,16 +224,8 @@ class BlockwiseSampler:
         return len(self.context)
 
     def _noise(self, block: int) -> torch.Tensor:
-        """(B, bs, C) fp32 initial noise of a block: official per-sample seeding when a seed is set.
-
-        CPU and CUDA generators differ for one seed; ``noise_device="cpu"`` makes a seed portable.
-        """
-        bs, channels, device = self.model.block_size, self.model.dit_config.txt_in_channels, self.model.device
-        if self.config.seed is None:
-            return torch.randn(len(self.sample_ids) * bs, channels, device=device).view(-1, bs, channels)
-        noise_device = torch.device(self.config.noise_device) if self.config.noise_device else device
-        return torch.stack([seeded_noise(self.config.seed, sid, block, (bs, channels), noise_device)
-                            for sid in self.sample_ids]).to(device)
+        """(B, bs, C) fp32 initial noise of a block (:func:`block_noise`)."""
+        return block_noise(self.model, self.config, self.sample_ids, block)
 
     # -- the loop ----------------------------------------------------------------------------------
     def events(self) -> Iterator[tuple[str, SamplerState]]:
@@ -258,7 +251,7 @@ class BlockwiseSampler:
         batch, bs, device = len(self.sample_ids), model.block_size, model.device
         vae_cache = model.vae.new_cache(batch)
         if int(prep.prefix_lengths.max()) > 0:
-            self._prefill(prior, vae_cache)
+            self.prefill(prior, vae_cache)
         grid = timestep_grid(cfg.steps, cfg.T, cfg.schedule, cfg.schedule_shift)   # host-side: no device syncs
         prior.expect(grid)
         empty_prefix = prep.prefix_lengths == 0
@@ -266,9 +259,8 @@ class BlockwiseSampler:
         preview = functools.partial(greedy_texts, model)
         for block in range(self.num_blocks):
             first = block == 0
-            guidance = torch.full((batch,), float(cfg.guidance))
-            if first:   # CFG fallback for empty prefixes; the reference uses a bf16 per-row tensor here
-                guidance = guidance.masked_fill(empty_prefix, 1.0).to(torch.bfloat16).float()
+            guidance = guidance_per_sample(torch.full((batch,), float(cfg.guidance)), torch.full((batch,), first),
+                                           empty_prefix)
             state = SamplerState(block=block, steps=cfg.steps, z=self._noise(block), guidance=guidance.to(device),
                                  free=~pinned if first else torch.ones_like(pinned), decode_preview=preview, T=cfg.T,
                                  ended=self.ended.clone())
@@ -327,21 +319,21 @@ class BlockwiseSampler:
                        for b in range(batch)]
             state.token_ids = sample_tokens(state.logits, [h.to(state.logits.device) for h in history],
                                             cfg.temperature, cfg.top_k, cfg.top_p, cfg.repetition_penalty,
-                                            generator=self._token_rngs).cpu()
+                                            generator=self.token_rngs).cpu()
             yield "decoded", state
             self.context.append(state.token_ids.cpu())   # a hook may have replaced them
-            ending = torch.isin(state.token_ids, self.end_ids).any(dim=1)
+            ending = emits(state.token_ids, self.end_ids)
             for b in (ending & ~self.ended).nonzero().flatten().tolist():
                 self.end_block[b] = block
             self.ended |= ending
             if self.eos_ids.numel():
-                self.finished |= torch.isin(state.token_ids, self.eos_ids).any(dim=1)
+                self.finished |= emits(state.token_ids, self.eos_ids)
             if state.interrupt or bool(self.finished.all()):
                 return
             if block + 1 < self.num_blocks:   # commit the finished block into the DiT cache (t = 0)
                 prior.commit(state.z)
 
-    def _prefill(self, prior: PriorContext, vae_cache: KVCache) -> None:
+    def prefill(self, prior: PriorContext, vae_cache: KVCache) -> None:
         """Write the prompt prefixes into both caches (outputs discarded)."""
         prep, device = self.prepared, self.model.device
         prefix, lengths = prep.prefix.to(device), prep.prefix_lengths.to(device)
@@ -350,18 +342,57 @@ class BlockwiseSampler:
 
     def result(self) -> list[Generation]:
         """Trimmed ids and texts of everything generated so far."""
-        tok = self.model.tokenizer
-        stops = set(tok.stop_ids)
-        out = []
-        for b, text in enumerate(self.prepared.texts):
-            untrimmed = torch.cat([c[b] for c in self.context]).tolist() if self.context else []
-            ids = untrimmed[self.prepared.trim[b]:]
-            cut = next((i for i, token in enumerate(ids) if token in stops), len(ids))
-            out.append(Generation(prompt=text, text=tok.decode(ids), token_ids=ids, untrimmed_ids=untrimmed,
-                                  stopped_at_eos=bool(self.finished[b]),
-                                  completion=tok.decode(ids[:cut], skip_special_tokens=True),
-                                  completion_ids=ids[:cut], end_block=self.end_block[b]))
-        return out
+        return [generation_result(self.model.tokenizer, text, [c[b] for c in self.context], self.prepared.trim[b],
+                                  bool(self.finished[b]), self.end_block[b])
+                for b, text in enumerate(self.prepared.texts)]
+
+
+def block_noise(model: ColaModel, config: GenerationConfig, sample_ids: Sequence[int], block: int) -> torch.Tensor:
+    """(B, bs, C) fp32 initial noise of a block for samples ``sample_ids``: the official per-sample seeding
+    (:func:`~cola_core.sampler.seeded_noise`) when ``config.seed`` is set, so a sample's noise is its own.
+
+    CPU and CUDA generators differ for one seed; ``noise_device="cpu"`` makes a seed portable.
+    """
+    bs, channels, device = model.block_size, model.dit_config.txt_in_channels, model.device
+    if config.seed is None:
+        return torch.randn(len(sample_ids) * bs, channels, device=device).view(-1, bs, channels)
+    noise_device = torch.device(config.noise_device) if config.noise_device else device
+    return torch.stack([seeded_noise(config.seed, sid, block, (bs, channels), noise_device)
+                        for sid in sample_ids]).to(device)
+
+
+def guidance_per_sample(scale: torch.Tensor, first: torch.Tensor, empty_prefix: torch.Tensor) -> torch.Tensor:
+    """(B,) fp32 guidance of each sample's block: ``scale``, except in a sample's first block, where an empty
+    prefix falls back to 1 (no context to guide by) and the reference holds the value as a bf16 tensor."""
+    fallback = scale.masked_fill(empty_prefix, 1.0).to(torch.bfloat16).float()
+    return torch.where(first, fallback, scale)
+
+
+def blocks_needed(prompt_tokens: int, max_new_tokens: int, block_size: int, patch_size: int) -> int:
+    """Blocks one prompt needs for ``max_new_tokens``: the official count, or 1 when the prompt's own last block
+    has room for them all (``force_complete_prefix_only``); a batch runs the largest of its prompts'."""
+    n = latent_count(prompt_tokens, patch_size)
+    if n % block_size and max_new_tokens < block_size - n % block_size:
+        return 1
+    return block_count(max_new_tokens, block_size, patch_size)
+
+
+def emits(token_ids: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """(B, n) token ids -> (B,) bool: which rows hold any of ``ids`` (an EOS, im_end, a template's stop)."""
+    return torch.isin(token_ids, ids).any(dim=1)
+
+
+def generation_result(tokenizer: ColaTokenizer, prompt: str, blocks: Sequence[torch.Tensor], trim: int,
+                      stopped_at_eos: bool, end_block: int | None) -> Generation:
+    """One sample's :class:`Generation` from its decoded blocks (each (bs*P,) ids): the prompt's re-decoded tail
+    trimmed, the completion cut at the first EOS / im_end (the one end-of-sequence rule)."""
+    untrimmed = torch.cat(list(blocks)).tolist() if blocks else []
+    ids = untrimmed[trim:]
+    stops = set(tokenizer.stop_ids)
+    cut = next((i for i, token in enumerate(ids) if token in stops), len(ids))
+    return Generation(prompt=prompt, text=tokenizer.decode(ids), token_ids=ids, untrimmed_ids=untrimmed,
+                      stopped_at_eos=stopped_at_eos, completion=tokenizer.decode(ids[:cut], skip_special_tokens=True),
+                      completion_ids=ids[:cut], end_block=end_block)
 
 
 def prepare_prompts(model: ColaModel, prompts: list[str], ids: list[list[int]] | None = None) -> PreparedPrompts:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from .attention import KVCache
 from .checkpoint import ColaModel
 from .hook_points import row_groups
 
@@ -24,11 +25,12 @@ class PriorContext:
     before every call; without it the DiT sees them in fp32 (``cola_core.sampler.rounds_dit_inputs``).
     """
 
-    def __init__(self, model: ColaModel, batch: int, round_inputs: bool = True):
+    def __init__(self, model: ColaModel, batch: int, round_inputs: bool = True, cache: KVCache | None = None):
+        """``cache``: the 2B rows to continue from (e.g. rows regrouped by a batching engine); default a new one."""
         self.model = model
         self.batch = batch
         self.round_inputs = round_inputs
-        self.cache = model.dit.new_cache(2 * batch)
+        self.cache = model.dit.new_cache(2 * batch) if cache is None else cache
 
     @torch.no_grad()
     def _dit(self, z: torch.Tensor, t: torch.Tensor, rows: slice, update: bool,

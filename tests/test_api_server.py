@@ -173,8 +173,23 @@ def test_a_loader_is_called_once_at_startup(tiny_model):
 
 
 @pytest.mark.parametrize("kwargs, message", [({"api_key": ""}, "api_key"), ({"concurrency": 0}, "concurrency"),
-                                             ({"queue_size": -1}, "queue_size"),
+                                             ({"queue_size": -1}, "queue_size"), ({"max_batch": 0}, "max_batch"),
                                              ({"max_tokens_cap": 0}, "max_tokens_cap")])
 def test_bad_server_settings_are_refused(tiny_model, kwargs, message):
     with pytest.raises(ValueError, match=message):
         create_app(tiny_model, **kwargs)
+
+
+def test_the_server_batches_while_it_runs_unless_max_batch_is_1(tiny_model):
+    body = json.dumps({"model": MODEL, "prompt": ["The cat sat", "A"], "n": 2, "max_tokens": 8, "seed": 5,
+                       "steps": STEPS}).encode()
+    answers = []
+    for max_batch in (16, 1):
+        backend = GenerationBackend(tiny_model)
+        with serving(create_app(backend, max_batch=max_batch)) as url:
+            assert (backend.service is not None) == (max_batch > 1)
+            status, _, data = raw(url, "POST", "/v1/completions", body, {"Content-Type": "application/json"})
+            assert status == 200
+            answers.append([(c["text"], c["finish_reason"]) for c in json.loads(data)["choices"]])
+        assert backend.service is None                        # shutdown closed the service
+    assert answers[0] == answers[1] and len(answers[0]) == 4

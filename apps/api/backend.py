@@ -1,9 +1,12 @@
 """The API's only seam to the model: prompts in, per-block text deltas out.
 
-Built on ``cola_core.generate.BlockwiseSampler`` today; moving the server onto the workbench session
-later touches this module only. Each :meth:`GenerationBackend.open` tokenises its prompts and builds a
-fresh sampler (in a worker thread, after the request took its queue slot), so KV caches, noise
-generators and outputs belong to one request; the model's modules are only read.
+Each :meth:`GenerationBackend.open` tokenises its prompts and builds a ``cola_core.generate.BlockwiseSampler``
+(in a worker thread, after the request took its queue slot). While the backend batches
+(:meth:`GenerationBackend.start_batching`, what the server does unless ``max_batch=1``) the sampler's rows are
+handed to the shared ``workbench.serving.GenerationService``, which runs them in one batch with other requests'
+rows, joining at a block boundary and leaving at their own end; otherwise the sampler runs alone, so its KV
+caches, noise generators and outputs belong to one request. The model's modules are only read either way, and
+a request's answer is the same in both modes.
 """
 from __future__ import annotations
 
@@ -22,6 +25,8 @@ from cola_core.config import MAX_POSITIONS
 from cola_core.generate import BlockwiseSampler, GenerationConfig
 from cola_core.text_codec import prompt_token_budget
 from cola_core.tokenizer import ColaTokenizer
+
+from workbench.serving import Blocks, GenerationService, Solo
 
 from .stops import StopScanner, StopStrings
 
@@ -126,11 +131,16 @@ class ChoiceText:
 
 
 class Run:
-    """A started generation: iterate :meth:`updates` once (in a worker thread)."""
+    """A started generation: iterate :meth:`updates` once (in a worker thread).
+
+    Its blocks come from ``source``: the shared :class:`~workbench.serving.GenerationService` (the request's rows
+    in the server's running batch) or, by default, its own sampler run alone (:class:`~workbench.serving.Solo`).
+    """
 
     def __init__(self, sampler: BlockwiseSampler, stops: StopStrings, max_tokens: int, prompt_tokens: list[int],
-                 notices: Sequence[str] = (), chat: bool = False):
+                 notices: Sequence[str] = (), chat: bool = False, source: Blocks | None = None):
         self.sampler = sampler
+        self.source = Solo(sampler) if source is None else source
         tokenizer = sampler.model.tokenizer
         stop_ids = frozenset(sampler.eos_ids.tolist())
         self.choices = [ChoiceText(tokenizer, trim, stop_ids, StopScanner(stops), max_tokens, answer=chat)
@@ -140,23 +150,25 @@ class Run:
         self._ids: list[list[int]] = [[] for _ in self.choices]
 
     def updates(self, cancel: threading.Event | None = None) -> Iterator[list[ChoiceUpdate]]:
-        """One list per decoded block, then one closing list; stops early once ``cancel`` is set.
+        """One list per decoded block, then one closing list; stops early once ``cancel`` is set. Once every
+        choice is finished (EOS, ``max_tokens``, a stop string) the source is closed: its rows stop generating.
 
         No grad context is held here: the sampler runs every model call under ``no_grad`` itself, and
         grad mode is thread-local, so a context held across ``yield`` would leak between interleaved runs.
         """
-        for event, state in self.sampler.events():
+        for block in self.source.blocks(cancel):
             if cancel is not None and cancel.is_set():
                 return
-            if event != "decoded":
-                continue
             out = []
-            for index, (choice, row) in enumerate(zip(self.choices, state.token_ids.tolist())):
+            for index, row in sorted(block.items()):
                 self._ids[index].extend(row)
-                eos_in_block = any(token in choice.stop_ids for token in row)
+                eos_in_block = any(token in self.choices[index].stop_ids for token in row)
                 out.extend(self._step(index, final=eos_in_block, reason="stop"))
-            state.interrupt = all(choice.finish_reason for choice in self.choices)
+            if all(choice.finish_reason for choice in self.choices):
+                self.source.close()
             yield out
+        if cancel is not None and cancel.is_set():
+            return
         yield [u for index in range(len(self.choices)) for u in self._step(index, final=True, reason="length")]
 
     def _step(self, index: int, final: bool, reason: str) -> list[ChoiceUpdate]:
@@ -174,6 +186,18 @@ class GenerationBackend:
     model: ColaModel
     model_id: str = "cola-dlm"
     defaults: GenerationConfig = field(default_factory=GenerationConfig)
+    service: GenerationService | None = None   # while batching: requests join one running sampler batch
+
+    def start_batching(self, max_rows: int) -> None:
+        """Serve every later :meth:`open` from one :class:`GenerationService` batching up to ``max_rows`` rows."""
+        if self.service is None:
+            self.service = GenerationService(self.model, max_rows)
+
+    def stop_batching(self) -> None:
+        """Back to one sampler per request; requests still in the service end with an error."""
+        service, self.service = self.service, None
+        if service is not None:
+            service.close()
 
     @property
     def tokenizer(self) -> ColaTokenizer:
@@ -221,8 +245,9 @@ class GenerationBackend:
         return ChatPrompt(ids, frozenset(self.tokenizer.stop_ids), ())
 
     def open(self, job: Job) -> Run:
-        """Tokenise, then build this request's own sampler (raises GenerationError for prompts the model
-        cannot take). Row order: the ``n`` choices of a prompt are adjacent."""
+        """Tokenise, then build this request's sampler (raises GenerationError for prompts the model cannot
+        take), to run alone or, while batching, to hand to the service when the run is read. Row order: the
+        ``n`` choices of a prompt are adjacent."""
         prompts = [self.prompt_ids(prompt, job.config.max_new_tokens) for prompt in job.prompts]
         rows = [p.ids for p in prompts for _ in range(job.n)]
         sample_ids = [sample_id(p.ids, choice) for p in prompts for choice in range(job.n)]
@@ -230,5 +255,7 @@ class GenerationBackend:
             sampler = BlockwiseSampler(self.model, rows, job.config, sample_ids=sample_ids,
                                        eos_ids=sorted(frozenset().union(*(p.stop_ids for p in prompts))))
         stops = StopStrings(job.stops + tuple(s for p in prompts for s in p.stop_strings))
+        source = None if self.service is None else self.service.ticket(sampler)
         return Run(sampler, stops, job.max_tokens, [len(p.ids) for p in prompts],
-                   [p.notice for p in prompts if p.notice], chat=any(isinstance(p, Chat) for p in job.prompts))
+                   [p.notice for p in prompts if p.notice], chat=any(isinstance(p, Chat) for p in job.prompts),
+                   source=source)

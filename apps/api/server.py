@@ -2,8 +2,9 @@
 plus vLLM's tokenizer routes (``/tokenizer_info``, ``/tokenize``, ``/detokenize``).
 
 A request is validated on the event loop with checks linear in its (capped) body, then admitted into a
-bounded queue (429 when full) and tokenised and generated in a pool of ``concurrency`` worker threads
-with its own sampler; ``stream: true`` sends one server-sent event per decoded block.
+bounded queue (429 when full) and tokenised in a pool of ``concurrency`` worker threads; its rows are generated
+in the shared batch of up to ``max_batch`` rows (or, with ``max_batch=1``, by a sampler of its own in the
+worker); ``stream: true`` sends one server-sent event per decoded block.
 """
 from __future__ import annotations
 
@@ -41,9 +42,14 @@ Source = Union[ColaModel, GenerationBackend, Callable[[], Union[ColaModel, Gener
 
 
 def create_app(model_or_loader: Source, api_key: str | None = None, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-               max_tokens_cap: int = DEFAULT_MAX_TOKENS_CAP, queue_size: int = 16, concurrency: int = 1,
-               model_id: str = "cola-dlm") -> FastAPI:
-    """The FastAPI app (one server lifetime: its worker pools close at shutdown).
+               max_tokens_cap: int = DEFAULT_MAX_TOKENS_CAP, queue_size: int = 16, concurrency: int = 16,
+               max_batch: int = 16, model_id: str = "cola-dlm") -> FastAPI:
+    """The FastAPI app (one server lifetime: its worker pools and batching service close at shutdown).
+
+    ``concurrency`` requests are served at once (the rest wait in a queue of ``queue_size``, then 429). With
+    ``max_batch`` > 1 their rows (prompts x n) are sampled together in one batch of up to that many rows
+    (``workbench.serving``): a request joins at the next block boundary and leaves when it ends, and its answer
+    is the one it gets alone. ``max_batch=1`` gives every request its own sampler (the earlier mode).
 
     ``model_or_loader``: a ColaModel, a GenerationBackend (which brings its own ``model_id``), or a callable
     returning either, called once at startup. ``api_key`` None disables auth (loopback only, see :func:`serve`);
@@ -52,7 +58,8 @@ def create_app(model_or_loader: Source, api_key: str | None = None, *, max_body_
     if api_key is not None and not api_key:
         raise ValueError("api_key must be a non-empty string, or None to disable authentication")
     for name, value, low in (("max_body_bytes", max_body_bytes, 1), ("max_tokens_cap", max_tokens_cap, 1),
-                             ("queue_size", queue_size, 0), ("concurrency", concurrency, 1)):
+                             ("queue_size", queue_size, 0), ("concurrency", concurrency, 1),
+                             ("max_batch", max_batch, 1)):
         if not isinstance(value, int) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     generation = WorkerPool(concurrency, queue_size, "cola-api")
@@ -62,11 +69,14 @@ def create_app(model_or_loader: Source, api_key: str | None = None, *, max_body_
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if app.state.backend is None:
             app.state.backend = _as_backend(await asyncio.to_thread(model_or_loader), model_id)
+        if max_batch > 1:
+            app.state.backend.start_batching(max_batch)
         try:
             yield
         finally:
             generation.shutdown()
             tokenizing.shutdown()
+            app.state.backend.stop_batching()
 
     app = FastAPI(title="Cola DLM (OpenAI-compatible)", lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None)

@@ -19,7 +19,9 @@ def register(subparsers) -> None:
     p.add_argument("--api-key", default=os.environ.get("COLA_API_KEY"),
                    help="bearer key clients must send (from $COLA_API_KEY when set; required off loopback)")
     p.add_argument("--model-name", default="cola-dlm", help="model id clients ask for")
-    p.add_argument("--concurrency", type=int_in_range(1), default=1, help="generations running at once")
+    p.add_argument("--concurrency", type=int_in_range(1), default=16, help="requests served at once")
+    p.add_argument("--max-batch", type=int_in_range(1), default=16,
+                   help="rows (prompts x n) of those requests sampled together in one batch; 1: a sampler per request")
     p.add_argument("--queue-size", type=int_in_range(0), default=16, help="requests waiting beyond those; more get 429")
     p.add_argument("--max-tokens-cap", type=int_in_range(1), default=1024, help="largest max_tokens accepted")
     p.add_argument("--max-body-bytes", type=int_in_range(1), default=1 << 20, help="largest request body in bytes")
@@ -35,6 +37,6 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"the API server needs FastAPI and uvicorn ({exc}); pip install fastapi uvicorn") from None
     check_bind(args.host, args.api_key)          # before loading any weights
     serve(load_model(args, chat=True), host=args.host, port=args.port, api_key=args.api_key, log_level=args.log_level,
-          model_id=args.model_name, concurrency=args.concurrency, queue_size=args.queue_size,
-          max_tokens_cap=args.max_tokens_cap, max_body_bytes=args.max_body_bytes)
+          model_id=args.model_name, concurrency=args.concurrency, max_batch=args.max_batch,
+          queue_size=args.queue_size, max_tokens_cap=args.max_tokens_cap, max_body_bytes=args.max_body_bytes)
     return 0
