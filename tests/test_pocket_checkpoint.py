@@ -71,7 +71,11 @@ def test_pocket_chat_shares_the_base_vae_and_tokenizer():
 
 def test_pocket_weights_match_the_shipped_training_configs(pocket):
     vae_cfg, dit_cfg = load_config("vae", CONFIGS / "pocket_vae.toml"), load_config("dit", CONFIGS / "pocket_dit.toml")
-    assert (ROOT / dit_cfg.out_dir).resolve() == default_checkpoint().resolve()
+    sft_cfg = load_config("sft", CONFIGS / "pocket_sft.toml")
+    decoder_cfg = load_config("vae", CONFIGS / "pocket_vae_decoder.toml")
+    for cfg in (vae_cfg, decoder_cfg, dit_cfg, sft_cfg):    # training never writes over a shipped checkpoint
+        assert Path(cfg.out_dir).parts[0] == "artifacts" and Path(cfg.run_dir).parts[0] == "artifacts"
+    assert sft_cfg.init_from == dit_cfg.out_dir  # the chat model tunes the base trained just before
     for key, value in vae_cfg.model.items():
         assert getattr(pocket.vae.config, key) == value, key
     for key, value in dit_cfg.model.items():

@@ -31,7 +31,7 @@ from .data import BatchOrder, TokenDataset, corpus_split_path, fixed_batches
 from .objectives import dit_terms, latent_statistics, set_latent_scaling, vae_terms
 from .sft import block_size_choices, sft_terms
 from .tokenizer_train import train_bpe_tokenizer
-from .trainer import Dist, Trainer, claim_run_dir, setup_distributed
+from .trainer import Dist, Trainer, claim_out_dir, claim_run_dir, setup_distributed
 
 SAVE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -65,6 +65,7 @@ def _prepare(cfg, resume: bool, overwrite: bool) -> Dist:
     torch.manual_seed(cfg.seed)
     env = setup_distributed(cfg.device)
     claim_run_dir(Path(cfg.run_dir), env, resume, overwrite)
+    claim_out_dir(Path(cfg.out_dir), resume, overwrite)
     return env
 
 
