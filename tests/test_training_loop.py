@@ -151,6 +151,22 @@ def test_dit_resume_with_ema_is_exact(tmp_path, trained):
         assert torch.equal(a[key], b[key]), key
 
 
+def test_dit_init_from_continues_a_checkpoints_dit(tmp_path, trained):
+    tmp, corpus = trained
+    raw = {"vae": "", "init_from": str(tmp / "final"), "model": {}, "steps": 2, "lr": 1e-9, "warmup_steps": 1}
+    train_dit(dit_config(tmp_path, corpus, tmp / "vae" / "model", **raw))
+    before, after = load_pretrained(tmp / "final"), load_pretrained(tmp_path / "final")
+    assert after.dit_config == before.dit_config and after.fingerprint == before.fingerprint   # same shape, VAE, tokenizer
+    for key, value in before.dit.state_dict().items():       # lr ~0: the weights it started from
+        assert torch.allclose(value, after.dit.state_dict()[key], atol=1e-2), key
+    first = _train_losses(tmp_path / "dit", "fm")[0]
+    assert first < _train_losses(tmp / "dit", "fm")[0]       # starts where the trained DiT is, not from scratch
+    with pytest.raises(ConfigError, match="remove \\[model\\] and 'vae'"):
+        dit_config(tmp_path, corpus, tmp / "vae" / "model", init_from=str(tmp / "final"))
+    with pytest.raises(ConfigError, match="field 'vae' .* or 'init_from' .* is required"):
+        dit_config(tmp_path, corpus, tmp / "vae" / "model", vae="")
+
+
 def test_an_export_into_a_non_empty_folder_needs_overwrite(tmp_path, trained, capsys):
     tmp, corpus = trained
     out = tmp_path / "installed"
