@@ -22,6 +22,7 @@ from .errors import CheckpointError, ConfigError, NonFiniteWeightsWarning
 from .files import read_json_object
 from .tensorfile import TensorEntry, inspect_tensor_file, read_tensors, save_tensor_file
 from .pocket import resolve_checkpoint
+from .shared_parts import shared_parts
 from .tokenizer import ColaTokenizer
 from .vae import ColaTextVAE
 
@@ -66,17 +67,22 @@ class CheckpointPaths:
 
     @classmethod
     def resolve(cls, path: str | Path) -> "CheckpointPaths":
-        """Accept the release root, the ``cola_dlm`` folder, or a folder holding both model folders."""
+        """Accept the release root, the ``cola_dlm`` folder, or a folder holding both model folders; parts
+        named by the root's ``shared_parts.json`` are borrowed from another folder (:mod:`.shared_parts`)."""
         root = Path(path).expanduser()
         if not root.exists():
             raise CheckpointError(f"{root}: checkpoint folder does not exist")
         if not root.is_dir():
             raise CheckpointError(f"{root}: expected a checkpoint folder, got a file")
+        shared = shared_parts(root.parent if root.name == "cola_dlm" else root)
         for models in (root / "cola_dlm", root):
-            if (models / "cola_dit").is_dir() and (models / "cola_vae").is_dir():
-                for tok in (root / "tokenizer.json", models / "tokenizer.json", models.parent / "tokenizer.json"):
+            dit, vae = shared.get("dit", models / "cola_dit"), shared.get("vae", models / "cola_vae")
+            if dit.is_dir() and vae.is_dir():
+                tokenizers = [shared["tokenizer"]] if "tokenizer" in shared else [
+                    root / "tokenizer.json", models / "tokenizer.json", models.parent / "tokenizer.json"]
+                for tok in tokenizers:
                     if tok.is_file():
-                        return cls(models / "cola_dit", models / "cola_vae", tok)
+                        return cls(dit, vae, tok)
                 raise CheckpointError(f"{root}: no tokenizer.json next to the cola_dlm folder")
         raise CheckpointError(
             f"{root}: not a Cola DLM checkpoint (expected cola_dlm/cola_dit/ and cola_dlm/cola_vae/ "

@@ -4,8 +4,8 @@ Two are shipped, each selectable by name wherever a checkpoint path is accepted:
 
 * ``pocket`` — the base model, the default of every command;
 * ``pocket-chat`` — the same VAE and tokenizer with a chat-tuned DiT (``train sft``, ``text`` format); its
-  folder links to the base's VAE and tokenizer instead of copying them. Chat front-ends use it when no
-  checkpoint is given.
+  folder holds only the DiT and a ``shared_parts.json`` pointing at the base's VAE and tokenizer
+  (:mod:`cola_core.shared_parts`). Chat front-ends use it when no checkpoint is given.
 """
 from __future__ import annotations
 

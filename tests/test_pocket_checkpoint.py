@@ -4,10 +4,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
 import pytest
 
 from apps.cli import main as cli_main
 from cola_core import load_pretrained
+from cola_core.checkpoint import CheckpointPaths
 from cola_core.chat_template import ChatTemplate
 from cola_core.generate import GenerationConfig, generate
 from cola_core.pocket import NAMED_CHECKPOINTS, chat_checkpoint, default_checkpoint, resolve_checkpoint
@@ -44,16 +50,16 @@ def chat_eval() -> dict:
 
 
 def _shipped_files() -> set[Path]:
-    """Every real file of both shipped checkpoints (links to the base's VAE and tokenizer counted once)."""
-    return {f.resolve() for folder in NAMED_CHECKPOINTS.values() for f in folder.rglob("*") if f.is_file()}
+    """Every file of both shipped checkpoints."""
+    return {f for folder in NAMED_CHECKPOINTS.values() for f in folder.rglob("*") if f.is_file()}
 
 
 def test_pocket_ships_release_layout_within_size_budget():
     for folder in (default_checkpoint(), chat_checkpoint()):
-        for part in ("cola_vae", "cola_dit"):
-            assert (folder / "cola_dlm" / part / "config.json").is_file()
-            assert list((folder / "cola_dlm" / part).glob("*.safetensors"))
-        assert (folder / "tokenizer.json").is_file()
+        parts = CheckpointPaths.resolve(folder)
+        for part in (parts.vae, parts.dit):
+            assert (part / "config.json").is_file() and list(part.glob("*.safetensors"))
+        assert parts.tokenizer.is_file()
     folder = default_checkpoint()
     assert (folder / "MODEL_CARD.md").is_file()
     assert "Princeton University" in (folder / "WORDNET_LICENSE.txt").read_text()
@@ -63,15 +69,34 @@ def test_pocket_ships_release_layout_within_size_budget():
 
 def test_pocket_chat_shares_the_base_vae_and_tokenizer():
     base, chat = default_checkpoint(), chat_checkpoint()
-    assert (chat / "cola_dlm" / "cola_vae").resolve() == (base / "cola_dlm" / "cola_vae").resolve()
-    assert (chat / "tokenizer.json").resolve() == (base / "tokenizer.json").resolve()
+    parts = CheckpointPaths.resolve(chat)           # through chat's shared_parts.json, not symlinks
+    assert parts.vae.resolve() == (base / "cola_dlm" / "cola_vae").resolve()
+    assert parts.tokenizer.resolve() == (base / "tokenizer.json").resolve()
+    assert parts.dit == chat / "cola_dlm" / "cola_dit"
     assert resolve_checkpoint(None) == base and resolve_checkpoint(None, chat=True) == chat
     assert resolve_checkpoint("pocket") == base and resolve_checkpoint("./some/path") == Path("./some/path")
 
 
+def test_packaging_ships_every_checkpoint_file_and_no_symlink():
+    """Wheels and sdists copy or drop symlinks, so none may be shipped; pyproject's package-data globs
+    (as setuptools expands them, relative to the package) must cover every file, the pointer included."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    globs = pyproject["tool"]["setuptools"]["package-data"]["cola_core"]
+    package = ROOT / "cola_core"
+    packaged = {f for pattern in globs for f in package.glob(pattern) if f.is_file()}
+    shipped = {f for folder in NAMED_CHECKPOINTS.values() for f in folder.rglob("*")}
+    assert not [f for f in shipped if f.is_symlink()]
+    assert {f for f in shipped if f.is_file()} <= packaged
+    assert chat_checkpoint() / "shared_parts.json" in packaged
+
+
 def test_pocket_weights_match_the_shipped_training_configs(pocket):
     vae_cfg, dit_cfg = load_config("vae", CONFIGS / "pocket_vae.toml"), load_config("dit", CONFIGS / "pocket_dit.toml")
-    assert (ROOT / dit_cfg.out_dir).resolve() == default_checkpoint().resolve()
+    sft_cfg = load_config("sft", CONFIGS / "pocket_sft.toml")
+    decoder_cfg = load_config("vae", CONFIGS / "pocket_vae_decoder.toml")
+    for cfg in (vae_cfg, decoder_cfg, dit_cfg, sft_cfg):    # training never writes over a shipped checkpoint
+        assert Path(cfg.out_dir).parts[0] == "artifacts" and Path(cfg.run_dir).parts[0] == "artifacts"
+    assert sft_cfg.init_from == dit_cfg.out_dir  # the chat model tunes the base trained just before
     for key, value in vae_cfg.model.items():
         assert getattr(pocket.vae.config, key) == value, key
     for key, value in dit_cfg.model.items():

@@ -2,18 +2,21 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from apps.cli import main as cli_main
 from cola_core import load_pretrained
 from cola_core.errors import ConfigError
 from cola_core.generate import GenerationConfig, generate
 from cola_core.training.checkpoints import latest_state
-from cola_core.training.config import load_config
+from cola_core.training.config import config_from_dict, load_config
 from cola_core.training.evaluate import EvalConfig, evaluate
-from cola_core.training.stages import train_dit, train_vae
+from cola_core.training.stages import train_dit, train_sft, train_vae
 from training_utils import dit_config, make_corpus, vae_config
 
 
@@ -146,6 +149,48 @@ def test_dit_resume_with_ema_is_exact(tmp_path, trained):
     b = latest_state(tmp_path / "b" / "dit").tensors
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def test_dit_init_from_continues_a_checkpoints_dit(tmp_path, trained):
+    tmp, corpus = trained
+    raw = {"vae": "", "init_from": str(tmp / "final"), "model": {}, "steps": 2, "lr": 1e-9, "warmup_steps": 1}
+    train_dit(dit_config(tmp_path, corpus, tmp / "vae" / "model", **raw))
+    before, after = load_pretrained(tmp / "final"), load_pretrained(tmp_path / "final")
+    assert after.dit_config == before.dit_config and after.fingerprint == before.fingerprint   # same shape, VAE, tokenizer
+    for key, value in before.dit.state_dict().items():       # lr ~0: the weights it started from
+        assert torch.allclose(value, after.dit.state_dict()[key], atol=1e-2), key
+    first = _train_losses(tmp_path / "dit", "fm")[0]
+    assert first < _train_losses(tmp / "dit", "fm")[0]       # starts where the trained DiT is, not from scratch
+    with pytest.raises(ConfigError, match="remove \\[model\\] and 'vae'"):
+        dit_config(tmp_path, corpus, tmp / "vae" / "model", init_from=str(tmp / "final"))
+    with pytest.raises(ConfigError, match="field 'vae' .* or 'init_from' .* is required"):
+        dit_config(tmp_path, corpus, tmp / "vae" / "model", vae="")
+
+
+def test_an_export_into_a_non_empty_folder_needs_overwrite(tmp_path, trained, capsys):
+    tmp, corpus = trained
+    out = tmp_path / "installed"
+    out.mkdir()
+    (out / "MODEL_CARD.md").write_text("card")
+    sft = config_from_dict("sft", {"corpus": str(corpus), "init_from": str(tmp / "final"), "run_dir": str(tmp_path / "s"),
+                                   "out_dir": str(out)}, source="test")
+    runs = [(train_vae, vae_config(tmp_path / "v", corpus, out_dir=str(out))),
+            (train_dit, dit_config(tmp_path / "d", corpus, tmp / "vae" / "model", out_dir=str(out), steps=2)),
+            (train_sft, sft)]
+    for train, cfg in runs:                  # refused before anything is trained or written
+        with pytest.raises(ConfigError, match=re.escape(f"out_dir {out} is not empty (MODEL_CARD.md); ") + ".* pass --overwrite"):
+            train(cfg)
+        assert not Path(cfg.run_dir).exists() and sorted(p.name for p in out.iterdir()) == ["MODEL_CARD.md"]
+    config = tmp_path / "dit.toml"
+    config.write_text(f'corpus = "{corpus}"\nvae = "{tmp / "vae" / "model"}"\nrun_dir = "{tmp_path / "c"}"\n'
+                      f'out_dir = "{out}"\n')
+    assert cli_main(["train", "dit", "--config", str(config)]) == 2
+    assert "is not empty (MODEL_CARD.md)" in capsys.readouterr().err
+    train_dit(runs[1][1], overwrite=True)    # writes the model files, keeps the card
+    assert (out / "MODEL_CARD.md").read_text() == "card" and load_pretrained(out).dit_config.num_layers == 1
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match="is a file, not a folder"):
+        train_dit(dit_config(tmp_path / "e", corpus, tmp / "vae" / "model", out_dir=str(tmp_path / "file")))
 
 
 def test_bad_configs_and_corpora_fail_clearly(tmp_path):

@@ -119,7 +119,9 @@ class VAETrainConfig(TrainConfig):
 class DiTTrainConfig(TrainConfig):
     """Stage 2: the official 2L flow-matching recipe on latents of a (frozen) VAE."""
 
-    vae: str = "runs/vae/model"            # stage-1 output folder (cola_vae/ + tokenizer.json)
+    vae: str = ""                          # stage-1 output folder (cola_vae/ + tokenizer.json); required unless init_from
+    init_from: str = ""                    # continue a checkpoint's DiT (release layout or a name): its shape,
+                                           # weights, VAE and tokenizer; the optimizer and schedule start afresh
     t_sampling: str = "logit_normal"       # logit_normal or uniform
     t_loc: float = 0.0                     # logit-normal location (1.0 pretraining, 0.0 CPT/SFT)
     t_scale: float = 1.0
@@ -141,6 +143,12 @@ class DiTTrainConfig(TrainConfig):
         for key in ("vae_lr", "lambda_vae", "lambda_ref"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{source}: field {key!r} must be >= 0, got {getattr(self, key)!r}")
+        if self.init_from and (self.model or self.vae):
+            raise ConfigError(f"{source}: with 'init_from' the DiT shape and the VAE come from {self.init_from!r}; "
+                              "remove [model] and 'vae'")
+        if not self.init_from and not self.vae:
+            raise ConfigError(f"{source}: field 'vae' (the stage-1 folder to train on) or 'init_from' (a checkpoint "
+                              "whose DiT to continue) is required")
         _check_model_keys(self.model, DiTConfig, source)
 
 

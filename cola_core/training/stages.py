@@ -31,7 +31,7 @@ from .data import BatchOrder, TokenDataset, corpus_split_path, fixed_batches
 from .objectives import dit_terms, latent_statistics, set_latent_scaling, vae_terms
 from .sft import block_size_choices, sft_terms
 from .tokenizer_train import train_bpe_tokenizer
-from .trainer import Dist, Trainer, claim_run_dir, setup_distributed
+from .trainer import Dist, Trainer, claim_out_dir, claim_run_dir, setup_distributed
 
 SAVE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -65,6 +65,7 @@ def _prepare(cfg, resume: bool, overwrite: bool) -> Dist:
     torch.manual_seed(cfg.seed)
     env = setup_distributed(cfg.device)
     claim_run_dir(Path(cfg.run_dir), env, resume, overwrite)
+    claim_out_dir(Path(cfg.out_dir), resume, overwrite)
     return env
 
 
@@ -184,20 +185,19 @@ def train_vae(cfg: VAETrainConfig, resume: bool = False, overwrite: bool = False
 # ---------------------------------------------------------------------------------------------
 def train_dit(cfg: DiTTrainConfig, resume: bool = False, overwrite: bool = False,
               allow_config_change: bool = False) -> dict[str, float]:
-    """Train the DiT prior on a stage-1 VAE (frozen unless joint_vae); export the release layout.
+    """Train the DiT prior on a stage-1 VAE (frozen unless joint_vae), or continue a checkpoint's DiT on its own
+    VAE (``init_from``); export the release layout.
 
     ``resume``, ``overwrite`` and ``allow_config_change`` as for :func:`train_vae`.
     """
     env = _prepare(cfg, resume, overwrite)
-    vae, tokenizer = load_vae(cfg.vae, env.device)
-    vcfg = vae.config
-    model_fields = {"txt_in_channels": vcfg.latent_dim, "txt_out_channels": vcfg.latent_dim,
-                    "block_size": vcfg.block_size, **cfg.model}
-    dcfg = DiTConfig.from_dict(model_fields, source=f"[model] of the {cfg.stage} config")
-    check_pair(vcfg, dcfg)
-    dit = ColaDiT(dcfg)
-    init_dit(dit)
-    dit.to(env.device)
+    if cfg.init_from:
+        base = load_pretrained(cfg.init_from, device=env.device)
+        vae, tokenizer, dit = base.vae, base.tokenizer, base.dit.train().requires_grad_(True)
+    else:
+        vae, tokenizer = load_vae(cfg.vae, env.device)
+        dit = _new_dit(cfg, vae.config).to(env.device)
+    vcfg, dcfg = vae.config, dit.config
     modules: dict[str, nn.Module] = {"dit": dit}
     groups = [{"params": list(dit.parameters())}]
     ref_vae = None
@@ -225,6 +225,17 @@ def train_dit(cfg: DiTTrainConfig, resume: bool = False, overwrite: bool = False
               f"{order.per_epoch} batches/epoch", file=sys.stderr)
     trainer = Trainer(cfg, env, modules, groups, terms, weights, order, val_batches, export, ema_module="dit")
     return trainer.fit(resume, allow_config_change)
+
+
+def _new_dit(cfg: DiTTrainConfig, vcfg: VAEConfig) -> ColaDiT:
+    """A freshly initialised DiT of the config's [model] shape on the VAE's latents."""
+    model_fields = {"txt_in_channels": vcfg.latent_dim, "txt_out_channels": vcfg.latent_dim,
+                    "block_size": vcfg.block_size, **cfg.model}
+    dcfg = DiTConfig.from_dict(model_fields, source=f"[model] of the {cfg.stage} config")
+    check_pair(vcfg, dcfg)
+    dit = ColaDiT(dcfg)
+    init_dit(dit)
+    return dit
 
 
 def _save_release(cfg, vae: ColaTextVAE, dit: ColaDiT, tokenizer: ColaTokenizer) -> None:

@@ -97,6 +97,23 @@ def claim_run_dir(run_dir: Path, env: Dist, resume: bool, overwrite: bool) -> No
     env.barrier()
 
 
+def claim_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to start a new run whose export would write into a non-empty folder unless ``overwrite``.
+
+    The export replaces the files it writes and keeps the others (a model card stays). A resume continues
+    a run whose out_dir was claimed when it started, so it is not checked again.
+    """
+    if resume or overwrite or not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise ConfigError(f"out_dir {out_dir} is a file, not a folder; point out_dir at a new or empty folder")
+    held = sorted(p.name for p in out_dir.iterdir())
+    if held:
+        shown = ", ".join(held[:6]) + (", ..." if len(held) > 6 else "")
+        raise ConfigError(f"out_dir {out_dir} is not empty ({shown}); the export would replace its model files: "
+                          "pass --overwrite to write into it anyway, or point out_dir at a new folder")
+
+
 # ---------------------------------------------------------------------------------------------
 # Schedule, EMA
 # ---------------------------------------------------------------------------------------------
