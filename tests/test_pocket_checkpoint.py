@@ -94,7 +94,8 @@ def test_pocket_weights_match_the_shipped_training_configs(pocket):
     vae_cfg, dit_cfg = load_config("vae", CONFIGS / "pocket_vae.toml"), load_config("dit", CONFIGS / "pocket_dit.toml")
     sft_cfg = load_config("sft", CONFIGS / "pocket_sft.toml")
     decoder_cfg = load_config("vae", CONFIGS / "pocket_vae_decoder.toml")
-    for cfg in (vae_cfg, decoder_cfg, dit_cfg, sft_cfg):    # training never writes over a shipped checkpoint
+    continued_cfg = load_config("dit", CONFIGS / "pocket_dit_continue.toml")
+    for cfg in (vae_cfg, decoder_cfg, dit_cfg, continued_cfg, sft_cfg):   # never written over a shipped checkpoint
         assert Path(cfg.out_dir).parts[0] == "artifacts" and Path(cfg.run_dir).parts[0] == "artifacts"
     assert sft_cfg.init_from == dit_cfg.out_dir  # the chat model tunes the base trained just before
     for key, value in vae_cfg.model.items():
