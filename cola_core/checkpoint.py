@@ -20,7 +20,7 @@ from .config import DiTConfig, VAEConfig, check_pair
 from .dit import ColaDiT, rope_frequencies
 from .errors import CheckpointError, ConfigError, NonFiniteWeightsWarning
 from .files import read_json_object
-from .tensorfile import TensorEntry, inspect_tensor_file, read_tensors, save_tensor_file
+from .tensorfile import DTYPES as DTYPES_BY_CODE, TensorEntry, inspect_tensor_file, read_tensors, save_tensor_file
 from .pocket import resolve_checkpoint
 from .tokenizer import ColaTokenizer
 from .vae import ColaTextVAE
@@ -124,8 +124,9 @@ def load_module(module: torch.nn.Module, folder: Path, device: torch.device, dty
                 optional: tuple[str, ...] = (), nonfinite: str = "error") -> None:
     """Materialise a meta-device module from a folder's safetensors with strict name/shape/dtype checks.
 
-    Each tensor is read into its own memory, cast to ``dtype`` and moved to ``device`` before the next
-    is read, so peak memory is the weights plus one tensor. ``nonfinite`` says what a NaN/inf weight
+    A file whose tensors are all stored in ``dtype`` is read in one go and its tensors are views of one
+    buffer per file; otherwise each tensor is read, cast to ``dtype`` and moved to ``device`` before the
+    next is read, so peak memory is the weights plus one stored tensor. ``nonfinite`` says what a NaN/inf weight
     does: raise (``error``), warn with :class:`NonFiniteWeightsWarning` (``warn``), or nothing (``allow``).
     """
     if nonfinite not in NONFINITE_POLICIES:
@@ -143,7 +144,8 @@ def load_module(module: torch.nn.Module, folder: Path, device: torch.device, dty
     unexpected = [e.name for file in files for e in file.entries if e.name not in expected]
     loaded: dict[str, torch.Tensor] = {}
     for file in files:
-        for entry, tensor in read_tensors(file, set(expected)):
+        as_stored = dtype is None or all(DTYPES_BY_CODE[e.dtype] == dtype for e in file.entries)
+        for entry, tensor in read_tensors(file, set(expected), one_buffer=as_stored):
             if dtype is not None and tensor.dtype != dtype:
                 tensor = tensor.to(dtype)
             _check_finite(file.path, entry.name, tensor, nonfinite)
