@@ -1,7 +1,8 @@
 """Load and save the release layout: ``cola_dlm/{cola_dit,cola_vae}/`` + ``tokenizer.json``.
 
-Models are built on the meta device and each tensor is materialised once, directly in its final
-dtype and device, so a bf16 load never holds an fp32 copy. Only safetensors are read.
+Models are built on the meta device without their random init (:class:`SkipInit`) and each tensor is
+materialised once, directly in its final dtype and device, so a bf16 load never holds an fp32 copy.
+Only safetensors are read.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 from .config import DiTConfig, VAEConfig, check_pair
 from .dit import ColaDiT, rope_frequencies
@@ -201,6 +203,22 @@ def _restore_rope_freqs(dit: ColaDiT, device: torch.device) -> None:
         rope.freqs = freqs
 
 
+RANDOM_FILLS = (torch.Tensor.normal_, torch.Tensor.uniform_)
+
+
+class SkipInit(TorchFunctionMode):
+    """Build modules without their random init (every parameter is then overwritten by the checkpoint).
+
+    On the meta device an init draws nothing, but ``normal_`` runs a Python reference that imports
+    ``torch._dynamo`` (about 1.2 s here). A torch function mode is thread-local: other threads keep their init.
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__module__", None) == "torch.nn.init" or func in RANDOM_FILLS:
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **(kwargs or {}))
+
+
 @dataclass
 class ColaModel:
     """A loaded Cola DLM: VAE, DiT, tokenizer, configs, and where/how they run."""
@@ -273,7 +291,7 @@ def load_pretrained(path: str | Path | None = None, device: str | torch.device |
     declared = config_special_ids([(paths.dit / "config.json", dit_cfg), (paths.vae / "config.json", vae_cfg)],
                                   vae_cfg.vocab_size)
     special_ids = {**declared, **{k: v for k, v in special_ids.items() if v is not None}}
-    with torch.device("meta"):
+    with torch.device("meta"), SkipInit():
         dit = ColaDiT(dit_cfg)
         vae = ColaTextVAE(vae_cfg)
     load_module(dit, paths.dit, dev, weight_dtype, optional=("rope.rope.freqs",), nonfinite=nonfinite)
