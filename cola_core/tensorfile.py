@@ -170,13 +170,15 @@ def _entry_problem(entry: object) -> str:
     return ""
 
 
-def read_tensors(file: TensorFile, names: set[str] | None = None, one_buffer: bool = True
+def read_tensors(file: TensorFile, names: set[str] | None = None, one_buffer: bool = False
                  ) -> Iterator[tuple[TensorEntry, torch.Tensor]]:
     """Yield (entry, CPU tensor in its stored dtype) in file order, in memory this process owns.
 
-    ``one_buffer``: read the data section with one ``readinto`` into one buffer (:func:`owned_buffer`) and
-    yield views of it (the fast way to keep the tensors as stored); off, each tensor is read into its own
-    memory (for a caller that converts and drops each: peak memory is then one stored tensor).
+    By default each tensor is read into its own memory (a caller that converts and drops each holds one
+    stored tensor at a time). ``one_buffer``: read the data section with one ``readinto`` into one buffer
+    (:func:`owned_buffer`) and yield views of it, the fast way to keep many large tensors as stored (the
+    views share one storage, and a few consumers read a tensor's storage from its start, e.g.
+    ``torch.set_rng_state``).
     """
     if not one_buffer:
         with open(file.path, "rb") as handle:
