@@ -1,7 +1,8 @@
 """Load and save the release layout: ``cola_dlm/{cola_dit,cola_vae}/`` + ``tokenizer.json``.
 
-Models are built on the meta device and each tensor is materialised once, directly in its final
-dtype and device, so a bf16 load never holds an fp32 copy. Only safetensors are read.
+Models are built on the meta device without their random init (:class:`SkipInit`) and each tensor is
+materialised once, directly in its final dtype and device, so a bf16 load never holds an fp32 copy.
+Only safetensors are read.
 """
 from __future__ import annotations
 
@@ -15,12 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 from .config import DiTConfig, VAEConfig, check_pair
 from .dit import ColaDiT, rope_frequencies
 from .errors import CheckpointError, ConfigError, NonFiniteWeightsWarning
 from .files import read_json_object
-from .tensorfile import TensorEntry, inspect_tensor_file, read_tensors, save_tensor_file
+from .tensorfile import DTYPES as DTYPES_BY_CODE, TensorEntry, inspect_tensor_file, read_tensors, save_tensor_file
 from .pocket import resolve_checkpoint
 from .shared_parts import shared_parts
 from .tokenizer import ColaTokenizer
@@ -130,8 +132,9 @@ def load_module(module: torch.nn.Module, folder: Path, device: torch.device, dty
                 optional: tuple[str, ...] = (), nonfinite: str = "error") -> None:
     """Materialise a meta-device module from a folder's safetensors with strict name/shape/dtype checks.
 
-    Each tensor is read into its own memory, cast to ``dtype`` and moved to ``device`` before the next
-    is read, so peak memory is the weights plus one tensor. ``nonfinite`` says what a NaN/inf weight
+    A file whose tensors are all stored in ``dtype`` is read in one go and its tensors are views of one
+    buffer per file; otherwise each tensor is read, cast to ``dtype`` and moved to ``device`` before the
+    next is read, so peak memory is the weights plus one stored tensor. ``nonfinite`` says what a NaN/inf weight
     does: raise (``error``), warn with :class:`NonFiniteWeightsWarning` (``warn``), or nothing (``allow``).
     """
     if nonfinite not in NONFINITE_POLICIES:
@@ -149,7 +152,8 @@ def load_module(module: torch.nn.Module, folder: Path, device: torch.device, dty
     unexpected = [e.name for file in files for e in file.entries if e.name not in expected]
     loaded: dict[str, torch.Tensor] = {}
     for file in files:
-        for entry, tensor in read_tensors(file, set(expected)):
+        as_stored = dtype is None or all(DTYPES_BY_CODE[e.dtype] == dtype for e in file.entries)
+        for entry, tensor in read_tensors(file, set(expected), one_buffer=as_stored):
             if dtype is not None and tensor.dtype != dtype:
                 tensor = tensor.to(dtype)
             _check_finite(file.path, entry.name, tensor, nonfinite)
@@ -203,6 +207,22 @@ def _restore_rope_freqs(dit: ColaDiT, device: torch.device) -> None:
             raise CheckpointError(f"DiT layer {layer}: rope freqs buffer differs from 10000^(-2j/rope_dim); "
                                   "the checkpoint does not match its config")
         rope.freqs = freqs
+
+
+RANDOM_FILLS = (torch.Tensor.normal_, torch.Tensor.uniform_)
+
+
+class SkipInit(TorchFunctionMode):
+    """Build modules without their random init (every parameter is then overwritten by the checkpoint).
+
+    On the meta device an init draws nothing, but ``normal_`` runs a Python reference that imports
+    ``torch._dynamo`` (about 1.2 s here). A torch function mode is thread-local: other threads keep their init.
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__module__", None) == "torch.nn.init" or func in RANDOM_FILLS:
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **(kwargs or {}))
 
 
 @dataclass
@@ -277,7 +297,7 @@ def load_pretrained(path: str | Path | None = None, device: str | torch.device |
     declared = config_special_ids([(paths.dit / "config.json", dit_cfg), (paths.vae / "config.json", vae_cfg)],
                                   vae_cfg.vocab_size)
     special_ids = {**declared, **{k: v for k, v in special_ids.items() if v is not None}}
-    with torch.device("meta"):
+    with torch.device("meta"), SkipInit():
         dit = ColaDiT(dit_cfg)
         vae = ColaTextVAE(vae_cfg)
     load_module(dit, paths.dit, dev, weight_dtype, optional=("rope.rope.freqs",), nonfinite=nonfinite)

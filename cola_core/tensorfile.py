@@ -3,10 +3,14 @@
 The library checks every header rule (JSON types, known dtypes, shapes, offsets that are
 non-negative, in bounds, contiguous and cover the data section exactly, byte counts that match
 dtype x shape). Its messages rarely name the tensor, so on failure :func:`diagnose` re-reads the
-header to say which tensor breaks which rule. Tensors are then read one at a time with
-``readinto`` into memory they own. The library's own reader maps the whole file: its tensors stay
-backed by a file that may be overwritten in place, and copying them out costs up to a file's size
-on top of the weights. Measured at the release size in bf16 (``benchmarks/loader_memory_bench.py``,
+header to say which tensor breaks which rule. Then each file's data section is read with one
+``readinto`` into anonymous memory this process owns (pages faulted in by the allocation itself), and
+its tensors are views of that buffer; a caller that converts each tensor reads them one at a time
+instead. The library's own reader maps the whole file: its tensors stay backed by a file that may be
+overwritten in place (they change) or truncated (reading them then kills the process with SIGBUS), and
+copying them out costs up to a file's size on top of the weights. Owning costs allocating the weights'
+bytes, which is most of the load time at the release size (``benchmarks/release_speed.py``). Measured
+at the release size in bf16 (``benchmarks/loader_memory_bench.py``,
 ``benchmarks/results/load_memory_release_bf16_*``): peak RSS 1.075x the weight bytes here, 1.28x
 (1 GiB shards) and 1.64x (one file per model) for ``safe_open`` + copy; target <= 1.3x.
 """
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 import os
 import struct
 from dataclasses import dataclass
@@ -165,17 +170,56 @@ def _entry_problem(entry: object) -> str:
     return ""
 
 
-def read_tensors(file: TensorFile, names: set[str] | None = None) -> Iterator[tuple[TensorEntry, torch.Tensor]]:
-    """Yield (entry, CPU tensor in its stored dtype) in file order, each read into its own memory."""
-    with open(file.path, "rb") as handle:
-        for entry in file.entries:
-            if names is not None and entry.name not in names:
-                continue
-            tensor = torch.empty(entry.shape, dtype=DTYPES[entry.dtype])
-            handle.seek(entry.begin)
-            if entry.nbytes and handle.readinto(memoryview(tensor.view(-1).view(torch.uint8).numpy())) != entry.nbytes:
-                raise TensorFileError(f"{file.path}: file shrank while reading tensor {entry.name!r}")
-            yield entry, tensor
+def read_tensors(file: TensorFile, names: set[str] | None = None, one_buffer: bool = False
+                 ) -> Iterator[tuple[TensorEntry, torch.Tensor]]:
+    """Yield (entry, CPU tensor in its stored dtype) in file order, in memory this process owns.
+
+    By default each tensor is read into its own memory (a caller that converts and drops each holds one
+    stored tensor at a time). ``one_buffer``: read the data section with one ``readinto`` into one buffer
+    (:func:`owned_buffer`) and yield views of it, the fast way to keep many large tensors as stored (the
+    views share one storage, and a few consumers read a tensor's storage from its start, e.g.
+    ``torch.set_rng_state``).
+    """
+    if not one_buffer:
+        with open(file.path, "rb") as handle:
+            for entry in file.entries:
+                if names is None or entry.name in names:
+                    tensor = torch.empty(entry.shape, dtype=DTYPES[entry.dtype])
+                    _read_exactly(file, handle, entry.begin, tensor.view(-1).view(torch.uint8),
+                                  f"tensor {entry.name!r}")
+                    yield entry, tensor
+        return
+    if not file.entries:
+        return
+    start = file.entries[0].begin
+    data = owned_buffer(sum(entry.nbytes for entry in file.entries))   # (bytes,) uint8, page-aligned
+    with open(file.path, "rb", buffering=0) as handle:
+        _read_exactly(file, handle, start, data, "its data section")
+    for entry in file.entries:
+        if names is None or entry.name in names:
+            raw = data[entry.begin - start:entry.begin - start + entry.nbytes]
+            if (entry.begin - start) % DTYPES[entry.dtype].itemsize:   # an odd-sized tensor before it
+                raw = raw.clone()
+            yield entry, raw.view(DTYPES[entry.dtype]).view(entry.shape)
+
+
+def _read_exactly(file: TensorFile, handle, offset: int, into: torch.Tensor, what: str) -> None:
+    """Fill ``into`` (uint8) from ``offset``; a file that shrank since validation is a TensorFileError."""
+    handle.seek(offset)
+    if into.numel() and handle.readinto(memoryview(into.numpy())) != into.numel():
+        raise TensorFileError(f"{file.path}: file shrank while reading {what}")
+
+
+def owned_buffer(nbytes: int) -> torch.Tensor:
+    """``nbytes`` of anonymous memory, (nbytes,) uint8: this process's own, not backed by any file.
+
+    On Linux the pages are faulted in by the ``mmap`` call itself (``MAP_POPULATE``): faulting one 4 KiB
+    page at a time while reading was most of the load time at the release size.
+    """
+    if nbytes == 0 or not hasattr(mmap, "MAP_POPULATE"):
+        return torch.empty(nbytes, dtype=torch.uint8)
+    memory = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | mmap.MAP_POPULATE)
+    return torch.frombuffer(memory, dtype=torch.uint8)   # the tensor keeps ``memory`` alive
 
 
 def load_tensor_file(path: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:

@@ -129,3 +129,21 @@ def test_release_defaults_have_release_parameter_counts():
     assert len(dit.state_dict()) == 470
     assert sum(p.numel() for p in vae.parameters()) == 501_871_574
     assert len(vae.state_dict()) == 133
+
+
+def test_skip_init_leaves_tensors_untouched_in_its_thread_only():
+    """Load builds the models without random init (the checkpoint overwrites it); other threads still init."""
+    import threading
+
+    from cola_core.checkpoint import SkipInit
+    other: list[torch.Tensor] = []
+    with SkipInit():
+        mine = torch.nn.init.normal_(torch.zeros(64))
+        torch.zeros(64).uniform_()
+        linear = torch.nn.Linear(4, 4, device="meta")
+        worker = threading.Thread(target=lambda: other.append(torch.nn.init.normal_(torch.zeros(64))))
+        worker.start()
+        worker.join()
+    assert torch.equal(mine, torch.zeros(64)) and linear.weight.shape == (4, 4)
+    assert other[0].std() > 0.5
+    assert torch.nn.init.normal_(torch.zeros(64)).std() > 0.5   # and init is back after the block
