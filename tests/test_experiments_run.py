@@ -182,6 +182,7 @@ def _spawn(world: int, out: Path) -> None:
                        join=True)
 
 
+@pytest.mark.heavy   # spawns processes / encodes a whole split
 def test_two_processes_give_exactly_the_results_of_one(tmp_path):
     _spawn(1, tmp_path / "one")
     _spawn(2, tmp_path / "two")

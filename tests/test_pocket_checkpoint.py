@@ -138,6 +138,7 @@ def test_pocket_chat_answers_in_words(pocket_chat):
     assert answer.stopped_at_eos and len(words(answer.completion)) >= 2
 
 
+@pytest.mark.heavy   # spawns processes / encodes a whole split
 @pytest.mark.skipif(not (WORDNET_DIR / "data.noun").is_file(), reason="WordNet not installed (apt-get install wordnet-base)")
 def test_pocket_reconstructs_held_out_wordnet_text(pocket, card_eval):
     test_texts = split_corpus(extract_wordnet())["test"][:256]

@@ -49,6 +49,7 @@ def test_fortunes_and_the_devils_dictionary_parse_from_their_formats(tmp_path):
         extract_devils_dictionary(tmp_path / "missing.dz")
 
 
+@pytest.mark.heavy   # reads all of WordNet
 @needs_wordnet
 @needs_prose
 def test_pocket_corpus_keeps_wordnets_test_split_and_holds_out_the_devils_dictionary(tmp_path):
@@ -64,6 +65,7 @@ def test_pocket_corpus_keeps_wordnets_test_split_and_holds_out_the_devils_dictio
         assert (tmp_path / name).stat().st_size > 500
 
 
+@pytest.mark.heavy   # reads all of WordNet
 @needs_wordnet
 def test_wordnet_dialogues_answer_from_the_first_sense():
     senses = {s.word: s for s in read_senses()}

@@ -5,6 +5,7 @@ import json
 import os
 import socket
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -36,6 +37,7 @@ def _first_losses(run_dir) -> dict:
     return next(r for r in lines if r["split"] == "train")
 
 
+@pytest.mark.heavy   # spawns processes / encodes a whole split
 def test_two_gloo_ranks_match_one_process(tmp_path):
     corpus = make_corpus(tmp_path / "corpus")
     single = tmp_path / "single"
