@@ -33,7 +33,7 @@ from .generate import (BlockwiseSampler, Generation, GenerationConfig, block_noi
                        generation_result, guidance_per_sample)
 from .prior_context import PriorContext
 from .sampler import (guided_velocity, interval_guidance, rounds_dit_inputs, sample_tokens, solver_step,
-                      timestep_grid)
+                      step_times, timestep_grid)
 from .text_codec import decode_logits
 
 SHARED_KNOBS = ("steps", "T", "solver", "schedule", "schedule_shift", "guidance_rescale", "guidance_interval",
@@ -179,9 +179,7 @@ class Batch:
             return guided_velocity(v_cond, v_uncond, scale.to(v_cond.dtype)[:, None, None], cfg.guidance_rescale)
 
         for step in range(cfg.steps):
-            t = self.grid[step].expand(batch, bs).clone().masked_fill(pinned, 0.0).to(device)
-            t_next = self.grid[step + 1].expand(batch, bs).clone().masked_fill(pinned, 0.0).to(device)
-            dt = (self.grid[step] - self.grid[step + 1]) / max(cfg.T, 1.0)
+            t, t_next, dt = step_times(self.grid, step, step + 1, cfg.T, (batch, bs), pinned, device)
             z = solver_step(cfg.solver, velocity, z, t, t_next, dt)
             z = torch.where(pinned_on[..., None], clean, z)
         logits = decode_logits(model, z.float(), torch.full((batch,), bs, dtype=torch.long),

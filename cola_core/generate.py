@@ -25,7 +25,7 @@ from .errors import GenerationError
 from .prior_context import PriorContext
 from .sampler import (SCHEDULES, SOLVERS, check_guidance_interval, guided_velocity, interval_guidance,
                       predicted_clean, rounds_dit_inputs, sample_tokens, seeded_noise, solver_updates,
-                      timestep_grid, token_seed)
+                      step_times, timestep_grid, token_seed)
 from .static_prior import StaticPriorContext
 from .text_codec import (block_count, check_positions, context_latents, decode_logits, encode_tokens, greedy_texts,
                          latent_count, pad_to_blocks)
@@ -271,14 +271,9 @@ class BlockwiseSampler:
                 return
             block_guidance = state.guidance
             for step in range(cfg.steps):
-                t = grid[step].expand(batch, bs).clone()
-                t_next = grid[step + 1].expand(batch, bs).clone()
-                if first:
-                    t = t.masked_fill(prep.pinned, 0.0)
-                    t_next = t_next.masked_fill(prep.pinned, 0.0)
-                t, t_next = t.to(device), t_next.to(device)
+                t, t_next, dt = step_times(grid, step, step + 1, cfg.T, (batch, bs), prep.pinned if first else None,
+                                           device)
                 state.step, state.t, state.t_next = step, t, t_next
-                dt = (grid[step] - grid[step + 1]) / max(cfg.T, 1.0)      # 0-d fp32, as the reference
                 state.dt = float(dt)
                 updates = solver_updates(cfg.solver, state.z, t, t_next, dt)
                 request = next(updates)

@@ -33,6 +33,19 @@ def timestep_grid(steps: int, T: float = TIME_SCALE, schedule: str = "linear", s
     raise ValueError(f"unknown timestep schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
 
 
+def step_times(grid: torch.Tensor, i: int, j: int, T: float, shape: tuple[int, int],
+               pinned: torch.Tensor | None = None, device: torch.device | str | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One solver step from ``grid[i]`` to ``grid[j]`` for a (B, bs) block: the times ``t``, ``t_next`` (B, bs),
+    ``pinned`` positions (clean prompt latents; any mask broadcasting to ``shape``) held at t = 0, on ``device``;
+    and ``dt``, the 0-d fp32 step ``(grid[i] - grid[j]) / T`` as the reference computes it."""
+    t, t_next = grid[i].expand(shape).clone(), grid[j].expand(shape).clone()   # own memory: hooks may edit them
+    if pinned is not None:
+        t.masked_fill_(pinned, 0.0)
+        t_next.masked_fill_(pinned, 0.0)
+    return t.to(device), t_next.to(device), (grid[i] - grid[j]) / T
+
+
 def noise_seed(seed: int, sample_id: int, block: int) -> int:
     """The official per-sample seed (``COLA_INFER_PER_SAMPLE_NOISE_SEED``): seed + 1000*sample_id + 10^7*block,
     so a sample's noise does not depend on the rest of its batch."""

@@ -14,7 +14,8 @@ import torch
 
 from cola_core.generate import GenerationConfig
 from cola_core.prior_context import PriorContext
-from cola_core.sampler import guided_velocity, interval_guidance, rounds_dit_inputs, solver_step, timestep_grid
+from cola_core.sampler import (guided_velocity, interval_guidance, rounds_dit_inputs, solver_step, step_times,
+                               timestep_grid)
 
 from .errors import WorkbenchError
 from .latents import Latents, noise_to
@@ -64,8 +65,8 @@ def _integrate(flow: BlockFlow, z: torch.Tensor, grid: torch.Tensor, start: int,
         return flow.velocity(z_eval, t_eval)
 
     for i, j in pairs:
-        t, t_next = grid[i].expand(batch, bs).to(device), grid[j].expand(batch, bs).to(device)
-        z = solver_step(cfg.solver, velocity, z, t, t_next, (grid[i] - grid[j]) / max(cfg.T, 1.0))
+        t, t_next, dt = step_times(grid, i, j, cfg.T, (batch, bs), device=device)
+        z = solver_step(cfg.solver, velocity, z, t, t_next, dt)
     return z
 
 

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from cola_core.checkpoint import ColaModel
 from cola_core.generate import GenerationConfig
 from cola_core.prior_context import bf16_round
-from cola_core.sampler import guided_velocity, solver_step, timestep_grid
+from cola_core.sampler import guided_velocity, solver_step, step_times, timestep_grid
 
 from ..errors import WorkbenchError
 
@@ -63,9 +63,8 @@ def smooth_block(model: ColaModel, context: torch.Tensor, noise: torch.Tensor, f
 
     z = noise
     for i in range(cfg.steps):
-        t = torch.where(free, grid[i], 0.0).expand(rows, bs).to(noise.device)
-        t_next = torch.where(free, grid[i + 1], 0.0).expand(rows, bs).to(noise.device)
-        z = solver_step(cfg.solver, velocity, z, t, t_next, (grid[i] - grid[i + 1]) / max(cfg.T, 1.0))
+        t, t_next, dt = step_times(grid, i, i + 1, cfg.T, (rows, bs), ~free, noise.device)
+        z = solver_step(cfg.solver, velocity, z, t, t_next, dt)
         z = torch.where(free.to(z.device)[:, None], z, clean)
     return z
 
