@@ -93,8 +93,8 @@ def evaluate_chat(model: ColaModel, dialogues: str | Path, config: ChatEvalConfi
     answers: list[str] = []
     for start in range(0, len(prompts), config.batch_size):
         chunk = prompts[start:start + config.batch_size]
-        sampler = BlockwiseSampler(model, [prompt.ids for prompt in chunk], gen_cfg, sample_ids=range(start, start + len(chunk)),
-                                   eos_ids=sorted(stops))
+        sampler = BlockwiseSampler(model, [prompt.ids for prompt in chunk], gen_cfg,
+                                   sample_ids=range(start, start + len(chunk)), eos_ids=sorted(stops))
         for _ in sampler.events():
             pass
         answers.extend(prompt.answer(model.tokenizer, g.token_ids, len(g.token_ids)).text.strip()
