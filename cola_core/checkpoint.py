@@ -266,13 +266,16 @@ class ColaModel:
 
 
 def checkpoint_fingerprint(paths: CheckpointPaths) -> str:
-    """Cheap identity of a checkpoint: configs, tokenizer, and each weight file's size and header."""
+    """Cheap identity of a checkpoint: configs, tokenizer, and each weight file's size, header and, for files this
+    project wrote, the digest of their tensors recorded at save (so retrained weights of the same shapes differ)."""
     digest = hashlib.sha256()
     for folder in (paths.dit, paths.vae):
         digest.update((folder / "config.json").read_bytes())
         for f in weight_files(folder):
-            header = json.dumps(inspect_tensor_file(f).header, sort_keys=True)
+            described = inspect_tensor_file(f)
+            header = json.dumps(described.header, sort_keys=True)
             digest.update(f.name.encode() + str(f.stat().st_size).encode() + header.encode())
+            digest.update(str(described.metadata.get(CONTENT_DIGEST_KEY, "")).encode())
     digest.update(paths.tokenizer.read_bytes())
     return digest.hexdigest()[:16]
 
@@ -332,6 +335,20 @@ def config_special_ids(configs: list[tuple[Path, DiTConfig | VAEConfig]], vocab_
     return found
 
 
+CONTENT_DIGEST_KEY = "content_sha256"   # safetensors metadata: sha256 of the file's tensors, written at save
+
+
+def tensor_file_metadata(tensors: dict[str, torch.Tensor]) -> dict[str, str]:
+    """The metadata our weight files carry: the format tag, and a digest of every tensor's name, dtype, shape and
+    bytes (name order), which the checkpoint fingerprint reads instead of hashing gigabytes at load."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        flat = tensors[name].detach().to("cpu").contiguous().reshape(-1)
+        digest.update(f"{name}|{flat.dtype}|{tuple(tensors[name].shape)}|".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return {"format": "pt", CONTENT_DIGEST_KEY: digest.hexdigest()}
+
+
 def save_model_folder(module: torch.nn.Module, config, folder: Path, max_shard_bytes: int | None = None) -> None:
     """Write one model folder (config.json + single or sharded safetensors), replacing old weights."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -342,7 +359,7 @@ def save_model_folder(module: torch.nn.Module, config, folder: Path, max_shard_b
             stale.unlink()
     total = sum(t.numel() * t.element_size() for t in state.values())
     if max_shard_bytes is None or total <= max_shard_bytes:
-        save_tensor_file(folder / SINGLE_FILE, state, metadata={"format": "pt"})
+        save_tensor_file(folder / SINGLE_FILE, state, metadata=tensor_file_metadata(state))
         return
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
@@ -356,7 +373,7 @@ def save_model_folder(module: torch.nn.Module, config, folder: Path, max_shard_b
     weight_map = {}
     for i, shard in enumerate(shards, start=1):
         fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-        save_tensor_file(folder / fname, shard, metadata={"format": "pt"})
+        save_tensor_file(folder / fname, shard, metadata=tensor_file_metadata(shard))
         weight_map.update({name: fname for name in shard})
     index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
     (folder / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")

@@ -56,6 +56,7 @@ class TensorFile:
     path: Path
     entries: tuple[TensorEntry, ...]   # in file order
     header: dict                       # the header JSON without ``__metadata__``
+    metadata: dict                     # the header's ``__metadata__`` (string to string; {} if absent)
 
 
 def inspect_tensor_file(path: str | Path) -> TensorFile:
@@ -69,7 +70,7 @@ def inspect_tensor_file(path: str | Path) -> TensorFile:
         problem = diagnose(path) or "invalid header"
         library = " ".join(str(exc).split())
         raise TensorFileError(f"{path}: not a valid safetensors file: {problem} [safetensors: {library}]") from None
-    header, data_start = _read_header(path)
+    header, metadata, data_start = _read_header(path)
     entries, offset = [], data_start
     for name, dtype, shape in described:
         if dtype not in DTYPES:
@@ -78,11 +79,12 @@ def inspect_tensor_file(path: str | Path) -> TensorFile:
         nbytes = math.prod(shape) * DTYPES[dtype].itemsize
         entries.append(TensorEntry(name, dtype, shape, offset, nbytes))
         offset += nbytes   # the library checked that tensors are contiguous, in this order
-    return TensorFile(path, tuple(entries), header)
+    return TensorFile(path, tuple(entries), header, metadata)
 
 
-def _read_header(path: Path) -> tuple[dict, int]:
-    """The header JSON (refusing a name given twice) and where the data section starts."""
+def _read_header(path: Path) -> tuple[dict, dict, int]:
+    """The header JSON without its metadata (refusing a name given twice), the metadata, and where the data
+    section starts."""
     with open(path, "rb") as handle:
         length = struct.unpack("<Q", handle.read(HEADER_PREFIX))[0]
         raw = handle.read(length)
@@ -90,8 +92,9 @@ def _read_header(path: Path) -> tuple[dict, int]:
         header = json.loads(raw, object_pairs_hook=_unique_keys)
     except _DuplicateName as exc:
         raise TensorFileError(f"{path}: not a valid safetensors file: {exc}") from None
-    header.pop("__metadata__", None)
-    return header, HEADER_PREFIX + length
+    metadata = header.pop("__metadata__", None)
+    metadata = metadata if isinstance(metadata, dict) else {}
+    return header, metadata, HEADER_PREFIX + length
 
 
 class _DuplicateName(ValueError):

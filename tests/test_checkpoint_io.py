@@ -46,6 +46,21 @@ def test_save_pretrained_round_trips_single_and_sharded(ckpt: Path, tmp_path: Pa
         assert all(k.startswith(("encoder.", "decoder.")) for k in saved)
 
 
+def test_fingerprint_tells_retrained_weights_of_the_same_shapes_apart(ckpt: Path, tmp_path: Path):
+    """Saved files record a digest of their tensors, so a changed value changes the fingerprint; files without one
+    (the official code's) keep the header-only identity."""
+    model = load_pretrained(ckpt)
+    first = load_pretrained(model.save_pretrained(tmp_path / "a"))
+    again = load_pretrained(model.save_pretrained(tmp_path / "b"))
+    with torch.no_grad():
+        model.vae.decoder.in_layer.weight[0, 0] += 1.0
+    nudged = load_pretrained(model.save_pretrained(tmp_path / "c", max_shard_bytes=20_000))
+    sharded_again = load_pretrained(load_pretrained(tmp_path / "c").save_pretrained(tmp_path / "d",
+                                                                                    max_shard_bytes=20_000))
+    assert first.fingerprint == again.fingerprint
+    assert nudged.fingerprint == sharded_again.fingerprint != first.fingerprint
+    assert load_pretrained(ckpt).fingerprint != first.fingerprint   # the fixture's files carry no digest
+
 def test_bf16_load_materialises_bf16_directly(ckpt: Path):
     model = load_pretrained(ckpt, dtype="bfloat16")
     assert {p.dtype for p in model.dit.parameters()} == {torch.bfloat16}
