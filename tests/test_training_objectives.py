@@ -6,7 +6,8 @@ import torch
 
 from cola_core.attention import pad_rows
 from cola_core.text_codec import TokenBatch
-from cola_core.training.objectives import cut_prefixes, flow_matching_2l, prompt_block_clean, set_latent_scaling
+from cola_core.training.objectives import (cut_prefixes, flow_matching_2l, prompt_block_clean, set_latent_scaling,
+                                          vae_terms)
 from cola_core.two_l import two_l_layout
 from cola_core.training.trainer import lr_factor
 
@@ -82,6 +83,29 @@ def test_cut_prefixes_pads_like_a_prompt():
     assert 1 <= keep <= 5
     assert cut.ids[0, :keep].tolist() == ids[0, :keep].tolist() and (cut.ids[0, keep:] == 0).all()
     assert int(cut.lengths[0]) == keep + (-keep) % 4
+
+
+def test_decoder_noise_reaches_only_the_chosen_share_of_rows(tiny_model, monkeypatch):
+    """``decoder_noise_prob`` 0 is exactly no noise (same random stream for the other draws); 0.5 noises some
+    rows and leaves the others exact; the default 1 draws nothing extra, so existing recipes keep their stream."""
+    ids = torch.tensor([[10, 11, 12, 13, 14, 0, 511, 511], [20, 21, 22, 23, 24, 25, 26, 0]] * 8)
+    batch = TokenBatch(ids, torch.tensor([8] * 16), ids != 511, patch_size=1)
+    vae, seen = tiny_model.vae, []
+    decode = vae.decode_latents
+    monkeypatch.setattr(vae, "decode_latents", lambda z, lengths: seen.append(z) or decode(z, lengths))
+
+    def decoder_input(noise: float, **share) -> torch.Tensor:
+        with torch.no_grad():
+            vae_terms(vae, batch, torch.Generator().manual_seed(0), slice(None), pad_id=511, prefix_prob=0.0,
+                      mask_prob=0.0, mask_seq_prob=0.0, decoder_noise=noise, **share)
+        return seen[-1]   # (B, n, C)
+
+    clean = decoder_input(0.0)
+    assert torch.equal(decoder_input(50.0, decoder_noise_prob=0.0), clean)
+    assert torch.equal(decoder_input(50.0), decoder_input(50.0, decoder_noise_prob=1.0))
+    noised_rows = (decoder_input(50.0, decoder_noise_prob=0.5) != clean).flatten(1).any(-1)
+    assert 0 < int(noised_rows.sum()) < len(ids)
+    assert bool((decoder_input(50.0) != clean).flatten(1).any(-1).all())
 
 
 def test_lr_schedule_warms_up_then_decays_to_floor():

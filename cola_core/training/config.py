@@ -93,6 +93,7 @@ class VAETrainConfig(TrainConfig):
     mask_seq_prob: float = 0.5             # share of sequences that get masked
     prefix_prob: float = 0.15              # share of texts cut to a prefix without eos (prompt-like)
     decoder_noise: float = 0.0             # extra N(0, s^2) on the decoder input, s ~ U(0, decoder_noise)
+    decoder_noise_prob: float = 1.0        # share of rows that get that noise (the rest stay clean)
     stats_batches: int = 50                # batches of posterior samples for scaling/shifting factors
 
     stage = "vae"
@@ -102,7 +103,7 @@ class VAETrainConfig(TrainConfig):
         for key in ("beta", "mask_weight", "decoder_noise"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{source}: field {key!r} must be >= 0, got {getattr(self, key)!r}")
-        for key in ("mask_prob", "mask_seq_prob", "prefix_prob"):
+        for key in ("mask_prob", "mask_seq_prob", "prefix_prob", "decoder_noise_prob"):
             if not 0 <= getattr(self, key) <= 1:
                 raise ConfigError(f"{source}: field {key!r} must be in [0, 1], got {getattr(self, key)!r}")
         if self.stats_batches < 1:

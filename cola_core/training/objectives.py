@@ -62,11 +62,13 @@ def _randn(shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
 # Stage 1: Text VAE
 # ---------------------------------------------------------------------------------------------
 def vae_terms(vae: ColaTextVAE, batch: TokenBatch, gen: torch.Generator, rows: slice, *, pad_id: int,
-              prefix_prob: float, mask_prob: float, mask_seq_prob: float, decoder_noise: float) -> Terms:
+              prefix_prob: float, mask_prob: float, mask_seq_prob: float, decoder_noise: float,
+              decoder_noise_prob: float = 1.0) -> Terms:
     """recon CE from a posterior sample (all tokens), KL(q||N(0,I)) per channel, CE on masked tokens.
 
-    ``decoder_noise`` adds N(0, s^2) with s ~ U(0, decoder_noise) to the decoder input, so the decoder
-    learns to read imperfect latents (the prior's samples are never exact).
+    ``decoder_noise`` adds N(0, s^2) with s ~ U(0, decoder_noise) to the decoder input of a share
+    ``decoder_noise_prob`` of the rows, so the decoder learns to read imperfect latents (the prior's samples are
+    never exact) from context while the other rows keep it exact on clean ones.
     """
     cfg = vae.config
     chunk = cfg.patch_size * cfg.block_size
@@ -76,6 +78,8 @@ def vae_terms(vae: ColaTextVAE, batch: TokenBatch, gen: torch.Generator, rows: s
     n, channels = batch.ids.shape[1] // cfg.patch_size, cfg.latent_dim
     eps = _randn((len(valid), n, channels), gen)
     sigma = torch.rand(len(valid), generator=gen, device=gen.device) * decoder_noise
+    if decoder_noise_prob < 1:   # drawn only then, so runs without it keep their random stream
+        sigma = sigma * (torch.rand(len(valid), generator=gen, device=gen.device) < decoder_noise_prob)
     extra = _randn((len(valid), n, channels), gen) * sigma[:, None, None]
     batch, valid, masked = batch.rows(rows), valid[rows], masked[rows]
     eps, extra = eps[rows].to(batch.ids.device), extra[rows].to(batch.ids.device)

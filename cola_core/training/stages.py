@@ -158,7 +158,7 @@ def train_vae(cfg: VAETrainConfig, resume: bool = False, overwrite: bool = False
     order, val_batches = _datasets(cfg, tokenizer, vcfg, micro)
     terms = functools.partial(vae_terms, vae, pad_id=tokenizer.pad_id, prefix_prob=cfg.prefix_prob,
                               mask_prob=cfg.mask_prob, mask_seq_prob=cfg.mask_seq_prob,
-                              decoder_noise=cfg.decoder_noise)
+                              decoder_noise=cfg.decoder_noise, decoder_noise_prob=cfg.decoder_noise_prob)
 
     def export(step: int) -> None:
         final = copy.deepcopy(vae).eval()
