@@ -95,7 +95,8 @@ def test_pocket_weights_match_the_shipped_training_configs(pocket):
     sft_cfg = load_config("sft", CONFIGS / "pocket_sft.toml")
     decoder_cfg = load_config("vae", CONFIGS / "pocket_vae_decoder.toml")
     continued_cfg = load_config("dit", CONFIGS / "pocket_dit_continue.toml")
-    for cfg in (vae_cfg, decoder_cfg, dit_cfg, continued_cfg, sft_cfg):   # never written over a shipped checkpoint
+    noised_decoder_cfg = load_config("vae", CONFIGS / "pocket_vae_decoder_noise.toml")
+    for cfg in (vae_cfg, decoder_cfg, dit_cfg, continued_cfg, sft_cfg, noised_decoder_cfg):   # never over a shipped one
         assert Path(cfg.out_dir).parts[0] == "artifacts" and Path(cfg.run_dir).parts[0] == "artifacts"
     assert sft_cfg.init_from == dit_cfg.out_dir  # the chat model tunes the base trained just before
     for key, value in vae_cfg.model.items():
