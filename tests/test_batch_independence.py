@@ -24,9 +24,10 @@ def close(x, y, rel: float) -> bool:
     return x == y
 
 
-def same(a: dict, b: dict, rel: float = 1e-5) -> None:
+def same(a: dict, b: dict, rel: float = 1e-4) -> None:
     """Records equal field by field; floats up to the rounding of batched kernels (texts, ids, flags exactly);
-    ``rel=0``: bit for bit."""
+    ``rel=0``: bit for bit. After a whole trajectory that rounding reaches 2e-5 relative on some CPUs (BLAS
+    blocks a batch of 3 rows differently from 1); a leak between rows moves numbers by far more."""
     assert set(a) == set(b)
     for key in set(a) - set(PLACE):
         assert close(a[key], b[key], rel), (key, a[key], b[key])
