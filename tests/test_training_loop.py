@@ -114,6 +114,20 @@ def test_decoder_tuning_keeps_the_latent_space_bit_exact(tmp_path, trained):
     assert configs[0] == configs[1]                       # same scaling/shifting factors: the DiT still fits
     with pytest.raises(ConfigError, match="train_encoder = false' needs 'init_from'"):
         vae_config(tmp_path, corpus, train_encoder=False)
+    with pytest.raises(ConfigError, match="'decoder_prior' needs 'train_encoder = false'"):
+        vae_config(tmp_path, corpus, init_from=str(stage1), model={}, decoder_prior=str(tmp / "final"))
+
+
+def test_decoder_tuning_on_the_priors_estimates_keeps_the_encoder(tmp_path, trained):
+    tmp, corpus = trained
+    stage1 = tmp / "vae" / "model"
+    train_vae(vae_config(tmp_path, corpus, init_from=str(stage1), train_encoder=False, model={}, steps=2,
+                         mask_seq_prob=0.0, decoder_noise=0.0, decoder_prior=str(tmp / "final"),
+                         decoder_prior_prob=1.0, decoder_prior_t_max=0.5))
+    before = load_file(str(stage1 / "cola_vae" / "model.safetensors"))
+    after = load_file(str(tmp_path / "vae" / "model" / "cola_vae" / "model.safetensors"))
+    for key in before:
+        assert torch.equal(before[key], after[key]) == key.startswith("encoder."), key
     with pytest.raises(ConfigError, match="remove \\[model\\]"):
         vae_config(tmp_path, corpus, init_from=str(stage1))
 

@@ -108,6 +108,29 @@ def test_decoder_noise_reaches_only_the_chosen_share_of_rows(tiny_model, monkeyp
     assert bool((decoder_input(50.0) != clean).flatten(1).any(-1).all())
 
 
+def test_decoder_prior_rows_decode_the_priors_one_step_estimate(tiny_model, monkeypatch):
+    """Rows picked by ``prior_prob`` decode z_t - t v of the frozen DiT; at t = 0 that is the clean latent, a
+    share 0 changes nothing, and the other draws keep their stream."""
+    ids = torch.tensor([[10, 11, 12, 13, 14, 0, 511, 511], [20, 21, 22, 23, 24, 25, 26, 0]] * 8)
+    batch = TokenBatch(ids, torch.tensor([8] * 16), ids != 511, patch_size=1)
+    vae, seen = tiny_model.vae, []
+    decode = vae.decode_latents
+    monkeypatch.setattr(vae, "decode_latents", lambda z, lengths: seen.append(z) or decode(z, lengths))
+
+    def decoder_input(**prior) -> torch.Tensor:
+        with torch.no_grad():
+            vae_terms(vae, batch, torch.Generator().manual_seed(0), slice(None), pad_id=511, prefix_prob=0.0,
+                      mask_prob=0.0, mask_seq_prob=0.0, decoder_noise=0.0, **prior)
+        return seen[-1]   # (B, n, C)
+
+    clean = decoder_input()
+    assert torch.equal(decoder_input(prior=tiny_model.dit, prior_prob=0.0, prior_t_max=0.5), clean)
+    assert torch.allclose(decoder_input(prior=tiny_model.dit, prior_prob=1.0, prior_t_max=0.0), clean, atol=1e-6)
+    estimated = decoder_input(prior=tiny_model.dit, prior_prob=0.5, prior_t_max=0.8)
+    changed = (estimated - clean).abs().flatten(1).amax(-1) > 1e-4
+    assert 0 < int(changed.sum()) < len(ids)
+
+
 def test_lr_schedule_warms_up_then_decays_to_floor():
     values = [lr_factor(s, warmup=10, total=100, min_ratio=0.1) for s in range(101)]
     assert values[0] == pytest.approx(0.1) and values[9] == pytest.approx(1.0)

@@ -94,6 +94,9 @@ class VAETrainConfig(TrainConfig):
     prefix_prob: float = 0.15              # share of texts cut to a prefix without eos (prompt-like)
     decoder_noise: float = 0.0             # extra N(0, s^2) on the decoder input, s ~ U(0, decoder_noise)
     decoder_noise_prob: float = 1.0        # share of rows that get that noise (the rest stay clean)
+    decoder_prior: str = ""                # a checkpoint whose DiT (on this encoder's latents) gives decoder inputs
+    decoder_prior_prob: float = 0.5        # share of rows that decode that DiT's one-step estimate instead
+    decoder_prior_t_max: float = 0.5       # ... from noise levels t ~ U(0, decoder_prior_t_max)
     stats_batches: int = 50                # batches of posterior samples for scaling/shifting factors
 
     stage = "vae"
@@ -103,7 +106,8 @@ class VAETrainConfig(TrainConfig):
         for key in ("beta", "mask_weight", "decoder_noise"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{source}: field {key!r} must be >= 0, got {getattr(self, key)!r}")
-        for key in ("mask_prob", "mask_seq_prob", "prefix_prob", "decoder_noise_prob"):
+        for key in ("mask_prob", "mask_seq_prob", "prefix_prob", "decoder_noise_prob", "decoder_prior_prob",
+                    "decoder_prior_t_max"):
             if not 0 <= getattr(self, key) <= 1:
                 raise ConfigError(f"{source}: field {key!r} must be in [0, 1], got {getattr(self, key)!r}")
         if self.stats_batches < 1:
@@ -111,6 +115,9 @@ class VAETrainConfig(TrainConfig):
         if self.init_from and (self.model or self.tokenizer):
             raise ConfigError(f"{source}: with 'init_from' the model shape and tokenizer come from {self.init_from!r}; "
                               "remove [model] and 'tokenizer'")
+        if self.decoder_prior and self.train_encoder:
+            raise ConfigError(f"{source}: 'decoder_prior' needs 'train_encoder = false' (the prior models the frozen "
+                              "encoder's latents)")
         if not self.train_encoder and not self.init_from:
             raise ConfigError(f"{source}: 'train_encoder = false' needs 'init_from' (a trained VAE to keep the encoder of)")
         _check_model_keys(self.model, VAEConfig, source)

@@ -63,12 +63,16 @@ def _randn(shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 def vae_terms(vae: ColaTextVAE, batch: TokenBatch, gen: torch.Generator, rows: slice, *, pad_id: int,
               prefix_prob: float, mask_prob: float, mask_seq_prob: float, decoder_noise: float,
-              decoder_noise_prob: float = 1.0) -> Terms:
+              decoder_noise_prob: float = 1.0, prior: ColaDiT | None = None, prior_prob: float = 0.0,
+              prior_t_max: float = 0.0) -> Terms:
     """recon CE from a posterior sample (all tokens), KL(q||N(0,I)) per channel, CE on masked tokens.
 
     ``decoder_noise`` adds N(0, s^2) with s ~ U(0, decoder_noise) to the decoder input of a share
     ``decoder_noise_prob`` of the rows, so the decoder learns to read imperfect latents (the prior's samples are
-    never exact) from context while the other rows keep it exact on clean ones.
+    never exact) from context while the other rows keep it exact on clean ones. With a frozen ``prior`` DiT, a
+    share ``prior_prob`` of the rows instead decode the prior's own one-step estimate x0 = z_t - t v from
+    z_t at t ~ U(0, ``prior_t_max``) given the true clean blocks before (the 2L layout): the errors the
+    prior actually makes.
     """
     cfg = vae.config
     chunk = cfg.patch_size * cfg.block_size
@@ -81,11 +85,18 @@ def vae_terms(vae: ColaTextVAE, batch: TokenBatch, gen: torch.Generator, rows: s
     if decoder_noise_prob < 1:   # drawn only then, so runs without it keep their random stream
         sigma = sigma * (torch.rand(len(valid), generator=gen, device=gen.device) < decoder_noise_prob)
     extra = _randn((len(valid), n, channels), gen) * sigma[:, None, None]
+    if prior is not None:   # drawn only then, so runs without a prior keep their random stream
+        use_prior = torch.rand(len(valid), generator=gen, device=gen.device) < prior_prob
+        t = torch.rand(len(valid), generator=gen, device=gen.device) * prior_t_max
+        z1 = _randn((len(valid), n, channels), gen)
+        use_prior, t, z1 = use_prior[rows].to(batch.ids.device), t[rows].to(batch.ids.device), z1[rows].to(batch.ids.device)
     batch, valid, masked = batch.rows(rows), valid[rows], masked[rows]
     eps, extra = eps[rows].to(batch.ids.device), extra[rows].to(batch.ids.device)
 
     post = vae.encode_ids(batch.ids, batch.lengths, mask_token_ids=masked)
     z = vae.to_dit_space(post.mean + post.std * eps) + extra
+    if prior is not None:
+        z = torch.where(use_prior[:, None, None], prior_estimate(prior, z.detach(), z1, t, batch.latent_lengths), z)
     logits = vae.decode_latents(z, batch.latent_lengths)
     ce = _ce(logits, batch.ids)
     kl = post.kl_to_standard_normal().float().mean(-1)          # (B, n) per channel
@@ -97,6 +108,17 @@ def vae_terms(vae: ColaTextVAE, batch: TokenBatch, gen: torch.Generator, rows: s
         "acc": (correct.sum().float(), batch.real.sum()),
         "post_std": ((post.std.float().mean(-1) * post.valid).sum(), post.valid.sum()),
     }
+
+
+@torch.no_grad()
+def prior_estimate(dit: ColaDiT, z0: torch.Tensor, z1: torch.Tensor, t: torch.Tensor, n_lengths: torch.Tensor
+                   ) -> torch.Tensor:
+    """The DiT's one-step clean estimate z_t - t v of every block from z_t = (1-t) z0 + t z1, each block seeing
+    the true clean blocks before it. z0, z1 (B, n, C) DiT space; t (B,) in [0, 1]; -> (B, n, C)."""
+    tt = t[:, None, None]
+    zt = (1 - tt) * z0 + tt * z1
+    timestep = (t * TIME_SCALE).to(torch.bfloat16).float()[:, None].expand(z0.shape[:2])   # t*T in bf16
+    return zt - tt * two_l_velocity(dit, z0, zt, timestep, n_lengths)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -139,6 +139,17 @@ def _new_vae(cfg: VAETrainConfig, tokenizer: ColaTokenizer) -> ColaTextVAE:
     return vae
 
 
+def _decoder_prior(cfg: VAETrainConfig, vae: ColaTextVAE, device: torch.device) -> ColaDiT:
+    """The frozen DiT of ``cfg.decoder_prior``, checked to model this VAE's latent space."""
+    prior = load_pretrained(cfg.decoder_prior, device=device)
+    if (prior.vae_config.latent_dim, prior.vae_config.block_size) != (vae.config.latent_dim, vae.config.block_size) \
+            or (prior.vae_config.scaling_factor, prior.vae_config.shifting_factor) != \
+            (vae.config.scaling_factor, vae.config.shifting_factor):
+        raise ConfigError(f"decoder_prior {cfg.decoder_prior!r} models another latent space (latent_dim, block_size "
+                          "or scaling factors differ from the VAE being tuned)")
+    return prior.dit.eval().requires_grad_(False)
+
+
 def train_vae(cfg: VAETrainConfig, resume: bool = False, overwrite: bool = False,
               allow_config_change: bool = False) -> dict[str, float]:
     """Train the Text VAE; export it with scaling/shifting factors to ``cfg.out_dir``.
@@ -156,9 +167,11 @@ def train_vae(cfg: VAETrainConfig, resume: bool = False, overwrite: bool = False
     vae.encoder.requires_grad_(cfg.train_encoder)
     micro = cfg.batch_size // cfg.grad_accum
     order, val_batches = _datasets(cfg, tokenizer, vcfg, micro)
+    prior = _decoder_prior(cfg, vae, env.device) if cfg.decoder_prior else None
     terms = functools.partial(vae_terms, vae, pad_id=tokenizer.pad_id, prefix_prob=cfg.prefix_prob,
                               mask_prob=cfg.mask_prob, mask_seq_prob=cfg.mask_seq_prob,
-                              decoder_noise=cfg.decoder_noise, decoder_noise_prob=cfg.decoder_noise_prob)
+                              decoder_noise=cfg.decoder_noise, decoder_noise_prob=cfg.decoder_noise_prob,
+                              prior=prior, prior_prob=cfg.decoder_prior_prob, prior_t_max=cfg.decoder_prior_t_max)
 
     def export(step: int) -> None:
         final = copy.deepcopy(vae).eval()
