@@ -225,6 +225,21 @@ def owned_buffer(nbytes: int) -> torch.Tensor:
     return torch.frombuffer(memory, dtype=torch.uint8)   # the tensor keeps ``memory`` alive
 
 
+def _sort_metadata(path: Path) -> None:
+    """Rewrite the header with ``__metadata__`` in key order: the library writes it in hash-map order, which
+    changes from run to run, so the same tensors would not give the same file bytes. Same length, in place."""
+    with open(path, "r+b") as handle:
+        length = struct.unpack("<Q", handle.read(HEADER_PREFIX))[0]
+        raw = handle.read(length)
+        header = json.loads(raw)
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        text = json.dumps(header, separators=(",", ":")).encode()
+        if len(text) != len(raw.rstrip(b" ")):
+            raise TensorFileError(f"{path}: unexpected header layout from the safetensors library")
+        handle.seek(HEADER_PREFIX)
+        handle.write(text.ljust(length, b" "))
+
+
 def load_tensor_file(path: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """All tensors of a validated file (a small file: trainer state, run folder, bundle)."""
     return {entry.name: tensor.to(device) for entry, tensor in read_tensors(inspect_tensor_file(path))}
@@ -236,5 +251,7 @@ def save_tensor_file(path: str | Path, tensors: Mapping[str, torch.Tensor], meta
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    if metadata and len(metadata) > 1:
+        _sort_metadata(tmp)
     os.chmod(tmp, new_file_mode())
     os.replace(tmp, path)

@@ -9,7 +9,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from cola_core import CheckpointError, ConfigError, DiTConfig, VAEConfig, load_pretrained
+from cola_core.checkpoint import CONTENT_DIGEST_KEY
 from cola_core.config import check_pair
+from cola_core.tensorfile import inspect_tensor_file
 
 
 def _edit_config(root: Path, model: str, **changes) -> None:
@@ -60,6 +62,18 @@ def test_fingerprint_tells_retrained_weights_of_the_same_shapes_apart(ckpt: Path
     assert first.fingerprint == again.fingerprint
     assert nudged.fingerprint == sharded_again.fingerprint != first.fingerprint
     assert load_pretrained(ckpt).fingerprint != first.fingerprint   # the fixture's files carry no digest
+
+def test_saving_the_same_weights_gives_the_same_bytes(ckpt: Path, tmp_path: Path):
+    """The library writes header metadata in hash-map order; ours is sorted, so a rerun reproduces every file."""
+    model = load_pretrained(ckpt)
+    roots = [model.save_pretrained(tmp_path / str(i), max_shard_bytes=20_000 if i % 2 else None) for i in range(8)]
+    for root in roots[2:]:
+        twin = roots[int(root.name) % 2]   # the same layout: single file or shards
+        for f in sorted((twin / "cola_dlm").rglob("*.safetensors")):
+            assert (root / f.relative_to(twin)).read_bytes() == f.read_bytes(), f.relative_to(twin)
+    meta = inspect_tensor_file(roots[0] / "cola_dlm" / "cola_vae" / "model.safetensors").metadata
+    assert list(meta) == sorted(meta) and meta["format"] == "pt" and len(meta[CONTENT_DIGEST_KEY]) == 64
+
 
 def test_bf16_load_materialises_bf16_directly(ckpt: Path):
     model = load_pretrained(ckpt, dtype="bfloat16")
