@@ -16,7 +16,9 @@ from cola_core.generate import GenerationConfig, generate
 from cola_core.training.checkpoints import latest_state
 from cola_core.training.config import config_from_dict, load_config
 from cola_core.training.evaluate import EvalConfig, evaluate
-from cola_core.training.stages import train_dit, train_sft, train_vae
+from cola_core.chat_template import ChatTemplate
+from cola_core.training.conversations import write_conversations
+from cola_core.training.stages import rendered_dialogues, train_dit, train_sft, train_vae
 from training_utils import dit_config, make_corpus, vae_config
 
 
@@ -116,6 +118,26 @@ def test_decoder_tuning_keeps_the_latent_space_bit_exact(tmp_path, trained):
         vae_config(tmp_path, corpus, train_encoder=False)
     with pytest.raises(ConfigError, match="'decoder_prior' needs 'train_encoder = false'"):
         vae_config(tmp_path, corpus, init_from=str(stage1), model={}, decoder_prior=str(tmp / "final"))
+
+
+def test_decoder_tuning_can_read_dialogues_as_the_chat_model_renders_them(tmp_path, trained, capsys):
+    """``dialogues`` adds the first ``dialogue_rows`` train conversations, rendered by a checkpoint's template."""
+    tmp, corpus = trained
+    chats = [[("user", "what does cat mean"), ("assistant", "a small animal")], [("user", "hi"), ("assistant", "hello")],
+             [("user", "unused"), ("assistant", "never read")]]
+    write_conversations(tmp_path / "chat" / "train.jsonl", chats)
+    knobs = dict(init_from=str(tmp / "vae" / "model"), train_encoder=False, model={}, steps=2, mask_seq_prob=0.0,
+                 dialogues=str(tmp_path / "chat"), dialogue_rows=2, dialogue_template=str(tmp / "final"))
+    cfg = vae_config(tmp_path, corpus, **knobs)
+    final = load_pretrained(tmp / "final")
+    expected = [ChatTemplate.for_model(final).render(final.tokenizer, messages).ids for messages in chats[:2]]
+    assert rendered_dialogues(cfg, final.tokenizer) == expected
+    capsys.readouterr()
+    train_vae(cfg)
+    texts = len((corpus / "train.jsonl").read_text().splitlines())
+    assert f"{texts + 2} train texts" in capsys.readouterr().err     # the corpus and the two dialogues
+    with pytest.raises(ConfigError, match="'dialogues', 'dialogue_rows' .* and 'dialogue_template' go together"):
+        vae_config(tmp_path, corpus, **{**knobs, "dialogue_template": ""})
 
 
 def test_decoder_tuning_on_the_priors_estimates_keeps_the_encoder(tmp_path, trained):

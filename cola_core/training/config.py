@@ -98,6 +98,9 @@ class VAETrainConfig(TrainConfig):
     decoder_prior_prob: float = 0.5        # share of rows that decode that DiT's one-step estimate instead
     decoder_prior_t_max: float = 0.5       # ... from noise levels t ~ U(0, decoder_prior_t_max)
     stats_batches: int = 50                # batches of posterior samples for scaling/shifting factors
+    dialogues: str = ""                    # a `corpus dialogues` folder: its first train conversations join the texts
+    dialogue_rows: int = 0                 # ... this many of them
+    dialogue_template: str = ""            # ... rendered by this checkpoint's chat template (its DiT's sft_* fields)
 
     stage = "vae"
 
@@ -112,6 +115,8 @@ class VAETrainConfig(TrainConfig):
                 raise ConfigError(f"{source}: field {key!r} must be in [0, 1], got {getattr(self, key)!r}")
         if self.stats_batches < 1:
             raise ConfigError(f"{source}: field 'stats_batches' must be >= 1")
+        if bool(self.dialogues) != bool(self.dialogue_template) or bool(self.dialogues) != (self.dialogue_rows > 0):
+            raise ConfigError(f"{source}: 'dialogues', 'dialogue_rows' (> 0) and 'dialogue_template' go together")
         if self.init_from and (self.model or self.tokenizer):
             raise ConfigError(f"{source}: with 'init_from' the model shape and tokenizer come from {self.init_from!r}; "
                               "remove [model] and 'tokenizer'")

@@ -58,6 +58,10 @@ class TokenDataset:
     def __len__(self) -> int:
         return len(self.rows)
 
+    def add_rows(self, rows: list[list[int]]) -> None:
+        """Append token id rows (already ending as they should, e.g. rendered chats ending in their stop token)."""
+        self.rows.extend(row[:self.max_tokens] for row in rows if row)
+
     def collate(self, rows: list[list[int]]) -> TokenBatch:
         """Pad each row with pad ids to whole blocks, then the batch to its longest row."""
         return pad_to_blocks(rows, self.tokenizer.pad_id, self.block_size, self.patch_size)

@@ -25,7 +25,7 @@ from ..errors import ConfigError
 from ..tokenizer import ColaTokenizer
 from ..vae import ColaTextVAE
 from .config import DiTTrainConfig, SFTTrainConfig, VAETrainConfig
-from .conversations import ConversationDataset
+from .conversations import ConversationDataset, read_conversations
 from .corpus import read_corpus
 from .data import BatchOrder, TokenDataset, corpus_split_path, fixed_batches
 from .objectives import dit_terms, latent_statistics, set_latent_scaling, vae_terms
@@ -114,9 +114,22 @@ def _tokenizer_for(cfg: VAETrainConfig, env: Dist) -> ColaTokenizer:
 
 def _datasets(cfg, tokenizer: ColaTokenizer, vcfg: VAEConfig, micro: int) -> tuple[BatchOrder, list]:
     train = TokenDataset.from_corpus(cfg.corpus, "train", tokenizer, cfg.max_tokens, vcfg.block_size, vcfg.patch_size)
+    if getattr(cfg, "dialogues", ""):
+        train.add_rows(rendered_dialogues(cfg, tokenizer))
     val = TokenDataset.from_corpus(cfg.corpus, "val", tokenizer, cfg.max_tokens, vcfg.block_size, vcfg.patch_size)
     order = BatchOrder(train, micro, cfg.seed, cfg.length_bucketing)
     return order, fixed_batches(val, micro, cfg.val_batches)
+
+
+def rendered_dialogues(cfg: VAETrainConfig, tokenizer: ColaTokenizer) -> list[list[int]]:
+    """The first ``dialogue_rows`` train conversations of ``cfg.dialogues`` as the chat model sees them."""
+    chat = load_pretrained(cfg.dialogue_template)
+    if chat.tokenizer.vocab_size != tokenizer.vocab_size:
+        raise ConfigError(f"dialogue_template {cfg.dialogue_template!r} has another tokenizer "
+                          f"({chat.tokenizer.vocab_size} tokens, this VAE's has {tokenizer.vocab_size})")
+    template = ChatTemplate.for_model(chat)
+    conversations = read_conversations(corpus_split_path(cfg.dialogues, "train"))[:cfg.dialogue_rows]
+    return [template.render(tokenizer, messages).ids for messages in conversations]
 
 
 def _param_count(module: nn.Module) -> int:
