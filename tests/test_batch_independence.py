@@ -46,12 +46,14 @@ def test_generation_kinds_alone_and_among_neighbours(pocket_model, tmp_path, kin
         del spec["semantic"]
     alone = run({**spec, "prompts": [prompt]}, tmp_path / "alone", model=pocket_model)
     among = run({**spec, "prompts": ["the act of", prompt, ""]}, tmp_path / "among", model=pocket_model)
+    # Texts and ids are exact; latent norms after several guided blocks carry the batched kernels' rounding
+    # amplified block by block (up to 9e-4 relative on one CPU), far below what a leak between rows moves.
     for a, b in zip(records_of(alone, prompt), records_of(among, prompt), strict=True):
         assert a["sample_id"] == b["sample_id"]
-        same(a, b)
+        same(a, b, rel=5e-3)
         assert "<|endoftext|>" not in a["text"]
     for a, b in zip(alone.summary, [r for r in among.summary if r["prompt"] == prompt], strict=True):
-        same(a, b)   # population metrics across seeds
+        same(a, b, rel=5e-3)   # population metrics across seeds
 
 
 def test_interpolation_kind_alone_and_among_neighbours(tiny_model, tmp_path):

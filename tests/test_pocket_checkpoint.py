@@ -99,6 +99,8 @@ def test_pocket_weights_match_the_shipped_training_configs(pocket):
     for cfg in (vae_cfg, decoder_cfg, dit_cfg, continued_cfg, sft_cfg, noised_decoder_cfg):   # never over a shipped one
         assert Path(cfg.out_dir).parts[0] == "artifacts" and Path(cfg.run_dir).parts[0] == "artifacts"
     assert sft_cfg.init_from == dit_cfg.out_dir  # the chat model tunes the base trained just before
+    assert noised_decoder_cfg.init_from == decoder_cfg.out_dir and not noised_decoder_cfg.train_encoder
+    assert noised_decoder_cfg.dialogue_template == sft_cfg.out_dir   # the decoder sees chats as pocket-chat renders them
     for key, value in vae_cfg.model.items():
         assert getattr(pocket.vae.config, key) == value, key
     for key, value in dit_cfg.model.items():
@@ -119,9 +121,10 @@ def test_pocket_reconstruction_bars_and_sample_quality_floors(card_eval):
     assert card_eval["latent"]["recon_accuracy"] >= 0.99
     assert card_eval["prose_recon"]["ood"] >= 0.97 and card_eval["prose_recon"]["fortunes_test"] >= 0.97
     # Not the bars (>= 90 % real words, <= 2x perplexity): at block 2 the pocket does not hold
-    # them (card: "not met"); these floors keep a retrained pocket from silently getting worse.
-    assert samples["all"]["in_vocab"] >= 0.85 and samples["prompted"]["in_vocab"] >= 0.90
-    assert samples["ppl_ratio_vs_real"] <= 4.0
+    # them (card: "not met"); these floors keep a retrained pocket from silently getting worse than the
+    # shipped one (88.3 % / 2.44x; prompted 89.8 %, which moves by a point or two from seed to seed).
+    assert samples["all"]["in_vocab"] >= 0.87 and samples["prompted"]["in_vocab"] >= 0.88
+    assert samples["ppl_ratio_vs_real"] <= 3.0
 
 
 def test_chat_card_numbers_are_evaluate_chat_output_for_these_weights(pocket_chat, chat_eval):
