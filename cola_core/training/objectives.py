@@ -89,7 +89,8 @@ def vae_terms(vae: ColaTextVAE, batch: TokenBatch, gen: torch.Generator, rows: s
         use_prior = torch.rand(len(valid), generator=gen, device=gen.device) < prior_prob
         t = torch.rand(len(valid), generator=gen, device=gen.device) * prior_t_max
         z1 = _randn((len(valid), n, channels), gen)
-        use_prior, t, z1 = use_prior[rows].to(batch.ids.device), t[rows].to(batch.ids.device), z1[rows].to(batch.ids.device)
+        device = batch.ids.device
+        use_prior, t, z1 = use_prior[rows].to(device), t[rows].to(device), z1[rows].to(device)
     batch, valid, masked = batch.rows(rows), valid[rows], masked[rows]
     eps, extra = eps[rows].to(batch.ids.device), extra[rows].to(batch.ids.device)
 
