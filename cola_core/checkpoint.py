@@ -345,7 +345,7 @@ def tensor_file_metadata(tensors: dict[str, torch.Tensor]) -> dict[str, str]:
     for name in sorted(tensors):
         flat = tensors[name].detach().to("cpu").contiguous().reshape(-1)
         digest.update(f"{name}|{flat.dtype}|{tuple(tensors[name].shape)}|".encode())
-        digest.update(flat.view(torch.uint8).numpy().tobytes())
+        digest.update(memoryview(flat.view(torch.uint8).numpy()))   # the tensor's own bytes, not a copy
     return {"format": "pt", CONTENT_DIGEST_KEY: digest.hexdigest()}
 
 

@@ -233,7 +233,7 @@ def _sort_metadata(path: Path) -> None:
         raw = handle.read(length)
         header = json.loads(raw)
         header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
-        text = json.dumps(header, separators=(",", ":")).encode()
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()   # UTF-8, as the library
         if len(text) != len(raw.rstrip(b" ")):
             raise TensorFileError(f"{path}: unexpected header layout from the safetensors library")
         handle.seek(HEADER_PREFIX)

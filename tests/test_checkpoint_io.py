@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 from cola_core import CheckpointError, ConfigError, DiTConfig, VAEConfig, load_pretrained
 from cola_core.checkpoint import CONTENT_DIGEST_KEY
 from cola_core.config import check_pair
-from cola_core.tensorfile import inspect_tensor_file
+from cola_core.tensorfile import inspect_tensor_file, save_tensor_file
 
 
 def _edit_config(root: Path, model: str, **changes) -> None:
@@ -73,6 +73,15 @@ def test_saving_the_same_weights_gives_the_same_bytes(ckpt: Path, tmp_path: Path
             assert (root / f.relative_to(twin)).read_bytes() == f.read_bytes(), f.relative_to(twin)
     meta = inspect_tensor_file(roots[0] / "cola_dlm" / "cola_vae" / "model.safetensors").metadata
     assert list(meta) == sorted(meta) and meta["format"] == "pt" and len(meta[CONTENT_DIGEST_KEY]) == 64
+
+
+def test_sorted_metadata_keeps_non_ascii_names(tmp_path: Path):
+    """The header is rewritten as the library wrote it (UTF-8), so a non-ASCII tensor name still saves and loads."""
+    path = tmp_path / "t.safetensors"
+    save_tensor_file(path, {"poids_é": torch.ones(3)}, metadata={"z": "ü", "a": "1"})
+    described = inspect_tensor_file(path)
+    assert [e.name for e in described.entries] == ["poids_é"] and list(described.metadata) == ["a", "z"]
+    assert torch.equal(load_file(str(path))["poids_é"], torch.ones(3))
 
 
 def test_bf16_load_materialises_bf16_directly(ckpt: Path):

@@ -5,6 +5,7 @@ seeded permutation (optionally length-bucketed), so the data position needs no s
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,7 +59,7 @@ class TokenDataset:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def add_rows(self, rows: list[list[int]]) -> None:
+    def add_rows(self, rows: Sequence[list[int]]) -> None:
         """Append token id rows (already ending as they should, e.g. rendered chats ending in their stop token)."""
         self.rows.extend(row[:self.max_tokens] for row in rows if row)
 

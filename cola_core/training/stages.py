@@ -12,6 +12,7 @@ import copy
 import functools
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -112,10 +113,11 @@ def _tokenizer_for(cfg: VAETrainConfig, env: Dist) -> ColaTokenizer:
     return ColaTokenizer.from_file(path)
 
 
-def _datasets(cfg, tokenizer: ColaTokenizer, vcfg: VAEConfig, micro: int) -> tuple[BatchOrder, list]:
+def _datasets(cfg, tokenizer: ColaTokenizer, vcfg: VAEConfig, micro: int, extra_rows: Sequence[list[int]] = ()
+              ) -> tuple[BatchOrder, list]:
+    """Batches of the corpus's train split (plus ``extra_rows`` of token ids) and fixed validation batches."""
     train = TokenDataset.from_corpus(cfg.corpus, "train", tokenizer, cfg.max_tokens, vcfg.block_size, vcfg.patch_size)
-    if getattr(cfg, "dialogues", ""):
-        train.add_rows(rendered_dialogues(cfg, tokenizer))
+    train.add_rows(extra_rows)
     val = TokenDataset.from_corpus(cfg.corpus, "val", tokenizer, cfg.max_tokens, vcfg.block_size, vcfg.patch_size)
     order = BatchOrder(train, micro, cfg.seed, cfg.length_bucketing)
     return order, fixed_batches(val, micro, cfg.val_batches)
@@ -179,7 +181,8 @@ def train_vae(cfg: VAETrainConfig, resume: bool = False, overwrite: bool = False
     vcfg = vae.config
     vae.encoder.requires_grad_(cfg.train_encoder)
     micro = cfg.batch_size // cfg.grad_accum
-    order, val_batches = _datasets(cfg, tokenizer, vcfg, micro)
+    order, val_batches = _datasets(cfg, tokenizer, vcfg, micro,
+                                   rendered_dialogues(cfg, tokenizer) if cfg.dialogues else [])
     prior = _decoder_prior(cfg, vae, env.device) if cfg.decoder_prior else None
     terms = functools.partial(vae_terms, vae, pad_id=tokenizer.pad_id, prefix_prob=cfg.prefix_prob,
                               mask_prob=cfg.mask_prob, mask_seq_prob=cfg.mask_seq_prob,
