@@ -327,14 +327,14 @@ def test_pocket_diagnostics_show_units_and_the_likelihood_with_its_error(pocket_
     pg.screenshot(path=str(SHOTS / "diagnostics_numbers.png"), full_page=True)
 
 
-def wait_held(pg, held: threading.Event) -> None:
-    """Wait for a hook the test holds, letting the page run meanwhile (its requests pass the route guard only
-    while Playwright is called)."""
+def wait_event(pg, event: threading.Event, failure: str) -> None:
+    """Wait for a server-side event (a held hook, a Stop reaching the sampler), letting the page run meanwhile
+    (its requests pass the route guard only while Playwright is called)."""
     for _ in range(TIMEOUT_MS // 50):
-        if held.is_set():
+        if event.is_set():
             return
         pg.wait_for_timeout(50)
-    raise AssertionError("the sampler never reached the held step")
+    raise AssertionError(failure)
 
 
 def test_chat_tab_streams_the_denoising_block_and_opens_the_answer(pocket_page):
@@ -347,7 +347,7 @@ def test_chat_tab_streams_the_denoising_block_and_opens_the_answer(pocket_page):
     box.fill("What does 'river' mean?")
     with page.ctx.chat_workbench.hooks(post_update=hold_at(1, 3, release, held)):
         box.press("Enter")
-        wait_held(page, held)
+        wait_event(page, held, "the sampler never reached the held step")
         page.locator("#cola-chat-live .tok").first.wait_for()          # the block's tokens, coloured, while it runs
         assert "background:hsl(" in page.locator("#cola-chat-live .tok").first.get_attribute("style")
         page.get_by_text("Block 2 · step").wait_for()                    # the held block (index 1)
@@ -374,11 +374,16 @@ def test_chat_stop_keeps_what_was_said(pocket_page, monkeypatch):
     open_tab(page, "Chat")
     box = page.get_by_label("Message", exact=True)
     box.fill("tell me more")
+    stop = page.get_by_role("button", name="Stop", exact=True).filter(visible=True)
+    where = stop.bounding_box()
     with page.ctx.chat_workbench.hooks(post_update=hold_at(1, 0, stopped, held)):
         box.press("Enter")
-        wait_held(page, held)
-        page.get_by_role("button", name="Stop", exact=True).filter(visible=True).click()
-        page.get_by_text("Stopped").first.wait_for()
+        wait_event(page, held, "the sampler never reached the held step")
+        page.get_by_text("Answering", exact=True).filter(visible=True).first.wait_for()
+        assert stop.bounding_box() == where       # the live view's height is fixed: Stop stays under the cursor
+        stop.click()
+        wait_event(page, stopped, "the Stop click never reached the running answer")
+        page.get_by_text("Stopped", exact=True).filter(visible=True).first.wait_for()
     page.get_by_role("button", name="New conversation").click()
     page.get_by_text("New conversation.").wait_for()
 

@@ -36,6 +36,7 @@ from .store import session_key
 from .trajectories import Every
 
 TITLE, TAB_ID = "Chat", "chat"
+LIVE_HEIGHT = 150           # px, fixed: the buttons under the live view must not move while an answer streams
 LIVE_EVERY_S = 0.1          # step previews are streamed at most this often (a block's first step and every
                             # decoded block go out at once)
 CONVERSATION_HEIGHT = 460
@@ -89,9 +90,10 @@ def live_html(answer: str = "", preview: StepPreview | None = None, note: str = 
                 f"the block's x0 prediction, decoded alone")
         body = token_spans(preview)
     return (f'<div id="cola-chat-live-view" style="border:1px solid var(--border-color-primary);border-radius:8px;'
-            f'padding:8px 12px;min-height:72px">'
+            f'padding:8px 12px;height:{LIVE_HEIGHT}px;box-sizing:border-box;display:flex;flex-direction:column">'
             f'<div style="font-size:12px;color:var(--body-text-color-subdued)">{head}</div>'
-            f'<div style="white-space:pre-wrap;line-height:1.9;font-size:16px"><span style="opacity:.65">'
+            f'<div style="white-space:pre-wrap;line-height:1.9;font-size:16px;flex:1;overflow-y:auto">'
+            f'<span style="opacity:.65">'
             f'{html.escape(answer)}</span>{body}</div>{legend}</div>')
 
 
