@@ -17,7 +17,8 @@ from cola_core.training.corpus import (
     split_corpus,
     write_jsonl,
 )
-from cola_core.training.text_metrics import BigramLM, distinct_n, in_vocab_rate, words
+from cola_core.training.evaluate import EvalConfig, sample_intervals
+from cola_core.training.text_metrics import BigramLM, distinct_n, in_vocab_counts, in_vocab_rate, words
 from cola_core.training.tokenizer_train import SPECIAL_TOKENS, train_bpe_tokenizer
 
 needs_wordnet = pytest.mark.skipif(
@@ -205,6 +206,38 @@ def test_words() -> None:
 def test_in_vocab_rate() -> None:
     assert in_vocab_rate(["The cat sat", "zzz cat"], {"the", "cat", "sat"}) == pytest.approx(4 / 5)
     assert in_vocab_rate(["", "123 !"], {"the"}) == 0.0
+
+
+def test_in_vocab_counts_are_the_rate_per_text() -> None:
+    assert in_vocab_counts(["The cat sat", "zzz cat", ""], {"the", "cat", "sat"}) == [(3, 3), (1, 2), (0, 0)]
+
+
+def test_bigram_text_scores_add_up_to_the_perplexity() -> None:
+    lm = BigramLM(k=1.0).fit(["a b"])
+    scores = lm.text_scores(["a b", "C"])
+    assert scores == [(pytest.approx(3 * math.log(0.4)), 3), (pytest.approx(math.log(1 / 5) + math.log(1 / 4)), 2)]
+    assert lm.perplexity(["a b", "C"]) == pytest.approx(math.exp(-sum(lp for lp, _ in scores) / 5))
+
+
+def test_sample_intervals_bracket_the_estimate_and_are_reproducible() -> None:
+    vocab, lm = {"the", "cat", "sat"}, BigramLM(k=1.0).fit(["the cat sat", "a cat"])
+    continuations = ["cat sat", "zzz", "the cat", "qq cat", "sat", "xx yy"] * 5           # 30 samples, 60 % real
+    texts = [f"the {c}" for c in continuations]
+    real = lm.perplexity(["the cat sat"])
+    first = sample_intervals(continuations, texts, vocab, lm, real, resamples=500, level=0.9, seed=3)
+    assert first == sample_intervals(continuations, texts, vocab, lm, real, resamples=500, level=0.9, seed=3)
+    low, high = first["in_vocab"]
+    assert low < in_vocab_rate(continuations, vocab) < high and 0.0 <= low and high <= 1.0
+    low, high = first["ppl_ratio_vs_real"]
+    assert low < lm.perplexity(texts) / real < high
+    wider = sample_intervals(continuations, texts, vocab, lm, real, resamples=500, level=0.99, seed=3)
+    assert wider["in_vocab"][0] <= first["in_vocab"][0] and wider["in_vocab"][1] >= first["in_vocab"][1]
+    same = sample_intervals(["cat sat"] * 8, ["the cat sat"] * 8, vocab, lm, real, resamples=50, level=0.95, seed=0)
+    assert same["in_vocab"] == [1.0, 1.0] and same["ppl_ratio_vs_real"] == [pytest.approx(1.0)] * 2
+    with pytest.raises(ValueError, match="resamples >= 1"):
+        EvalConfig(resamples=0)
+    with pytest.raises(ValueError, match="0 < level < 1"):
+        EvalConfig(level=1.0)
 
 
 def test_distinct_n() -> None:

@@ -15,7 +15,7 @@ from cola_core.errors import ConfigError
 from cola_core.generate import GenerationConfig, generate
 from cola_core.training.checkpoints import latest_state
 from cola_core.training.config import config_from_dict, load_config
-from cola_core.training.evaluate import EvalConfig, evaluate
+from cola_core.training.evaluate import EvalConfig, evaluate, format_table
 from cola_core.chat_template import ChatTemplate
 from cola_core.training.conversations import write_conversations
 from cola_core.training.stages import rendered_dialogues, train_dit, train_sft, train_vae
@@ -85,6 +85,9 @@ def test_evaluate_reports_all_metrics(trained):
     assert samples["real_test"]["in_vocab"] == 1.0          # the tiny grammar's test words all occur in train
     assert len(results["examples"]) == 4 and results["examples"][0]["prompt"].count(" ") in (1, 2)
     assert results["examples"][-1]["prompt"] == ""
+    interval = samples["interval"]
+    assert interval["in_vocab"][0] <= interval["in_vocab"][1] and interval["resamples"] == 1000
+    assert "95% bootstrap interval over the 4 samples (1000 resamples)" in format_table(results)
 
 
 def test_joint_training_updates_the_vae_against_its_frozen_copy(tmp_path, trained):

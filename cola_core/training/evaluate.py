@@ -17,7 +17,7 @@ from ..generate import GenerationConfig, generate
 from .corpus import read_corpus
 from .data import TokenDataset, corpus_split_path, fixed_batches
 from .objectives import flow_matching_2l, sample_t
-from .text_metrics import BigramLM, distinct_n, in_vocab_rate, words
+from .text_metrics import BigramLM, distinct_n, in_vocab_counts, in_vocab_rate, words
 
 
 PROSE_SPLITS = ("fortunes_test", "ood")   # held-out prose beside the test split: in-domain, out-of-domain
@@ -32,7 +32,13 @@ class EvalConfig:
     batch_size: int = 64
     seed: int = 0
     bigram_k: float = 0.01
+    resamples: int = 1000              # bootstrap resamples of the generated samples for the intervals
+    level: float = 0.95                # their coverage
     generation: GenerationConfig = field(default_factory=GenerationConfig)
+
+    def __post_init__(self) -> None:
+        if self.resamples < 1 or not 0.0 < self.level < 1.0:
+            raise ValueError(f"bootstrap needs resamples >= 1 and 0 < level < 1, got {self.resamples}, {self.level}")
 
 
 def make_prompts(test_texts: list[str], count: int) -> list[str]:
@@ -81,6 +87,22 @@ def text_metrics(texts: list[str], vocab: set[str], lm: BigramLM) -> dict[str, f
             "words_per_text": sum(len(words(t)) for t in texts) / max(len(texts), 1)}
 
 
+def sample_intervals(continuations: list[str], texts: list[str], vocab: set[str], lm: BigramLM, real_ppl: float,
+                     resamples: int, level: float, seed: int) -> dict:
+    """Percentile-bootstrap intervals of the in-vocab rate (of ``continuations``) and of the perplexity ratio
+    (of ``texts`` over ``real_ppl``): the samples are resampled with replacement, each keeping its continuation
+    and full text together; the real text's perplexity is held fixed (thousands of sentences against hundreds)."""
+    hits = torch.tensor(in_vocab_counts(continuations, vocab), dtype=torch.float64)    # (n, 2): in vocab, words
+    scores = torch.tensor(lm.text_scores(texts), dtype=torch.float64)                 # (n, 2): log-prob, events
+    draws = torch.randint(len(texts), (resamples, len(texts)), generator=torch.Generator().manual_seed(seed))
+    hit_sums, score_sums = hits[draws].sum(1), scores[draws].sum(1)                   # (resamples, 2) each
+    in_vocab = hit_sums[:, 0] / hit_sums[:, 1].clamp_min(1)
+    ratio = torch.exp(-score_sums[:, 0] / score_sums[:, 1]) / real_ppl
+    q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
+    return {"method": "percentile bootstrap over the generated samples", "level": level, "resamples": resamples,
+            "seed": seed, "in_vocab": in_vocab.quantile(q).tolist(), "ppl_ratio_vs_real": ratio.quantile(q).tolist()}
+
+
 def evaluate(model: ColaModel, corpus: str | Path, config: EvalConfig | None = None) -> dict:
     """All metrics as a JSON-ready dict (also holds the generated samples)."""
     config = config or EvalConfig()
@@ -119,6 +141,8 @@ def evaluate(model: ColaModel, corpus: str | Path, config: EvalConfig | None = N
     }
     real_ppl = results["samples"]["real_test"]["bigram_ppl"]
     results["samples"]["ppl_ratio_vs_real"] = results["samples"]["all"]["bigram_ppl"] / real_ppl
+    results["samples"]["interval"] = sample_intervals(continuations, full, vocab, lm, real_ppl, config.resamples,
+                                                      config.level, config.seed)
     results["generation"] = asdict(gen_cfg)
     results["examples"] = [{"prompt": p, "continuation": c} for p, c in zip(all_prompts, continuations)]
     results["checkpoint"] = model.source
@@ -141,4 +165,9 @@ def format_table(results: dict) -> str:
         lines.append(f"| {name} | {m['in_vocab']:.1%} | {m['distinct_1']:.3f} | {m['distinct_2']:.3f} | "
                      f"{m['bigram_ppl']:.0f} | {m['words_per_text']:.1f} |")
     lines.append(f"\nsample perplexity / real-text perplexity: {smp['ppl_ratio_vs_real']:.2f}x")
+    if "interval" in smp:           # results written before intervals were measured have none
+        ci = smp["interval"]
+        lines.append(f"\n{ci['level']:.0%} bootstrap interval over the {len(results['examples'])} samples "
+                     f"({ci['resamples']} resamples): in-vocab (all) {ci['in_vocab'][0]:.1%} to {ci['in_vocab'][1]:.1%}, "
+                     f"perplexity ratio {ci['ppl_ratio_vs_real'][0]:.2f}x to {ci['ppl_ratio_vs_real'][1]:.2f}x")
     return "\n".join(lines)

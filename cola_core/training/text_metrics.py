@@ -15,12 +15,16 @@ def words(text: str) -> list[str]:
     return _WORD.findall(text.lower())
 
 
+def in_vocab_counts(texts: Iterable[str], vocab: set[str]) -> list[tuple[int, int]]:
+    """(words found in vocab, words) of each text: the per-text terms of :func:`in_vocab_rate`."""
+    return [(sum(word in vocab for word in tokens), len(tokens)) for tokens in map(words, texts)]
+
+
 def in_vocab_rate(texts: Iterable[str], vocab: set[str]) -> float:
     """Share of words in texts found in vocab (lowercase words); 0.0 when texts hold no words."""
-    tokens = [word for text in texts for word in words(text)]
-    if not tokens:
-        return 0.0
-    return sum(word in vocab for word in tokens) / len(tokens)
+    counts = in_vocab_counts(texts, vocab)
+    total = sum(n for _, n in counts)
+    return sum(hits for hits, _ in counts) / total if total else 0.0
 
 
 def distinct_n(texts: Iterable[str], n: int) -> float:
@@ -61,19 +65,23 @@ class BigramLM:
 
     def perplexity(self, texts: Iterable[str]) -> float:
         """Perplexity over every word plus one </s> per text; unseen words count as <unk>."""
+        scores = self.text_scores(texts)
+        if not scores:
+            raise ValueError("perplexity needs at least one text")
+        return math.exp(-sum(lp for lp, _ in scores) / sum(n for _, n in scores))
+
+    def text_scores(self, texts: Iterable[str]) -> list[tuple[float, int]]:
+        """(log-probability, predicted words incl. </s>) of each text: the per-text terms of the perplexity."""
         if not self.vocab:
             raise RuntimeError("BigramLM is not fitted; call fit(train_texts) first")
-        log_prob, count = 0.0, 0
         denom_extra = self.k * len(self.vocab)
+        scores = []
         for text in texts:
             sentence = [word if word in self.vocab else UNK for word in words(text)]
-            for prev, word in self._pairs(sentence):
-                prob = (self._bigrams[prev, word] + self.k) / (self._contexts[prev] + denom_extra)
-                log_prob += math.log(prob)
-                count += 1
-        if count == 0:
-            raise ValueError("perplexity needs at least one text")
-        return math.exp(-log_prob / count)
+            pairs = self._pairs(sentence)
+            scores.append((sum(math.log((self._bigrams[prev, word] + self.k) / (self._contexts[prev] + denom_extra))
+                               for prev, word in pairs), len(pairs)))
+        return scores
 
     @staticmethod
     def _pairs(sentence: list[str]) -> list[tuple[str, str]]:
