@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from cola_core.training.chat_eval import NearestGloss, content_f1, training_definitions
+from cola_core.training.chat_eval import (ChatEvalConfig, NearestGloss, content_f1, format_chat_table,
+                                         question_intervals, training_definitions)
 from cola_core.training.conversations import read_conversations, write_conversations
 from cola_core.training.corpus import WORDNET_DIR, build_pocket_corpus, extract_wordnet, split_corpus
 from cola_core.training.prose import (DEVIL_DICT, FORTUNES_DIR, drop_overlapping, extract_devils_dictionary,
@@ -93,3 +94,23 @@ def test_content_f1_and_the_nearest_gloss_baseline(tmp_path):
     assert baseline.answer("river") == "streams of water" and baseline.answer("dogs") == "a pet"
     assert baseline.answer("zzz") == ""
     assert len(read_conversations(tmp_path / "train.jsonl")) == 3
+
+
+def test_chat_intervals_pair_answers_with_the_baseline():
+    rows = [{"answer": "a stream", "f1": 0.5, "baseline_f1": 0.25}, {"answer": "", "f1": 0.0, "baseline_f1": 0.5},
+            {"answer": "water", "f1": 1.0, "baseline_f1": 0.75}] * 10
+    ci = question_intervals(rows, resamples=400, level=0.9, seed=1)
+    assert ci == question_intervals(rows, resamples=400, level=0.9, seed=1)
+    for name, point in (("non_empty", 2 / 3), ("overlap_f1", 0.5), ("baseline_overlap_f1", 0.5), ("f1_minus_baseline", 0.0)):
+        assert ci[name][0] < point < ci[name][1], name
+    # paired: each draw's difference is its F1 minus its baseline, so the difference's interval is no wider
+    # than the two means' intervals together
+    assert ci["f1_minus_baseline"][1] - ci["f1_minus_baseline"][0] <= (ci["overlap_f1"][1] - ci["overlap_f1"][0]
+                                                                     + ci["baseline_overlap_f1"][1] - ci["baseline_overlap_f1"][0])
+    results = {"samples": 30, "non_empty": 2 / 3, "overlap_f1": 0.5, "baseline_overlap_f1": 0.5, "interval": ci}
+    assert "90% intervals over the 30 questions (Wilson; bootstrap with 400 resamples for F1): non-empty" \
+        in format_chat_table(results)
+    every = question_intervals(rows[:1] * 200, resamples=10, level=0.95, seed=0)["non_empty"]   # 200 of 200 answered
+    assert every[1] == 1.0 and every[0] == pytest.approx(0.9812, abs=1e-4)   # Wilson stays below 100 %
+    with pytest.raises(ValueError, match="resamples >= 1"):
+        ChatEvalConfig(resamples=0)

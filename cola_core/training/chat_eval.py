@@ -15,6 +15,7 @@ from pathlib import Path
 from ..chat_template import ChatPrompt, ChatTemplate
 from ..checkpoint import ColaModel
 from ..generate import BlockwiseSampler, GenerationConfig
+from .intervals import check_settings, percentile_interval, ratio_of_sums, resample_indices, wilson_interval
 from .conversations import read_conversations
 from .data import corpus_split_path
 from .text_metrics import words
@@ -30,7 +31,12 @@ class ChatEvalConfig:
     samples: int = 200
     batch_size: int = 64
     seed: int = 0
+    resamples: int = 1000              # bootstrap resamples of the questions for the intervals
+    level: float = 0.95
     generation: GenerationConfig = field(default_factory=GenerationConfig)
+
+    def __post_init__(self) -> None:
+        check_settings(self.resamples, self.level)
 
 
 def content_f1(answer: str, reference: str) -> float:
@@ -110,12 +116,26 @@ def evaluate_chat(model: ColaModel, dialogues: str | Path, config: ChatEvalConfi
                      "baseline": nearest, "f1": content_f1(answer, reference),
                      "baseline_f1": content_f1(nearest, reference)})
     count = max(len(rows), 1)
-    return {"samples": len(rows), "template": template.config_fields(),
-            "non_empty": sum(bool(words(r["answer"])) for r in rows) / count,
-            "overlap_f1": sum(r["f1"] for r in rows) / count,
-            "baseline_overlap_f1": sum(r["baseline_f1"] for r in rows) / count,
-            "generation": asdict(gen_cfg), "examples": rows, "checkpoint": model.source,
+    results = {"samples": len(rows), "template": template.config_fields(),
+               "non_empty": sum(bool(words(r["answer"])) for r in rows) / count,
+               "overlap_f1": sum(r["f1"] for r in rows) / count,
+               "baseline_overlap_f1": sum(r["baseline_f1"] for r in rows) / count}
+    if rows:
+        results["interval"] = question_intervals(rows, config.resamples, config.level, config.seed)
+    return {**results, "generation": asdict(gen_cfg), "examples": rows, "checkpoint": model.source,
             "fingerprint": model.fingerprint}
+
+
+def question_intervals(rows: list[dict], resamples: int, level: float, seed: int) -> dict:
+    """Intervals over the questions: Wilson for the share of non-empty answers; percentile bootstrap for the
+    F1 means, each draw keeping a question's answer and baseline together (the difference is a paired one)."""
+    draws, ones = resample_indices(len(rows), resamples, seed), [1.0] * len(rows)
+    columns = {"overlap_f1": [r["f1"] for r in rows], "baseline_overlap_f1": [r["baseline_f1"] for r in rows],
+               "f1_minus_baseline": [r["f1"] - r["baseline_f1"] for r in rows]}
+    return {"method": "Wilson score (non-empty share); percentile bootstrap over the questions, answers and "
+                      "baseline paired (F1)", "level": level, "resamples": resamples, "seed": seed,
+            "non_empty": list(wilson_interval(sum(bool(words(r["answer"])) for r in rows), len(rows), level)),
+            **{name: percentile_interval(ratio_of_sums(values, ones, draws), level) for name, values in columns.items()}}
 
 
 def format_chat_table(results: dict) -> str:
@@ -126,5 +146,15 @@ def format_chat_table(results: dict) -> str:
         f"| non-empty answers | {results['non_empty']:.1%} |",
         f"| content-word F1 vs the true gloss | {results['overlap_f1']:.3f} |",
         f"| same, nearest-training-gloss baseline | {results['baseline_overlap_f1']:.3f} |",
+        *([] if "interval" not in results else ["", question_interval_line(results)]),
     ])
+
+
+def question_interval_line(results: dict) -> str:
+    ci = results["interval"]
+    return (f"{ci['level']:.0%} intervals over the {results['samples']} questions (Wilson; bootstrap with "
+            f"{ci['resamples']} resamples for F1): non-empty {ci['non_empty'][0]:.1%} to {ci['non_empty'][1]:.1%}; F1 {ci['overlap_f1'][0]:.3f} "
+            f"to {ci['overlap_f1'][1]:.3f}; baseline {ci['baseline_overlap_f1'][0]:.3f} to "
+            f"{ci['baseline_overlap_f1'][1]:.3f}; F1 minus baseline {ci['f1_minus_baseline'][0]:.3f} to "
+            f"{ci['f1_minus_baseline'][1]:.3f}")
 

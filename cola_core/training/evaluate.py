@@ -14,6 +14,7 @@ import torch
 
 from ..checkpoint import ColaModel
 from ..generate import GenerationConfig, generate
+from .intervals import check_settings, percentile_interval, ratio_of_sums, resample_indices
 from .corpus import read_corpus
 from .data import TokenDataset, corpus_split_path, fixed_batches
 from .objectives import flow_matching_2l, sample_t
@@ -37,8 +38,7 @@ class EvalConfig:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
 
     def __post_init__(self) -> None:
-        if self.resamples < 1 or not 0.0 < self.level < 1.0:
-            raise ValueError(f"bootstrap needs resamples >= 1 and 0 < level < 1, got {self.resamples}, {self.level}")
+        check_settings(self.resamples, self.level)
 
 
 def make_prompts(test_texts: list[str], count: int) -> list[str]:
@@ -92,15 +92,14 @@ def sample_intervals(continuations: list[str], texts: list[str], vocab: set[str]
     """Percentile-bootstrap intervals of the in-vocab rate (of ``continuations``) and of the perplexity ratio
     (of ``texts`` over ``real_ppl``): the samples are resampled with replacement, each keeping its continuation
     and full text together; the real text's perplexity is held fixed (thousands of sentences against hundreds)."""
-    hits = torch.tensor(in_vocab_counts(continuations, vocab), dtype=torch.float64)    # (n, 2): in vocab, words
-    scores = torch.tensor(lm.text_scores(texts), dtype=torch.float64)                 # (n, 2): log-prob, events
-    draws = torch.randint(len(texts), (resamples, len(texts)), generator=torch.Generator().manual_seed(seed))
-    hit_sums, score_sums = hits[draws].sum(1), scores[draws].sum(1)                   # (resamples, 2) each
-    in_vocab = hit_sums[:, 0] / hit_sums[:, 1].clamp_min(1)
-    ratio = torch.exp(-score_sums[:, 0] / score_sums[:, 1]) / real_ppl
-    q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
+    draws = resample_indices(len(texts), resamples, seed)                          # (resamples, samples)
+    hits, total = zip(*in_vocab_counts(continuations, vocab))
+    log_prob, events = zip(*lm.text_scores(texts))
+    in_vocab = ratio_of_sums(hits, total, draws)
+    ratio = torch.exp(-ratio_of_sums(log_prob, events, draws)) / real_ppl
     return {"method": "percentile bootstrap over the generated samples", "level": level, "resamples": resamples,
-            "seed": seed, "in_vocab": in_vocab.quantile(q).tolist(), "ppl_ratio_vs_real": ratio.quantile(q).tolist()}
+            "seed": seed, "in_vocab": percentile_interval(in_vocab, level),
+            "ppl_ratio_vs_real": percentile_interval(ratio, level)}
 
 
 def evaluate(model: ColaModel, corpus: str | Path, config: EvalConfig | None = None) -> dict:

@@ -17,10 +17,11 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from cola_core.training.intervals import wilson_interval
 
 from ..io import write_text_atomic
 from .scorer import Scored, score_record
@@ -29,20 +30,6 @@ from .tasks import TASK_ORDER, BenchError, check_choices, find_task_files, read_
 SUMMARY_FORMAT = "cola-workbench/bench-summary@1"
 RUN_FORMAT = "cola-workbench/bench-run@1"
 META_FILE = "bench.json"      # written by bench run: what made the outputs of its folder
-Z95 = 1.959963984540054
-
-
-def wilson_interval(correct: int, total: int, z: float = Z95) -> tuple[float, float]:
-    """95 % Wilson score interval of a binomial proportion, in percent."""
-    if total == 0:
-        return 0.0, 100.0
-    p = correct / total
-    scale = 1 + z * z / total
-    centre = (p + z * z / (2 * total)) / scale
-    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / scale
-    return 100 * max(0.0, centre - half), 100 * min(1.0, centre + half)
-
-
 @dataclass
 class TaskResult:
     """One task's scored records."""
@@ -63,7 +50,7 @@ class TaskResult:
         return 100 * self.correct / self.total
 
     def to_json(self) -> dict[str, Any]:
-        low, high = wilson_interval(self.correct, self.total)
+        low, high = (100 * bound for bound in wilson_interval(self.correct, self.total))
         return {"total": self.total, "correct": self.correct, "accuracy": self.accuracy, "ci95": [low, high],
                 "mean_score": sum(s.score for s in self.scored) / self.total}
 
