@@ -7,7 +7,7 @@ import torch
 from cola_core.attention import pad_rows
 from cola_core.text_codec import TokenBatch
 from cola_core.training.objectives import (cut_prefixes, flow_matching_2l, prompt_block_clean, set_latent_scaling,
-                                          vae_terms)
+                                          swap_latents, vae_terms)
 from cola_core.two_l import two_l_layout
 from cola_core.training.trainer import lr_factor
 
@@ -115,6 +115,24 @@ def test_decoder_noise_reaches_only_the_chosen_share_of_rows(tiny_model, monkeyp
     assert torch.equal(decoder_input(50.0), decoder_input(50.0, decoder_noise_prob=1.0))
     assert 0 < _rows_changed(decoder_input(50.0, decoder_noise_prob=0.5), clean) < rows
     assert _rows_changed(decoder_input(50.0), clean) == rows
+
+
+def test_swap_latents_replaces_chosen_real_positions_by_real_latents():
+    z = torch.arange(2 * 4 * 1, dtype=torch.float32).reshape(2, 4, 1)         # row 0: 0..3, row 1: 4..7
+    lengths = torch.tensor([3, 2])                                            # real: 0, 1, 2 and 4, 5
+    swap = torch.tensor([[True, False, False, True], [False, True, False, False]])
+    source = torch.tensor([[0.99, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])      # pool [0, 1, 2, 4, 5]: last, first
+    out = swap_latents(z, lengths, swap, source)
+    assert out[..., 0].tolist() == [[5, 1, 2, 3], [4, 0, 6, 7]]               # padding (row 0, pos 3) never swapped
+
+
+def test_decoder_swap_changes_only_its_share_of_latents(tiny_model, monkeypatch):
+    """``decoder_swap`` 0 draws nothing (the stream stays); a share of 0.25 swaps about a quarter of the latents."""
+    decoder_input = _decoder_input_of(tiny_model.vae, monkeypatch)
+    clean = decoder_input()
+    assert torch.equal(decoder_input(decoder_swap=0.0), clean)
+    changed = float(((decoder_input(decoder_swap=0.25) - clean).abs().amax(-1) > 1e-6).float().mean())
+    assert 0.1 < changed < 0.3
 
 
 def test_decoder_prior_rows_decode_the_priors_one_step_estimate(tiny_model, monkeypatch):

@@ -64,7 +64,7 @@ def _randn(shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
 def vae_terms(vae: ColaTextVAE, batch: TokenBatch, gen: torch.Generator, rows: slice, *, pad_id: int,
               prefix_prob: float, mask_prob: float, mask_seq_prob: float, decoder_noise: float,
               decoder_noise_prob: float = 1.0, prior: ColaDiT | None = None, prior_prob: float = 0.0,
-              prior_t_max: float = 0.0) -> Terms:
+              prior_t_max: float = 0.0, decoder_swap: float = 0.0) -> Terms:
     """recon CE from a posterior sample (all tokens), KL(q||N(0,I)) per channel, CE on masked tokens.
 
     ``decoder_noise`` adds N(0, s^2) with s ~ U(0, decoder_noise) to the decoder input of a share
@@ -72,7 +72,9 @@ def vae_terms(vae: ColaTextVAE, batch: TokenBatch, gen: torch.Generator, rows: s
     never exact) from context while the other rows keep it exact on clean ones. With a frozen ``prior`` DiT, a
     share ``prior_prob`` of the rows instead decode the prior's own one-step estimate x0 = z_t - t v from
     z_t at t ~ U(0, ``prior_t_max``) given the true clean blocks before (the 2L layout): the errors the
-    prior actually makes.
+    prior actually makes. ``decoder_swap`` replaces that share of the decoder's input latents by latents from
+    random positions of the micro-batch (the target stays the true token): the block-2 prior's typical error
+    is a well-formed latent of the wrong piece, which only context can correct.
     """
     cfg = vae.config
     chunk = cfg.patch_size * cfg.block_size
@@ -91,11 +93,16 @@ def vae_terms(vae: ColaTextVAE, batch: TokenBatch, gen: torch.Generator, rows: s
         z1 = _randn((len(valid), n, channels), gen)
         device = batch.ids.device
         use_prior, t, z1 = use_prior[rows].to(device), t[rows].to(device), z1[rows].to(device)
+    if decoder_swap > 0:    # drawn only then, so runs without it keep their random stream
+        swap = (torch.rand(len(valid), n, generator=gen, device=gen.device) < decoder_swap)[rows]
+        source = torch.rand(len(valid), n, generator=gen, device=gen.device)[rows]
     batch, valid, masked = batch.rows(rows), valid[rows], masked[rows]
     eps, extra = eps[rows].to(batch.ids.device), extra[rows].to(batch.ids.device)
 
     post = vae.encode_ids(batch.ids, batch.lengths, mask_token_ids=masked)
     z = vae.to_dit_space(post.mean + post.std * eps) + extra
+    if decoder_swap > 0:
+        z = swap_latents(z, batch.latent_lengths, swap.to(z.device), source.to(z.device))
     if prior is not None:
         z = torch.where(use_prior[:, None, None], prior_estimate(prior, z.detach(), z1, t, batch.latent_lengths), z)
     logits = vae.decode_latents(z, batch.latent_lengths)
@@ -109,6 +116,15 @@ def vae_terms(vae: ColaTextVAE, batch: TokenBatch, gen: torch.Generator, rows: s
         "acc": (correct.sum().float(), batch.real.sum()),
         "post_std": ((post.std.float().mean(-1) * post.valid).sum(), post.valid.sum()),
     }
+
+
+def swap_latents(z: torch.Tensor, n_lengths: torch.Tensor, swap: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    """z (B, n, C) with each position where ``swap`` (B, n) holds replaced by the latent at a real position
+    (< its row's length) of any row, chosen by ``source`` (B, n) uniform in [0, 1)."""
+    real = torch.arange(z.shape[1], device=z.device)[None, :] < n_lengths[:, None]       # (B, n)
+    pool = z[real]                                                                        # (R, C) real latents
+    picked = pool[(source * len(pool)).long().clamp_max(len(pool) - 1)]                   # (B, n, C)
+    return torch.where((swap & real)[..., None], picked, z)
 
 
 @torch.no_grad()

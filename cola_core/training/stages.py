@@ -187,7 +187,8 @@ def train_vae(cfg: VAETrainConfig, resume: bool = False, overwrite: bool = False
     terms = functools.partial(vae_terms, vae, pad_id=tokenizer.pad_id, prefix_prob=cfg.prefix_prob,
                               mask_prob=cfg.mask_prob, mask_seq_prob=cfg.mask_seq_prob,
                               decoder_noise=cfg.decoder_noise, decoder_noise_prob=cfg.decoder_noise_prob,
-                              prior=prior, prior_prob=cfg.decoder_prior_prob, prior_t_max=cfg.decoder_prior_t_max)
+                              prior=prior, prior_prob=cfg.decoder_prior_prob, prior_t_max=cfg.decoder_prior_t_max,
+                              decoder_swap=cfg.decoder_swap)
 
     def export(step: int) -> None:
         final = copy.deepcopy(vae).eval()
