@@ -133,6 +133,9 @@ def test_decoder_swap_changes_only_its_share_of_latents(tiny_model, monkeypatch)
     assert torch.equal(decoder_input(decoder_swap=0.0), clean)
     changed = float(((decoder_input(decoder_swap=0.25) - clean).abs().amax(-1) > 1e-6).float().mean())
     assert 0.1 < changed < 0.3
+    assert torch.equal(decoder_input(decoder_swap=0.25), decoder_input(decoder_swap=0.25, decoder_swap_prob=1.0))
+    assert torch.equal(decoder_input(decoder_swap=0.9, decoder_swap_prob=0.0), clean)
+    assert 0 < _rows_changed(decoder_input(decoder_swap=0.9, decoder_swap_prob=0.5), clean) < len(clean)
 
 
 def test_decoder_prior_rows_decode_the_priors_one_step_estimate(tiny_model, monkeypatch):

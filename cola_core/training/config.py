@@ -95,6 +95,7 @@ class VAETrainConfig(TrainConfig):
     decoder_noise: float = 0.0             # extra N(0, s^2) on the decoder input, s ~ U(0, decoder_noise)
     decoder_noise_prob: float = 1.0        # share of rows that get that noise (the rest stay clean)
     decoder_swap: float = 0.0              # share of decoder input latents swapped for random other latents
+    decoder_swap_prob: float = 1.0         # ... in this share of the rows (the rest keep their own latents)
     decoder_prior: str = ""                # a checkpoint whose DiT (on this encoder's latents) gives decoder inputs
     decoder_prior_prob: float = 0.5        # share of rows that decode that DiT's one-step estimate instead
     decoder_prior_t_max: float = 0.5       # ... from noise levels t ~ U(0, decoder_prior_t_max)
@@ -111,7 +112,7 @@ class VAETrainConfig(TrainConfig):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{source}: field {key!r} must be >= 0, got {getattr(self, key)!r}")
         for key in ("mask_prob", "mask_seq_prob", "prefix_prob", "decoder_noise_prob", "decoder_swap",
-                    "decoder_prior_prob", "decoder_prior_t_max"):
+                    "decoder_swap_prob", "decoder_prior_prob", "decoder_prior_t_max"):
             if not 0 <= getattr(self, key) <= 1:
                 raise ConfigError(f"{source}: field {key!r} must be in [0, 1], got {getattr(self, key)!r}")
         if self.stats_batches < 1:

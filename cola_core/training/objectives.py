@@ -64,7 +64,7 @@ def _randn(shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
 def vae_terms(vae: ColaTextVAE, batch: TokenBatch, gen: torch.Generator, rows: slice, *, pad_id: int,
               prefix_prob: float, mask_prob: float, mask_seq_prob: float, decoder_noise: float,
               decoder_noise_prob: float = 1.0, prior: ColaDiT | None = None, prior_prob: float = 0.0,
-              prior_t_max: float = 0.0, decoder_swap: float = 0.0) -> Terms:
+              prior_t_max: float = 0.0, decoder_swap: float = 0.0, decoder_swap_prob: float = 1.0) -> Terms:
     """recon CE from a posterior sample (all tokens), KL(q||N(0,I)) per channel, CE on masked tokens.
 
     ``decoder_noise`` adds N(0, s^2) with s ~ U(0, decoder_noise) to the decoder input of a share
@@ -73,8 +73,9 @@ def vae_terms(vae: ColaTextVAE, batch: TokenBatch, gen: torch.Generator, rows: s
     share ``prior_prob`` of the rows instead decode the prior's own one-step estimate x0 = z_t - t v from
     z_t at t ~ U(0, ``prior_t_max``) given the true clean blocks before (the 2L layout): the errors the
     prior actually makes. ``decoder_swap`` replaces that share of the decoder's input latents by latents from
-    random positions of the micro-batch (the target stays the true token): the block-2 prior's typical error
-    is a well-formed latent of the wrong piece, which only context can correct.
+    random positions of the micro-batch (the target stays the true token), in a share ``decoder_swap_prob`` of
+    the rows (drawn independently of the noised ones): the block-2 prior's typical error is a well-formed
+    latent of the wrong piece, which only context can correct.
     """
     cfg = vae.config
     chunk = cfg.patch_size * cfg.block_size
@@ -94,8 +95,11 @@ def vae_terms(vae: ColaTextVAE, batch: TokenBatch, gen: torch.Generator, rows: s
         device = batch.ids.device
         use_prior, t, z1 = use_prior[rows].to(device), t[rows].to(device), z1[rows].to(device)
     if decoder_swap > 0:    # drawn only then, so runs without it keep their random stream
-        swap = (torch.rand(len(valid), n, generator=gen, device=gen.device) < decoder_swap)[rows]
+        swap = torch.rand(len(valid), n, generator=gen, device=gen.device) < decoder_swap
         source = torch.rand(len(valid), n, generator=gen, device=gen.device)[rows]
+        if decoder_swap_prob < 1:   # drawn only then, like the noise's row share
+            swap &= (torch.rand(len(valid), generator=gen, device=gen.device) < decoder_swap_prob)[:, None]
+        swap = swap[rows]
     batch, valid, masked = batch.rows(rows), valid[rows], masked[rows]
     eps, extra = eps[rows].to(batch.ids.device), extra[rows].to(batch.ids.device)
 
