@@ -101,6 +101,16 @@ def open_tab(pg, name: str) -> None:
     pg.get_by_role("tab", name=name).click()
 
 
+def wait_event(pg, event: threading.Event, failure: str) -> None:
+    """Wait for a server-side event (a held hook, a Stop reaching the sampler), letting the page run meanwhile
+    (its requests pass the route guard only while Playwright is called)."""
+    for _ in range(TIMEOUT_MS // 50):
+        if event.is_set():
+            return
+        pg.wait_for_timeout(50)
+    raise AssertionError(failure)
+
+
 def test_status_bar_and_tabs(page):
     page.get_by_role("tab", name="Inside").wait_for()
     assert page.get_by_text("cpu", exact=True).count() >= 1
@@ -188,6 +198,7 @@ def test_bench_tab_loads_filters_and_opens_a_sample_in_trajectories(page):
     assert page.locator(".js-plotly-plot .barlayer .point").count() >= 4      # 3 tasks + the average
     page.get_by_role("combobox", name="Task").click()
     page.get_by_role("option", name="squad").click()
+    page.get_by_text("of 2 squad samples").wait_for()          # the task filter applied before the verdict changes
     page.get_by_label("all", exact=True).check()
     page.get_by_text("all of 2 squad samples").wait_for()
     page.screenshot(path=str(SHOTS / "bench.png"), full_page=True)
@@ -252,8 +263,9 @@ def test_inside_stop_ends_a_long_run(page, monkeypatch):
     tokens.press("Enter")
     with page.ctx.workbench.hooks(post_update=hold_at(1, 0, stopped, held)):
         page.get_by_role("button", name="Run and cache").click()
-        assert held.wait(TIMEOUT_MS / 1000)
+        wait_event(page, held, "the sampler never reached the held step")
         page.get_by_role("button", name="Stop", exact=True).filter(visible=True).click()
+        wait_event(page, stopped, "the Stop click never reached the running run")
         page.get_by_text("Stopped by the user: showing the 1 finished block(s).").wait_for()
     wait_heatmap(page, "inside-attention", "Attention")
 
@@ -325,16 +337,6 @@ def test_pocket_diagnostics_show_units_and_the_likelihood_with_its_error(pocket_
     assert pg.get_by_text("bits/dim (divergence estimate; 0 when exact), ODE error").count() == 1
     pg.get_by_text("Informative units:").wait_for()
     pg.screenshot(path=str(SHOTS / "diagnostics_numbers.png"), full_page=True)
-
-
-def wait_event(pg, event: threading.Event, failure: str) -> None:
-    """Wait for a server-side event (a held hook, a Stop reaching the sampler), letting the page run meanwhile
-    (its requests pass the route guard only while Playwright is called)."""
-    for _ in range(TIMEOUT_MS // 50):
-        if event.is_set():
-            return
-        pg.wait_for_timeout(50)
-    raise AssertionError(failure)
 
 
 def test_chat_tab_streams_the_denoising_block_and_opens_the_answer(pocket_page):

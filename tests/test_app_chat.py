@@ -122,7 +122,7 @@ def test_stop_ends_only_its_own_sessions_answer_and_keeps_what_it_said(ctx, wb, 
         assert chat.stop(ctx, session="bob") == {"status": "Nothing is running."}
         with pytest.raises(InputError, match="still being generated"):
             send(ctx, "again", run_id)
-        assert chat.stop(ctx, session="alice")["status"].startswith("**Stopping**")
+        assert chat.stop(ctx, session="alice") == {}       # the answer ended within the wait: its status says so
         thread.join(TIMEOUT_S)
     final = received.get(timeout=TIMEOUT_S)[-1]
     summary = final["summary"]

@@ -144,6 +144,18 @@ def test_stop_flags_are_per_session():
     assert flags.stop("alice") == []
 
 
+def test_stop_and_wait_says_whether_the_work_ended():
+    flags = StopFlags()
+    assert flags.stop_and_wait("nobody", timeout=0.01) == ([], True)
+    ending = flags.register("alice", "run-a")
+    worker = threading.Thread(target=lambda: ending.wait(5) and flags.release("alice", ending))   # ends when told
+    worker.start()
+    assert flags.stop_and_wait("alice", timeout=5) == (["run-a"], True)
+    worker.join()
+    flags.register("bob", "run-b")                  # never releases: the handler answers "Stopping…" after the wait
+    assert flags.stop_and_wait("bob", timeout=0.05) == (["run-b"], False)
+
+
 def test_share_report_is_honest():
     assert share_report(False, None, None, "http://127.0.0.1:7860/") == ""
     offline = share_report(True, None, None, "http://127.0.0.1:7860/")

@@ -98,6 +98,8 @@ def gradio_function(ctx: AppContext, ui: TabComponents, handler: Callable, input
         unknown = update.keys() - targets.keys()
         if unknown:
             raise RuntimeError(f"{handler.__name__} updated {sorted(unknown)}, not outputs of {event}: {list(outputs)}")
+        if not update:      # nothing to change: an empty dict would read as the value of a single output
+            return {target: gr.skip() for target in targets.values()}
         return {targets[name]: value for name, value in update.items()}
 
     if inspect.isgeneratorfunction(handler):

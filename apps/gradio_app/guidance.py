@@ -32,7 +32,7 @@ from .errors import InputError
 from .events import LOCAL_SESSION, Progress, TabComponents, Update, no_progress, on, run_state
 from .forms import guidance_variants
 from .plots import HEIGHT, color
-from .store import session_key
+from .store import STOP_WAIT_S, session_key
 
 TITLE, TAB_ID = "Guidance lab", "guidance"
 INPUTS = ("prompts", "guidance", "axis", "ys", "steps", "seed", "max_new_tokens", "solver", "semantic",
@@ -285,8 +285,10 @@ def run_grid(ctx: AppContext, prompts, guidance, axis, ys, steps, seed, max_new_
 
 def stop(ctx: AppContext, *, session: str = LOCAL_SESSION) -> Update:
     """Ask this session's running grid to end after the cell in progress."""
-    stopping = ctx.stops.stop(session_key(session, "guidance"))
-    return {"status": "Stopping after the cell in progress…" if stopping else "Nothing is running."}
+    names, ended = ctx.stops.stop_and_wait(session_key(session, "guidance"), STOP_WAIT_S)
+    if not names:
+        return {"status": "Nothing is running."}
+    return {} if ended else {"status": "Stopping after the cell in progress…"}   # ended: its own status says so
 
 
 def build(ctx: AppContext) -> TabComponents:

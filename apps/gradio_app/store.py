@@ -128,12 +128,16 @@ class RunStore:
             shutil.rmtree(entry.folder, ignore_errors=True)
 
 
+STOP_WAIT_S = 5.0     # a Stop handler waits this long for the work to end before answering "Stopping…"
+
+
 class StopFlags:
     """Per-session stop events: a Stop click sets every flag its session's running work registered."""
 
     def __init__(self) -> None:
         self._flags: dict[str, dict[threading.Event, str]] = {}
         self._lock = threading.Lock()
+        self._released = threading.Condition(self._lock)
 
     def register(self, session: str, run_id: str, flag: threading.Event | None = None) -> threading.Event:
         """Register ``flag`` (default: a new one) for ``run_id`` started by ``session``."""
@@ -149,6 +153,7 @@ class StopFlags:
                 flags.pop(flag, None)
                 if not flags:
                     del self._flags[session]
+            self._released.notify_all()
 
     def stop(self, session: str) -> list[str]:
         """Set the session's flags; returns the run ids that were told to stop (oldest first)."""
@@ -157,6 +162,16 @@ class StopFlags:
         for flag in flags:
             flag.set()
         return list(flags.values())
+
+    def stop_and_wait(self, session: str, timeout: float) -> tuple[list[str], bool]:
+        """Stop the session's work and wait up to ``timeout`` s for it to release its flags; returns the run ids
+        told to stop and whether they all ended. A Stop handler that waits never overwrites the run's own final
+        status with a stale "Stopping…" that arrives after it."""
+        names = self.stop(session)
+        with self._released:
+            told = set(self._flags.get(session, {}).items())
+            ended = self._released.wait_for(lambda: not told & set(self._flags.get(session, {}).items()), timeout)
+        return names, ended
 
 
 def session_key(session: str, scope: str) -> str:
