@@ -32,7 +32,7 @@ from .errors import InputError
 from .events import LOCAL_SESSION, Progress, TabComponents, Update, no_progress, on, run_state
 from .forms import sampler_knobs
 from .handoff import OUTPUTS, VIEW_INPUTS, attach, open_in_trajectories, rerun_form
-from .store import STOP_WAIT_S, session_key
+from .store import session_key, stop_update
 from .trajectories import Every
 
 TITLE, TAB_ID = "Chat", "chat"
@@ -183,10 +183,7 @@ def send(ctx: AppContext, run_id, message, system, steps, guidance, max_new_toke
 
 def stop(ctx: AppContext, *, session: str = LOCAL_SESSION) -> Update:
     """End this session's answer at the sampler's next solver step (what it said so far stays)."""
-    names, ended = ctx.stops.stop_and_wait(session_key(session, "chat"), STOP_WAIT_S)
-    if not names:
-        return {"status": "Nothing is running."}
-    return {} if ended else {"status": "**Stopping** at the next solver step …"}   # ended: its own status says so
+    return stop_update(ctx.stops, session_key(session, "chat"), "status", "**Stopping** at the next solver step …")
 
 
 def clear(ctx: AppContext, run_id) -> Update:

@@ -32,7 +32,7 @@ from .errors import InputError
 from .events import LOCAL_SESSION, Progress, TabComponents, Update, no_progress, on, run_state
 from .forms import guidance_variants
 from .plots import HEIGHT, color
-from .store import STOP_WAIT_S, session_key
+from .store import session_key, stop_update
 
 TITLE, TAB_ID = "Guidance lab", "guidance"
 INPUTS = ("prompts", "guidance", "axis", "ys", "steps", "seed", "max_new_tokens", "solver", "semantic",
@@ -285,10 +285,7 @@ def run_grid(ctx: AppContext, prompts, guidance, axis, ys, steps, seed, max_new_
 
 def stop(ctx: AppContext, *, session: str = LOCAL_SESSION) -> Update:
     """Ask this session's running grid to end after the cell in progress."""
-    names, ended = ctx.stops.stop_and_wait(session_key(session, "guidance"), STOP_WAIT_S)
-    if not names:
-        return {"status": "Nothing is running."}
-    return {} if ended else {"status": "Stopping after the cell in progress…"}   # ended: its own status says so
+    return stop_update(ctx.stops, session_key(session, "guidance"), "status", "Stopping after the cell in progress…")
 
 
 def build(ctx: AppContext) -> TabComponents:

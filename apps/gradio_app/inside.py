@@ -32,7 +32,7 @@ from .errors import InputError
 from .events import LOCAL_SESSION, Progress, TabComponents, Update, no_progress, on, run_state
 from .forms import guidance_variants, position_slider, prompt_and_knobs
 from .plots import HEIGHT, empty_figure
-from .store import STOP_WAIT_S, session_key
+from .store import session_key, stop_update
 
 TITLE, TAB_ID = "Inside", "inside"
 GROUPS = ("cond", "uncond")
@@ -335,10 +335,7 @@ def view(ctx: AppContext, run_id, block, step, layer, head, group, scope, metric
 
 def stop(ctx: AppContext, *, session: str = LOCAL_SESSION) -> Update:
     """Ask this session's running run to end after the solver step in progress."""
-    names, ended = ctx.stops.stop_and_wait(session_key(session, "inside"), STOP_WAIT_S)
-    if not names:
-        return {"status": "Nothing is running."}
-    return {} if ended else {"status": "Stopping after the step in progress…"}   # ended: its own status says so
+    return stop_update(ctx.stops, session_key(session, "inside"), "status", "Stopping after the step in progress…")
 
 
 # -- the patching sweep -----------------------------------------------------------------------------------
@@ -438,10 +435,8 @@ def patch_view(ctx: AppContext, patch_id, metric) -> Update:
 
 def patch_stop(ctx: AppContext, *, session: str = LOCAL_SESSION) -> Update:
     """Ask this session's running sweep to end after the cell in progress."""
-    names, ended = ctx.stops.stop_and_wait(session_key(session, "inside_patch"), STOP_WAIT_S)
-    if not names:
-        return {"patch_status": "Nothing is running."}
-    return {} if ended else {"patch_status": "Stopping after the cell in progress…"}
+    return stop_update(ctx.stops, session_key(session, "inside_patch"), "patch_status",
+                       "Stopping after the cell in progress…")
 
 
 # -- layout and events ------------------------------------------------------------------------------------

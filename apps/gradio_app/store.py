@@ -169,9 +169,18 @@ class StopFlags:
         status with a stale "Stopping…" that arrives after it."""
         names = self.stop(session)
         with self._released:
-            told = set(self._flags.get(session, {}).items())
-            ended = self._released.wait_for(lambda: not told & set(self._flags.get(session, {}).items()), timeout)
+            told = set(self._flags.get(session, {}))
+            ended = self._released.wait_for(lambda: told.isdisjoint(self._flags.get(session, {})), timeout)
         return names, ended
+
+
+def stop_update(stops: StopFlags, key: str, output: str, stopping: str) -> dict[str, str]:
+    """A Stop handler's update of ``output``: "Nothing is running.", ``stopping`` while the work still runs
+    after STOP_WAIT_S, or nothing once it has ended (its own final status says how it ended)."""
+    names, ended = stops.stop_and_wait(key, STOP_WAIT_S)
+    if not names:
+        return {output: "Nothing is running."}
+    return {} if ended else {output: stopping}
 
 
 def session_key(session: str, scope: str) -> str:

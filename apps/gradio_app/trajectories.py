@@ -28,7 +28,7 @@ from .errors import InputError
 from .events import LOCAL_SESSION, Progress, TabComponents, Update, no_progress, on, run_state
 from .forms import guidance_variants, position_slider, prompt_and_knobs
 from .plots import Overlay, color, empty_figure, projection_figure
-from .store import session_key
+from .store import STOP_WAIT_S, session_key
 
 TITLE, TAB_ID = "Trajectories", "trajectories"
 TEXT_EVERY_S = 0.25     # streamed text/status/progress updates at most this often (after the first step's)
@@ -370,7 +370,7 @@ def stop(ctx: AppContext, method, dims, *, session: str = LOCAL_SESSION) -> Upda
         return {"status": "Nothing is running."}
     run_id = stopped[-1]
     run: TrajectoryRun = ctx.store.get(run_id, "trajectory").payload
-    run.done.wait(timeout=5.0)       # the sampler stops at its next model call
+    run.done.wait(timeout=STOP_WAIT_S)       # the sampler stops at its next model call
     live = run.session
     if run.status == "running" and live is not None:   # the UI cancelled the event: the generator will not resume
         run.status = "stopped"

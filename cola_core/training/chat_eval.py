@@ -15,9 +15,9 @@ from pathlib import Path
 from ..chat_template import ChatPrompt, ChatTemplate
 from ..checkpoint import ColaModel
 from ..generate import BlockwiseSampler, GenerationConfig
-from .intervals import check_settings, percentile_interval, ratio_of_sums, resample_indices, wilson_interval
 from .conversations import read_conversations
 from .data import corpus_split_path
+from .intervals import check_settings, percentile_interval, ratio_of_sums, resample_indices, wilson_interval
 from .text_metrics import words
 
 STOPWORDS = frozenset("a an the of or and to in on for with by as that which is be from at its it".split())
@@ -135,7 +135,8 @@ def question_intervals(rows: list[dict], resamples: int, level: float, seed: int
     return {"method": "Wilson score (non-empty share); percentile bootstrap over the questions, answers and "
                       "baseline paired (F1)", "level": level, "resamples": resamples, "seed": seed,
             "non_empty": list(wilson_interval(sum(bool(words(r["answer"])) for r in rows), len(rows), level)),
-            **{name: percentile_interval(ratio_of_sums(values, ones, draws), level) for name, values in columns.items()}}
+            **{name: percentile_interval(ratio_of_sums(values, ones, draws), level)
+               for name, values in columns.items()}}
 
 
 def format_chat_table(results: dict) -> str:
@@ -151,10 +152,10 @@ def format_chat_table(results: dict) -> str:
 
 
 def question_interval_line(results: dict) -> str:
+    """The line under the chat table: each interval of ``results["interval"]``."""
     ci = results["interval"]
     return (f"{ci['level']:.0%} intervals over the {results['samples']} questions (Wilson; bootstrap with "
-            f"{ci['resamples']} resamples for F1): non-empty {ci['non_empty'][0]:.1%} to {ci['non_empty'][1]:.1%}; F1 {ci['overlap_f1'][0]:.3f} "
-            f"to {ci['overlap_f1'][1]:.3f}; baseline {ci['baseline_overlap_f1'][0]:.3f} to "
-            f"{ci['baseline_overlap_f1'][1]:.3f}; F1 minus baseline {ci['f1_minus_baseline'][0]:.3f} to "
-            f"{ci['f1_minus_baseline'][1]:.3f}")
-
+            f"{ci['resamples']} resamples for F1): non-empty {ci['non_empty'][0]:.1%} to {ci['non_empty'][1]:.1%}; "
+            f"F1 {ci['overlap_f1'][0]:.3f} to {ci['overlap_f1'][1]:.3f}; "
+            f"baseline {ci['baseline_overlap_f1'][0]:.3f} to {ci['baseline_overlap_f1'][1]:.3f}; "
+            f"F1 minus baseline {ci['f1_minus_baseline'][0]:.3f} to {ci['f1_minus_baseline'][1]:.3f}")

@@ -14,9 +14,9 @@ import torch
 
 from ..checkpoint import ColaModel
 from ..generate import GenerationConfig, generate
-from .intervals import check_settings, percentile_interval, ratio_of_sums, resample_indices
 from .corpus import read_corpus
 from .data import TokenDataset, corpus_split_path, fixed_batches
+from .intervals import check_settings, percentile_interval, ratio_of_sums, resample_indices
 from .objectives import flow_matching_2l, sample_t
 from .text_metrics import BigramLM, distinct_n, in_vocab_counts, in_vocab_rate, words
 
@@ -167,6 +167,7 @@ def format_table(results: dict) -> str:
     if "interval" in smp:           # results written before intervals were measured have none
         ci = smp["interval"]
         lines.append(f"\n{ci['level']:.0%} bootstrap interval over the {len(results['examples'])} samples "
-                     f"({ci['resamples']} resamples): in-vocab (all) {ci['in_vocab'][0]:.1%} to {ci['in_vocab'][1]:.1%}, "
-                     f"perplexity ratio {ci['ppl_ratio_vs_real'][0]:.2f}x to {ci['ppl_ratio_vs_real'][1]:.2f}x")
+                     f"({ci['resamples']} resamples): in-vocab (all) {ci['in_vocab'][0]:.1%} to "
+                     f"{ci['in_vocab'][1]:.1%}, perplexity ratio {ci['ppl_ratio_vs_real'][0]:.2f}x to "
+                     f"{ci['ppl_ratio_vs_real'][1]:.2f}x")
     return "\n".join(lines)

@@ -15,14 +15,25 @@ import torch
 
 def check_settings(resamples: int, level: float) -> None:
     """Fail early (before a long evaluation) on settings no interval can be computed with."""
-    if resamples < 1 or not 0.0 < level < 1.0:
-        raise ValueError(f"bootstrap needs resamples >= 1 and 0 < level < 1, got {resamples}, {level}")
+    _check_resamples(resamples)
+    _check_level(level)
+
+
+def _check_resamples(resamples: int) -> None:
+    if resamples < 1:
+        raise ValueError(f"bootstrap needs resamples >= 1, got {resamples}")
+
+
+def _check_level(level: float) -> None:
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"an interval's level needs 0 < level < 1, got {level}")
 
 
 def resample_indices(samples: int, resamples: int, seed: int) -> torch.Tensor:
     """(resamples, samples) indices drawn with replacement, reproducible from ``seed``."""
-    if samples < 1 or resamples < 1:
-        raise ValueError(f"bootstrap needs samples >= 1 and resamples >= 1, got {samples}, {resamples}")
+    if samples < 1:
+        raise ValueError(f"bootstrap needs samples >= 1, got {samples}")
+    _check_resamples(resamples)
     return torch.randint(samples, (resamples, samples), generator=torch.Generator().manual_seed(seed))
 
 
@@ -35,16 +46,14 @@ def ratio_of_sums(numerators: list[float], denominators: list[float], draws: tor
 
 def percentile_interval(values: torch.Tensor, level: float) -> list[float]:
     """The central ``level`` interval of bootstrap ``values``: [low, high]."""
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"level must be in (0, 1), got {level}")
+    _check_level(level)
     q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
     return values.to(torch.float64).quantile(q).tolist()
 
 
 def wilson_interval(successes: int, total: int, level: float = 0.95) -> tuple[float, float]:
     """Wilson score interval of a binomial proportion, as fractions; (0, 1) when there were no trials."""
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"level must be in (0, 1), got {level}")
+    _check_level(level)
     if total == 0:
         return 0.0, 1.0
     z = NormalDist().inv_cdf((1 + level) / 2)
