@@ -1,6 +1,7 @@
 """End-to-end training on a tiny corpus: losses fall, resume is exact, exports reload and generate."""
 from __future__ import annotations
 
+import copy
 import json
 import re
 from pathlib import Path
@@ -18,7 +19,7 @@ from cola_core.training.config import config_from_dict, load_config
 from cola_core.training.evaluate import EvalConfig, evaluate, format_table
 from cola_core.chat_template import ChatTemplate
 from cola_core.training.conversations import write_conversations
-from cola_core.training.stages import rendered_dialogues, train_dit, train_sft, train_vae
+from cola_core.training.stages import grow_decoder, load_vae, rendered_dialogues, train_dit, train_sft, train_vae
 from training_utils import dit_config, make_corpus, vae_config
 
 
@@ -121,6 +122,34 @@ def test_decoder_tuning_keeps_the_latent_space_bit_exact(tmp_path, trained):
         vae_config(tmp_path, corpus, train_encoder=False)
     with pytest.raises(ConfigError, match="'decoder_prior' needs 'train_encoder = false'"):
         vae_config(tmp_path, corpus, init_from=str(stage1), model={}, decoder_prior=str(tmp / "final"))
+
+
+def test_decoder_blocks_grows_the_decoder_from_its_trained_predictions(tmp_path, trained):
+    """``decoder_blocks`` appends zero-output blocks: the grown decoder predicts as the trained one did before any
+    step, the encoder and latent scaling stay bit-exact, and the export records the new depth."""
+    tmp, corpus = trained
+    stage1 = tmp / "vae" / "model"
+    vae, tokenizer = load_vae(stage1, torch.device("cpu"))
+    grown = copy.deepcopy(vae)
+    grow_decoder(grown, vae.config.decoder_num_blocks + 2)
+    assert len(grown.decoder.blocks) == grown.config.decoder_num_blocks == vae.config.decoder_num_blocks + 2
+    z = torch.randn(3, 5, vae.config.latent_dim, generator=torch.Generator().manual_seed(0))
+    lengths = torch.tensor([5, 4, 2])
+    with torch.no_grad():
+        agree = (grown.decode_latents(z, lengths).argmax(-1) == vae.decode_latents(z, lengths).argmax(-1)).float()
+    assert float(agree.mean()) >= 0.9
+    with pytest.raises(ConfigError, match="fewer than the"):
+        grow_decoder(grown, 1)
+    train_vae(vae_config(tmp_path, corpus, init_from=str(stage1), train_encoder=False, model={}, steps=2,
+                         mask_seq_prob=0.0, decoder_blocks=vae.config.decoder_num_blocks + 2))
+    after = load_vae(tmp_path / "vae" / "model", torch.device("cpu"))[0]
+    assert after.config.decoder_num_blocks == vae.config.decoder_num_blocks + 2
+    assert (after.config.scaling_factor, after.config.shifting_factor) == \
+        (vae.config.scaling_factor, vae.config.shifting_factor)
+    for key, value in vae.encoder.state_dict().items():
+        assert torch.equal(value, after.encoder.state_dict()[key]), key
+    with pytest.raises(ConfigError, match="'decoder_blocks' must be >= 0 and needs 'init_from'"):
+        vae_config(tmp_path, corpus, decoder_blocks=4)
 
 
 def test_decoder_tuning_can_read_dialogues_as_the_chat_model_renders_them(tmp_path, trained, capsys):

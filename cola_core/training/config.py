@@ -86,6 +86,7 @@ class VAETrainConfig(TrainConfig):
     tokenizer: str = ""                    # tokenizer.json; trained on the train split if missing
     init_from: str = ""                    # start from this stage-1 folder (its weights, config and tokenizer)
     train_encoder: bool = True             # false (with init_from): tune the decoder on a frozen latent space
+    decoder_blocks: int = 0                # with init_from: grow the decoder to this many blocks (0: keep its depth)
     vocab_size: int = 4096                 # BPE size when the tokenizer is trained here
     beta: float = 0.05                     # weight of KL(q||N(0,I)) per latent channel (mean over channels)
     mask_weight: float = 1.0               # lambda of the BERT-style mask loss
@@ -125,6 +126,9 @@ class VAETrainConfig(TrainConfig):
         if self.decoder_prior and self.train_encoder:
             raise ConfigError(f"{source}: 'decoder_prior' needs 'train_encoder = false' (the prior models the frozen "
                               "encoder's latents)")
+        if self.decoder_blocks < 0 or (self.decoder_blocks and not self.init_from):
+            raise ConfigError(f"{source}: field 'decoder_blocks' must be >= 0 and needs 'init_from' (the decoder to "
+                              f"grow), got {self.decoder_blocks!r}")
         if not self.train_encoder and not self.init_from:
             raise ConfigError(f"{source}: 'train_encoder = false' needs 'init_from' (a trained VAE to keep the encoder of)")
         _check_model_keys(self.model, VAEConfig, source)

@@ -24,7 +24,7 @@ from ..config import DiTConfig, VAEConfig, check_pair
 from ..dit import ColaDiT
 from ..errors import ConfigError
 from ..tokenizer import ColaTokenizer
-from ..vae import ColaTextVAE
+from ..vae import ColaTextVAE, VAEBlock
 from .config import DiTTrainConfig, SFTTrainConfig, VAETrainConfig
 from .conversations import ConversationDataset, read_conversations
 from .corpus import read_corpus
@@ -47,6 +47,26 @@ def init_weights(module: nn.Module, std: float) -> None:
         elif isinstance(m, nn.LayerNorm) and m.elementwise_affine:
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
+
+
+def grow_decoder(vae: ColaTextVAE, blocks: int) -> None:
+    """Append fresh blocks to the VAE decoder up to ``blocks``, their attention and FFN output projections at zero.
+
+    A zero-output post-norm block returns the layer norm of its input, which the decoder head's own norm all but
+    absorbs, so the grown decoder starts with the trained one's predictions and the new depth is learned from there.
+    """
+    cfg, have = vae.config, vae.config.decoder_num_blocks
+    if blocks < have:
+        raise ConfigError(f"decoder_blocks {blocks} is fewer than the {have} blocks the loaded decoder has")
+    ref = next(vae.decoder.parameters())
+    for _ in range(blocks - have):
+        block = VAEBlock(cfg).to(ref)
+        init_weights(block, cfg.init_std)
+        for out in (block.attn_out_proj, block.ffn_out):
+            nn.init.zeros_(out.weight)
+            nn.init.zeros_(out.bias)
+        vae.decoder.blocks.append(block)
+    cfg.decoder_num_blocks = blocks
 
 
 def init_dit(dit: ColaDiT, std: float = 0.02) -> None:
@@ -175,6 +195,8 @@ def train_vae(cfg: VAETrainConfig, resume: bool = False, overwrite: bool = False
     env = _prepare(cfg, resume, overwrite)
     if cfg.init_from:
         vae, tokenizer = load_vae(cfg.init_from, env.device)
+        if cfg.decoder_blocks:
+            grow_decoder(vae, cfg.decoder_blocks)
     else:
         tokenizer = _tokenizer_for(cfg, env)
         vae = _new_vae(cfg, tokenizer).to(env.device)
