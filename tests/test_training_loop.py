@@ -150,6 +150,8 @@ def test_decoder_blocks_grows_the_decoder_from_its_trained_predictions(tmp_path,
         assert torch.equal(value, after.encoder.state_dict()[key]), key
     with pytest.raises(ConfigError, match="'decoder_blocks' must be >= 0 and needs 'init_from'"):
         vae_config(tmp_path, corpus, decoder_blocks=4)
+    with pytest.raises(ConfigError, match="'decoder_swap_noised' needs 'decoder_swap' and 'decoder_noise'"):
+        vae_config(tmp_path, corpus, decoder_noise=0.0, decoder_swap=0.5, decoder_swap_noised=True)
 
 
 def test_decoder_tuning_can_read_dialogues_as_the_chat_model_renders_them(tmp_path, trained, capsys):

@@ -138,6 +138,26 @@ def test_decoder_swap_changes_only_its_share_of_latents(tiny_model, monkeypatch)
     assert 0 < _rows_changed(decoder_input(decoder_swap=0.9, decoder_swap_prob=0.5), clean) < len(clean)
 
 
+def test_decoder_swap_noised_swaps_only_in_noised_rows_before_the_noise(tiny_model, monkeypatch):
+    """``decoder_swap_noised``: rows without noise stay exact; noised rows equal the plain noise run plus swaps
+    made before the noise (so a swapped-in latent carries its new row's noise, not its old row's)."""
+    decoder_input = _decoder_input_of(tiny_model.vae, monkeypatch)
+    clean = decoder_input()
+    noised = decoder_input(1.0, decoder_noise_prob=0.5)
+    both = decoder_input(1.0, decoder_noise_prob=0.5, decoder_swap=0.9, decoder_swap_noised=True)
+    quiet = [r for r in range(len(clean)) if torch.equal(noised[r], clean[r])]
+    assert 0 < len(quiet) < len(clean)
+    for r in range(len(clean)):
+        assert torch.equal(both[r], clean[r]) == (r in quiet), r
+    loud = [r for r in range(len(clean)) if r not in quiet]
+    underneath = (both - (noised - clean))[loud]                   # the swapped latents before the row's noise
+    pool = clean.reshape(-1, clean.shape[-1])                         # every clean latent of the batch
+    nearest = torch.cdist(underneath.reshape(-1, clean.shape[-1]), pool,
+                          compute_mode="donot_use_mm_for_euclid_dist").amin(-1)
+    assert float(nearest.max()) < 1e-4                              # each one is some real latent, un-noised
+    assert not torch.equal(underneath, clean[loud])
+
+
 def test_decoder_prior_rows_decode_the_priors_one_step_estimate(tiny_model, monkeypatch):
     """Rows picked by ``prior_prob`` decode z_t - t v of the frozen DiT; at t = 0 that is the clean latent, a
     share 0 changes nothing, and the other draws keep their stream."""

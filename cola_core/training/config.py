@@ -97,6 +97,7 @@ class VAETrainConfig(TrainConfig):
     decoder_noise_prob: float = 1.0        # share of rows that get that noise (the rest stay clean)
     decoder_swap: float = 0.0              # share of decoder input latents swapped for random other latents
     decoder_swap_prob: float = 1.0         # ... in this share of the rows (the rest keep their own latents)
+    decoder_swap_noised: bool = False      # ... only in the rows decoder_noise reaches, before their noise
     decoder_prior: str = ""                # a checkpoint whose DiT (on this encoder's latents) gives decoder inputs
     decoder_prior_prob: float = 0.5        # share of rows that decode that DiT's one-step estimate instead
     decoder_prior_t_max: float = 0.5       # ... from noise levels t ~ U(0, decoder_prior_t_max)
@@ -126,6 +127,8 @@ class VAETrainConfig(TrainConfig):
         if self.decoder_prior and self.train_encoder:
             raise ConfigError(f"{source}: 'decoder_prior' needs 'train_encoder = false' (the prior models the frozen "
                               "encoder's latents)")
+        if self.decoder_swap_noised and not (self.decoder_swap and self.decoder_noise):
+            raise ConfigError(f"{source}: 'decoder_swap_noised' needs 'decoder_swap' and 'decoder_noise' > 0")
         if self.decoder_blocks < 0 or (self.decoder_blocks and not self.init_from):
             raise ConfigError(f"{source}: field 'decoder_blocks' must be >= 0 and needs 'init_from' (the decoder to "
                               f"grow), got {self.decoder_blocks!r}")

@@ -64,7 +64,8 @@ def _randn(shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
 def vae_terms(vae: ColaTextVAE, batch: TokenBatch, gen: torch.Generator, rows: slice, *, pad_id: int,
               prefix_prob: float, mask_prob: float, mask_seq_prob: float, decoder_noise: float,
               decoder_noise_prob: float = 1.0, prior: ColaDiT | None = None, prior_prob: float = 0.0,
-              prior_t_max: float = 0.0, decoder_swap: float = 0.0, decoder_swap_prob: float = 1.0) -> Terms:
+              prior_t_max: float = 0.0, decoder_swap: float = 0.0, decoder_swap_prob: float = 1.0,
+              decoder_swap_noised: bool = False) -> Terms:
     """recon CE from a posterior sample (all tokens), KL(q||N(0,I)) per channel, CE on masked tokens.
 
     ``decoder_noise`` adds N(0, s^2) with s ~ U(0, decoder_noise) to the decoder input of a share
@@ -75,7 +76,8 @@ def vae_terms(vae: ColaTextVAE, batch: TokenBatch, gen: torch.Generator, rows: s
     prior actually makes. ``decoder_swap`` replaces that share of the decoder's input latents by latents from
     random positions of the micro-batch (the target stays the true token), in a share ``decoder_swap_prob`` of
     the rows (drawn independently of the noised ones): the block-2 prior's typical error is a well-formed
-    latent of the wrong piece, which only context can correct.
+    latent of the wrong piece, which only context can correct. ``decoder_swap_noised`` swaps in the noised rows
+    only, before their noise, so clean rows stay exact and the decoder can tell when to lean on context.
     """
     cfg = vae.config
     chunk = cfg.patch_size * cfg.block_size
@@ -99,13 +101,18 @@ def vae_terms(vae: ColaTextVAE, batch: TokenBatch, gen: torch.Generator, rows: s
         source = torch.rand(len(valid), n, generator=gen, device=gen.device)[rows]
         if decoder_swap_prob < 1:   # drawn only then, like the noise's row share
             swap &= (torch.rand(len(valid), generator=gen, device=gen.device) < decoder_swap_prob)[:, None]
+        if decoder_swap_noised:
+            swap &= (sigma > 0)[:, None]
         swap = swap[rows]
     batch, valid, masked = batch.rows(rows), valid[rows], masked[rows]
     eps, extra = eps[rows].to(batch.ids.device), extra[rows].to(batch.ids.device)
 
     post = vae.encode_ids(batch.ids, batch.lengths, mask_token_ids=masked)
-    z = vae.to_dit_space(post.mean + post.std * eps) + extra
-    if decoder_swap > 0:
+    z = vae.to_dit_space(post.mean + post.std * eps)
+    if decoder_swap > 0 and decoder_swap_noised:
+        z = swap_latents(z, batch.latent_lengths, swap.to(z.device), source.to(z.device))
+    z = z + extra
+    if decoder_swap > 0 and not decoder_swap_noised:
         z = swap_latents(z, batch.latent_lengths, swap.to(z.device), source.to(z.device))
     if prior is not None:
         z = torch.where(use_prior[:, None, None], prior_estimate(prior, z.detach(), z1, t, batch.latent_lengths), z)

@@ -210,7 +210,8 @@ def train_vae(cfg: VAETrainConfig, resume: bool = False, overwrite: bool = False
                               mask_prob=cfg.mask_prob, mask_seq_prob=cfg.mask_seq_prob,
                               decoder_noise=cfg.decoder_noise, decoder_noise_prob=cfg.decoder_noise_prob,
                               prior=prior, prior_prob=cfg.decoder_prior_prob, prior_t_max=cfg.decoder_prior_t_max,
-                              decoder_swap=cfg.decoder_swap, decoder_swap_prob=cfg.decoder_swap_prob)
+                              decoder_swap=cfg.decoder_swap, decoder_swap_prob=cfg.decoder_swap_prob,
+                              decoder_swap_noised=cfg.decoder_swap_noised)
 
     def export(step: int) -> None:
         final = copy.deepcopy(vae).eval()
