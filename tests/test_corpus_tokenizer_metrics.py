@@ -18,7 +18,8 @@ from cola_core.training.corpus import (
     write_jsonl,
 )
 from cola_core.training.evaluate import EvalConfig, sample_intervals
-from cola_core.training.text_metrics import BigramLM, distinct_n, in_vocab_counts, in_vocab_rate, words
+from cola_core.training.text_metrics import (BigramLM, distinct_n, first_word_in_vocab, in_vocab_counts, in_vocab_rate,
+                                             words)
 from cola_core.training.tokenizer_train import SPECIAL_TOKENS, train_bpe_tokenizer
 
 needs_wordnet = pytest.mark.skipif(
@@ -206,6 +207,12 @@ def test_words() -> None:
 def test_in_vocab_rate() -> None:
     assert in_vocab_rate(["The cat sat", "zzz cat"], {"the", "cat", "sat"}) == pytest.approx(4 / 5)
     assert in_vocab_rate(["", "123 !"], {"the"}) == 0.0
+
+
+def test_first_word_in_vocab_splits_first_words_from_later_ones() -> None:
+    vocab = {"the", "cat", "sat"}
+    assert first_word_in_vocab(["zzz cat sat", "The qqq", "", "cat"], vocab) == (pytest.approx(2 / 3), pytest.approx(2 / 3))
+    assert first_word_in_vocab(["", "!"], vocab) == (0.0, 0.0)
 
 
 def test_in_vocab_counts_are_the_rate_per_text() -> None:

@@ -16,10 +16,12 @@ from cola_core.errors import ConfigError
 from cola_core.generate import GenerationConfig, generate
 from cola_core.training.checkpoints import latest_state
 from cola_core.training.config import config_from_dict, load_config
+from cola_core.training.corpus import read_corpus
 from cola_core.training.evaluate import EvalConfig, evaluate, format_table
 from cola_core.chat_template import ChatTemplate
 from cola_core.training.conversations import write_conversations
 from cola_core.training.stages import grow_decoder, load_vae, rendered_dialogues, train_dit, train_sft, train_vae
+from cola_core.training.text_metrics import first_word_in_vocab, words
 from training_utils import dit_config, make_corpus, vae_config
 
 
@@ -89,6 +91,10 @@ def test_evaluate_reports_all_metrics(trained):
     interval = samples["interval"]
     assert interval["in_vocab"][0] <= interval["in_vocab"][1] and interval["resamples"] == 1000
     assert "95% bootstrap interval over the 4 samples (1000 resamples)" in format_table(results)
+    unprompted = [e["continuation"] for e in results["examples"][2:]]
+    assert (samples["unprompted"]["in_vocab_first_word"], samples["unprompted"]["in_vocab_later_words"]) == \
+        first_word_in_vocab(unprompted, {w for text in read_corpus(corpus / "train.jsonl") for w in words(text)})
+    assert "in-vocab by position (first generated word / later words): prompted " in format_table(results)
 
 
 def test_joint_training_updates_the_vae_against_its_frozen_copy(tmp_path, trained):

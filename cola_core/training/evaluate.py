@@ -18,7 +18,7 @@ from .corpus import read_corpus
 from .data import TokenDataset, corpus_split_path, fixed_batches
 from .intervals import check_settings, percentile_interval, ratio_of_sums, resample_indices
 from .objectives import flow_matching_2l, sample_t
-from .text_metrics import BigramLM, distinct_n, in_vocab_counts, in_vocab_rate, words
+from .text_metrics import BigramLM, distinct_n, first_word_in_vocab, in_vocab_counts, in_vocab_rate, words
 
 
 PROSE_SPLITS = ("fortunes_test", "ood")   # held-out prose beside the test split: in-domain, out-of-domain
@@ -138,6 +138,9 @@ def evaluate(model: ColaModel, corpus: str | Path, config: EvalConfig | None = N
         "unprompted": text_metrics(unprompted, vocab, lm),
         "real_test": text_metrics(test_texts, vocab, lm),
     }
+    for name, texts in (("prompted", continuations[:len(prompts)]), ("unprompted", unprompted)):
+        first, later = first_word_in_vocab(texts, vocab)
+        results["samples"][name].update(in_vocab_first_word=first, in_vocab_later_words=later)
     real_ppl = results["samples"]["real_test"]["bigram_ppl"]
     results["samples"]["ppl_ratio_vs_real"] = results["samples"]["all"]["bigram_ppl"] / real_ppl
     results["samples"]["interval"] = sample_intervals(continuations, full, vocab, lm, real_ppl, config.resamples,
@@ -163,6 +166,10 @@ def format_table(results: dict) -> str:
         m = smp[name]
         lines.append(f"| {name} | {m['in_vocab']:.1%} | {m['distinct_1']:.3f} | {m['distinct_2']:.3f} | "
                      f"{m['bigram_ppl']:.0f} | {m['words_per_text']:.1f} |")
+    if "in_vocab_first_word" in smp["prompted"]:     # results written before this was measured have none
+        lines.append("\nin-vocab by position (first generated word / later words): " + ", ".join(
+            f"{name} {smp[name]['in_vocab_first_word']:.1%} / {smp[name]['in_vocab_later_words']:.1%}"
+            for name in ("prompted", "unprompted")))
     lines.append(f"\nsample perplexity / real-text perplexity: {smp['ppl_ratio_vs_real']:.2f}x")
     if "interval" in smp:           # results written before intervals were measured have none
         ci = smp["interval"]

@@ -27,6 +27,17 @@ def in_vocab_rate(texts: Iterable[str], vocab: set[str]) -> float:
     return sum(hits for hits, _ in counts) / total if total else 0.0
 
 
+def first_word_in_vocab(texts: Iterable[str], vocab: set[str]) -> tuple[float, float]:
+    """(in-vocab share of each text's first word, of its later words): where the non-words sit. A generated
+    text's first word comes from the first block, which an unprompted sample draws without guidance."""
+    counts = [[0, 0], [0, 0]]                  # [hits, words] of first words, of later words
+    for tokens in map(words, texts):
+        for k, word in enumerate(tokens):
+            counts[k > 0][0] += word in vocab
+            counts[k > 0][1] += 1
+    return tuple(hits / total if total else 0.0 for hits, total in counts)
+
+
 def distinct_n(texts: Iterable[str], n: int) -> float:
     """Unique over total word n-grams (none cross texts), a repetition measure; 0.0 if none."""
     if n < 1:
