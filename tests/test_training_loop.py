@@ -160,6 +160,13 @@ def test_decoder_blocks_grows_the_decoder_from_its_trained_predictions(tmp_path,
         vae_config(tmp_path, corpus, decoder_noise=0.0, decoder_swap=0.5, decoder_swap_noised=True)
 
 
+def test_first_block_weight_must_be_positive(tmp_path, trained):
+    tmp, corpus = trained
+    assert dit_config(tmp_path, corpus, tmp / "vae" / "model", first_block_weight=4.0).first_block_weight == 4.0
+    with pytest.raises(ConfigError, match="'first_block_weight' must be > 0"):
+        dit_config(tmp_path, corpus, tmp / "vae" / "model", first_block_weight=0.0)
+
+
 def test_decoder_tuning_can_read_dialogues_as_the_chat_model_renders_them(tmp_path, trained, capsys):
     """``dialogues`` adds the first ``dialogue_rows`` train conversations, rendered by a checkpoint's template."""
     tmp, corpus = trained

@@ -6,6 +6,7 @@ import torch
 
 from cola_core.attention import pad_rows
 from cola_core.text_codec import TokenBatch
+from cola_core.training import objectives
 from cola_core.training.objectives import (cut_prefixes, flow_matching_2l, prompt_block_clean, set_latent_scaling,
                                           swap_latents, vae_terms)
 from cola_core.two_l import two_l_layout
@@ -38,6 +39,22 @@ def test_flow_matching_loss_matches_golden(tiny_model, golden, golden_meta):
     loss = terms["fm"][0] / terms["fm"][1]
     assert float(loss) == pytest.approx(golden_meta["train2l_fm_loss_fp32"], rel=1e-4)
     assert int(terms["fm"][1]) == sum(GOLDEN_LENGTHS)
+
+
+def test_first_block_weight_scales_only_each_rows_first_block(tiny_model, golden, monkeypatch):
+    """``first_block_weight`` w: the first block's latents weigh w, the others 1; w = 1 is the golden loss."""
+    z0, _ = pad_rows(golden["dit.train2l.z0"], GOLDEN_LENGTHS)
+    z1, _ = pad_rows(golden["dit.train2l.z1"], GOLDEN_LENGTHS)
+    seen = []
+    monkeypatch.setattr(objectives, "velocity_terms", lambda v, target, weight: seen.append(weight) or {})
+    lengths = torch.tensor(GOLDEN_LENGTHS)
+    with torch.no_grad():
+        flow_matching_2l(tiny_model.dit, z0, z1, golden["dit.train2l.t"], lengths)
+        flow_matching_2l(tiny_model.dit, z0, z1, golden["dit.train2l.t"], lengths, first_block_weight=3.0)
+    plain, weighted = seen
+    block = tiny_model.dit.config.block_size
+    assert torch.equal(weighted[:, :block], 3.0 * plain[:, :block])
+    assert torch.equal(weighted[:, block:], plain[:, block:]) and float(plain[:, :block].min()) == 1.0
 
 
 def test_prompt_block_latents_get_no_loss(tiny_model, golden):

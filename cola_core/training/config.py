@@ -148,6 +148,7 @@ class DiTTrainConfig(TrainConfig):
     t_loc: float = 0.0                     # logit-normal location (1.0 pretraining, 0.0 CPT/SFT)
     t_scale: float = 1.0
     prompt_block_prob: float = 0.05        # per block: first k latents clean (t=0, weight 0)
+    first_block_weight: float = 1.0        # loss weight of each row's first block (1: the official uniform weight)
     prompt_as_generated: bool = False      # clean prompt latents encoded with pad after them, as generation does
     posterior_mean: bool = False           # z0 from the posterior mean instead of a sample
     joint_vae: bool = False                # also train the VAE: recon CE + KL to a frozen copy of its encoder
@@ -160,6 +161,8 @@ class DiTTrainConfig(TrainConfig):
     def validate(self, source: str) -> None:
         super().validate(source)
         _check_t_sampling(self, source)
+        if self.first_block_weight <= 0:
+            raise ConfigError(f"{source}: field 'first_block_weight' must be > 0, got {self.first_block_weight!r}")
         if not 0 <= self.prompt_block_prob <= 1:
             raise ConfigError(f"{source}: field 'prompt_block_prob' must be in [0, 1], got {self.prompt_block_prob!r}")
         for key in ("vae_lr", "lambda_vae", "lambda_ref"):

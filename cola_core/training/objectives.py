@@ -172,11 +172,13 @@ def prompt_block_clean(n: int, block_size: int, batch: int, prob: float, gen: to
 
 
 def flow_matching_2l(dit: ColaDiT, z0: torch.Tensor, z1: torch.Tensor, t: torch.Tensor, n_lengths: torch.Tensor,
-                     clean: torch.Tensor | None = None, prompt: torch.Tensor | None = None) -> Terms:
+                     clean: torch.Tensor | None = None, prompt: torch.Tensor | None = None,
+                     first_block_weight: float = 1.0) -> Terms:
     """Loss on the noisy half of [z0 | z_t]: mean_c (v - (z1 - z0))^2 weighted by real, non-prompt latents.
 
     z0, z1 (B, n, C) DiT-space; t (B,) in [0, 1]; n_lengths (B,); clean (B, n) prompt latents (t=0, weight 0)
-    whose values are ``prompt`` (B, n, C) when given, else z0.
+    whose values are ``prompt`` (B, n, C) when given, else z0. ``first_block_weight`` scales the weight of each
+    row's first block (an unprompted sample draws it without guidance; 1 is the official uniform weight).
     Also returns ``zero_velocity``: the same loss for predicting v = 0 (the trivial baseline).
     """
     batch, n, _ = z0.shape
@@ -187,7 +189,9 @@ def flow_matching_2l(dit: ColaDiT, z0: torch.Tensor, z1: torch.Tensor, t: torch.
     if prompt is not None:
         zt = torch.where(clean[..., None], prompt.to(zt.dtype), zt)
     v = two_l_velocity(dit, z0, zt, (t_tok * TIME_SCALE).to(torch.bfloat16).float(), n_lengths)   # t*T in bf16
-    weight = (torch.arange(n, device=device)[None] < n_lengths[:, None]) & ~clean
+    weight = ((torch.arange(n, device=device)[None] < n_lengths[:, None]) & ~clean).float()
+    if first_block_weight != 1.0:
+        weight[:, :dit.config.block_size] *= first_block_weight
     return velocity_terms(v, z1 - z0, weight)
 
 
@@ -212,7 +216,8 @@ def prompt_encoding_ids(batch: TokenBatch, clean: torch.Tensor, block_size: int,
 
 def dit_terms(dit: ColaDiT, vae: ColaTextVAE, batch: TokenBatch, gen: torch.Generator, rows: slice, *,
               t_sampling: str, t_loc: float, t_scale: float, prompt_block_prob: float, posterior_mean: bool,
-              ref_vae: ColaTextVAE | None = None, prompt_pad_id: int | None = None) -> Terms:
+              ref_vae: ColaTextVAE | None = None, prompt_pad_id: int | None = None,
+              first_block_weight: float = 1.0) -> Terms:
     """Flow matching on the VAE's DiT-space latents; with ``ref_vae`` (joint training) the VAE also gets
     recon CE and KL(q || q_ref) to the frozen reference encoder.
 
@@ -240,7 +245,7 @@ def dit_terms(dit: ColaDiT, vae: ColaTextVAE, batch: TokenBatch, gen: torch.Gene
         with torch.no_grad():
             ids = prompt_encoding_ids(batch, clean, dit.config.block_size, cfg.patch_size, prompt_pad_id)
             prompt = vae.to_dit_space(vae.encode_ids(ids, batch.lengths).mean)
-    terms = flow_matching_2l(dit, z0 if joint else z0.detach(), z1, t, n_lengths, clean, prompt)
+    terms = flow_matching_2l(dit, z0 if joint else z0.detach(), z1, t, n_lengths, clean, prompt, first_block_weight)
     if joint:
         valid = token_valid(batch)
         ce = _ce(vae.decode_latents(z0, n_lengths), batch.ids)

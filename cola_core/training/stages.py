@@ -264,6 +264,7 @@ def train_dit(cfg: DiTTrainConfig, resume: bool = False, overwrite: bool = False
     order, val_batches = _datasets(cfg, tokenizer, vcfg, micro)
     terms = functools.partial(dit_terms, dit, vae, t_sampling=cfg.t_sampling, t_loc=cfg.t_loc, t_scale=cfg.t_scale,
                               prompt_block_prob=cfg.prompt_block_prob, posterior_mean=cfg.posterior_mean,
+                              first_block_weight=cfg.first_block_weight,
                               ref_vae=ref_vae, prompt_pad_id=tokenizer.pad_id if cfg.prompt_as_generated else None)
     weights = {"fm": 1.0, "recon": cfg.lambda_vae, "kl_ref": cfg.lambda_ref}
 
