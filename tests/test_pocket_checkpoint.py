@@ -90,15 +90,29 @@ def test_packaging_ships_every_checkpoint_file_and_no_symlink():
     assert chat_checkpoint() / "shared_parts.json" in packaged
 
 
+def test_study_arm_configs_load_and_write_only_under_artifacts():
+    """The card's study arms keep their exact TOMLs beside their results; each still loads under today's trainer."""
+    arms = sorted((ROOT / "benchmarks" / "results").glob("*/arm_*.toml"))
+    assert len(arms) >= 6
+    for path in arms:
+        cfg = load_config("dit" if "dit" in path.parent.name else "vae", path)
+        assert Path(cfg.out_dir).parts[0] == "artifacts" and Path(cfg.run_dir).parts[0] == "artifacts", path
+
+
 def test_pocket_weights_match_the_shipped_training_configs(pocket):
     vae_cfg, dit_cfg = load_config("vae", CONFIGS / "pocket_vae.toml"), load_config("dit", CONFIGS / "pocket_dit.toml")
     sft_cfg = load_config("sft", CONFIGS / "pocket_sft.toml")
     decoder_cfg = load_config("vae", CONFIGS / "pocket_vae_decoder.toml")
     continued_cfg = load_config("dit", CONFIGS / "pocket_dit_continue.toml")
+    chat_base_cfg = load_config("dit", CONFIGS / "pocket_dit_chat_base.toml")
     noised_decoder_cfg = load_config("vae", CONFIGS / "pocket_vae_decoder_noise.toml")
-    for cfg in (vae_cfg, decoder_cfg, dit_cfg, continued_cfg, sft_cfg, noised_decoder_cfg):   # never over a shipped one
-        assert Path(cfg.out_dir).parts[0] == "artifacts" and Path(cfg.run_dir).parts[0] == "artifacts"
-    assert sft_cfg.init_from == dit_cfg.out_dir  # the chat model tunes the base trained just before
+    for cfg in (vae_cfg, decoder_cfg, dit_cfg, chat_base_cfg, continued_cfg, sft_cfg, noised_decoder_cfg):
+        assert Path(cfg.out_dir).parts[0] == "artifacts" and Path(cfg.run_dir).parts[0] == "artifacts"   # never shipped
+    # the chat model tunes stage 2 run with the official uniform loss: the base's recipe but for first_block_weight
+    assert sft_cfg.init_from == continued_cfg.init_from == chat_base_cfg.out_dir
+    assert dit_cfg.first_block_weight == 4.0 and chat_base_cfg.first_block_weight == 1.0
+    differ = {key for key in vars(dit_cfg) if getattr(dit_cfg, key) != getattr(chat_base_cfg, key)}
+    assert differ == {"first_block_weight", "run_dir", "out_dir"}
     assert noised_decoder_cfg.init_from == decoder_cfg.out_dir and not noised_decoder_cfg.train_encoder
     assert noised_decoder_cfg.dialogue_template == sft_cfg.out_dir   # the decoder sees chats as pocket-chat renders them
     for key, value in vae_cfg.model.items():
@@ -122,8 +136,8 @@ def test_pocket_reconstruction_bars_and_sample_quality_floors(card_eval):
     assert card_eval["prose_recon"]["ood"] >= 0.97 and card_eval["prose_recon"]["fortunes_test"] >= 0.97
     # Not the issue's bars (>= 90 % real words, <= 2x perplexity): at block 2 the pocket does not hold
     # them (card: "not met"); these floors keep a retrained pocket from silently getting worse than the
-    # shipped one (88.3 % / 2.44x; prompted 89.8 %, which moves by a point or two from seed to seed).
-    assert samples["all"]["in_vocab"] >= 0.87 and samples["prompted"]["in_vocab"] >= 0.88
+    # shipped one (87.9 % / 2.49x; prompted 92.8 %; each moves by a point or two from seed to seed).
+    assert samples["all"]["in_vocab"] >= 0.87 and samples["prompted"]["in_vocab"] >= 0.90
     assert samples["ppl_ratio_vs_real"] <= 3.0
 
 
