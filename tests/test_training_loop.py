@@ -131,11 +131,11 @@ def test_decoder_tuning_keeps_the_latent_space_bit_exact(tmp_path, trained):
 
 
 def test_decoder_blocks_grows_the_decoder_from_its_trained_predictions(tmp_path, trained):
-    """``decoder_blocks`` appends zero-output blocks: the grown decoder predicts as the trained one did before any
-    step, the encoder and latent scaling stay bit-exact, and the export records the new depth."""
+    """``decoder_blocks`` appends zero-output blocks: before any step the grown decoder agrees with the trained
+    one's predictions, the encoder and latent scaling stay bit-exact, and the export records the new depth."""
     tmp, corpus = trained
     stage1 = tmp / "vae" / "model"
-    vae, tokenizer = load_vae(stage1, torch.device("cpu"))
+    vae = load_vae(stage1, torch.device("cpu"))[0]
     grown = copy.deepcopy(vae)
     grow_decoder(grown, vae.config.decoder_num_blocks + 2)
     assert len(grown.decoder.blocks) == grown.config.decoder_num_blocks == vae.config.decoder_num_blocks + 2
