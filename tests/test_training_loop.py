@@ -160,11 +160,13 @@ def test_decoder_blocks_grows_the_decoder_from_its_trained_predictions(tmp_path,
         vae_config(tmp_path, corpus, decoder_noise=0.0, decoder_swap=0.5, decoder_swap_noised=True)
 
 
-def test_first_block_weight_must_be_positive(tmp_path, trained):
+def test_first_block_weight_and_crop_start_prob_are_checked(tmp_path, trained):
     tmp, corpus = trained
     assert dit_config(tmp_path, corpus, tmp / "vae" / "model", first_block_weight=4.0).first_block_weight == 4.0
     with pytest.raises(ConfigError, match="'first_block_weight' must be > 0"):
         dit_config(tmp_path, corpus, tmp / "vae" / "model", first_block_weight=0.0)
+    with pytest.raises(ConfigError, match="'crop_start_prob' must be in \\[0, 1\\]"):
+        dit_config(tmp_path, corpus, tmp / "vae" / "model", crop_start_prob=1.5)
 
 
 def test_decoder_tuning_can_read_dialogues_as_the_chat_model_renders_them(tmp_path, trained, capsys):

@@ -7,8 +7,8 @@ import torch
 from cola_core.attention import pad_rows
 from cola_core.text_codec import TokenBatch
 from cola_core.training import objectives
-from cola_core.training.objectives import (cut_prefixes, flow_matching_2l, prompt_block_clean, set_latent_scaling,
-                                          swap_latents, vae_terms)
+from cola_core.training.objectives import (crop_starts, cut_prefixes, dit_terms, flow_matching_2l, prompt_block_clean,
+                                          set_latent_scaling, swap_latents, vae_terms, word_start_ids)
 from cola_core.two_l import two_l_layout
 from cola_core.training.trainer import lr_factor
 
@@ -100,6 +100,60 @@ def test_cut_prefixes_pads_like_a_prompt():
     assert 1 <= keep <= 5
     assert cut.ids[0, :keep].tolist() == ids[0, :keep].tolist() and (cut.ids[0, keep:] == 0).all()
     assert int(cut.lengths[0]) == keep + (-keep) % 4
+
+
+def test_crop_starts_keeps_a_suffix_from_a_word_initial_block():
+    """Row 0 (blocks of 2: [9 10] [11 12] [13 1]) may start at block 1 only (11 begins a word, 13 does not);
+    row 1 has no later word-initial block and stays whole; probability 0 returns the batch untouched."""
+    ids = torch.tensor([[9, 10, 11, 12, 13, 1], [11, 1, 0, 0, 0, 0]])
+    batch = TokenBatch(ids, torch.tensor([6, 2]), ids != 0, patch_size=1)
+    word_start = torch.zeros(20, dtype=torch.bool)
+    word_start[[9, 11]] = True
+    gen = torch.Generator().manual_seed(0)
+    assert crop_starts(batch, 0.0, gen, pad_id=0, chunk=2, word_start=word_start) is batch
+    crop = crop_starts(batch, 1.0, gen, pad_id=0, chunk=2, word_start=word_start)
+    assert crop.ids.tolist() == [[11, 12, 13, 1, 0, 0], [11, 1, 0, 0, 0, 0]]
+    assert crop.lengths.tolist() == [4, 2] and crop.real.sum(1).tolist() == [4, 2]
+
+
+def test_crop_starts_draws_every_allowed_block_and_only_those():
+    """Blocks 1 (11) and 2 (9) begin words: about half the rows are cropped, to either block about equally."""
+    ids = torch.tensor([[9, 10, 11, 12, 9, 1, 0, 0]] * 400)
+    batch = TokenBatch(ids, torch.tensor([6] * 400), ids != 0, patch_size=1)
+    word_start = torch.zeros(20, dtype=torch.bool)
+    word_start[[9, 11]] = True
+    crop = crop_starts(batch, 0.5, torch.Generator().manual_seed(1), pad_id=0, chunk=2, word_start=word_start)
+    kept = {n: crop.ids[crop.lengths == n] for n in (6, 4, 2)}
+    assert sum(len(rows) for rows in kept.values()) == 400 and 150 < len(kept[6]) < 250
+    assert 50 < len(kept[4]) < 150 and 50 < len(kept[2]) < 150
+    assert (kept[4][:, :4] == torch.tensor([11, 12, 9, 1])).all() and (kept[2][:, :2] == torch.tensor([9, 1])).all()
+
+
+def test_dit_terms_train_on_the_cropped_rows(tiny_model):
+    """The loss counts the latents of the cropped rows: cropping is drawn first from the step's generator."""
+    tokenizer, block = tiny_model.tokenizer, tiny_model.dit.config.block_size
+    rows = [tokenizer.encode(" the river flows into the sea and the sea is wide") + [tokenizer.eos_id]] * 8
+    from cola_core.text_codec import pad_to_blocks
+    batch = pad_to_blocks(rows, tokenizer.pad_id, block, tiny_model.vae.config.patch_size)
+    word_start = word_start_ids(tokenizer)
+    knobs = dict(t_sampling="uniform", t_loc=0.0, t_scale=1.0, prompt_block_prob=0.0, posterior_mean=True)
+    with torch.no_grad():
+        plain = dit_terms(tiny_model.dit, tiny_model.vae, batch, torch.Generator().manual_seed(2), slice(None), **knobs)
+        cropped = dit_terms(tiny_model.dit, tiny_model.vae, batch, torch.Generator().manual_seed(2), slice(None),
+                            crop_start_prob=1.0, word_start=word_start, pad_id=tokenizer.pad_id, **knobs)
+    expected = crop_starts(batch, 1.0, torch.Generator().manual_seed(2), tokenizer.pad_id,
+                           block * tiny_model.vae.config.patch_size, word_start)
+    assert int(plain["fm"][1]) == int(batch.latent_lengths.sum())
+    assert int(cropped["fm"][1]) == int(expected.latent_lengths.sum()) < int(plain["fm"][1])
+
+
+def test_word_start_ids_marks_space_letter_tokens(tiny_model):
+    tokenizer = tiny_model.tokenizer
+    marks = word_start_ids(tokenizer)
+    assert marks.shape == (tokenizer.vocab_size,)
+    for token in tokenizer.encode(" the river flows")[:1] + tokenizer.encode(" river")[:1]:
+        assert marks[token]
+    assert not marks[tokenizer.eos_id] and not marks[tokenizer.pad_id]
 
 
 def _decoder_input_of(vae, monkeypatch):

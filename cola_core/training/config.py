@@ -149,6 +149,8 @@ class DiTTrainConfig(TrainConfig):
     t_scale: float = 1.0
     prompt_block_prob: float = 0.05        # per block: first k latents clean (t=0, weight 0)
     first_block_weight: float = 1.0        # loss weight of each row's first block (1: the official uniform weight)
+    crop_start_prob: float = 0.0           # per row: start at a random later word-initial block, as packed rows start
+                                           # mid-text (0: every row starts at its text's beginning)
     prompt_as_generated: bool = False      # clean prompt latents encoded with pad after them, as generation does
     posterior_mean: bool = False           # z0 from the posterior mean instead of a sample
     joint_vae: bool = False                # also train the VAE: recon CE + KL to a frozen copy of its encoder
@@ -163,8 +165,9 @@ class DiTTrainConfig(TrainConfig):
         _check_t_sampling(self, source)
         if self.first_block_weight <= 0:
             raise ConfigError(f"{source}: field 'first_block_weight' must be > 0, got {self.first_block_weight!r}")
-        if not 0 <= self.prompt_block_prob <= 1:
-            raise ConfigError(f"{source}: field 'prompt_block_prob' must be in [0, 1], got {self.prompt_block_prob!r}")
+        for key in ("prompt_block_prob", "crop_start_prob"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise ConfigError(f"{source}: field {key!r} must be in [0, 1], got {getattr(self, key)!r}")
         for key in ("vae_lr", "lambda_vae", "lambda_ref"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{source}: field {key!r} must be >= 0, got {getattr(self, key)!r}")

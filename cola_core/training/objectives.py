@@ -47,6 +47,38 @@ def cut_prefixes(batch: TokenBatch, prob: float, gen: torch.Generator, pad_id: i
     return replace(batch, ids=ids, lengths=lengths, real=real)
 
 
+def word_start_ids(tokenizer) -> torch.Tensor:
+    """(V,) bool: tokens that begin a word after a space (" river"), where a cropped row may start."""
+    pieces = (tokenizer.decode([i], skip_special_tokens=False) for i in range(tokenizer.vocab_size))
+    return torch.tensor([len(p) > 1 and p[0] == " " and p[1].isalpha() for p in pieces], dtype=torch.bool)
+
+
+def crop_starts(batch: TokenBatch, prob: float, gen: torch.Generator, pad_id: int, chunk: int,
+                word_start: torch.Tensor) -> TokenBatch:
+    """With probability ``prob`` per text, drop its first k >= 1 blocks (``chunk`` tokens each) so the row starts
+    at a later block whose first token begins a word (``word_start`` (V,) bool), k uniform among those blocks.
+    Packed pretraining rows start mid-text; a row of one short text otherwise always starts at its beginning, and
+    the no-context pass (the unconditional branch of guidance) then learns only texts' first blocks."""
+    if prob <= 0:
+        return batch
+    batch_size, width = batch.ids.shape
+    blocks = width // chunk
+    pick = torch.rand(batch_size, generator=gen, device=gen.device) < prob
+    score = torch.rand(batch_size, blocks, generator=gen, device=gen.device)
+    device = batch.ids.device
+    starts = batch.ids[:, ::chunk]                                                    # (B, blocks)
+    later = torch.arange(blocks, device=device)[None] >= 1
+    inside = torch.arange(blocks, device=device)[None] * chunk < batch.token_lengths[:, None]
+    allowed = word_start.to(device)[starts] & later & inside
+    k = torch.where(allowed, score.to(device), -1.0).argmax(1)                        # (B,) the kept first block
+    k = torch.where(pick.to(device) & allowed.any(1), k, 0)
+    shift = k * chunk                                                                 # (B,) tokens dropped
+    pos = torch.arange(width, device=device)[None] + shift[:, None]                  # (B, L) source positions
+    real = batch.real.gather(1, pos.clamp(max=width - 1)) & (pos < width)
+    ids = batch.ids.gather(1, pos.clamp(max=width - 1)).masked_fill(~real, pad_id)
+    return replace(batch, ids=ids, lengths=batch.lengths - shift, real=real)
+
+
 def bert_mask(valid: torch.Tensor, prob: float, seq_prob: float, gen: torch.Generator) -> torch.Tensor:
     """(B, L) bool: in a ``seq_prob`` share of sequences, each valid token masked with ``prob``."""
     seq = torch.rand(valid.shape[0], generator=gen, device=gen.device) < seq_prob
@@ -217,15 +249,20 @@ def prompt_encoding_ids(batch: TokenBatch, clean: torch.Tensor, block_size: int,
 def dit_terms(dit: ColaDiT, vae: ColaTextVAE, batch: TokenBatch, gen: torch.Generator, rows: slice, *,
               t_sampling: str, t_loc: float, t_scale: float, prompt_block_prob: float, posterior_mean: bool,
               ref_vae: ColaTextVAE | None = None, prompt_pad_id: int | None = None,
-              first_block_weight: float = 1.0) -> Terms:
+              first_block_weight: float = 1.0, crop_start_prob: float = 0.0,
+              word_start: torch.Tensor | None = None, pad_id: int | None = None) -> Terms:
     """Flow matching on the VAE's DiT-space latents; with ``ref_vae`` (joint training) the VAE also gets
     recon CE and KL(q || q_ref) to the frozen reference encoder.
 
     With ``prompt_pad_id``, simulated prompt latents are the posterior means of the prompt encoded
     with pad ids after it, exactly what generation pins (the official recipe uses the full text's
     latents, which generation never sees: the encoder is bidirectional inside a block).
+    With ``crop_start_prob`` > 0 rows start at a later word-initial block with that probability
+    (:func:`crop_starts`, needing ``word_start`` and ``pad_id``), as packed pretraining rows do.
     """
     cfg = vae.config
+    if crop_start_prob > 0:
+        batch = crop_starts(batch, crop_start_prob, gen, pad_id, dit.config.block_size * cfg.patch_size, word_start)
     n, channels, batch_size = batch.ids.shape[1] // cfg.patch_size, cfg.latent_dim, len(batch.ids)
     eps = _randn((batch_size, n, channels), gen)
     z1 = _randn((batch_size, n, channels), gen)

@@ -29,7 +29,7 @@ from .config import DiTTrainConfig, SFTTrainConfig, VAETrainConfig
 from .conversations import ConversationDataset, read_conversations
 from .corpus import read_corpus
 from .data import BatchOrder, TokenDataset, corpus_split_path, fixed_batches
-from .objectives import dit_terms, latent_statistics, set_latent_scaling, vae_terms
+from .objectives import dit_terms, latent_statistics, set_latent_scaling, vae_terms, word_start_ids
 from .sft import block_size_choices, sft_terms
 from .tokenizer_train import train_bpe_tokenizer
 from .trainer import Dist, Trainer, claim_out_dir, claim_run_dir, setup_distributed
@@ -264,7 +264,9 @@ def train_dit(cfg: DiTTrainConfig, resume: bool = False, overwrite: bool = False
     order, val_batches = _datasets(cfg, tokenizer, vcfg, micro)
     terms = functools.partial(dit_terms, dit, vae, t_sampling=cfg.t_sampling, t_loc=cfg.t_loc, t_scale=cfg.t_scale,
                               prompt_block_prob=cfg.prompt_block_prob, posterior_mean=cfg.posterior_mean,
-                              first_block_weight=cfg.first_block_weight,
+                              first_block_weight=cfg.first_block_weight, crop_start_prob=cfg.crop_start_prob,
+                              word_start=word_start_ids(tokenizer) if cfg.crop_start_prob else None,
+                              pad_id=tokenizer.pad_id,
                               ref_vae=ref_vae, prompt_pad_id=tokenizer.pad_id if cfg.prompt_as_generated else None)
     weights = {"fm": 1.0, "recon": cfg.lambda_vae, "kl_ref": cfg.lambda_ref}
 
