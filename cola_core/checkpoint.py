@@ -225,6 +225,9 @@ class SkipInit(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
+DOCUMENT_START_KEY = "document_start_ids"     # DiT config key: the ids a text starts after (ColaModel.prompt_ids)
+
+
 @dataclass
 class ColaModel:
     """A loaded Cola DLM: VAE, DiT, tokenizer, configs, and where/how they run."""
@@ -260,6 +263,24 @@ class ColaModel:
     @property
     def patch_size(self) -> int:
         return self.vae_config.patch_size
+
+    @property
+    def document_start_ids(self) -> list[int]:
+        """Token ids the DiT config says a text starts after (``document_start_ids``, whole blocks; none in the
+        release): ``train dit --document_start`` writes them, and a text prompt is preceded by them, so even an
+        unprompted sample has a prefix and its first block of text is guided."""
+        ids = self.dit_config.extra.get(DOCUMENT_START_KEY, [])
+        chunk = self.block_size * self.patch_size
+        if not (isinstance(ids, list) and len(ids) % chunk == 0
+                and all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < self.tokenizer.vocab_size
+                        for t in ids)):
+            raise CheckpointError(f"DiT config {DOCUMENT_START_KEY!r} must be a list of token ids in "
+                                  f"[0, {self.tokenizer.vocab_size}) filling whole blocks of {chunk}, got {ids!r}")
+        return list(ids)
+
+    def prompt_ids(self, text: str) -> list[int]:
+        """A text prompt's token ids: the document start (if any), then the text as the official code tokenises it."""
+        return self.document_start_ids + self.tokenizer.encode(text)
 
     def save_pretrained(self, root: str | Path, max_shard_bytes: int | None = None) -> Path:
         return save_pretrained(self, root, max_shard_bytes=max_shard_bytes)

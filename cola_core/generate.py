@@ -172,7 +172,8 @@ class BlockwiseSampler:
 
     def __init__(self, model: ColaModel, prompts: Sequence[str | Sequence[int]], config: GenerationConfig | None = None,
                  sample_ids: Sequence[int] | None = None, eos_ids: Sequence[int] | None = None, fast: bool = True):
-        """``prompts``: texts, or token-id lists used as given (e.g. a chat template built from ids).
+        """``prompts``: texts (after the checkpoint's document start, if any), or token-id lists used as given
+        (e.g. a chat template built from ids).
 
         ``fast`` runs the DiT through :class:`~cola_core.static_prior.StaticPriorContext` (static shapes, CUDA
         graphs); False runs the eager :class:`PriorContext`. Both give the same tokens; a model-internal
@@ -202,8 +203,9 @@ class BlockwiseSampler:
         self.end_ids = torch.tensor(sorted(model.tokenizer.stop_ids), dtype=torch.long)   # where a text ends
         bs, patch, max_new = model.block_size, model.patch_size, self.config.max_new_tokens
         texts = [p for p in prompts if isinstance(p, str)]
+        start = model.document_start_ids
         encoded = iter(model.tokenizer.encode_batch(texts) if texts else [])
-        prompt_ids = [next(encoded) if isinstance(p, str) else list(p) for p in prompts]
+        prompt_ids = [start + next(encoded) if isinstance(p, str) else list(p) for p in prompts]
         prompts = [p if isinstance(p, str) else model.tokenizer.decode(list(p)) for p in prompts]
         self.num_blocks = max(blocks_needed(len(ids), max_new, bs, patch) for ids in prompt_ids)
         for i, ids in enumerate(prompt_ids):   # checked before any model work
@@ -391,10 +393,10 @@ def generation_result(tokenizer: ColaTokenizer, prompt: str, blocks: Sequence[to
 
 
 def prepare_prompts(model: ColaModel, prompts: list[str], ids: list[list[int]] | None = None) -> PreparedPrompts:
-    """Tokenise (unless ``ids`` are given), pad to whole blocks, encode, and split each prompt into
+    """Tokenise after the document start (unless ``ids`` are given), pad to whole blocks, encode, and split each prompt into
     prefix / pinned window (spec section 7 steps 1-4)."""
     tok, bs, patch = model.tokenizer, model.block_size, model.patch_size
-    ids = tok.encode_batch(prompts) if ids is None else ids
+    ids = [model.document_start_ids + row for row in tok.encode_batch(prompts)] if ids is None else ids
     tokens = pad_to_blocks(ids, tok.pad_id, bs, patch)
     batch, channels = len(prompts), model.vae_config.latent_dim
     if tokens.ids.shape[1] > 0:

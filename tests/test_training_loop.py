@@ -169,6 +169,21 @@ def test_first_block_weight_and_crop_start_prob_are_checked(tmp_path, trained):
         dit_config(tmp_path, corpus, tmp / "vae" / "model", crop_start_prob=1.5)
 
 
+def test_a_trained_document_start_is_recorded_and_precedes_prompts(tmp_path, trained):
+    tmp, corpus = trained
+    vae = tmp / "vae" / "model"
+    tokenizer = load_pretrained(tmp / "final").tokenizer
+    chunk = 4                                                        # the tiny models' block of 4 latents, patch 1
+    start = next(s for s in ("== ", "==== ", "#", "##", "###", "####", "#####") if len(tokenizer.encode(s)) == chunk)
+    with pytest.raises(ConfigError, match="must fill whole blocks of 4 tokens"):
+        train_dit(dit_config(tmp_path, corpus, vae, steps=1, document_start="x",
+                             document_start_share=0.5))
+    train_dit(dit_config(tmp_path, corpus, vae, steps=2, document_start=start, document_start_share=0.5))
+    model = load_pretrained(tmp_path / "final")
+    assert model.dit_config.extra["document_start_ids"] == tokenizer.encode(start) == model.document_start_ids
+    assert model.prompt_ids("the cat") == tokenizer.encode(start) + tokenizer.encode("the cat")
+
+
 def test_decoder_tuning_can_read_dialogues_as_the_chat_model_renders_them(tmp_path, trained, capsys):
     """``dialogues`` adds the first ``dialogue_rows`` train conversations, rendered by a checkpoint's template."""
     tmp, corpus = trained

@@ -238,10 +238,11 @@ class GenerationBackend:
 
     def prompt_ids(self, prompt: Prompt, max_new_tokens: int) -> ChatPrompt:
         """One prompt's ids and what ends its answer: a chat by its template; texts as the official code
-        tokenises them and token ids as given, both ending at EOS / im_end."""
+        tokenises them (after the checkpoint's document start, if any) and token ids as given, both ending at
+        EOS / im_end."""
         if isinstance(prompt, Chat):
             return self.chat_prompt(prompt.messages, max_new_tokens)
-        ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        ids = self.model.prompt_ids(prompt) if isinstance(prompt, str) else list(prompt)
         return ChatPrompt(ids, frozenset(self.tokenizer.stop_ids), ())
 
     def open(self, job: Job) -> Run:

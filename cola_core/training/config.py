@@ -151,6 +151,9 @@ class DiTTrainConfig(TrainConfig):
     first_block_weight: float = 1.0        # loss weight of each row's first block (1: the official uniform weight)
     crop_start_prob: float = 0.0           # per row: start at a random later word-initial block, as packed rows start
                                            # mid-text (0: every row starts at its text's beginning)
+    document_start: str = ""               # text a share of the rows start after (whole blocks of tokens, e.g. "\n\n");
+    document_start_share: float = 0.0      # ... that share; recorded in the DiT config, generation puts it before
+                                           # every text prompt, so an unprompted sample's first text block is guided
     prompt_as_generated: bool = False      # clean prompt latents encoded with pad after them, as generation does
     posterior_mean: bool = False           # z0 from the posterior mean instead of a sample
     joint_vae: bool = False                # also train the VAE: recon CE + KL to a frozen copy of its encoder
@@ -165,6 +168,12 @@ class DiTTrainConfig(TrainConfig):
         _check_t_sampling(self, source)
         if self.first_block_weight <= 0:
             raise ConfigError(f"{source}: field 'first_block_weight' must be > 0, got {self.first_block_weight!r}")
+        if bool(self.document_start) != (self.document_start_share > 0) or self.document_start_share > 1:
+            raise ConfigError(f"{source}: 'document_start' and 'document_start_share' (in (0, 1]) go together, got "
+                              f"{self.document_start!r} and {self.document_start_share!r}")
+        if self.document_start and self.init_from:
+            raise ConfigError(f"{source}: 'document_start' trains a new DiT; a continued one ('init_from') keeps "
+                              "its checkpoint's conventions")
         for key in ("prompt_block_prob", "crop_start_prob"):
             if not 0 <= getattr(self, key) <= 1:
                 raise ConfigError(f"{source}: field {key!r} must be in [0, 1], got {getattr(self, key)!r}")

@@ -5,6 +5,7 @@ seeded permutation (optionally length-bucketed), so the data position needs no s
 """
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,13 @@ class TokenDataset:
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def precede(self, start_ids: Sequence[int], share: float, seed: int) -> None:
+        """Put ``start_ids`` before a fixed share of the rows (each row drawn once, in order, from
+        ``random.Random(seed)``), cut to max_tokens: texts that start after a document start, such as a paragraph
+        break, and texts that start a row, side by side."""
+        draw = random.Random(seed)
+        self.rows = [(list(start_ids) + row)[:self.max_tokens] if draw.random() < share else row for row in self.rows]
 
     def add_rows(self, rows: Sequence[list[int]]) -> None:
         """Append token id rows (already ending as they should, e.g. rendered chats ending in their stop token)."""

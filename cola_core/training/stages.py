@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from ..chat_template import ChatTemplate
-from ..checkpoint import ColaModel, load_module, load_pretrained, save_model_folder, save_pretrained
+from ..checkpoint import DOCUMENT_START_KEY, ColaModel, load_module, load_pretrained, save_model_folder, save_pretrained
 from ..config import DiTConfig, VAEConfig, check_pair
 from ..dit import ColaDiT
 from ..errors import ConfigError
@@ -133,12 +133,16 @@ def _tokenizer_for(cfg: VAETrainConfig, env: Dist) -> ColaTokenizer:
     return ColaTokenizer.from_file(path)
 
 
-def _datasets(cfg, tokenizer: ColaTokenizer, vcfg: VAEConfig, micro: int, extra_rows: Sequence[list[int]] = ()
-              ) -> tuple[BatchOrder, list]:
-    """Batches of the corpus's train split (plus ``extra_rows`` of token ids) and fixed validation batches."""
+def _datasets(cfg, tokenizer: ColaTokenizer, vcfg: VAEConfig, micro: int, extra_rows: Sequence[list[int]] = (),
+              start_ids: Sequence[int] = (), start_share: float = 0.0) -> tuple[BatchOrder, list]:
+    """Batches of the corpus's train split (plus ``extra_rows`` of token ids) and fixed validation batches; with
+    ``start_ids``, a share ``start_share`` of each split's texts is preceded by them (:meth:`TokenDataset.precede`)."""
     train = TokenDataset.from_corpus(cfg.corpus, "train", tokenizer, cfg.max_tokens, vcfg.block_size, vcfg.patch_size)
-    train.add_rows(extra_rows)
     val = TokenDataset.from_corpus(cfg.corpus, "val", tokenizer, cfg.max_tokens, vcfg.block_size, vcfg.patch_size)
+    if start_ids:
+        train.precede(start_ids, start_share, cfg.seed)
+        val.precede(start_ids, start_share, cfg.seed + 1)
+    train.add_rows(extra_rows)
     order = BatchOrder(train, micro, cfg.seed, cfg.length_bucketing)
     return order, fixed_batches(val, micro, cfg.val_batches)
 
@@ -261,7 +265,9 @@ def train_dit(cfg: DiTTrainConfig, resume: bool = False, overwrite: bool = False
     else:
         vae.eval().requires_grad_(False)
     micro = cfg.batch_size // cfg.grad_accum
-    order, val_batches = _datasets(cfg, tokenizer, vcfg, micro)
+    start_ids = document_start_tokens(cfg, tokenizer, dcfg.block_size * vcfg.patch_size)
+    order, val_batches = _datasets(cfg, tokenizer, vcfg, micro, start_ids=start_ids,
+                                   start_share=cfg.document_start_share)
     terms = functools.partial(dit_terms, dit, vae, t_sampling=cfg.t_sampling, t_loc=cfg.t_loc, t_scale=cfg.t_scale,
                               prompt_block_prob=cfg.prompt_block_prob, posterior_mean=cfg.posterior_mean,
                               first_block_weight=cfg.first_block_weight, crop_start_prob=cfg.crop_start_prob,
@@ -272,6 +278,8 @@ def train_dit(cfg: DiTTrainConfig, resume: bool = False, overwrite: bool = False
 
     def export(step: int) -> None:
         dcfg.extra.update(pad_token_id=tokenizer.pad_id, eos_token_id=tokenizer.eos_id)
+        if start_ids:
+            dcfg.extra[DOCUMENT_START_KEY] = start_ids
         _save_release(cfg, vae, dit, tokenizer)
         _write_summary(cfg, step, {"dit_params": _param_count(dit), "vae_params": _param_count(vae)})
 
@@ -281,6 +289,18 @@ def train_dit(cfg: DiTTrainConfig, resume: bool = False, overwrite: bool = False
               f"{order.per_epoch} batches/epoch", file=sys.stderr)
     trainer = Trainer(cfg, env, modules, groups, terms, weights, order, val_batches, export, ema_module="dit")
     return trainer.fit(resume, allow_config_change)
+
+
+def document_start_tokens(cfg: DiTTrainConfig, tokenizer: ColaTokenizer, chunk: int) -> list[int]:
+    """The ids of ``cfg.document_start`` (none when unset): whole blocks of ``chunk`` tokens without a stop token,
+    so a prompt that starts with them keeps a prefix of its own and its text starts a fresh block."""
+    if not cfg.document_start:
+        return []
+    ids = tokenizer.encode(cfg.document_start)
+    if not ids or len(ids) % chunk or set(ids) & (tokenizer.stop_ids | {tokenizer.pad_id}):
+        raise ConfigError(f"document_start {cfg.document_start!r} is {len(ids)} tokens {ids}; it must fill whole "
+                          f"blocks of {chunk} tokens and hold no stop or pad token")
+    return ids
 
 
 def _new_dit(cfg: DiTTrainConfig, vcfg: VAEConfig) -> ColaDiT:
