@@ -64,16 +64,17 @@ def test_interval_sets_the_guidance_the_steps_actually_use(wb):
 
 
 def test_rescale_keeps_high_guidance_latents_near_the_data(pocket_model):
-    """At guidance 7 the pocket's latents sit well above the data's norm (1.35x here); CFG-rescale pulls them back."""
+    """At guidance 7 the pocket's latents sit well above the data's norm (1.61x here); CFG-rescale pulls them back,
+    nearly all the way at phi = 1 (1.08x) and most of the way at 0.9 (1.16x)."""
     wb = Workbench(pocket_model)
     reference = data_norm(pocket_model)
     knobs = dict(steps=4, guidance=7.0, max_new_tokens=8, seed=0)
     ratio = {}
-    for phi in (0.0, 0.9):
+    for phi in (0.0, 0.9, 1.0):
         traj = wb.trajectory(["a small bird that", "the act of"], guidance_rescale=phi, **knobs)
         records = [r for r in traj.norm_records(reference) if not r["after_eos"]]
         ratio[phi] = sum(r["ratio"] for r in records) / len(records)
-    assert ratio[0.9] < 1.1 < 1.25 < ratio[0.0]
+    assert ratio[1.0] < 1.1 and ratio[0.9] < 1.2 < 1.5 < ratio[0.0]
 
 
 def test_latent_verbs_use_the_same_variants_as_the_sampler(wb):

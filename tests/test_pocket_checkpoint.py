@@ -108,11 +108,12 @@ def test_pocket_weights_match_the_shipped_training_configs(pocket):
     noised_decoder_cfg = load_config("vae", CONFIGS / "pocket_vae_decoder_noise.toml")
     for cfg in (vae_cfg, decoder_cfg, dit_cfg, chat_base_cfg, continued_cfg, sft_cfg, noised_decoder_cfg):
         assert Path(cfg.out_dir).parts[0] == "artifacts" and Path(cfg.run_dir).parts[0] == "artifacts"   # never shipped
-    # the chat model tunes stage 2 run with the official uniform loss: the base's recipe but for first_block_weight
+    # the chat model tunes a stage 2 run without the document start: the base's recipe otherwise
     assert sft_cfg.init_from == continued_cfg.init_from == chat_base_cfg.out_dir
-    assert dit_cfg.first_block_weight == 4.0 and chat_base_cfg.first_block_weight == 1.0
+    assert dit_cfg.document_start == "\n\n" and not chat_base_cfg.document_start
     differ = {key for key in vars(dit_cfg) if getattr(dit_cfg, key) != getattr(chat_base_cfg, key)}
-    assert differ == {"first_block_weight", "run_dir", "out_dir"}
+    assert differ == {"document_start", "document_start_share", "run_dir", "out_dir"}
+    assert pocket.document_start_ids == pocket.tokenizer.encode(dit_cfg.document_start)
     assert noised_decoder_cfg.init_from == decoder_cfg.out_dir and not noised_decoder_cfg.train_encoder
     assert noised_decoder_cfg.dialogue_template == sft_cfg.out_dir   # the decoder sees chats as pocket-chat renders them
     for key, value in vae_cfg.model.items():
@@ -134,11 +135,20 @@ def test_pocket_reconstruction_bars_and_sample_quality_floors(card_eval):
     samples = card_eval["samples"]
     assert card_eval["latent"]["recon_accuracy"] >= 0.99
     assert card_eval["prose_recon"]["ood"] >= 0.97 and card_eval["prose_recon"]["fortunes_test"] >= 0.97
-    # Not the issue's bars (>= 90 % real words, <= 2x perplexity): at block 2 the pocket does not hold
-    # them (card: "not met"); these floors keep a retrained pocket from silently getting worse than the
-    # shipped one (87.9 % / 2.49x; prompted 92.8 %; each moves by a point or two from seed to seed).
-    assert samples["all"]["in_vocab"] >= 0.87 and samples["prompted"]["in_vocab"] >= 0.90
-    assert samples["ppl_ratio_vs_real"] <= 3.0
+    # The issue's bars (>= 90 % real words, <= 2x perplexity; shipped: 93.2 % / 1.40x), read beside diversity:
+    # degenerate text meets both (a DiT with every text after the document start: 98.5 % / 1.83x, distinct-1 0.15).
+    assert samples["all"]["in_vocab"] >= 0.90 and samples["ppl_ratio_vs_real"] <= 2.0
+    assert samples["all"]["distinct_1"] >= 0.3 and samples["all"]["distinct_2"] >= 0.7
+
+
+def test_pocket_meets_the_sample_bars_at_1000_samples(pocket):
+    """The card's verdict rests on the 1,000-sample run of these weights: both intervals clear of the bars."""
+    run = json.loads((ROOT / "benchmarks" / "results" / "pocket_dit_arms"
+                      / "evaluate_document_start_1000samples.json").read_text())
+    assert run["fingerprint"] == pocket.fingerprint and len(run["examples"]) == 1000
+    interval = run["samples"]["interval"]
+    assert interval["in_vocab"][0] >= 0.90 and interval["ppl_ratio_vs_real"][1] <= 2.0
+    assert run["samples"]["all"]["distinct_2"] >= 0.65
 
 
 def test_chat_card_numbers_are_evaluate_chat_output_for_these_weights(pocket_chat, chat_eval):
