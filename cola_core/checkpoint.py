@@ -267,7 +267,7 @@ class ColaModel:
     @property
     def document_start_ids(self) -> list[int]:
         """Token ids the DiT config says a text starts after (``document_start_ids``, whole blocks; none in the
-        release): ``train dit --document_start`` writes them, and a text prompt is preceded by them, so even an
+        release): ``train dit`` with ``document_start`` writes them, and a text prompt is preceded by them, so even an
         unprompted sample has a prefix and its first block of text is guided."""
         ids = self.dit_config.extra.get(DOCUMENT_START_KEY, [])
         chunk = self.block_size * self.patch_size

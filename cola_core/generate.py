@@ -393,8 +393,8 @@ def generation_result(tokenizer: ColaTokenizer, prompt: str, blocks: Sequence[to
 
 
 def prepare_prompts(model: ColaModel, prompts: list[str], ids: list[list[int]] | None = None) -> PreparedPrompts:
-    """Tokenise after the document start (unless ``ids`` are given), pad to whole blocks, encode, and split each prompt into
-    prefix / pinned window (spec section 7 steps 1-4)."""
+    """Tokenise after the document start (unless ``ids`` are given), pad to whole blocks, encode, and split each
+    prompt into prefix / pinned window (spec section 7 steps 1-4)."""
     tok, bs, patch = model.tokenizer, model.block_size, model.patch_size
     ids = [model.document_start_ids + row for row in tok.encode_batch(prompts)] if ids is None else ids
     tokens = pad_to_blocks(ids, tok.pad_id, bs, patch)

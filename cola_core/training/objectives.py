@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from ..constants import TIME_SCALE
 from ..dit import ColaDiT
 from ..text_codec import TokenBatch
+from ..tokenizer import ColaTokenizer
 from ..two_l import two_l_velocity
 from ..vae import ColaTextVAE, Posterior
 
@@ -47,7 +48,7 @@ def cut_prefixes(batch: TokenBatch, prob: float, gen: torch.Generator, pad_id: i
     return replace(batch, ids=ids, lengths=lengths, real=real)
 
 
-def word_start_ids(tokenizer) -> torch.Tensor:
+def word_start_ids(tokenizer: ColaTokenizer) -> torch.Tensor:
     """(V,) bool: tokens that begin a word after a space (" river"), where a cropped row may start."""
     pieces = (tokenizer.decode([i], skip_special_tokens=False) for i in range(tokenizer.vocab_size))
     return torch.tensor([len(p) > 1 and p[0] == " " and p[1].isalpha() for p in pieces], dtype=torch.bool)
