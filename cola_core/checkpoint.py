@@ -301,6 +301,24 @@ def checkpoint_fingerprint(paths: CheckpointPaths) -> str:
     return digest.hexdigest()[:16]
 
 
+def read_configs(path: str | Path, **special_ids: int | None
+                 ) -> tuple[CheckpointPaths, DiTConfig, VAEConfig, ColaTokenizer]:
+    """A local checkpoint folder's configs and tokenizer, checked against each other, without its weights: what
+    a chat template or a vocabulary check needs, in milliseconds."""
+    paths = CheckpointPaths.resolve(path)
+    dit_cfg = DiTConfig.from_json(paths.dit / "config.json")
+    vae_cfg = VAEConfig.from_json(paths.vae / "config.json")
+    check_pair(vae_cfg, dit_cfg)
+    declared = config_special_ids([(paths.dit / "config.json", dit_cfg), (paths.vae / "config.json", vae_cfg)],
+                                  vae_cfg.vocab_size)
+    tokenizer = ColaTokenizer.from_file(paths.tokenizer, **{**declared, **{k: v for k, v in special_ids.items()
+                                                                          if v is not None}})
+    if tokenizer.vocab_size > vae_cfg.vocab_size:
+        raise CheckpointError(f"{paths.tokenizer}: tokenizer has {tokenizer.vocab_size} entries but the VAE "
+                              f"vocab_size is {vae_cfg.vocab_size}")
+    return paths, dit_cfg, vae_cfg, tokenizer
+
+
 def load_pretrained(path: str | Path | None = None, device: str | torch.device | None = "cpu",
                     dtype: str | torch.dtype | None = None, nonfinite: str = "error",
                     **special_ids: int | None) -> ColaModel:
@@ -314,23 +332,13 @@ def load_pretrained(path: str | Path | None = None, device: str | torch.device |
     dev = parse_device(device)
     weight_dtype = parse_dtype(dtype) or torch.float32
     path = resolve_checkpoint(path)   # None, a shipped name or a Hub id becomes a local folder
-    paths = CheckpointPaths.resolve(path)
-    dit_cfg = DiTConfig.from_json(paths.dit / "config.json")
-    vae_cfg = VAEConfig.from_json(paths.vae / "config.json")
-    check_pair(vae_cfg, dit_cfg)
-    declared = config_special_ids([(paths.dit / "config.json", dit_cfg), (paths.vae / "config.json", vae_cfg)],
-                                  vae_cfg.vocab_size)
-    special_ids = {**declared, **{k: v for k, v in special_ids.items() if v is not None}}
+    paths, dit_cfg, vae_cfg, tokenizer = read_configs(path, **special_ids)
     with torch.device("meta"), SkipInit():
         dit = ColaDiT(dit_cfg)
         vae = ColaTextVAE(vae_cfg)
     load_module(dit, paths.dit, dev, weight_dtype, optional=("rope.rope.freqs",), nonfinite=nonfinite)
     load_module(vae, paths.vae, dev, weight_dtype, nonfinite=nonfinite)
     _restore_rope_freqs(dit, dev)
-    tokenizer = ColaTokenizer.from_file(paths.tokenizer, **special_ids)
-    if tokenizer.vocab_size > vae_cfg.vocab_size:
-        raise CheckpointError(f"{paths.tokenizer}: tokenizer has {tokenizer.vocab_size} entries but the VAE "
-                              f"vocab_size is {vae_cfg.vocab_size}")
     dit.eval()
     vae.eval()
     return ColaModel(vae=vae, dit=dit, tokenizer=tokenizer, vae_config=vae_cfg, dit_config=dit_cfg, device=dev,

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from cola_core import CheckpointError, ConfigError, DiTConfig, VAEConfig, load_pretrained
-from cola_core.checkpoint import CONTENT_DIGEST_KEY
+from cola_core.checkpoint import CONTENT_DIGEST_KEY, read_configs
 from cola_core.config import check_pair
 from cola_core.tensorfile import inspect_tensor_file, save_tensor_file
 
@@ -32,6 +32,18 @@ def test_load_accepts_release_root_and_model_folder(ckpt: Path):
     assert a.dit_config.rope_dim == 12 and a.vae_config.latent_dim == 8
     assert a.dit_config.extra["architectures"] == ["ColaDiTModel"]   # unknown keys kept, ignored
     assert (a.tokenizer.pad_id, a.tokenizer.eos_id, a.tokenizer.im_end_id) == (511, 0, 2)
+
+
+def test_read_configs_needs_no_weights(ckpt: Path):
+    """Configs and tokenizer (what a chat template needs) read without the weight files, as loading them does."""
+    model = load_pretrained(ckpt)
+    for weights in ckpt.rglob("*.safetensors"):
+        weights.unlink()
+    paths, dit_cfg, vae_cfg, tokenizer = read_configs(ckpt)
+    assert paths.tokenizer.is_file() and dit_cfg.extra == model.dit_config.extra and vae_cfg == model.vae_config
+    assert (tokenizer.pad_id, tokenizer.eos_id, tokenizer.im_end_id) == (511, 0, 2)
+    with pytest.raises(CheckpointError):
+        load_pretrained(ckpt)
 
 
 def test_save_pretrained_round_trips_single_and_sharded(ckpt: Path, tmp_path: Path):

@@ -19,10 +19,12 @@ import torch
 import torch.nn as nn
 
 from ..chat_template import ChatTemplate
-from ..checkpoint import DOCUMENT_START_KEY, ColaModel, load_module, load_pretrained, save_model_folder, save_pretrained
+from ..checkpoint import (DOCUMENT_START_KEY, ColaModel, load_module, load_pretrained, read_configs, save_model_folder,
+                          save_pretrained)
 from ..config import DiTConfig, VAEConfig, check_pair
 from ..dit import ColaDiT
 from ..errors import ConfigError
+from ..pocket import resolve_checkpoint
 from ..tokenizer import ColaTokenizer
 from ..vae import ColaTextVAE, VAEBlock
 from .config import DiTTrainConfig, SFTTrainConfig, VAETrainConfig
@@ -149,11 +151,11 @@ def _datasets(cfg, tokenizer: ColaTokenizer, vcfg: VAEConfig, micro: int, extra_
 
 def rendered_dialogues(cfg: VAETrainConfig, tokenizer: ColaTokenizer) -> list[list[int]]:
     """The first ``dialogue_rows`` train conversations of ``cfg.dialogues`` as the chat model sees them."""
-    chat = load_pretrained(cfg.dialogue_template)
-    if chat.tokenizer.vocab_size != tokenizer.vocab_size:
+    _, chat_dit, _, chat_tokenizer = read_configs(resolve_checkpoint(cfg.dialogue_template))   # no weights needed
+    if chat_tokenizer.vocab_size != tokenizer.vocab_size:
         raise ConfigError(f"dialogue_template {cfg.dialogue_template!r} has another tokenizer "
-                          f"({chat.tokenizer.vocab_size} tokens, this VAE's has {tokenizer.vocab_size})")
-    template = ChatTemplate.for_model(chat)
+                          f"({chat_tokenizer.vocab_size} tokens, this VAE's has {tokenizer.vocab_size})")
+    template = ChatTemplate.from_config(chat_dit.extra, chat_tokenizer)
     conversations = read_conversations(corpus_split_path(cfg.dialogues, "train"))[:cfg.dialogue_rows]
     return [template.render(tokenizer, messages).ids for messages in conversations]
 
