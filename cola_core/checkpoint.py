@@ -12,6 +12,7 @@ import json
 import math
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -266,21 +267,19 @@ class ColaModel:
 
     @property
     def document_start_ids(self) -> list[int]:
-        """Token ids the DiT config says a text starts after (``document_start_ids``, whole blocks; none in the
-        release): ``train dit`` with ``document_start`` writes them, and a text prompt is preceded by them, so even an
-        unprompted sample has a prefix and its first block of text is guided."""
-        ids = self.dit_config.extra.get(DOCUMENT_START_KEY, [])
-        chunk = self.block_size * self.patch_size
-        if not (isinstance(ids, list) and len(ids) % chunk == 0
-                and all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < self.tokenizer.vocab_size
-                        for t in ids)):
-            raise CheckpointError(f"DiT config {DOCUMENT_START_KEY!r} must be a list of token ids in "
-                                  f"[0, {self.tokenizer.vocab_size}) filling whole blocks of {chunk}, got {ids!r}")
-        return list(ids)
+        """Token ids the DiT config says a text starts after (``document_start_ids``, whole blocks, checked at load;
+        none in the release): ``train dit`` with ``document_start`` writes them, and a text prompt is preceded by
+        them, so even an unprompted sample has a prefix and its first block of text is guided."""
+        return list(self.dit_config.extra.get(DOCUMENT_START_KEY, []))
+
+    def encode_prompts(self, texts: Sequence[str]) -> list[list[int]]:
+        """Text prompts' token ids: the document start (if any), then each text as the official code tokenises it."""
+        start = self.document_start_ids
+        return [start + ids for ids in self.tokenizer.encode_batch(list(texts))] if texts else []
 
     def prompt_ids(self, text: str) -> list[int]:
-        """A text prompt's token ids: the document start (if any), then the text as the official code tokenises it."""
-        return self.document_start_ids + self.tokenizer.encode(text)
+        """One text prompt's token ids (:meth:`encode_prompts`)."""
+        return self.encode_prompts([text])[0]
 
     def save_pretrained(self, root: str | Path, max_shard_bytes: int | None = None) -> Path:
         return save_pretrained(self, root, max_shard_bytes=max_shard_bytes)
@@ -316,7 +315,18 @@ def read_configs(path: str | Path, **special_ids: int | None
     if tokenizer.vocab_size > vae_cfg.vocab_size:
         raise CheckpointError(f"{paths.tokenizer}: tokenizer has {tokenizer.vocab_size} entries but the VAE "
                               f"vocab_size is {vae_cfg.vocab_size}")
+    check_document_start(paths.dit / "config.json", dit_cfg, vae_cfg.patch_size, tokenizer.vocab_size)
     return paths, dit_cfg, vae_cfg, tokenizer
+
+
+def check_document_start(path: Path, dit_cfg: DiTConfig, patch_size: int, vocab_size: int) -> None:
+    """A declared document start must be token ids below ``vocab_size`` that fill whole blocks."""
+    ids = dit_cfg.extra.get(DOCUMENT_START_KEY, [])
+    chunk = dit_cfg.block_size * patch_size
+    if not (isinstance(ids, list) and len(ids) % chunk == 0
+            and all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < vocab_size for t in ids)):
+        raise CheckpointError(f"{path}: {DOCUMENT_START_KEY!r} must be a list of token ids in [0, {vocab_size}) "
+                              f"filling whole blocks of {chunk}, got {ids!r}")
 
 
 def load_pretrained(path: str | Path | None = None, device: str | torch.device | None = "cpu",

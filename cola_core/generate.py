@@ -203,9 +203,8 @@ class BlockwiseSampler:
         self.end_ids = torch.tensor(sorted(model.tokenizer.stop_ids), dtype=torch.long)   # where a text ends
         bs, patch, max_new = model.block_size, model.patch_size, self.config.max_new_tokens
         texts = [p for p in prompts if isinstance(p, str)]
-        start = model.document_start_ids
-        encoded = iter(model.tokenizer.encode_batch(texts) if texts else [])
-        prompt_ids = [start + next(encoded) if isinstance(p, str) else list(p) for p in prompts]
+        encoded = iter(model.encode_prompts(texts))
+        prompt_ids = [next(encoded) if isinstance(p, str) else list(p) for p in prompts]
         prompts = [p if isinstance(p, str) else model.tokenizer.decode(list(p)) for p in prompts]
         self.num_blocks = max(blocks_needed(len(ids), max_new, bs, patch) for ids in prompt_ids)
         for i, ids in enumerate(prompt_ids):   # checked before any model work
@@ -396,7 +395,7 @@ def prepare_prompts(model: ColaModel, prompts: list[str], ids: list[list[int]] |
     """Tokenise after the document start (unless ``ids`` are given), pad to whole blocks, encode, and split each
     prompt into prefix / pinned window (spec section 7 steps 1-4)."""
     tok, bs, patch = model.tokenizer, model.block_size, model.patch_size
-    ids = [model.document_start_ids + row for row in tok.encode_batch(prompts)] if ids is None else ids
+    ids = model.encode_prompts(prompts) if ids is None else ids
     tokens = pad_to_blocks(ids, tok.pad_id, bs, patch)
     batch, channels = len(prompts), model.vae_config.latent_dim
     if tokens.ids.shape[1] > 0:

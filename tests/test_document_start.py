@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -63,10 +64,11 @@ def test_text_prompts_start_after_the_document_start_and_ids_stay_as_given(tiny_
 
 
 @pytest.mark.parametrize("ids", [[1, 2, 3], "abc", [1.5] * 4, [10 ** 9] * 4])
-def test_a_malformed_document_start_is_a_clear_error(tiny_model, ids):
-    model = with_document_start(tiny_model, ids)
-    with pytest.raises(CheckpointError, match="'document_start_ids' must be a list of token ids"):
-        model.prompt_ids("the river")
+def test_a_malformed_document_start_is_a_clear_error_at_load(ckpt, ids):
+    config = ckpt / "cola_dlm" / "cola_dit" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), DOCUMENT_START_KEY: ids}))
+    with pytest.raises(CheckpointError, match="config.json: 'document_start_ids' must be a list of token ids"):
+        load_pretrained(ckpt)
 
 
 def test_the_release_has_no_document_start(tiny_model):
