@@ -343,7 +343,7 @@ def same_shape(ctx: AppContext, clean: str, corrupted: str) -> None:
     """patching_sweep copies each activation into the same position of the other run: both prompts must fill
     the same number of context latents (whole blocks of the prompt). Tokenizer only: no model call."""
     wb = ctx.workbench
-    counts = [len(ids) for ids in wb.tokenizer.encode_batch([clean, corrupted])]
+    counts = [len(ids) for ids in wb.model.encode_prompts([clean, corrupted])]   # as the runs will see them
     latents = [context_latents(n, wb.block_size, wb.patch_size) for n in counts]
     if latents[0] != latents[1]:
         raise InputError(f"clean and corrupted prompts must fill the same number of context latents (patching copies "
